@@ -1,0 +1,38 @@
+# vpnaaa developer entry points. Run as root on Debian: missing packages are installed.
+PYTHON ?= python3
+VENV ?= .venv
+STATE ?= $(CURDIR)/var
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench venv clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	./scripts/deps run
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	touch $@
+
+venv: $(BIN)/.installed
+
+## run: the daemon in the foreground on its embedded defaults, demo state in ./var
+run: venv
+	$(BIN)/vpnaaa --state-dir $(STATE) demo
+	$(BIN)/twistd -n --pidfile= vpnaaa --state-dir $(STATE)
+
+## test: every test, including those that drive real third-party peers
+test: venv
+	./scripts/deps test
+	$(BIN)/trial tests
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## bench: vpnaaa against FreeRADIUS on the same load, as ratios
+bench: venv
+	./scripts/deps bench
+	$(BIN)/python bench/radius_pap.py
+
+clean:
+	rm -rf $(VENV) _trial_temp *.egg-info

@@ -1,0 +1,1 @@
+"""Tests that drive vpnaaa with real third-party peers (Debian packages)."""

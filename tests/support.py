@@ -1,0 +1,64 @@
+"""Shared test fixtures: a state directory, a configuration, a running daemon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from vpnaaa import config as configuration
+from vpnaaa.service import VpnaaaService, make_service
+from vpnaaa.users import User, write_users
+
+SECRET = "testing123-secret"
+
+
+def state_dir(case: unittest.TestCase) -> Path:
+    """A fresh private directory removed after the test."""
+    path = Path(tempfile.mkdtemp(prefix="vpnaaa-test-"))
+    os.chmod(path, 0o700)
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+def write_config(path: Path, text: str) -> Path:
+    """A configuration file with mode 0600, as one holding secrets must have."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def radius_config(state: Path, clients: str | None = None, extra: str = "") -> Path:
+    """A RADIUS-only configuration on 127.0.0.1 with free ports (0 = let the kernel pick)."""
+    if clients is None:
+        clients = (
+            f'[[radius.clients]]\nname = "loopback"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n'
+        )
+    text = (
+        f'[general]\nstate_dir = "{state}"\nlog_level = "debug"\n\n'
+        f'[radius]\nlisten = "127.0.0.1"\nauth_port = 0\nacct_port = 0\n{extra}\n\n{clients}'
+    )
+    return write_config(state / "vpnaaa.toml", text)
+
+
+def add_users(state: Path, users: dict[str, User]) -> None:
+    write_users(state / "users.json", users)
+
+
+def start_daemon(case: unittest.TestCase, config_path: Path) -> VpnaaaService:
+    """Start the daemon's services in the test's reactor; stopped at cleanup."""
+    daemon = make_service(configuration.load(config_path))
+    daemon.startService()
+    case.addCleanup(daemon.stopService)
+    return daemon
+
+
+def ports(daemon: VpnaaaService) -> tuple[int, int]:
+    """The (authentication, accounting) UDP ports the daemon listens on."""
+    assert daemon.radius is not None
+    auth, acct = daemon.radius.ports
+    return auth.getHost().port, acct.getHost().port

@@ -1,0 +1,183 @@
+"""The `vpnaaa` command: users, the demo set-up and configuration checks."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from vpnaaa import config as configuration
+from vpnaaa.users import User, UserStoreError, read_users, write_users
+
+DEMO_USER = "demo"
+DEMO_CREDENTIALS = "demo-credentials.txt"
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise SystemExit("vpnaaa: passwords differ")
+    if not password:
+        raise SystemExit("vpnaaa: empty password")
+    return password
+
+
+def _users_path(args: argparse.Namespace) -> Path:
+    return configuration.load(args.config, args.state_dir).users.file
+
+
+def _existing(path: Path) -> dict[str, User]:
+    return read_users(path) if path.exists() else {}
+
+
+def user_add(args: argparse.Namespace) -> str:
+    path = _users_path(args)
+    users = _existing(path)
+    if args.name in users:
+        raise SystemExit(f"vpnaaa: user {args.name!r} exists; use `vpnaaa user passwd`")
+    users[args.name] = User.create(
+        args.name, _read_password(args), mschap=not args.no_mschap, chap=args.chap
+    )
+    write_users(path, users)
+    return f"added {args.name} ({', '.join(users[args.name].methods())}) to {path}"
+
+
+def user_passwd(args: argparse.Namespace) -> str:
+    path = _users_path(args)
+    users = _existing(path)
+    old = users.get(args.name)
+    if old is None:
+        raise SystemExit(f"vpnaaa: no user {args.name!r} in {path}")
+    users[args.name] = User.create(
+        args.name,
+        _read_password(args),
+        mschap=old.nt_hash is not None,
+        chap=old.chap_password is not None,
+    )
+    write_users(path, users)
+    return f"changed the password of {args.name} in {path}"
+
+
+def user_del(args: argparse.Namespace) -> str:
+    path = _users_path(args)
+    users = _existing(path)
+    if users.pop(args.name, None) is None:
+        raise SystemExit(f"vpnaaa: no user {args.name!r} in {path}")
+    write_users(path, users)
+    return f"deleted {args.name} from {path}"
+
+
+def user_list(args: argparse.Namespace) -> str:
+    users = _existing(_users_path(args))
+    return "\n".join(f"{u.name}\t{','.join(u.methods())}" for u in users.values())
+
+
+def _create_private(path: Path, content: str) -> bool:
+    """Write a new 0600 file; never overwrite one that exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    return True
+
+
+def demo(args: argparse.Namespace) -> str:
+    """Create what the embedded defaults need, keeping anything that exists."""
+    state = Path(args.state_dir or configuration.DEFAULT_STATE_DIR)
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    secret_path = state / configuration.DEMO_SECRET_FILE
+    _create_private(secret_path, secrets.token_urlsafe(18) + "\n")
+    users_path = state / configuration.UsersConfig.file
+    credentials = state / DEMO_CREDENTIALS
+    users = _existing(users_path)
+    if DEMO_USER not in users and not credentials.exists():
+        password = secrets.token_urlsafe(12)
+        users[DEMO_USER] = User.create(DEMO_USER, password, chap=True)
+        write_users(users_path, users)
+        secret = secret_path.read_text().strip()
+        _create_private(
+            credentials,
+            f"RADIUS client 127.0.0.1, shared secret: {secret}\n"
+            f"user: {DEMO_USER}\npassword: {password}\n"
+            f"try: echo 'User-Name={DEMO_USER},User-Password={password}' | "
+            f"radclient -x 127.0.0.1 auth {secret}\n",
+        )
+    return f"demo credentials: {credentials}"
+
+
+def check_config(args: argparse.Namespace) -> str:
+    cfg = configuration.load(args.path, args.state_dir)
+    count = len(read_users(cfg.users.file))
+    services = [name for name, on in (("radius", cfg.radius.enabled),) if on]
+    return (
+        f"{cfg.source}: OK ({', '.join(services) or 'no services'} enabled, "
+        f"{count} users in {cfg.users.file})"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vpnaaa", description=__doc__)
+    p.add_argument("--config", "-c", help="TOML configuration (default: embedded defaults)")
+    p.add_argument("--state-dir", "-s", help="state directory, overriding general.state_dir")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    user = sub.add_parser("user", help="manage the local user store").add_subparsers(
+        dest="action", required=True
+    )
+    add = user.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.add_argument(
+        "--no-mschap",
+        action="store_true",
+        help="keep no NT hash: the user cannot use MS-CHAP or EAP-MSCHAPv2",
+    )
+    add.add_argument(
+        "--chap",
+        action="store_true",
+        help="keep the cleartext password so CHAP works (reversible, opt-in)",
+    )
+    add.set_defaults(func=user_add)
+    passwd = user.add_parser("passwd", help="change a user's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true")
+    passwd.set_defaults(func=user_passwd)
+    delete = user.add_parser("del", help="delete a user")
+    delete.add_argument("name")
+    delete.set_defaults(func=user_del)
+    user.add_parser("list", help="list users and their methods").set_defaults(func=user_list)
+
+    sub.add_parser(
+        "demo", help="create the demo secret and user for the embedded defaults"
+    ).set_defaults(func=demo)
+    check = sub.add_parser("check-config", help="validate a configuration without starting")
+    check.add_argument("path", nargs="?", help="the file (default: the embedded defaults)")
+    check.set_defaults(func=check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        output = args.func(args)
+    except (configuration.ConfigError, UserStoreError) as e:
+        print(f"vpnaaa: {e}", file=sys.stderr)
+        return 1
+    if output:
+        print(output)
+    if args.command == "user" and args.action != "list":
+        print("a running daemon picks the change up on SIGHUP (systemctl reload vpnaaa)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

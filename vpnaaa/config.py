@@ -1,0 +1,256 @@
+"""Configuration: a TOML file turned into frozen dataclasses.
+
+Every option has an embedded default, so the daemon runs with no file at all. Errors
+raise :class:`ConfigError` naming the file, the key and the reason, e.g.
+``etc/vpnaaa.toml: radius.clients[0].address: '10.0.0.300' is not an IP address or network``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EMBEDDED = "<embedded defaults>"
+DEFAULT_STATE_DIR = "/var/lib/vpnaaa"
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+class ConfigError(Exception):
+    """A configuration problem: which file, which key, and why."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}")
+        self.source = source
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RadiusClient:
+    """One NAS allowed to talk to the RADIUS server (RFC 2865 §3: shared secret per client)."""
+
+    name: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    secret: bytes = field(repr=False)
+    require_message_authenticator: bool = False
+
+
+@dataclass(frozen=True)
+class RadiusConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    auth_port: int = 1812
+    acct_port: int = 1813
+    accounting_log: Path = Path("accounting.log")
+    accounting_fsync: bool = False
+    duplicate_window: float = 10.0
+    workers: int = 1
+    clients: tuple[RadiusClient, ...] = ()
+
+
+@dataclass(frozen=True)
+class UsersConfig:
+    file: Path = Path("users.json")
+    verified_cache_size: int = 10000
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    state_dir: Path
+    log_level: str
+    users: UsersConfig
+    radius: RadiusConfig
+
+
+class _Section:
+    """Typed access to one TOML table that reports errors with the dotted key."""
+
+    def __init__(self, source: str, prefix: str, table: Any) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(source, prefix, "must be a table")
+        self.source = source
+        self.prefix = prefix
+        self.table = dict(table)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), reason)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = self.table.pop(name, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind in (int, float):
+            raise self.error(name, f"expected a number, got {value!r}")
+        if not isinstance(value, kind):
+            expected = (
+                kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            )
+            raise self.error(name, f"expected {expected}, got {value!r}")
+        return value
+
+    def get_int(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.get(name, int, default)
+        if not low <= value <= high:
+            raise self.error(name, f"{value} is outside {low}..{high}")
+        return value
+
+    def sub(self, name: str) -> _Section:
+        return _Section(self.source, self.key(name), self.table.pop(name, {}))
+
+    def finish(self) -> None:
+        """Reject keys nobody asked for: a typo must not silently fall back to a default."""
+        for name in self.table:
+            raise self.error(name, "unknown option")
+
+
+def _check_private(source: str, key: str, path: Path) -> None:
+    """Refuse a secret-bearing file that group or others can read (like sshd does)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise ConfigError(source, key, f"cannot read {path}: {e.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            source,
+            key,
+            f"{path} holds a secret but has mode {stat.S_IMODE(mode):04o}; run chmod 600 on it",
+        )
+
+
+def _client(section: _Section, state_dir: Path, config_path: Path | None) -> RadiusClient:
+    if "address" not in section.table:
+        raise section.error("address", "is required (an IP address or CIDR network)")
+    address = section.get("address", str, "")
+    try:
+        network = ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        raise section.error("address", f"{address!r} is not an IP address or network") from None
+    name = section.get("name", str, str(network))
+    has_secret = "secret" in section.table
+    has_file = "secret_file" in section.table
+    if has_secret == has_file:
+        raise section.error("secret", "set exactly one of secret and secret_file")
+    if has_secret:
+        secret = section.get("secret", str, "").encode()
+        if config_path is not None:
+            _check_private(section.source, section.key("secret"), config_path)
+    else:
+        path = state_dir / section.get("secret_file", str, "")
+        _check_private(section.source, section.key("secret_file"), path)
+        secret = path.read_bytes().strip()
+    if not secret:
+        raise section.error("secret", "must not be empty")
+    require_ma = section.get("require_message_authenticator", bool, False)
+    section.finish()
+    return RadiusClient(name, network, secret, require_ma)
+
+
+def _radius(section: _Section, state_dir: Path, config_path: Path | None) -> RadiusConfig:
+    listen = section.get("listen", str, RadiusConfig.listen)
+    try:
+        ipaddress.ip_address(listen)
+    except ValueError:
+        raise section.error("listen", f"{listen!r} is not an IP address") from None
+    raw_clients = section.table.pop("clients", None)
+    if raw_clients is None:
+        clients = (
+            RadiusClient(
+                "localhost", ipaddress.ip_network("127.0.0.1/32"), _demo_secret(section, state_dir)
+            ),
+        )
+    elif not isinstance(raw_clients, list):
+        raise section.error("clients", "must be an array of tables ([[radius.clients]])")
+    else:
+        clients = tuple(
+            _client(
+                _Section(section.source, f"{section.key('clients')}[{i}]", item),
+                state_dir,
+                config_path,
+            )
+            for i, item in enumerate(raw_clients)
+        )
+    config = RadiusConfig(
+        enabled=section.get("enabled", bool, True),
+        listen=listen,
+        auth_port=section.get_int("auth_port", 1812, 0, 65535),
+        acct_port=section.get_int("acct_port", 1813, 0, 65535),
+        accounting_log=state_dir / section.get("accounting_log", str, "accounting.log"),
+        accounting_fsync=section.get("accounting_fsync", bool, False),
+        duplicate_window=section.get("duplicate_window", float, 10.0),
+        workers=section.get_int("workers", 1, 1, 64),
+        clients=clients,
+    )
+    if config.duplicate_window < 0:
+        raise section.error("duplicate_window", "must not be negative")
+    section.finish()
+    return config
+
+
+DEMO_SECRET_FILE = "radius-secret"
+
+
+def _demo_secret(section: _Section, state_dir: Path) -> bytes:
+    """The loopback client's secret when no client is configured (made by ``vpnaaa demo``)."""
+    path = state_dir / DEMO_SECRET_FILE
+    try:
+        _check_private(section.source, section.key("clients"), path)
+    except ConfigError as e:
+        raise ConfigError(
+            e.source, e.key, f"{e.reason} (run `vpnaaa demo` to create the demo secret)"
+        ) from None
+    return path.read_bytes().strip()
+
+
+def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> Config:
+    """Read and validate a configuration; ``path=None`` means the embedded defaults.
+
+    ``state_dir`` overrides ``general.state_dir`` (the twistd/CLI ``--state-dir`` option).
+    """
+    source = str(path) if path is not None else EMBEDDED
+    data: dict[str, Any] = {}
+    config_path = Path(path) if path is not None else None
+    if config_path is not None:
+        try:
+            with open(config_path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(source, "(file)", e.strerror or str(e)) from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(source, "(syntax)", str(e)) from None
+    root = _Section(source, "", data)
+    general = root.sub("general")
+    state = Path(state_dir or general.get("state_dir", str, DEFAULT_STATE_DIR))
+    log_level = general.get("log_level", str, "info")
+    if log_level not in LOG_LEVELS:
+        raise general.error("log_level", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    general.finish()
+    users_section = root.sub("users")
+    users = UsersConfig(
+        file=state / users_section.get("file", str, "users.json"),
+        verified_cache_size=users_section.get_int("verified_cache_size", 10000, 0, 10_000_000),
+    )
+    users_section.finish()
+    radius_section = root.sub("radius")
+    enabled = radius_section.table.get("enabled", True)
+    radius = (
+        _radius(radius_section, state, config_path)
+        if enabled is not False
+        else _disabled(radius_section)
+    )
+    root.finish()
+    return Config(source, state, log_level, users, radius)
+
+
+def _disabled(section: _Section) -> RadiusConfig:
+    """A switched-off service: its other keys are not validated against missing secrets."""
+    section.table.clear()
+    return RadiusConfig(enabled=False)

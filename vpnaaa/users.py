@@ -1,0 +1,215 @@
+"""The local user store: password hashes on passlib, one JSON file, mode 0600.
+
+Per user the file keeps:
+
+- ``password_hash``: a strong salted hash (PBKDF2-SHA256 via passlib) that PAP checks;
+- ``nt_hash``: the MD4 NT hash MS-CHAPv1/v2 and EAP-MSCHAPv2 need (RFC 2759 §8.3), unless
+  the user was added with MS-CHAP disabled;
+- ``chap_password``: only for users added with CHAP enabled. CHAP (RFC 1994) can only be
+  checked against the cleartext password; like FreeRADIUS's Cleartext-Password or Windows'
+  "store password using reversible encryption", this is an explicit per-user opt-in.
+
+Writes are atomic (temporary file, fsync, rename). A running daemon reloads on SIGHUP by
+swapping one dictionary, so requests in flight keep the records they already read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from passlib.context import CryptContext
+
+from vpnaaa import mschap
+
+FORMAT_VERSION = 1
+
+pap_context = CryptContext(
+    schemes=["pbkdf2_sha256", "sha512_crypt", "sha256_crypt"],
+    default="pbkdf2_sha256",
+    deprecated=["sha512_crypt", "sha256_crypt"],
+)
+
+
+class UserStoreError(Exception):
+    """The user file is missing, unreadable, too permissive or malformed."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password_hash: str = field(repr=False)
+    nt_hash: bytes | None = field(default=None, repr=False)
+    chap_password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, name: str, password: str, *, mschap: bool = True, chap: bool = False) -> User:
+        """Hash a new password for every method the user is allowed."""
+        return cls(
+            name=name,
+            password_hash=pap_context.hash(password),
+            nt_hash=mschap_hash(password) if mschap else None,
+            chap_password=password if chap else None,
+        )
+
+    def methods(self) -> list[str]:
+        """The authentication methods this record can serve, for `vpnaaa user list`."""
+        found = ["pap"]
+        if self.chap_password is not None:
+            found.append("chap")
+        if self.nt_hash is not None:
+            found.append("mschap")
+        return found
+
+    def to_json(self) -> dict[str, str]:
+        record = {"password_hash": self.password_hash}
+        if self.nt_hash is not None:
+            record["nt_hash"] = self.nt_hash.hex()
+        if self.chap_password is not None:
+            record["chap_password"] = self.chap_password
+        return record
+
+    @classmethod
+    def from_json(cls, name: str, record: object) -> User:
+        if not isinstance(record, dict) or not isinstance(record.get("password_hash"), str):
+            raise ValueError("needs a password_hash string")
+        nt_hash = record.get("nt_hash")
+        chap_password = record.get("chap_password")
+        if nt_hash is not None:
+            nt_hash = bytes.fromhex(nt_hash)
+            if len(nt_hash) != 16:
+                raise ValueError("nt_hash must be 32 hex digits")
+        if chap_password is not None and not isinstance(chap_password, str):
+            raise ValueError("chap_password must be a string")
+        if not pap_context.identify(record["password_hash"], required=False):
+            raise ValueError("password_hash is not a hash passlib knows")
+        return cls(name, record["password_hash"], nt_hash, chap_password)
+
+
+def mschap_hash(password: str) -> bytes:
+    """The NT hash kept for MS-CHAP (RFC 2759 §8.3)."""
+    return mschap.nt_password_hash(password)
+
+
+def read_users(path: Path) -> dict[str, User]:
+    """Load and validate a user file; refuse one that group or others can read."""
+    try:
+        mode = path.stat().st_mode
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserStoreError(f"{path}: no user file (create one with `vpnaaa user add`)") from None
+    except OSError as e:
+        raise UserStoreError(f"{path}: {e.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserStoreError(
+            f"{path}: holds password hashes but has mode {stat.S_IMODE(mode):04o}; "
+            "run chmod 600 on it"
+        )
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise UserStoreError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+        raise UserStoreError(f"{path}: not a vpnaaa user file (version {FORMAT_VERSION})")
+    users = data.get("users")
+    if not isinstance(users, dict):
+        raise UserStoreError(f"{path}: 'users' must be an object")
+    result = {}
+    for name, record in users.items():
+        try:
+            result[name] = User.from_json(name, record)
+        except ValueError as e:
+            raise UserStoreError(f"{path}: user {name!r}: {e}") from None
+    return result
+
+
+def write_users(path: Path, users: dict[str, User]) -> None:
+    """Replace the user file atomically, mode 0600, contents on disk before the rename."""
+    document = {
+        "version": FORMAT_VERSION,
+        "users": {name: users[name].to_json() for name in sorted(users)},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            json.dump(document, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class UserStore:
+    """The users a running daemon authenticates, with a cache of verified PAP passwords.
+
+    Checking a PBKDF2 hash costs milliseconds by design. After one successful check the
+    store remembers an HMAC (under a key that exists only in this process) of the password
+    bound to the stored hash, so a NAS re-authenticating the same user costs microseconds.
+    A changed hash (``vpnaaa user passwd`` + reload) no longer matches its entries; the
+    cache is bounded and emptied on every reload. ``users.verified_cache_size = 0`` turns it
+    off.
+    """
+
+    def __init__(self, path: Path, verified_cache_size: int = 10000) -> None:
+        self.path = path
+        self._users: dict[str, User] = {}
+        self._cache_size = verified_cache_size
+        self._cache_key = secrets.token_bytes(32)
+        self._verified: dict[str, bytes] = {}
+
+    def load(self) -> int:
+        """(Re)read the file; on error the previous users stay in force. Returns the count."""
+        users = read_users(self.path)
+        self._users = users
+        self._verified = {}
+        return len(users)
+
+    def get(self, name: str) -> User | None:
+        return self._users.get(name)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __iter__(self) -> Iterator[User]:
+        return iter(self._users.values())
+
+    def cached_password_ok(self, user: User, password: bytes) -> bool:
+        """True when this exact password was verified against this exact hash before."""
+        if not self._cache_size:
+            return False
+        seen = self._verified.get(user.password_hash)
+        return seen is not None and hmac.compare_digest(seen, self._mark(user, password))
+
+    def remember_password(self, user: User, password: bytes) -> None:
+        if not self._cache_size:
+            return
+        if len(self._verified) >= self._cache_size:
+            self._verified.clear()
+        self._verified[user.password_hash] = self._mark(user, password)
+
+    def _mark(self, user: User, password: bytes) -> bytes:
+        return hmac.digest(
+            self._cache_key, user.password_hash.encode() + b"\x00" + password, hashlib.sha256
+        )
+
+
+def verify_password_hash(user: User, password: bytes) -> bool:
+    """The slow, authoritative PAP check against the stored hash (runs off the reactor)."""
+    try:
+        text = password.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return pap_context.verify(text, user.password_hash)
