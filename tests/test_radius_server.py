@@ -130,8 +130,8 @@ class AccessTests(ServerTestCase):
         request = AuthPacket(code=1, id=4, secret=SECRET, dict=wire.DICTIONARY)
         request.AddAttribute("User-Name", "User")
         request["User-Password"] = [request.PwCrypt(PASSWORD.encode() + b"\xff")]
-        received = AuthPacket(packet=request.RequestPacket(), secret=SECRET, dict=wire.DICTIONARY)
-        d = AccessHandler(self.backend).handle(received, "nas")
+        received = wire.parse(request.RequestPacket())
+        d = AccessHandler(self.backend).handle(received, SECRET, "nas")
         return d.addCallback(lambda raw: self.assertEqual(raw[0], wire.Code.ACCESS_REJECT))
 
     def test_status_server(self):

@@ -16,6 +16,8 @@ from typing import IO, Any
 
 from pyrad.packet import AcctPacket
 
+from vpnaaa.radius import wire
+
 
 def _value(request: AcctPacket, name: Any) -> list[Any]:
     """The decoded values of one attribute, or hex where the value does not decode."""
@@ -61,8 +63,10 @@ class AccountingLog:
             self._file.close()
             self._file = None
 
-    def store(self, request: AcctPacket, client: str, peer: str) -> None:
-        """Write and flush one record; raises OSError if it could not be stored."""
+    def store(self, raw: bytes, client: str, peer: str) -> None:
+        """Write and flush the record of one (validated) Accounting-Request packet;
+        raises OSError if it could not be stored."""
+        request = AcctPacket(packet=raw, dict=wire.DICTIONARY)
         if self._file is None:
             self.open()
         assert self._file is not None

@@ -6,15 +6,13 @@ The backend decides; this module only translates, so the same backend serves IKE
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
-from pyrad.packet import AuthPacket
 from twisted.internet import defer
 
 from vpnaaa import auth, logs
-from vpnaaa.radius import wire
+from vpnaaa.radius import hiding, wire
 
 log = logs.get("vpnaaa.radius")
 
@@ -22,6 +20,16 @@ log = logs.get("vpnaaa.radius")
 MPPE_POLICY_ALLOWED = 1
 MPPE_TYPES_RC4_40_OR_128 = 6
 REJECT_MESSAGE = "Authentication failed"
+_REPLY_MESSAGE = wire.value("Reply-Message", REJECT_MESSAGE)
+_MPPE_ATTRIBUTES = [
+    wire.value("MS-MPPE-Encryption-Policy", MPPE_POLICY_ALLOWED),
+    wire.value("MS-MPPE-Encryption-Types", MPPE_TYPES_RC4_40_OR_128),
+]
+_MS_CHAP2_SUCCESS = wire.key("MS-CHAP2-Success")
+_MS_CHAP_ERROR = wire.key("MS-CHAP-Error")
+_MS_CHAP_MPPE_KEYS = wire.key("MS-CHAP-MPPE-Keys")
+_MS_MPPE_SEND_KEY = wire.key("MS-MPPE-Send-Key")
+_MS_MPPE_RECV_KEY = wire.key("MS-MPPE-Recv-Key")
 
 
 class BadRequest(Exception):
@@ -38,56 +46,38 @@ class Login:
     ident: int = 0
 
 
-def decrypt_user_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes:
-    """Undo the User-Password hiding of RFC 2865 §5.2, returning the exact octets.
-
-    pyrad's PwDecrypt returns text with undecodable octets dropped, which would let
-    ``b"pass\\xff"`` match the password ``pass``; PAP needs the octets as sent.
-    """
-    if not hidden or len(hidden) % 16 or len(hidden) > 128:
-        raise BadRequest(f"User-Password of {len(hidden)} octets is not 16..128 in steps of 16")
-    plain = bytearray()
-    last = authenticator
-    for i in range(0, len(hidden), 16):
-        block = hidden[i : i + 16]
-        pad = hashlib.md5(secret + last).digest()
-        plain += (int.from_bytes(block, "big") ^ int.from_bytes(pad, "big")).to_bytes(16, "big")
-        last = block
-    return bytes(plain).rstrip(b"\x00")
-
-
-def _one(request: AuthPacket, key: int | tuple[int, int]) -> bytes | None:
-    values = dict.get(request, key)
-    return values[0] if values else None
-
-
-def parse_login(request: AuthPacket) -> Login:
+def parse_login(request: wire.Packet, secret: bytes) -> Login:
     """Pick the authentication method the attributes carry (RFC 2865 §4.1)."""
-    raw_name = _one(request, wire.USER_NAME)
+    raw_name = request.get(wire.USER_NAME)
     if raw_name is None:
         raise BadRequest("no User-Name")
     try:
         username = raw_name.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("User-Name is not UTF-8") from None
-    hidden = _one(request, wire.USER_PASSWORD)
+    hidden = request.get(wire.USER_PASSWORD)
     if hidden is not None:
-        password = decrypt_user_password(hidden, request.secret, request.authenticator)
+        # The exact octets: pyrad's PwDecrypt drops undecodable ones, which would let
+        # b"pass\xff" match the password "pass".
+        try:
+            password = hiding.unhide(hidden, secret, request.authenticator)
+        except ValueError as e:
+            raise BadRequest(f"User-Password: {e}") from None
         return Login(username, auth.Pap(password), "PAP")
-    chap = _one(request, wire.CHAP_PASSWORD)
+    chap = request.get(wire.CHAP_PASSWORD)
     if chap is not None:
         if len(chap) != 17:
             raise BadRequest(f"CHAP-Password of {len(chap)} octets, expected 17")
-        challenge = _one(request, wire.CHAP_CHALLENGE) or request.authenticator
+        challenge = request.get(wire.CHAP_CHALLENGE) or request.authenticator
         return Login(username, auth.Chap(chap[0], challenge, chap[1:]), "CHAP")
-    ms_challenge = _one(request, wire.MS_CHAP_CHALLENGE)
-    v2 = _one(request, wire.MS_CHAP2_RESPONSE)
+    ms_challenge = request.get(wire.MS_CHAP_CHALLENGE)
+    v2 = request.get(wire.MS_CHAP2_RESPONSE)
     if v2 is not None:
         # RFC 2548 §2.3.2: Ident, Flags, Peer-Challenge(16), Reserved(8), Response(24)
         if len(v2) != 50 or ms_challenge is None or len(ms_challenge) != 16:
             raise BadRequest("MS-CHAP2-Response needs 50 octets and a 16-octet MS-CHAP-Challenge")
         return Login(username, auth.MsChapV2(ms_challenge, v2[2:18], v2[26:50]), "MS-CHAPv2", v2[0])
-    v1 = _one(request, wire.MS_CHAP_RESPONSE)
+    v1 = request.get(wire.MS_CHAP_RESPONSE)
     if v1 is not None:
         # RFC 2548 §2.1.3: Ident, Flags, LM-Response(24), NT-Response(24); Flags 1 = use NT
         if len(v1) != 50 or ms_challenge is None or len(ms_challenge) != 8:
@@ -95,42 +85,46 @@ def parse_login(request: AuthPacket) -> Login:
         if not v1[1] & 1:
             raise BadRequest("MS-CHAP-Response with only an LM response (LM is not supported)")
         return Login(username, auth.MsChapV1(ms_challenge, v1[26:50]), "MS-CHAPv1", v1[0])
-    if _one(request, wire.EAP_MESSAGE) is not None:
+    if request.get(wire.EAP_MESSAGE) is not None:
         raise BadRequest("EAP is not enabled on this server")
     raise BadRequest("no User-Password, CHAP-Password or MS-CHAP attributes")
 
 
-def accept(request: AuthPacket, login: Login, verdict: auth.Accept) -> bytes:
+def accept(request: wire.Packet, secret: bytes, login: Login, verdict: auth.Accept) -> bytes:
     """Access-Accept with the method's proof and keys (RFC 2548 §2.3.3, §2.4)."""
-    reply = request.CreateReply()
+    attributes: list[tuple[wire.Key, bytes]] = []
     if verdict.authenticator_response is not None:
-        reply.AddAttribute(
-            "MS-CHAP2-Success", bytes([login.ident]) + verdict.authenticator_response
+        attributes.append(
+            (_MS_CHAP2_SUCCESS, bytes([login.ident]) + verdict.authenticator_response)
         )
-    if verdict.mppe_send_key is not None:
-        reply.AddAttribute("MS-MPPE-Send-Key", verdict.mppe_send_key)
-        reply.AddAttribute("MS-MPPE-Recv-Key", verdict.mppe_recv_key)
+    if verdict.mppe_send_key is not None and verdict.mppe_recv_key is not None:
+        vector = request.authenticator
+        attributes.append(
+            (_MS_MPPE_SEND_KEY, hiding.salt_encrypt(verdict.mppe_send_key, secret, vector))
+        )
+        attributes.append(
+            (_MS_MPPE_RECV_KEY, hiding.salt_encrypt(verdict.mppe_recv_key, secret, vector))
+        )
     if verdict.mschapv1_keys is not None:
         # RFC 2548 §2.4.1: hidden like User-Password with the Request Authenticator.
-        reply[wire.key("MS-CHAP-MPPE-Keys")] = [reply.PwCrypt(verdict.mschapv1_keys)]
+        attributes.append(
+            (_MS_CHAP_MPPE_KEYS, hiding.hide(verdict.mschapv1_keys, secret, request.authenticator))
+        )
     if isinstance(login.credentials, auth.MsChapV1 | auth.MsChapV2):
-        reply.AddAttribute("MS-MPPE-Encryption-Policy", MPPE_POLICY_ALLOWED)
-        reply.AddAttribute("MS-MPPE-Encryption-Types", MPPE_TYPES_RC4_40_OR_128)
-    return reply.ReplyPacket()
+        attributes.extend(_MPPE_ATTRIBUTES)
+    return wire.reply(request, wire.Code.ACCESS_ACCEPT, secret, attributes)
 
 
-def reject(request: AuthPacket, login: Login | None) -> bytes:
+def reject(request: wire.Packet, secret: bytes, login: Login | None) -> bytes:
     """Access-Reject with a Reply-Message; MS-CHAP peers also get MS-CHAP-Error."""
-    reply = request.CreateReply()
-    reply.code = wire.Code.ACCESS_REJECT
-    reply.AddAttribute("Reply-Message", REJECT_MESSAGE)
+    attributes = [_REPLY_MESSAGE]
     if login is not None and isinstance(login.credentials, auth.MsChapV2):
         # RFC 2759 §6: E=691 (authentication failure), R=0 (no retry), a new challenge, V=3.
         text = f"E=691 R=0 C={os.urandom(16).hex().upper()} V=3 M={REJECT_MESSAGE}"
-        reply.AddAttribute("MS-CHAP-Error", bytes([login.ident]) + text.encode())
+        attributes.append((_MS_CHAP_ERROR, bytes([login.ident]) + text.encode()))
     elif login is not None and isinstance(login.credentials, auth.MsChapV1):
-        reply.AddAttribute("MS-CHAP-Error", bytes([login.ident]) + b"E=691 R=0")
-    return reply.ReplyPacket()
+        attributes.append((_MS_CHAP_ERROR, bytes([login.ident]) + b"E=691 R=0"))
+    return wire.reply(request, wire.Code.ACCESS_REJECT, secret, attributes)
 
 
 class AccessHandler:
@@ -139,19 +133,24 @@ class AccessHandler:
     def __init__(self, backend: auth.AuthBackend) -> None:
         self.backend = backend
 
-    def handle(self, request: AuthPacket, peer: str) -> defer.Deferred[bytes]:
+    def handle(self, request: wire.Packet, secret: bytes, peer: str) -> defer.Deferred[bytes]:
         try:
-            login = parse_login(request)
+            login = parse_login(request, secret)
         except BadRequest as e:
             log.info(
-                "Access-Reject to {peer} id {id}: {reason}", peer=peer, id=request.id, reason=str(e)
+                "Access-Reject to {peer} id {id}: {reason}",
+                peer=peer,
+                id=request.ident,
+                reason=str(e),
             )
-            return defer.succeed(reject(request, None))
+            return defer.succeed(reject(request, secret, None))
         d = self.backend.authenticate(login.username, login.credentials)
-        return d.addCallback(self._answer, request, login, peer)
+        return d.addCallback(self._answer, request, secret, login, peer)
 
     @staticmethod
-    def _answer(verdict: auth.Verdict, request: AuthPacket, login: Login, peer: str) -> bytes:
+    def _answer(
+        verdict: auth.Verdict, request: wire.Packet, secret: bytes, login: Login, peer: str
+    ) -> bytes:
         if isinstance(verdict, auth.Accept):
             if logs.debug_enabled():
                 log.debug(
@@ -160,7 +159,7 @@ class AccessHandler:
                     user=login.username,
                     peer=peer,
                 )
-            return accept(request, login, verdict)
+            return accept(request, secret, login, verdict)
         log.info(
             "Access-Reject {method} user {user!r} for {peer}: {reason}",
             method=login.method,
@@ -168,4 +167,4 @@ class AccessHandler:
             peer=peer,
             reason=verdict.reason,
         )
-        return reject(request, login)
+        return reject(request, secret, login)

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from pyrad.packet import AcctPacket, AuthPacket, PacketError
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
@@ -112,9 +111,7 @@ class DuplicateCache:
         return len(self._entries)
 
 
-Handler = Callable[
-    [AuthPacket | AcctPacket, RadiusClient, str], "defer.Deferred[bytes] | bytes | None"
-]
+Handler = Callable[[wire.Packet, RadiusClient, str], "defer.Deferred[bytes] | bytes | None"]
 
 
 class RadiusProtocol(DatagramProtocol):
@@ -128,13 +125,11 @@ class RadiusProtocol(DatagramProtocol):
         clients: ClientTable,
         duplicates: DuplicateCache,
         handlers: dict[int, Handler],
-        packet_class: type[AuthPacket] | type[AcctPacket],
     ) -> None:
         self.kind = kind
         self.clients = clients
         self.duplicates = duplicates
         self.handlers = handlers
-        self.packet_class = packet_class
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         host, port = addr[0], addr[1]
@@ -147,36 +142,25 @@ class RadiusProtocol(DatagramProtocol):
                 port=port,
             )
             return
-        if len(data) < wire.MIN_LENGTH:
-            self._drop(client, host, port, f"{len(data)} octets is shorter than a header")
+        try:
+            request = wire.parse(data)
+        except wire.Malformed as e:
+            self._drop(client, host, port, f"malformed: {e}")
             return
-        code, ident, length, authenticator = wire.HEADER.unpack_from(data)
-        if length < wire.MIN_LENGTH or length > wire.MAX_LENGTH or length > len(data):
-            self._drop(client, host, port, f"Length field {length} for {len(data)} octets")
-            return
-        if not wire.attributes_fit(data, length):
-            self._drop(client, host, port, "attribute lengths do not add up to the packet")
-            return
-        handler = self.handlers.get(code)
+        handler = self.handlers.get(request.code)
         if handler is None:
-            self._drop(client, host, port, f"code {code} is not served on the {self.kind} port")
+            self._drop(client, host, port, f"code {request.code} is not served on this port")
             return
-        key = (host, port, ident)
+        problem = self._authenticity(request, client)
+        if problem is not None:
+            self._drop(client, host, port, problem)
+            return
+        key = (host, port, request.ident)
+        authenticator = request.authenticator
         seen = self.duplicates.check(key, authenticator)
         if seen is not None:
             if seen.response is not None:
                 self.transport.write(seen.response, addr)
-            return
-        try:
-            request = self.packet_class(packet=data, dict=wire.DICTIONARY, secret=client.secret)
-        except (PacketError, ValueError, KeyError) as e:
-            self.duplicates.forget(key, authenticator)
-            self._drop(client, host, port, f"malformed packet: {e}")
-            return
-        problem = self._authenticity(request, client, code)
-        if problem is not None:
-            self.duplicates.forget(key, authenticator)
-            self._drop(client, host, port, problem)
             return
         result = handler(request, client, host)
         if result is None or isinstance(result, bytes):
@@ -189,23 +173,22 @@ class RadiusProtocol(DatagramProtocol):
                 errbackArgs=(client, addr, key, authenticator),
             )
 
-    def _authenticity(
-        self, request: AuthPacket | AcctPacket, client: RadiusClient, code: int
-    ) -> str | None:
+    @staticmethod
+    def _authenticity(request: wire.Packet, client: RadiusClient) -> str | None:
         """Why the packet cannot be trusted, or None (RFC 2866 §3, RFC 3579 §3.2, RFC 5997)."""
-        has_ma = request.message_authenticator
-        if has_ma:
-            if len(dict.__getitem__(request, wire.MESSAGE_AUTHENTICATOR)[0]) != 16:
-                return "Message-Authenticator is not 16 octets (wrong secret?)"
-            if not request.verify_message_authenticator():
+        code = request.code
+        if request.message_authenticator_at >= 0:
+            if not wire.message_authenticator_ok(request, client.secret):
                 return "bad Message-Authenticator (wrong secret?)"
         elif code == wire.Code.STATUS_SERVER:
             return "Status-Server without Message-Authenticator (RFC 5997 §3)"
         elif code == wire.Code.ACCESS_REQUEST and (
-            client.require_message_authenticator or wire.EAP_MESSAGE in request
+            client.require_message_authenticator or wire.EAP_MESSAGE in request.attributes
         ):
             return "no Message-Authenticator, which this client must send"
-        if code == wire.Code.ACCOUNTING_REQUEST and not request.VerifyAcctRequest():
+        if code == wire.Code.ACCOUNTING_REQUEST and not wire.accounting_authenticator_ok(
+            request, client.secret
+        ):
             return "bad Request Authenticator (wrong secret?)"
         return None
 
@@ -246,32 +229,38 @@ class RadiusProtocol(DatagramProtocol):
         )
 
 
-def status_server(request: AuthPacket | AcctPacket, client: RadiusClient, peer: str) -> bytes:
+def _status_server(response: wire.Code) -> Handler:
     """RFC 5997 §3: Access-Accept on the auth port, Accounting-Response on the acct port."""
-    return request.CreateReply().ReplyPacket()
+
+    def status_server(request: wire.Packet, client: RadiusClient, peer: str) -> bytes:
+        return wire.reply(request, response, client.secret)
+
+    return status_server
 
 
 def auth_protocol(
     clients: ClientTable, duplicates: DuplicateCache, access: AccessHandler
 ) -> RadiusProtocol:
-    def access_request(request: AuthPacket, client: RadiusClient, peer: str):
-        return access.handle(request, f"{client.name} ({peer})")
+    def access_request(request: wire.Packet, client: RadiusClient, peer: str):
+        return access.handle(request, client.secret, f"{client.name} ({peer})")
 
     return RadiusProtocol(
         "authentication",
         clients,
         duplicates,
-        {wire.Code.ACCESS_REQUEST: access_request, wire.Code.STATUS_SERVER: status_server},
-        AuthPacket,
+        {
+            wire.Code.ACCESS_REQUEST: access_request,
+            wire.Code.STATUS_SERVER: _status_server(wire.Code.ACCESS_ACCEPT),
+        },
     )
 
 
 def acct_protocol(
     clients: ClientTable, duplicates: DuplicateCache, store: AccountingLog
 ) -> RadiusProtocol:
-    def accounting_request(request: AcctPacket, client: RadiusClient, peer: str) -> bytes | None:
+    def accounting_request(request: wire.Packet, client: RadiusClient, peer: str) -> bytes | None:
         try:
-            store.store(request, client.name, peer)
+            store.store(request.raw, client.name, peer)
         except OSError as e:
             log.error(
                 "accounting record from {client} ({peer}) not stored, not acknowledged: {error}",
@@ -280,12 +269,14 @@ def acct_protocol(
                 error=e,
             )
             return None
-        return request.CreateReply().ReplyPacket()
+        return wire.reply(request, wire.Code.ACCOUNTING_RESPONSE, client.secret)
 
     return RadiusProtocol(
         "accounting",
         clients,
         duplicates,
-        {wire.Code.ACCOUNTING_REQUEST: accounting_request, wire.Code.STATUS_SERVER: status_server},
-        AcctPacket,
+        {
+            wire.Code.ACCOUNTING_REQUEST: accounting_request,
+            wire.Code.STATUS_SERVER: _status_server(wire.Code.ACCOUNTING_RESPONSE),
+        },
     )

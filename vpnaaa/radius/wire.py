@@ -1,21 +1,33 @@
-"""RADIUS wire constants and the shipped dictionary, loaded once per process.
+"""RADIUS framing: packets in and out, authenticators, and the shipped dictionary.
 
-Packets are encoded and decoded by pyrad. The hot path reads raw attribute values by the
-integer keys below (resolved from the dictionary at import), so no request pays for a
-dictionary name lookup or value decoding it does not need.
+pyrad supplies the dictionary (FreeRADIUS format, loaded once per process) and the value
+encodings (:func:`value`). The framing itself — header, attribute walk, Request/Response
+and Message-Authenticator — is this small sans-IO codec, because pyrad's Packet object
+(an OrderedDict with per-attribute dictionary lookups, encoding the reply twice to sign
+it) cost more than half of a PAP request's CPU time. Accounting records, which want every
+attribute by name, are still decoded by pyrad (:mod:`vpnaaa.radius.accounting`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
+from dataclasses import dataclass
 from enum import IntEnum
 from importlib import resources
+from typing import Any
 
+from pyrad import tools
 from pyrad.dictionary import Dictionary
 
 MIN_LENGTH = 20  # RFC 2865 §3: code, identifier, length, authenticator
 MAX_LENGTH = 4096  # RFC 2865 §3
 HEADER = struct.Struct("!BBH16s")
+VENDOR_SPECIFIC = 26  # RFC 2865 §5.26
+ZERO_VECTOR = bytes(16)
+
+Key = int | tuple[int, int]  # an attribute type, or (vendor, vendor type)
 
 
 class Code(IntEnum):
@@ -30,6 +42,10 @@ class Code(IntEnum):
     STATUS_SERVER = 12
 
 
+class Malformed(Exception):
+    """The datagram is not a well-formed RADIUS packet; it is silently discarded."""
+
+
 def _load() -> Dictionary:
     with resources.as_file(resources.files("vpnaaa.radius") / "dictionary") as folder:
         return Dictionary(str(folder / "dictionary"))
@@ -38,16 +54,24 @@ def _load() -> Dictionary:
 DICTIONARY = _load()
 
 
-def key(name: str) -> int | tuple[int, int]:
-    """The integer (or ``(vendor, type)``) key under which pyrad stores attribute ``name``."""
+def key(name: str) -> Key:
+    """The key of attribute ``name``: its type, or ``(vendor, type)`` for a VSA."""
     return DICTIONARY.attrindex.GetForward(name)
+
+
+def value(name: str, data: Any) -> tuple[Key, bytes]:
+    """Attribute ``name`` with ``data`` encoded for its dictionary type (by pyrad)."""
+    attribute = DICTIONARY.attributes[name]
+    if attribute.values.HasForward(data):
+        data = attribute.values.GetForward(data)
+    return key(name), tools.EncodeAttr(attribute.type, data)
 
 
 USER_NAME = key("User-Name")
 USER_PASSWORD = key("User-Password")
 CHAP_PASSWORD = key("CHAP-Password")
 CHAP_CHALLENGE = key("CHAP-Challenge")
-REPLY_MESSAGE = key("Reply-Message")
+PROXY_STATE = key("Proxy-State")
 MESSAGE_AUTHENTICATOR = key("Message-Authenticator")
 EAP_MESSAGE = key("EAP-Message")
 MS_CHAP_CHALLENGE = key("MS-CHAP-Challenge")
@@ -55,18 +79,140 @@ MS_CHAP_RESPONSE = key("MS-CHAP-Response")
 MS_CHAP2_RESPONSE = key("MS-CHAP2-Response")
 
 
-def attributes_fit(packet: bytes, length: int) -> bool:
-    """Whether the attributes tile ``packet[20:length]`` exactly, each at least 2 octets.
+@dataclass(slots=True)
+class Packet:
+    """A received packet: header fields, raw attribute values by key, and the raw bytes."""
 
-    pyrad silently truncates an attribute whose Length overruns the packet; such a packet
-    is malformed (RFC 2865 §5) and is dropped before decoding.
+    code: int
+    ident: int
+    authenticator: bytes
+    raw: bytes
+    attributes: dict[Key, list[bytes]]
+    message_authenticator_at: int = -1  # offset of its 16-octet value, -1 if absent
+
+    def get(self, attribute: Key) -> bytes | None:
+        """The first value of ``attribute``, or None."""
+        values = self.attributes.get(attribute)
+        return values[0] if values else None
+
+
+def _vendor_attributes(data: bytes) -> list[tuple[Key, bytes]] | None:
+    """The sub-attributes of a Vendor-Specific value (RFC 2865 §5.26), or None if its
+    layout is not the recommended one (then the attribute is kept whole, as type 26)."""
+    if len(data) < 6:
+        return None
+    vendor = int.from_bytes(data[:4], "big")
+    found = []
+    position = 4
+    while position < len(data):
+        if position + 2 > len(data):
+            return None
+        size = data[position + 1]
+        if size < 2 or position + size > len(data):
+            return None
+        found.append(((vendor, data[position]), data[position + 2 : position + size]))
+        position += size
+    return found
+
+
+def parse(data: bytes) -> Packet:
+    """Decode a datagram (RFC 2865 §3, §5); raise :class:`Malformed` with the reason.
+
+    Octets past the Length field are padding and ignored; attributes must tile the rest
+    exactly (pyrad would silently truncate one that overruns the packet).
     """
+    if len(data) < MIN_LENGTH:
+        raise Malformed(f"{len(data)} octets is shorter than a header")
+    code, ident, length, authenticator = HEADER.unpack_from(data)
+    if length < MIN_LENGTH or length > MAX_LENGTH or length > len(data):
+        raise Malformed(f"Length field {length} for {len(data)} octets")
+    raw = data[:length]
+    attributes: dict[Key, list[bytes]] = {}
+    ma_at = -1
     position = MIN_LENGTH
     while position < length:
         if position + 2 > length:
-            return False
-        size = packet[position + 1]
-        if size < 2:
-            return False
+            raise Malformed("attribute header overruns the packet")
+        kind = raw[position]
+        size = raw[position + 1]
+        if size < 2 or position + size > length:
+            raise Malformed(f"attribute {kind} has Length {size} at offset {position}")
+        content = raw[position + 2 : position + size]
+        if kind == VENDOR_SPECIFIC:
+            sub = _vendor_attributes(content)
+            if sub is not None:
+                for sub_key, sub_value in sub:
+                    attributes.setdefault(sub_key, []).append(sub_value)
+                position += size
+                continue
+        elif kind == MESSAGE_AUTHENTICATOR:
+            if size != 18:
+                raise Malformed(f"Message-Authenticator of {size - 2} octets")
+            ma_at = position + 2
+        attributes.setdefault(kind, []).append(content)
         position += size
-    return position == length
+    return Packet(code, ident, authenticator, raw, attributes, ma_at)
+
+
+def message_authenticator_ok(packet: Packet, secret: bytes) -> bool:
+    """Verify the Message-Authenticator (RFC 3579 §3.2; RFC 2869 §5.14 for Accounting:
+    HMAC-MD5 over the packet with the value zeroed and, for accounting, the Request
+    Authenticator zeroed too)."""
+    at = packet.message_authenticator_at
+    raw = packet.raw
+    if packet.code == Code.ACCOUNTING_REQUEST:
+        signed = raw[:4] + ZERO_VECTOR + raw[20:at] + ZERO_VECTOR + raw[at + 16 :]
+    else:
+        signed = raw[:at] + ZERO_VECTOR + raw[at + 16 :]
+    expected = hmac.digest(secret, signed, "md5")
+    return hmac.compare_digest(expected, raw[at : at + 16])
+
+
+def accounting_authenticator_ok(packet: Packet, secret: bytes) -> bool:
+    """The Request Authenticator of an Accounting-Request (RFC 2866 §3)."""
+    raw = packet.raw
+    expected = hashlib.md5(raw[:4] + ZERO_VECTOR + raw[20:] + secret).digest()
+    return hmac.compare_digest(expected, packet.authenticator)
+
+
+def _encode_attributes(attributes: list[tuple[Key, bytes]]) -> bytes:
+    out = []
+    for attribute, data in attributes:
+        if isinstance(attribute, tuple):
+            vendor, kind = attribute
+            out.append(
+                struct.pack("!BBIBB", VENDOR_SPECIFIC, len(data) + 8, vendor, kind, len(data) + 2)
+            )
+        else:
+            out.append(struct.pack("!BB", attribute, len(data) + 2))
+        out.append(data)
+    return b"".join(out)
+
+
+def reply(
+    request: Packet, code: Code, secret: bytes, attributes: list[tuple[Key, bytes]] = ()
+) -> bytes:
+    """Encode the response to ``request``.
+
+    Proxy-State is copied in order (RFC 2865 §5.33). Replies to Access-Request and
+    Status-Server carry a Message-Authenticator as their first attribute (RFC 3579 §3.2,
+    RFC 5997 §3; first as the BlastRADIUS hardening of CVE-2024-3596), computed with the
+    Request Authenticator; the Response Authenticator follows (RFC 2865 §3).
+    """
+    attributes = list(attributes)
+    proxy_states = request.attributes.get(PROXY_STATE)
+    if proxy_states:
+        attributes.extend((PROXY_STATE, state) for state in proxy_states)
+    body = _encode_attributes(attributes)
+    signed = request.code in (Code.ACCESS_REQUEST, Code.STATUS_SERVER)
+    length = MIN_LENGTH + len(body) + (18 if signed else 0)
+    if length > MAX_LENGTH:
+        raise ValueError(f"reply of {length} octets exceeds {MAX_LENGTH}")
+    head = struct.pack("!BBH", code, request.ident, length)
+    if signed:
+        ma = hmac.digest(
+            secret, head + request.authenticator + b"\x50\x12" + ZERO_VECTOR + body, "md5"
+        )
+        body = b"\x50\x12" + ma + body
+    response_authenticator = hashlib.md5(head + request.authenticator + body + secret).digest()
+    return head + response_authenticator + body
