@@ -59,6 +59,31 @@ class UsersConfig:
     verified_cache_size: int = 10000
 
 
+EAP_METHODS = ("peap", "mschapv2")
+TLS_VERSIONS = ("1.2", "1.3")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The TLS server inside PEAP: identity files and record/fragment limits."""
+
+    certificate: Path
+    key: Path
+    chain: Path | None
+    fragment_size: int = 1024
+    max_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class EapConfig:
+    enabled: bool
+    methods: tuple[str, ...]
+    idle_timeout: float
+    max_conversations: int
+    server_name: str
+    tls: TlsConfig
+
+
 @dataclass(frozen=True)
 class Config:
     source: str
@@ -66,6 +91,7 @@ class Config:
     log_level: str
     users: UsersConfig
     radius: RadiusConfig
+    eap: EapConfig
 
 
 class _Section:
@@ -239,6 +265,7 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
         verified_cache_size=users_section.get_int("verified_cache_size", 10000, 0, 10_000_000),
     )
     users_section.finish()
+    eap = _eap(root.sub("eap"), state)
     radius_section = root.sub("radius")
     enabled = radius_section.table.get("enabled", True)
     radius = (
@@ -247,7 +274,44 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
         else _disabled(radius_section)
     )
     root.finish()
-    return Config(source, state, log_level, users, radius)
+    return Config(source, state, log_level, users, radius, eap)
+
+
+def _eap(section: _Section, state_dir: Path) -> EapConfig:
+    methods = section.get("methods", list, list(EAP_METHODS))
+    if (
+        not methods
+        or any(m not in EAP_METHODS for m in methods)
+        or len(set(methods)) < len(methods)
+    ):
+        raise section.error(
+            "methods", f"{methods!r}: list one or more of {', '.join(EAP_METHODS)}, once each"
+        )
+    tls = section.sub("tls")
+    chain = tls.get("chain", str, "pki/chain.pem")
+    max_version = tls.get("max_version", str, "1.2")
+    if max_version not in TLS_VERSIONS:
+        raise tls.error("max_version", f"{max_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+    tls_config = TlsConfig(
+        certificate=state_dir / tls.get("certificate", str, "pki/server.pem"),
+        key=state_dir / tls.get("key", str, "pki/server.key"),
+        chain=state_dir / chain if chain else None,
+        fragment_size=tls.get_int("fragment_size", 1024, 100, 4000),
+        max_version=max_version,
+    )
+    tls.finish()
+    config = EapConfig(
+        enabled=section.get("enabled", bool, True),
+        methods=tuple(methods),
+        idle_timeout=section.get("idle_timeout", float, 30.0),
+        max_conversations=section.get_int("max_conversations", 10000, 1, 10_000_000),
+        server_name=section.get("server_name", str, "vpnaaa"),
+        tls=tls_config,
+    )
+    if config.idle_timeout <= 0:
+        raise section.error("idle_timeout", "must be positive")
+    section.finish()
+    return config
 
 
 def _disabled(section: _Section) -> RadiusConfig:

@@ -5,17 +5,22 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from twisted.application import service
+from twisted.application import internet, service
 from twisted.internet.interfaces import IListeningPort
 
 from vpnaaa import auth, logs
-from vpnaaa.config import Config
+from vpnaaa.config import Config, EapConfig
+from vpnaaa.eap.engine import EapEngine
+from vpnaaa.eap.mschapv2 import MsChapV2
+from vpnaaa.eap.packet import Type
 from vpnaaa.radius.accounting import AccountingLog
+from vpnaaa.radius.eap import EapHandler
 from vpnaaa.radius.handlers import AccessHandler
 from vpnaaa.radius.server import ClientTable, DuplicateCache, acct_protocol, auth_protocol
 from vpnaaa.users import UserStore, UserStoreError
 
 log = logs.get("vpnaaa")
+EXPIRY_INTERVAL = 5.0  # seconds between sweeps of idle EAP conversations
 
 
 class RadiusService(service.Service):
@@ -23,13 +28,16 @@ class RadiusService(service.Service):
 
     name = "radius"
 
-    def __init__(self, config: Config, backend: auth.AuthBackend, reactor: Any) -> None:
+    def __init__(
+        self, config: Config, backend: auth.AuthBackend, eap: EapEngine | None, reactor: Any
+    ) -> None:
         self.config = config.radius
         self.reactor = reactor
         clients = ClientTable(self.config.clients)
         self.accounting = AccountingLog(self.config.accounting_log, self.config.accounting_fsync)
         window = self.config.duplicate_window
-        self.auth = auth_protocol(clients, DuplicateCache(reactor, window), AccessHandler(backend))
+        access = AccessHandler(backend, EapHandler(eap) if eap is not None else None)
+        self.auth = auth_protocol(clients, DuplicateCache(reactor, window), access)
         self.acct = acct_protocol(clients, DuplicateCache(reactor, window), self.accounting)
         self.ports: list[IListeningPort] = []
 
@@ -73,9 +81,15 @@ class VpnaaaService(service.MultiService):
         count = self.users.load()
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
         self.backend = auth.LocalBackend(self.users)
+        self.eap: EapEngine | None = None
+        if config.eap.enabled:
+            self.eap = build_eap_engine(config.eap, self.users, reactor)
+            expiry = internet.TimerService(EXPIRY_INTERVAL, self.eap.expire)
+            expiry.clock = reactor
+            expiry.setServiceParent(self)
         self.radius: RadiusService | None = None
         if config.radius.enabled:
-            self.radius = RadiusService(config, self.backend, reactor)
+            self.radius = RadiusService(config, self.backend, self.eap, reactor)
             self.radius.setServiceParent(self)
 
     def reload(self) -> None:
@@ -92,6 +106,16 @@ class VpnaaaService(service.MultiService):
             self.reactor.callFromThread(self.reload)
 
         signal.signal(signal.SIGHUP, on_hup)
+
+
+def build_eap_engine(config: EapConfig, users: UserStore, reactor: Any) -> EapEngine:
+    """The EAP engine with the configured methods, in the configured order."""
+    factories = {
+        "mschapv2": (Type.MSCHAPV2, lambda: MsChapV2(users, config.server_name)),
+    }
+    methods = [factories[name] for name in config.methods if name in factories]
+    log.info("EAP methods: {methods}", methods=", ".join(config.methods))
+    return EapEngine(methods, reactor, config.idle_timeout, config.max_conversations)
 
 
 def make_service(config: Config, reactor: Any = None) -> VpnaaaService:

@@ -13,6 +13,7 @@ from twisted.internet import defer
 
 from vpnaaa import auth, logs
 from vpnaaa.radius import hiding, wire
+from vpnaaa.radius.eap import EapHandler
 
 log = logs.get("vpnaaa.radius")
 
@@ -130,10 +131,13 @@ def reject(request: wire.Packet, secret: bytes, login: Login | None) -> bytes:
 class AccessHandler:
     """Answers Access-Requests through an :class:`~vpnaaa.auth.AuthBackend`."""
 
-    def __init__(self, backend: auth.AuthBackend) -> None:
+    def __init__(self, backend: auth.AuthBackend, eap: EapHandler | None = None) -> None:
         self.backend = backend
+        self.eap = eap
 
     def handle(self, request: wire.Packet, secret: bytes, peer: str) -> defer.Deferred[bytes]:
+        if self.eap is not None and wire.EAP_MESSAGE in request.attributes:
+            return self.eap.handle(request, secret, peer)
         try:
             login = parse_login(request, secret)
         except BadRequest as e:

@@ -1,0 +1,215 @@
+"""The EAP authenticator, EAP-MSCHAPv2 and the engine, with RFC 2759 / RFC 3079 vectors."""
+
+import struct
+
+from twisted.internet import task
+from twisted.trial import unittest
+
+from tests.test_mschap import (
+    AUTH_CHALLENGE,
+    AUTHENTICATOR_RESPONSE,
+    NT_RESPONSE,
+    PASSWORD,
+    PEER_CHALLENGE,
+    SEND_START_KEY_128,
+)
+from vpnaaa.eap import packet
+from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, Success
+from vpnaaa.eap.engine import EapEngine
+from vpnaaa.eap.mschapv2 import MsChapV2
+from vpnaaa.eap.packet import Code, Type
+from vpnaaa.users import User
+
+
+class Directory(dict):
+    """Users by name, the way methods look them up."""
+
+
+USERS = Directory(User=User.create("User", PASSWORD))
+
+
+def response(identifier, kind, data=b""):
+    return packet.Packet(Code.RESPONSE, identifier, kind, data).encode()
+
+
+def rfc2759_response(ms_id, name=b"User", nt_response=NT_RESPONSE):
+    """The peer's EAP-MSCHAPv2 Response with the RFC 2759 §9.2 sample values."""
+    value = bytes([49]) + PEER_CHALLENGE + bytes(8) + nt_response + b"\x00" + name
+    return struct.pack("!BBH", 2, ms_id, 4 + len(value)) + value
+
+
+def mschapv2_factory():
+    method = MsChapV2(USERS)
+    method.challenge = AUTH_CHALLENGE  # the RFC sample's authenticator challenge
+    return method
+
+
+class PacketTests(unittest.TestCase):
+    def test_round_trip_and_padding(self):
+        raw = packet.request(7, Type.IDENTITY).encode()
+        self.assertEqual(raw, b"\x01\x07\x00\x05\x01")
+        self.assertEqual(packet.parse(raw + b"pad"), packet.request(7, Type.IDENTITY))
+        self.assertEqual(packet.success(3).encode(), b"\x03\x03\x00\x04")
+
+    def test_malformed(self):
+        for data in (
+            b"",
+            b"\x02\x01\x00",
+            b"\x02\x01\x00\x09\x01",
+            b"\x02\x01\x00\x04",
+            b"\x07\x01\x00\x05\x01",
+        ):
+            self.assertRaises(packet.EapError, packet.parse, data)
+
+
+class MsChapV2ConversationTests(unittest.TestCase):
+    def setUp(self):
+        self.conversation = Conversation([(Type.MSCHAPV2, mschapv2_factory)])
+
+    def challenge(self):
+        first = self.conversation.start()
+        request = packet.parse(first.eap)
+        self.assertEqual((request.code, request.type), (Code.REQUEST, Type.IDENTITY))
+        result = self.conversation.receive(response(request.identifier, Type.IDENTITY, b"User"))
+        self.assertIsInstance(result, Challenge)
+        challenge = packet.parse(result.eap)
+        self.assertEqual(challenge.identifier, (request.identifier + 1) % 256)
+        self.assertEqual(challenge.type, Type.MSCHAPV2)
+        # OpCode 1, MS-CHAPv2-ID = EAP Identifier, MS-Length, Value-Size 16, challenge, name
+        opcode, ms_id, ms_length, size = struct.unpack_from("!BBHB", challenge.data)
+        self.assertEqual(
+            (opcode, ms_id, ms_length, size), (1, challenge.identifier, len(challenge.data), 16)
+        )
+        self.assertEqual(challenge.data[5:21], AUTH_CHALLENGE)
+        self.assertEqual(challenge.data[21:], b"vpnaaa")
+        return challenge
+
+    def test_rfc2759_sample_succeeds_with_rfc3079_keys(self):
+        challenge = self.challenge()
+        result = self.conversation.receive(
+            response(challenge.identifier, Type.MSCHAPV2, rfc2759_response(challenge.identifier))
+        )
+        success_request = packet.parse(result.eap)
+        self.assertEqual(success_request.data[0], 3)
+        self.assertEqual(success_request.data[4:46], AUTHENTICATOR_RESPONSE)
+        done = self.conversation.receive(
+            response(success_request.identifier, Type.MSCHAPV2, b"\x03")
+        )
+        self.assertIsInstance(done, Success)
+        self.assertEqual(packet.parse(done.eap), packet.success(success_request.identifier))
+        self.assertEqual(done.identity, "User")
+        self.assertEqual(done.msk[16:], SEND_START_KEY_128)  # receive key, then send key
+
+    def test_domain_prefix_is_stripped(self):
+        challenge = self.challenge()
+        result = self.conversation.receive(
+            response(
+                challenge.identifier,
+                Type.MSCHAPV2,
+                rfc2759_response(challenge.identifier, name=b"CORP\\User"),
+            )
+        )
+        self.assertEqual(packet.parse(result.eap).data[4:46], AUTHENTICATOR_RESPONSE)
+
+    def test_wrong_password_fails_after_the_failure_ack(self):
+        challenge = self.challenge()
+        result = self.conversation.receive(
+            response(
+                challenge.identifier,
+                Type.MSCHAPV2,
+                rfc2759_response(challenge.identifier, nt_response=bytes(24)),
+            )
+        )
+        failure_request = packet.parse(result.eap)
+        self.assertEqual(failure_request.data[0], 4)
+        self.assertIn(b"E=691 R=0", failure_request.data)
+        done = self.conversation.receive(
+            response(failure_request.identifier, Type.MSCHAPV2, b"\x04")
+        )
+        self.assertIsInstance(done, Failure)
+        self.assertEqual(done.reason, "wrong password")
+        self.assertEqual(packet.parse(done.eap).code, Code.FAILURE)
+
+    def test_unknown_user(self):
+        challenge = self.challenge()
+        result = self.conversation.receive(
+            response(
+                challenge.identifier,
+                Type.MSCHAPV2,
+                rfc2759_response(challenge.identifier, name=b"nobody"),
+            )
+        )
+        self.assertEqual(packet.parse(result.eap).data[0], 4)
+
+    def test_stale_identifier_repeats_the_outstanding_request(self):
+        challenge = self.challenge()
+        again = self.conversation.receive(
+            response((challenge.identifier - 1) % 256, Type.IDENTITY, b"User")
+        )
+        self.assertEqual(packet.parse(again.eap), challenge)
+
+    def test_garbage_fails_cleanly(self):
+        for data in (b"", b"\x02", b"\x02\x00\x00\x08\x10", b"\x03", b"\x04"):
+            conversation = Conversation([(Type.MSCHAPV2, mschapv2_factory)])
+            conversation.receive(response(1, Type.IDENTITY, b"User"))
+            result = conversation.receive(response(conversation.identifier, Type.MSCHAPV2, data))
+            self.assertIsInstance(result, Failure, repr(data))
+            self.assertEqual(packet.parse(result.eap).code, Code.FAILURE)
+        self.assertIsInstance(self.conversation.receive(b"\x02\x01"), Failure)
+
+
+class NakTests(unittest.TestCase):
+    def test_nak_picks_the_next_acceptable_method(self):
+        conversation = Conversation(
+            [(Type.PEAP, mschapv2_factory), (Type.MSCHAPV2, mschapv2_factory)]
+        )
+        first = conversation.receive(response(9, Type.IDENTITY, b"User"))
+        self.assertEqual(packet.parse(first.eap).type, Type.PEAP)
+        second = conversation.receive(
+            response(packet.parse(first.eap).identifier, Type.NAK, bytes([Type.MSCHAPV2]))
+        )
+        self.assertEqual(packet.parse(second.eap).type, Type.MSCHAPV2)
+
+    def test_nak_with_nothing_acceptable_fails(self):
+        conversation = Conversation([(Type.MSCHAPV2, mschapv2_factory)])
+        first = conversation.receive(response(9, Type.IDENTITY, b"User"))
+        result = conversation.receive(
+            response(packet.parse(first.eap).identifier, Type.NAK, b"\x00")
+        )
+        self.assertIsInstance(result, Failure)
+        self.assertIn("no common EAP method", result.reason)
+
+
+class EngineTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.engine = EapEngine(
+            [(Type.MSCHAPV2, mschapv2_factory)], self.clock, idle_timeout=30, max_conversations=3
+        )
+
+    def step(self, conversation_id, eap):
+        return self.successResultOf(self.engine.step(conversation_id, eap))
+
+    def test_idle_conversations_expire(self):
+        for _ in range(3):
+            self.step(None, response(1, Type.IDENTITY, b"User"))
+        self.assertEqual(len(self.engine), 3)
+        self.clock.advance(31)
+        self.assertEqual(self.engine.expire(), 3)
+        self.assertEqual(len(self.engine), 0)
+
+    def test_full_table_refuses_new_conversations(self):
+        for _ in range(3):
+            self.step(None, response(1, Type.IDENTITY, b"User"))
+        _, result = self.step(None, response(1, Type.IDENTITY, b"User"))
+        self.assertIsInstance(result, Failure)
+        self.assertEqual(len(self.engine), 3)
+
+    def test_finished_conversations_are_removed(self):
+        conversation_id, result = self.step(None, response(1, Type.IDENTITY, b"User"))
+        nak_target = packet.parse(result.eap).identifier
+        _, result = self.step(conversation_id, response(nak_target, Type.NAK, b"\x00"))
+        self.assertIsInstance(result, Failure)
+        self.assertEqual(len(self.engine), 0)
+        _, result = self.step(conversation_id, response(nak_target, Type.IDENTITY, b"x"))
+        self.assertEqual(result.reason, "unknown or expired conversation")

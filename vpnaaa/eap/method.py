@@ -1,0 +1,53 @@
+"""What an EAP method is to the authenticator (hostapd's eap_server method table, in small).
+
+A method is a sans-IO object for one conversation: it builds its first request, processes
+each response and ends with :class:`Done`. The authenticator owns identities,
+identifiers, Nak and the conversation's lifetime; methods own nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vpnaaa.users import User
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send a Request of the method's type with this Type-Data."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Done:
+    """The method finished: success with the MSK (RFC 3748 §7.10) or failure with a reason."""
+
+    success: bool
+    identity: str = ""
+    msk: bytes = field(default=b"", repr=False)
+    reason: str = ""
+
+
+Step = Send | Done
+
+
+class Directory(Protocol):
+    """Where methods find users (the local user store; a test double in unit tests)."""
+
+    def get(self, name: str) -> User | None: ...
+
+
+class Method(Protocol):
+    type: int
+
+    def start(self, identifier: int) -> bytes:
+        """Type-Data of the first Request, sent with EAP Identifier ``identifier``."""
+
+    def process(self, data: bytes, identifier: int) -> Step:
+        """Handle a Response's Type-Data; ``identifier`` is that of the next Request."""
+
+
+class MethodError(Exception):
+    """The peer sent something the method cannot accept; the conversation fails."""

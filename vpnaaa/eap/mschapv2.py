@@ -1,0 +1,106 @@
+"""EAP-MSCHAPv2, server side (draft-kamath-pppext-eap-mschapv2-02; RFC 2759 inside).
+
+Type-Data is OpCode, MS-CHAPv2-ID, MS-Length (the Type-Data length) and a value:
+
+    Challenge (1)  Value-Size 16, challenge, server name
+    Response  (2)  Value-Size 49: peer challenge 16, reserved 8, NT-Response 24, flags 1; name
+    Success   (3)  request: "S=<authenticator response> M=<message>"; response: OpCode only
+    Failure   (4)  request: "E=691 R=0 C=<challenge> V=3 M=<message>"; response: OpCode only
+
+Each request's MS-CHAPv2-ID is its EAP Identifier, as hostapd does. The MSK is the
+server's receive key then its send key (RFC 3079 §3.4), 32 octets, which the RADIUS
+front end splits into MS-MPPE-Recv-Key and MS-MPPE-Send-Key.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from enum import IntEnum
+
+from vpnaaa import mschap
+from vpnaaa.eap.method import Directory, Done, MethodError, Send, Step
+from vpnaaa.eap.packet import Type
+
+_HEAD = struct.Struct("!BBH")
+VALUE_SIZE_CHALLENGE = 16
+VALUE_SIZE_RESPONSE = 49
+
+
+class OpCode(IntEnum):
+    CHALLENGE = 1
+    RESPONSE = 2
+    SUCCESS = 3
+    FAILURE = 4
+
+
+def _message(opcode: int, ms_id: int, body: bytes) -> bytes:
+    return _HEAD.pack(opcode, ms_id, 4 + len(body)) + body
+
+
+def strip_domain(name: str) -> str:
+    """Windows sends ``DOMAIN\\user``; the user store and ChallengeHash want ``user``."""
+    return name.rpartition("\\")[2]
+
+
+class MsChapV2:
+    """One EAP-MSCHAPv2 exchange against a :class:`~vpnaaa.eap.method.Directory`."""
+
+    type = Type.MSCHAPV2
+
+    def __init__(self, directory: Directory, server_name: str = "vpnaaa") -> None:
+        self.directory = directory
+        self.server_name = server_name.encode()
+        self.challenge = os.urandom(16)
+        self.state = "challenge"
+        self.outcome: Done | None = None
+
+    def start(self, identifier: int) -> bytes:
+        body = bytes([VALUE_SIZE_CHALLENGE]) + self.challenge + self.server_name
+        return _message(OpCode.CHALLENGE, identifier, body)
+
+    def process(self, data: bytes, identifier: int) -> Step:
+        if len(data) < 1:
+            raise MethodError("empty EAP-MSCHAPv2 response")
+        opcode = data[0]
+        if self.state == "challenge" and opcode == OpCode.RESPONSE:
+            return self._response(data, identifier)
+        if self.state == "result" and self.outcome is not None:
+            expected = OpCode.SUCCESS if self.outcome.success else OpCode.FAILURE
+            if opcode != expected:
+                raise MethodError(f"expected the peer's {expected.name} response, got {opcode}")
+            return self.outcome
+        raise MethodError(f"unexpected OpCode {opcode} in state {self.state}")
+
+    def _response(self, data: bytes, identifier: int) -> Step:
+        if len(data) < 4 + 1 + VALUE_SIZE_RESPONSE or data[4] != VALUE_SIZE_RESPONSE:
+            raise MethodError("EAP-MSCHAPv2 Response is not Value-Size 49")
+        value = data[5 : 5 + VALUE_SIZE_RESPONSE]
+        peer_challenge, nt_response = value[:16], value[24:48]
+        try:
+            name = data[5 + VALUE_SIZE_RESPONSE :].decode("utf-8")
+        except UnicodeDecodeError:
+            raise MethodError("EAP-MSCHAPv2 name is not UTF-8") from None
+        username = strip_domain(name)
+        user = self.directory.get(username)
+        self.state = "result"
+        if user is None or user.nt_hash is None:
+            reason = "unknown user" if user is None else "MS-CHAP is disabled for this user"
+            return self._fail(identifier, username, reason)
+        hashed_name = username.encode()
+        if not mschap.verify_nt_response(
+            self.challenge, peer_challenge, hashed_name, user.nt_hash, nt_response
+        ):
+            return self._fail(identifier, username, "wrong password")
+        send_key, recv_key = mschap.server_mppe_keys(user.nt_hash, nt_response)
+        self.outcome = Done(True, identity=user.name, msk=recv_key + send_key)
+        proof = mschap.generate_authenticator_response(
+            user.nt_hash, nt_response, peer_challenge, self.challenge, hashed_name
+        )
+        return Send(_message(OpCode.SUCCESS, identifier, proof + b" M=Welcome"))
+
+    def _fail(self, identifier: int, username: str, reason: str) -> Send:
+        """RFC 2759 §6 failure packet; R=0: no retry, the conversation ends."""
+        self.outcome = Done(False, identity=username, reason=reason)
+        text = f"E=691 R=0 C={os.urandom(16).hex().upper()} V=3 M=Authentication failed"
+        return Send(_message(OpCode.FAILURE, identifier, text.encode()))

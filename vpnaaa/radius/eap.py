@@ -1,0 +1,77 @@
+"""EAP over RADIUS (RFC 3579): the RADIUS front end of the shared EAP engine.
+
+EAP-Message attributes are concatenated into one EAP packet (§3.1) and replies split into
+253-octet attributes; the State attribute (RFC 2865 §5.24) carries the conversation id.
+Access-Accept carries EAP-Success, the inner identity as User-Name, and the MSK as
+MS-MPPE-Recv-Key (first half) and MS-MPPE-Send-Key (second half) (RFC 2548 §2.4.2-3,
+as hostapd and FreeRADIUS split it). Message-Authenticator is mandatory on every EAP
+packet; the server checks it before this module runs.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+
+from vpnaaa import logs
+from vpnaaa.eap.authenticator import Challenge, Result, Success
+from vpnaaa.eap.engine import EapEngine
+from vpnaaa.radius import hiding, wire
+
+log = logs.get("vpnaaa.radius")
+
+MAX_VALUE = 253  # RFC 2865 §5: an attribute's value is at most 253 octets
+_STATE = wire.key("State")
+_MS_MPPE_SEND_KEY = wire.key("MS-MPPE-Send-Key")
+_MS_MPPE_RECV_KEY = wire.key("MS-MPPE-Recv-Key")
+_REPLY_MESSAGE = wire.value("Reply-Message", "Authentication failed")
+
+
+def eap_attributes(eap: bytes) -> list[tuple[wire.Key, bytes]]:
+    """One EAP packet as consecutive EAP-Message attributes (RFC 3579 §3.1)."""
+    return [(wire.EAP_MESSAGE, eap[i : i + MAX_VALUE]) for i in range(0, len(eap), MAX_VALUE)]
+
+
+class EapHandler:
+    """Answers Access-Requests carrying EAP-Message."""
+
+    def __init__(self, engine: EapEngine) -> None:
+        self.engine = engine
+
+    def handle(self, request: wire.Packet, secret: bytes, peer: str) -> defer.Deferred[bytes]:
+        eap = b"".join(request.attributes[wire.EAP_MESSAGE])
+        state = request.get(_STATE)
+        d = self.engine.step(state, eap)
+        return d.addCallback(self._answer, request, secret, peer)
+
+    @staticmethod
+    def _answer(
+        step: tuple[bytes, Result], request: wire.Packet, secret: bytes, peer: str
+    ) -> bytes:
+        conversation_id, result = step
+        attributes = eap_attributes(result.eap)
+        if isinstance(result, Challenge):
+            attributes.append((_STATE, conversation_id))
+            return wire.reply(request, wire.Code.ACCESS_CHALLENGE, secret, attributes)
+        if isinstance(result, Success):
+            half = len(result.msk) // 2
+            vector = request.authenticator
+            attributes += [
+                wire.value("User-Name", result.identity),
+                (_MS_MPPE_RECV_KEY, hiding.salt_encrypt(result.msk[:half], secret, vector)),
+                (_MS_MPPE_SEND_KEY, hiding.salt_encrypt(result.msk[half:], secret, vector)),
+            ]
+            log.info(
+                "Access-Accept EAP-{method} user {user!r} for {peer}",
+                method=result.method,
+                user=result.identity,
+                peer=peer,
+            )
+            return wire.reply(request, wire.Code.ACCESS_ACCEPT, secret, attributes)
+        log.info(
+            "Access-Reject EAP user {user!r} for {peer}: {reason}",
+            user=result.identity,
+            peer=peer,
+            reason=result.reason,
+        )
+        attributes.append(_REPLY_MESSAGE)
+        return wire.reply(request, wire.Code.ACCESS_REJECT, secret, attributes)
