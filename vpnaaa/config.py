@@ -60,7 +60,6 @@ class UsersConfig:
 
 
 EAP_METHODS = ("peap", "mschapv2")
-TLS_VERSIONS = ("1.2", "1.3")
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,6 @@ class TlsConfig:
     key: Path
     chain: Path | None
     fragment_size: int = 1024
-    max_version: str = "1.2"
 
 
 @dataclass(frozen=True)
@@ -289,15 +287,11 @@ def _eap(section: _Section, state_dir: Path) -> EapConfig:
         )
     tls = section.sub("tls")
     chain = tls.get("chain", str, "pki/chain.pem")
-    max_version = tls.get("max_version", str, "1.2")
-    if max_version not in TLS_VERSIONS:
-        raise tls.error("max_version", f"{max_version!r} is not one of {', '.join(TLS_VERSIONS)}")
     tls_config = TlsConfig(
         certificate=state_dir / tls.get("certificate", str, "pki/server.pem"),
         key=state_dir / tls.get("key", str, "pki/server.key"),
         chain=state_dir / chain if chain else None,
         fragment_size=tls.get_int("fragment_size", 1024, 100, 4000),
-        max_version=max_version,
     )
     tls.finish()
     config = EapConfig(

@@ -10,9 +10,13 @@ from twisted.internet.interfaces import IListeningPort
 
 from vpnaaa import auth, logs
 from vpnaaa.config import Config, EapConfig
+from vpnaaa.eap.authenticator import MethodFactory
 from vpnaaa.eap.engine import EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
+from vpnaaa.eap.peap import Peap
+from vpnaaa.eap.tls import server_context
+from vpnaaa.pki import load_server_identity
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.eap import EapHandler
 from vpnaaa.radius.handlers import AccessHandler
@@ -110,10 +114,24 @@ class VpnaaaService(service.MultiService):
 
 def build_eap_engine(config: EapConfig, users: UserStore, reactor: Any) -> EapEngine:
     """The EAP engine with the configured methods, in the configured order."""
-    factories = {
-        "mschapv2": (Type.MSCHAPV2, lambda: MsChapV2(users, config.server_name)),
-    }
-    methods = [factories[name] for name in config.methods if name in factories]
+
+    def mschapv2() -> MsChapV2:
+        return MsChapV2(users, config.server_name)
+
+    factories: dict[str, tuple[int, MethodFactory]] = {"mschapv2": (Type.MSCHAPV2, mschapv2)}
+    if "peap" in config.methods:
+        tls = config.tls
+        identity = load_server_identity(tls.key, tls.certificate, tls.chain)
+        context = server_context(identity)
+        log.info(
+            "PEAP server certificate: {subject}", subject=identity.cert.subject.rfc4514_string()
+        )
+
+        def peap() -> Peap:
+            return Peap(context, [(Type.MSCHAPV2, mschapv2)], tls.fragment_size)
+
+        factories["peap"] = (Type.PEAP, peap)
+    methods = [factories[name] for name in config.methods]
     log.info("EAP methods: {methods}", methods=", ".join(config.methods))
     return EapEngine(methods, reactor, config.idle_timeout, config.max_conversations)
 

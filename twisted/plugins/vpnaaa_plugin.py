@@ -21,12 +21,13 @@ class VpnaaaServiceMaker:
 
     def makeService(self, options):
         from vpnaaa.config import ConfigError, load
+        from vpnaaa.pki import PkiError
         from vpnaaa.service import make_service
         from vpnaaa.users import UserStoreError
 
         try:
             daemon = make_service(load(options["config"], options["state-dir"]))
-        except (ConfigError, UserStoreError) as e:
+        except (ConfigError, UserStoreError, PkiError) as e:
             raise SystemExit(f"vpnaaa: {e}") from None
         daemon.install_sighup()
         return daemon

@@ -1,0 +1,168 @@
+"""The TLS server inside PEAP: pyOpenSSL on memory BIOs, and EAP-TLS record framing.
+
+:class:`TlsServer` is sans-IO: TLS records in, TLS records out, application data in
+between. :class:`Framing` carries those records in EAP-TLS style Type-Data (RFC 5216
+§3.1-3.2, used by PEAP): a Flags octet (L = length included, M = more fragments,
+S = start; PEAP keeps its version in the low three bits), the 4-octet TLS Message Length
+when L is set, then a fragment. Each fragment the peer sends with M set is acknowledged
+by an empty request; each of ours with M set waits for the peer's empty response.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from OpenSSL import SSL, crypto
+
+from vpnaaa.eap.method import MethodError
+from vpnaaa.pki import ServerIdentity
+
+FLAG_LENGTH = 0x80
+FLAG_MORE = 0x40
+FLAG_START = 0x20
+VERSION_MASK = 0x07
+MAX_MESSAGE = 64 * 1024  # refuse reassembling more than this (a TLS flight is a few KiB)
+_LENGTH = struct.Struct("!I")
+
+
+def server_context(identity: ServerIdentity) -> SSL.Context:
+    """A TLS 1.2 server context for PEAP (TLS 1.3 needs RFC 9427, not done here)."""
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.use_certificate(crypto.X509.from_cryptography(identity.cert))
+    context.use_privatekey(crypto.PKey.from_cryptography_key(identity.key))
+    for certificate in identity.chain:
+        context.add_extra_chain_cert(crypto.X509.from_cryptography(certificate))
+    context.check_privatekey()
+    return context
+
+
+class TlsServer:
+    """One server-side TLS connection driven through memory BIOs."""
+
+    def __init__(self, context: SSL.Context) -> None:
+        self.connection = SSL.Connection(context, None)
+        self.connection.set_accept_state()
+        self.established = False
+
+    def receive(self, records: bytes) -> bytes:
+        """Feed TLS records from the peer; return decrypted application data, if any."""
+        self.connection.bio_write(records)
+        try:
+            if not self.established:
+                self.connection.do_handshake()
+                self.established = True
+            return self._read_application_data()
+        except SSL.WantReadError:
+            return b""
+        except SSL.Error as e:
+            raise MethodError(f"TLS: {_describe(e)}") from None
+
+    def send(self, data: bytes) -> None:
+        """Encrypt application data (phase 2); call :meth:`outgoing` to collect it."""
+        try:
+            self.connection.sendall(data)
+        except SSL.Error as e:
+            raise MethodError(f"TLS: {_describe(e)}") from None
+
+    def outgoing(self) -> bytes:
+        """TLS records waiting to go to the peer."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.connection.bio_read(16384))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    def _read_application_data(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.connection.recv(16384))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+            except SSL.ZeroReturnError:
+                raise MethodError("TLS: the peer closed the connection") from None
+
+    def export_key(self, label: bytes, length: int) -> bytes:
+        """TLS-PRF(master secret, label, client random || server random) (RFC 5705 §4
+        without context, which RFC 5216 §2.3 uses for the MSK)."""
+        return self.connection.export_keying_material(label, length)
+
+
+def _describe(error: SSL.Error) -> str:
+    reasons = [part[2] for part in error.args[0] if len(part) == 3] if error.args else []
+    return ", ".join(str(r) for r in reasons) or repr(error)
+
+
+class Framing:
+    """EAP-TLS style fragmentation and reassembly for one conversation."""
+
+    def __init__(self, fragment_size: int, version: int = 0) -> None:
+        self.fragment_size = fragment_size
+        self.version = version
+        self._incoming = bytearray()
+        self._expected = 0
+        self._outgoing = b""
+        self._first = False
+
+    def start(self) -> bytes:
+        """The first request: Start flag, no data."""
+        return bytes([FLAG_START | self.version])
+
+    def receive(self, data: bytes) -> bytes | None:
+        """Add one peer fragment. Returns the whole message once complete, ``b""`` for a
+        bare ACK, or None when more fragments are due (send :meth:`ack`)."""
+        if not data:
+            raise MethodError("empty EAP-TLS response (no Flags)")
+        flags = data[0]
+        body = data[1:]
+        if flags & FLAG_LENGTH:
+            if len(body) < 4:
+                raise MethodError("L flag without a TLS Message Length")
+            total = _LENGTH.unpack_from(body)[0]
+            body = body[4:]
+            if total > MAX_MESSAGE:
+                raise MethodError(f"TLS Message Length {total} exceeds {MAX_MESSAGE}")
+            if not self._incoming:
+                self._expected = total
+        self._incoming += body
+        if len(self._incoming) > (self._expected or MAX_MESSAGE):
+            raise MethodError("more TLS data than the announced TLS Message Length")
+        if flags & FLAG_MORE:
+            return None
+        message = bytes(self._incoming)
+        self._incoming.clear()
+        self._expected = 0
+        return message
+
+    def ack(self) -> bytes:
+        """Acknowledge a fragment (RFC 5216 §3.2): Flags only."""
+        return bytes([self.version])
+
+    def queue(self, message: bytes) -> None:
+        self._outgoing = message
+        self._first = True
+
+    @property
+    def sending(self) -> bool:
+        """Whether fragments of our message are still waiting for the peer's ACKs."""
+        return bool(self._outgoing)
+
+    def next_fragment(self) -> bytes:
+        """The next fragment of the queued message, with L on the first of several."""
+        message = self._outgoing
+        chunk = message[: self.fragment_size]
+        self._outgoing = message[self.fragment_size :]
+        flags = self.version
+        header = b""
+        if self._outgoing:
+            flags |= FLAG_MORE
+            if self._first:
+                flags |= FLAG_LENGTH
+                header = _LENGTH.pack(len(message))
+        self._first = False
+        return bytes([flags]) + header + chunk
