@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -10,6 +12,7 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from vpnaaa import config as configuration
+from vpnaaa import pki
 from vpnaaa.service import VpnaaaService, make_service
 from vpnaaa.users import User, write_users
 
@@ -32,14 +35,28 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+@functools.cache
+def test_pki() -> tuple[pki.CaFiles, pki.ServerFiles]:
+    """A CA and a server certificate for radius.example.test, made once per test run."""
+    directory = Path(tempfile.mkdtemp(prefix="vpnaaa-test-pki-"))
+    atexit.register(shutil.rmtree, directory, True)
+    ca = pki.init_ca(directory / "ca")
+    server = pki.issue_server(directory / "ca", directory / "server", "radius.example.test")
+    return ca, server
+
+
 def radius_config(state: Path, clients: str | None = None, extra: str = "") -> Path:
-    """A RADIUS-only configuration on 127.0.0.1 with free ports (0 = let the kernel pick)."""
+    """A RADIUS + EAP configuration on 127.0.0.1 with free ports (0 = let the kernel pick),
+    the PEAP server identity from :func:`test_pki`."""
+    _, server = test_pki()
     if clients is None:
         clients = (
             f'[[radius.clients]]\nname = "loopback"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n'
         )
     text = (
         f'[general]\nstate_dir = "{state}"\nlog_level = "debug"\n\n'
+        f'[eap.tls]\ncertificate = "{server.cert}"\nkey = "{server.key}"\n'
+        f'chain = "{server.chain}"\n\n'
         f'[radius]\nlisten = "127.0.0.1"\nauth_port = 0\nacct_port = 0\n{extra}\n\n{clients}'
     )
     return write_config(state / "vpnaaa.toml", text)

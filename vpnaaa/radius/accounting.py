@@ -20,12 +20,15 @@ from vpnaaa.radius import wire
 
 
 def _value(request: AcctPacket, name: Any) -> list[Any]:
-    """The decoded values of one attribute, or hex where the value does not decode."""
+    """The decoded values of one attribute; octets (and values that do not decode) as hex."""
     try:
         values = request[name]
     except Exception:  # pyrad raises many types for malformed values
         values = [v.hex() for v in dict.__getitem__(request, request._EncodeKey(name))]
-    return [v if isinstance(v, int | str) else str(v) for v in values]
+    return [
+        v if isinstance(v, int | str) else v.hex() if isinstance(v, bytes) else str(v)
+        for v in values
+    ]
 
 
 def record(request: AcctPacket, client: str, peer: str, now: float) -> dict[str, Any]:
