@@ -6,10 +6,12 @@ import argparse
 import getpass
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path
 
 from vpnaaa import config as configuration
+from vpnaaa import pki
 from vpnaaa.users import User, UserStoreError, read_users, write_users
 
 DEMO_USER = "demo"
@@ -89,11 +91,53 @@ def _create_private(path: Path, content: str) -> bool:
     return True
 
 
+def _pki_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(CA directory, server directory): where [eap.tls] certificate points, and its ca/."""
+    if args.config:
+        server_dir = configuration.load(args.config, args.state_dir).eap.tls.certificate.parent
+    else:
+        server_dir = Path(args.state_dir or configuration.DEFAULT_STATE_DIR) / "pki"
+    return server_dir / "ca", server_dir
+
+
+def pki_init(args: argparse.Namespace) -> str:
+    ca_dir, _ = _pki_dirs(args)
+    files = pki.init_ca(ca_dir, args.cn)
+    return f"CA created: {files.cert} (key {files.key}); give {files.cert} to clients"
+
+
+def pki_issue(args: argparse.Namespace) -> str:
+    ca_dir, server_dir = _pki_dirs(args)
+    files = pki.issue_server(ca_dir, server_dir, args.name, args.alt, force=args.force)
+    return f"issued {files.cert} for {', '.join([args.name, *args.alt])} (chain {files.chain})"
+
+
+def pki_csr(args: argparse.Namespace) -> str:
+    _, server_dir = _pki_dirs(args)
+    path = pki.make_csr(server_dir, args.name, args.alt, force=args.force)
+    return f"CSR written to {path}; have it signed, then run `vpnaaa pki import`"
+
+
+def pki_import(args: argparse.Namespace) -> str:
+    _, server_dir = _pki_dirs(args)
+    result = pki.import_certificate(
+        server_dir / "server.key", args.certificate, args.chain, server_dir, force=True
+    )
+    lines = [f"installed {result.files.cert} and {result.files.chain}"]
+    lines += [f"warning: {w}" for w in result.warnings]
+    return "\n".join(lines)
+
+
 def demo(args: argparse.Namespace) -> str:
     """Create what the embedded defaults need, keeping anything that exists."""
     state = Path(args.state_dir or configuration.DEFAULT_STATE_DIR)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
+    ca_dir, server_dir = _pki_dirs(args)
+    if not (ca_dir / "ca.pem").exists():
+        pki.init_ca(ca_dir)
+    if not (server_dir / "server.pem").exists():
+        pki.issue_server(ca_dir, server_dir, socket.gethostname(), ["127.0.0.1"])
     secret_path = state / configuration.DEMO_SECRET_FILE
     _create_private(secret_path, secrets.token_urlsafe(18) + "\n")
     users_path = state / configuration.UsersConfig.file
@@ -111,7 +155,7 @@ def demo(args: argparse.Namespace) -> str:
             f"try: echo 'User-Name={DEMO_USER},User-Password={password}' | "
             f"radclient -x 127.0.0.1 auth {secret}\n",
         )
-    return f"demo credentials: {credentials}"
+    return f"demo credentials: {credentials}; PEAP clients trust {ca_dir / 'ca.pem'}"
 
 
 def check_config(args: argparse.Namespace) -> str:
@@ -156,8 +200,28 @@ def parser() -> argparse.ArgumentParser:
     delete.set_defaults(func=user_del)
     user.add_parser("list", help="list users and their methods").set_defaults(func=user_list)
 
+    certs = sub.add_parser("pki", help="certificates for PEAP and IKEv2").add_subparsers(
+        dest="action", required=True
+    )
+    init = certs.add_parser("init", help="create a private CA in state_dir/pki/ca")
+    init.add_argument("--cn", default="vpnaaa demo CA", help="the CA's common name")
+    init.set_defaults(func=pki_init)
+    for verb, func, text in (
+        ("issue", pki_issue, "issue the server certificate from the private CA"),
+        ("csr", pki_csr, "make a key and a CSR for an external CA"),
+    ):
+        command = certs.add_parser(verb, help=text)
+        command.add_argument("name", help="DNS name or IP address clients connect to")
+        command.add_argument("--alt", action="append", default=[], help="another name or IP")
+        command.add_argument("--force", action="store_true", help="replace existing files")
+        command.set_defaults(func=func)
+    imported = certs.add_parser("import", help="install the certificate an external CA issued")
+    imported.add_argument("certificate", type=Path)
+    imported.add_argument("chain", type=Path, nargs="*", help="CA certificates, nearest first")
+    imported.set_defaults(func=pki_import)
+
     sub.add_parser(
-        "demo", help="create the demo secret and user for the embedded defaults"
+        "demo", help="create the demo secret, user and certificates for the embedded defaults"
     ).set_defaults(func=demo)
     check = sub.add_parser("check-config", help="validate a configuration without starting")
     check.add_argument("path", nargs="?", help="the file (default: the embedded defaults)")
@@ -169,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         output = args.func(args)
-    except (configuration.ConfigError, UserStoreError) as e:
+    except (configuration.ConfigError, UserStoreError, pki.PkiError) as e:
         print(f"vpnaaa: {e}", file=sys.stderr)
         return 1
     if output:
