@@ -79,6 +79,7 @@ class EapConfig:
     idle_timeout: float
     max_conversations: int
     server_name: str
+    peap_cryptobinding: bool
     tls: TlsConfig
 
 
@@ -300,6 +301,7 @@ def _eap(section: _Section, state_dir: Path) -> EapConfig:
         idle_timeout=section.get("idle_timeout", float, 30.0),
         max_conversations=section.get_int("max_conversations", 10000, 1, 10_000_000),
         server_name=section.get("server_name", str, "vpnaaa"),
+        peap_cryptobinding=section.get("peap_cryptobinding", bool, True),
         tls=tls_config,
     )
     if config.idle_timeout <= 0:

@@ -128,7 +128,9 @@ def build_eap_engine(config: EapConfig, users: UserStore, reactor: Any) -> EapEn
         )
 
         def peap() -> Peap:
-            return Peap(context, [(Type.MSCHAPV2, mschapv2)], tls.fragment_size)
+            return Peap(
+                context, [(Type.MSCHAPV2, mschapv2)], tls.fragment_size, config.peap_cryptobinding
+            )
 
         factories["peap"] = (Type.PEAP, peap)
     methods = [factories[name] for name in config.methods]

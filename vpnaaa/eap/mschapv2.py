@@ -7,7 +7,8 @@ Type-Data is OpCode, MS-CHAPv2-ID, MS-Length (the Type-Data length) and a value:
     Success   (3)  request: "S=<authenticator response> M=<message>"; response: OpCode only
     Failure   (4)  request: "E=691 R=0 C=<challenge> V=3 M=<message>"; response: OpCode only
 
-Each request's MS-CHAPv2-ID is its EAP Identifier, as hostapd does. The MSK is the
+The Challenge's MS-CHAPv2-ID is its EAP Identifier; Success and Failure echo the ID of
+the peer's Response, as hostapd does. The MSK is the
 server's receive key then its send key (RFC 3079 §3.4), 32 octets, which the RADIUS
 front end splits into MS-MPPE-Recv-Key and MS-MPPE-Send-Key.
 """
@@ -64,7 +65,7 @@ class MsChapV2:
             raise MethodError("empty EAP-MSCHAPv2 response")
         opcode = data[0]
         if self.state == "challenge" and opcode == OpCode.RESPONSE:
-            return self._response(data, identifier)
+            return self._response(data)
         if self.state == "result" and self.outcome is not None:
             expected = OpCode.SUCCESS if self.outcome.success else OpCode.FAILURE
             if opcode != expected:
@@ -72,7 +73,7 @@ class MsChapV2:
             return self.outcome
         raise MethodError(f"unexpected OpCode {opcode} in state {self.state}")
 
-    def _response(self, data: bytes, identifier: int) -> Step:
+    def _response(self, data: bytes) -> Step:
         if len(data) < 4 + 1 + VALUE_SIZE_RESPONSE or data[4] != VALUE_SIZE_RESPONSE:
             raise MethodError("EAP-MSCHAPv2 Response is not Value-Size 49")
         value = data[5 : 5 + VALUE_SIZE_RESPONSE]
@@ -82,25 +83,26 @@ class MsChapV2:
         except UnicodeDecodeError:
             raise MethodError("EAP-MSCHAPv2 name is not UTF-8") from None
         username = strip_domain(name)
+        ms_id = data[1]
         user = self.directory.get(username)
         self.state = "result"
         if user is None or user.nt_hash is None:
             reason = "unknown user" if user is None else "MS-CHAP is disabled for this user"
-            return self._fail(identifier, username, reason)
+            return self._fail(ms_id, username, reason)
         hashed_name = username.encode()
         if not mschap.verify_nt_response(
             self.challenge, peer_challenge, hashed_name, user.nt_hash, nt_response
         ):
-            return self._fail(identifier, username, "wrong password")
+            return self._fail(ms_id, username, "wrong password")
         send_key, recv_key = mschap.server_mppe_keys(user.nt_hash, nt_response)
         self.outcome = Done(True, identity=user.name, msk=recv_key + send_key)
         proof = mschap.generate_authenticator_response(
             user.nt_hash, nt_response, peer_challenge, self.challenge, hashed_name
         )
-        return Send(_message(OpCode.SUCCESS, identifier, proof + b" M=Welcome"))
+        return Send(_message(OpCode.SUCCESS, ms_id, proof + b" M=Welcome"))
 
-    def _fail(self, identifier: int, username: str, reason: str) -> Send:
+    def _fail(self, ms_id: int, username: str, reason: str) -> Send:
         """RFC 2759 §6 failure packet; R=0: no retry, the conversation ends."""
         self.outcome = Done(False, identity=username, reason=reason)
         text = f"E=691 R=0 C={os.urandom(16).hex().upper()} V=3 M=Authentication failed"
-        return Send(_message(OpCode.FAILURE, identifier, text.encode()))
+        return Send(_message(OpCode.FAILURE, ms_id, text.encode()))
