@@ -11,9 +11,12 @@ import ipaddress
 import os
 import stat
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vpnaaa.ike.proposal import ALGORITHMS, DEFAULT_ESP, DEFAULT_IKE, LEGACY_WINDOWS7
 
 EMBEDDED = "<embedded defaults>"
 DEFAULT_STATE_DIR = "/var/lib/vpnaaa"
@@ -83,6 +86,32 @@ class EapConfig:
     tls: TlsConfig
 
 
+IKE_EAP_METHODS = ("mschapv2", "peap")
+
+
+@dataclass(frozen=True)
+class IkeConfig:
+    """The IKEv2 responder: like an ASA's crypto ikev2 policy, ipsec-proposal and one
+    tunnel-group (pool, DNS, EAP methods)."""
+
+    enabled: bool | None  # None: "auto", start when UDP 500/4500 can be bound
+    listen: str
+    port: int
+    nat_port: int
+    certificate: Path
+    key: Path
+    chain: Path | None
+    ike_proposals: tuple[str, ...]
+    esp_proposals: tuple[str, ...]
+    ike_lifetime: int
+    child_lifetime: int
+    pool: ipaddress.IPv4Network
+    dns: tuple[ipaddress.IPv4Address, ...]
+    nbns: tuple[ipaddress.IPv4Address, ...]
+    eap_methods: tuple[str, ...]
+    fragment_size: int
+
+
 @dataclass(frozen=True)
 class Config:
     source: str
@@ -91,6 +120,7 @@ class Config:
     users: UsersConfig
     radius: RadiusConfig
     eap: EapConfig
+    ike: IkeConfig
 
 
 class _Section:
@@ -272,8 +302,67 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
         if enabled is not False
         else _disabled(radius_section)
     )
+    ike = _ike(root.sub("ike"), state, eap.tls)
     root.finish()
-    return Config(source, state, log_level, users, radius, eap)
+    return Config(source, state, log_level, users, radius, eap, ike)
+
+
+def _addresses(section: _Section, name: str) -> tuple[ipaddress.IPv4Address, ...]:
+    values = section.get(name, list, [])
+    try:
+        return tuple(ipaddress.IPv4Address(v) for v in values)
+    except (ValueError, TypeError):
+        raise section.error(name, f"{values!r} is not a list of IPv4 addresses") from None
+
+
+def _names(
+    section: _Section, name: str, default: tuple[str, ...], known: Collection[str]
+) -> tuple[str, ...]:
+    values = section.get(name, list, list(default))
+    unknown = [v for v in values if v not in known]
+    if not values or unknown:
+        raise section.error(
+            name, f"unknown or missing names {unknown!r}; known: {', '.join(known)}"
+        )
+    return tuple(values)
+
+
+def _ike(section: _Section, state_dir: Path, tls: TlsConfig) -> IkeConfig:
+    enabled = section.get("enabled", (bool, str), "auto")
+    if enabled not in (True, False, "auto"):
+        raise section.error("enabled", f'{enabled!r}: use true, false or "auto"')
+    legacy = section.get("legacy_windows7", bool, False)
+    ike_names = _names(section, "ike_proposals", DEFAULT_IKE, ALGORITHMS)
+    esp_names = _names(section, "esp_proposals", DEFAULT_ESP, ALGORITHMS)
+    if legacy:
+        ike_names += LEGACY_WINDOWS7
+        esp_names += LEGACY_WINDOWS7
+    pool = section.get("pool", str, "10.99.0.0/24")
+    try:
+        network = ipaddress.IPv4Network(pool)
+    except ValueError:
+        raise section.error("pool", f"{pool!r} is not an IPv4 network") from None
+    chain = section.get("chain", str, "")
+    config = IkeConfig(
+        enabled=None if enabled == "auto" else enabled,
+        listen=section.get("listen", str, "0.0.0.0"),
+        port=section.get_int("port", 500, 0, 65535),
+        nat_port=section.get_int("nat_port", 4500, 0, 65535),
+        certificate=state_dir / section.get("certificate", str, str(tls.certificate)),
+        key=state_dir / section.get("key", str, str(tls.key)),
+        chain=(state_dir / chain) if chain else tls.chain,
+        ike_proposals=ike_names,
+        esp_proposals=esp_names,
+        ike_lifetime=section.get_int("ike_lifetime", 86400, 300, 30 * 86400),
+        child_lifetime=section.get_int("child_lifetime", 28800, 120, 30 * 86400),
+        pool=network,
+        dns=_addresses(section, "dns"),
+        nbns=_addresses(section, "nbns"),
+        eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, IKE_EAP_METHODS),
+        fragment_size=section.get_int("fragment_size", 1280, 576, 65535),
+    )
+    section.finish()
+    return config
 
 
 def _eap(section: _Section, state_dir: Path) -> EapConfig:

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import internet, service
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
 from vpnaaa import auth, logs
-from vpnaaa.config import Config, EapConfig
+from vpnaaa.config import Config, EapConfig, IkeConfig
 from vpnaaa.eap.authenticator import MethodFactory
 from vpnaaa.eap.engine import EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.peap import Peap
 from vpnaaa.eap.tls import server_context
+from vpnaaa.ike.const import ProtocolId
+from vpnaaa.ike.proposal import Policy
+from vpnaaa.ike.protocol import IkePort, Responder
+from vpnaaa.ike.sa import ResponderContext
+from vpnaaa.kernel.installer import ChildSaInstaller, NullInstaller
 from vpnaaa.pki import load_server_identity
+from vpnaaa.pool import AddressPool
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.eap import EapHandler
 from vpnaaa.radius.handlers import AccessHandler
@@ -87,14 +96,23 @@ class VpnaaaService(service.MultiService):
         self.backend = auth.LocalBackend(self.users)
         self.eap: EapEngine | None = None
         if config.eap.enabled:
-            self.eap = build_eap_engine(config.eap, self.users, reactor)
-            expiry = internet.TimerService(EXPIRY_INTERVAL, self.eap.expire)
-            expiry.clock = reactor
-            expiry.setServiceParent(self)
+            self.eap = build_eap_engine(config.eap, config.eap.methods, self.users, reactor)
+            self._expire_regularly(self.eap)
         self.radius: RadiusService | None = None
         if config.radius.enabled:
             self.radius = RadiusService(config, self.backend, self.eap, reactor)
             self.radius.setServiceParent(self)
+        self.ike: IkeService | None = None
+        if config.ike.enabled is not False:
+            engine = build_eap_engine(config.eap, config.ike.eap_methods, self.users, reactor)
+            self._expire_regularly(engine)
+            self.ike = IkeService(config.ike, engine, NullInstaller(), reactor)
+            self.ike.setServiceParent(self)
+
+    def _expire_regularly(self, engine: EapEngine) -> None:
+        expiry = internet.TimerService(EXPIRY_INTERVAL, engine.expire)
+        expiry.clock = self.reactor
+        expiry.setServiceParent(self)
 
     def reload(self) -> None:
         """Re-read the user store (SIGHUP); a broken file keeps the users in force."""
@@ -112,14 +130,16 @@ class VpnaaaService(service.MultiService):
         signal.signal(signal.SIGHUP, on_hup)
 
 
-def build_eap_engine(config: EapConfig, users: UserStore, reactor: Any) -> EapEngine:
-    """The EAP engine with the configured methods, in the configured order."""
+def build_eap_engine(
+    config: EapConfig, names: Sequence[str], users: UserStore, reactor: Any
+) -> EapEngine:
+    """An EAP engine offering the methods ``names``, in that order."""
 
     def mschapv2() -> MsChapV2:
         return MsChapV2(users, config.server_name)
 
     factories: dict[str, tuple[int, MethodFactory]] = {"mschapv2": (Type.MSCHAPV2, mschapv2)}
-    if "peap" in config.methods:
+    if "peap" in names:
         tls = config.tls
         identity = load_server_identity(tls.key, tls.certificate, tls.chain)
         context = server_context(identity)
@@ -133,9 +153,72 @@ def build_eap_engine(config: EapConfig, users: UserStore, reactor: Any) -> EapEn
             )
 
         factories["peap"] = (Type.PEAP, peap)
-    methods = [factories[name] for name in config.methods]
-    log.info("EAP methods: {methods}", methods=", ".join(config.methods))
+    methods = [factories[name] for name in names]
     return EapEngine(methods, reactor, config.idle_timeout, config.max_conversations)
+
+
+class IkeService(service.Service):
+    """The IKEv2 responder on UDP 500 and 4500."""
+
+    name = "ike"
+
+    def __init__(
+        self, config: IkeConfig, eap: EapEngine, installer: ChildSaInstaller, reactor: Any
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        identity = load_server_identity(config.key, config.certificate, config.chain)
+        reqids = itertools.count(1)
+        context = ResponderContext(
+            ike_policy=Policy.from_names(ProtocolId.IKE, config.ike_proposals),
+            esp_policy=Policy.from_names(ProtocolId.ESP, config.esp_proposals),
+            identity=identity,
+            pool=AddressPool(config.pool),
+            dns=config.dns,
+            nbns=config.nbns,
+            child_lifetime=config.child_lifetime,
+            fragment_size=config.fragment_size,
+            eap_begin=eap.begin,
+            next_reqid=lambda: next(reqids),
+        )
+        self.responder = Responder(context, eap.step, installer, reactor, config.listen)
+        self.ports: list[IListeningPort] = []
+
+    def startService(self) -> None:
+        super().startService()
+        config = self.config
+        try:
+            for number, nat_t in ((config.port, False), (config.nat_port, True)):
+                protocol = IkePort(self.responder, number, nat_t)
+                port = self.reactor.listenUDP(number, protocol, interface=config.listen)
+                protocol.number = port.getHost().port
+                self.ports.append(port)
+        except CannotListenError as e:
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            if config.enabled:
+                raise
+            log.warn(
+                'IKEv2 not started (ike.enabled = "auto"): {error}; run as root or '
+                "choose other ports",
+                error=str(e.socketError),
+            )
+            return
+        log.info(
+            "IKEv2 responder on {listen} ports {ports}, pool {pool}, EAP {eap}",
+            listen=config.listen,
+            ports="/".join(str(p.getHost().port) for p in self.ports),
+            pool=str(config.pool),
+            eap=", ".join(config.eap_methods),
+        )
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.responder.shutdown()
+        ports, self.ports = self.ports, []
+        for port in ports:
+            port.stopListening()
 
 
 def make_service(config: Config, reactor: Any = None) -> VpnaaaService:

@@ -1,0 +1,1 @@
+"""IKEv2 (RFC 7296): wire codec, fragmentation and the responder for remote-access clients."""

@@ -1,0 +1,195 @@
+"""The IKEv2 responder's UDP edge: ports 500 and 4500, dispatch by SPI, the EAP backend
+and the CHILD_SA installer (RFC 7296 §2, RFC 3948 §2.2 for port 4500).
+
+On port 4500 IKE messages follow a four-octet zero non-ESP marker; a single 0xFF octet is
+a NAT keepalive (RFC 3948 §2.3); anything else is ESP, which belongs to the kernel.
+Responses leave from the socket and to the address the request came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
+
+from vpnaaa import logs
+from vpnaaa.eap.authenticator import Result
+from vpnaaa.ike.const import ExchangeType
+from vpnaaa.ike.message import Header, IkeError, decode_message
+from vpnaaa.ike.sa import (
+    Endpoint,
+    IkeSa,
+    Outcome,
+    ResponderContext,
+    State,
+    local_address_towards,
+)
+from vpnaaa.kernel.installer import ChildSaInstaller, ChildSaSpec
+
+log = logs.get("vpnaaa.ike")
+
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+NAT_KEEPALIVE = b"\xff"
+HALF_OPEN_TIMEOUT = 30.0  # seconds an SA may take to finish IKE_AUTH (EAP included)
+
+EapStep = Callable[[bytes, bytes], defer.Deferred[tuple[bytes, Result]]]
+
+
+class Responder:
+    """All IKE SAs of the gateway, keyed by our SPI; half-open ones also by the
+    initiator's SPI and address, so a retransmitted IKE_SA_INIT finds its SA."""
+
+    def __init__(
+        self,
+        context: ResponderContext,
+        eap_step: EapStep,
+        installer: ChildSaInstaller,
+        clock: IReactorTime,
+        listen: str,
+    ) -> None:
+        self.context = context
+        self.eap_step = eap_step
+        self.installer = installer
+        self.clock = clock
+        self.listen = listen
+        self.sas: dict[bytes, IkeSa] = {}
+        self._by_initiator: dict[tuple[str, int, bytes], IkeSa] = {}
+        self._timers: dict[bytes, Any] = {}
+
+    def receive(self, data: bytes, remote: Endpoint, port: IkePort) -> None:
+        try:
+            message = decode_message(data)
+        except IkeError as e:
+            log.warn(
+                "dropped {n}-octet datagram from {host}:{port}: {reason}",
+                n=len(data),
+                host=remote.host,
+                port=remote.port,
+                reason=str(e),
+            )
+            return
+        header = message.header
+        sa = self._find(header, remote)
+        if sa is None:
+            if header.exchange != ExchangeType.IKE_SA_INIT or header.response:
+                log.info(
+                    "dropped {exchange} from {host}:{port}: no IKE SA {spi}",
+                    exchange=header.exchange,
+                    host=remote.host,
+                    port=remote.port,
+                    spi=header.spi_r.hex(),
+                )
+                return
+            sa = self._new_sa(header, remote, port)
+        else:
+            sa.remote = remote  # NAT-T: the peer may have floated to port 4500 (§2.23)
+            sa.port = port
+        self._run(sa, sa.receive(message, data))
+
+    def _find(self, header: Header, remote: Endpoint) -> IkeSa | None:
+        if header.spi_r == bytes(8):
+            return self._by_initiator.get((remote.host, remote.port, header.spi_i))
+        sa = self.sas.get(header.spi_r)
+        return sa if sa is not None and sa.spi_i == header.spi_i else None
+
+    def _new_sa(self, header: Header, remote: Endpoint, port: IkePort) -> IkeSa:
+        local_host = self.listen
+        if local_host in ("0.0.0.0", "::"):
+            local_host = local_address_towards(remote)
+        sa = IkeSa(self.context, header.spi_i, Endpoint(local_host, port.number), remote)
+        sa.port = port
+        self.sas[sa.spi_r] = sa
+        self._by_initiator[(remote.host, remote.port, header.spi_i)] = sa
+        self._timers[sa.spi_r] = self.clock.callLater(HALF_OPEN_TIMEOUT, self._half_open, sa)
+        return sa
+
+    def _half_open(self, sa: IkeSa) -> None:
+        self._timers.pop(sa.spi_r, None)
+        if sa.state != State.ESTABLISHED:
+            log.info(
+                "{sa}: removed: not established within {t:.0f} s", sa=sa.name, t=HALF_OPEN_TIMEOUT
+            )
+            self._run(sa, sa.close())
+
+    def _run(self, sa: IkeSa, outcome: Outcome) -> None:
+        for datagram in outcome.send:
+            sa.port.send(datagram, sa.remote)
+        for spec in outcome.remove:
+            self._remove_child(sa, spec)
+        if outcome.closed:
+            self._forget(sa)
+            return
+        if outcome.eap is not None:
+            d = self.eap_step(sa.eap_conversation, outcome.eap)
+            d.addCallback(lambda step: self._run(sa, sa.eap_result(*step)))
+            d.addErrback(self._internal_error, sa)
+        elif outcome.install is not None:
+            self._install(sa, outcome.install)
+        if sa.state == State.ESTABLISHED and sa.spi_r in self._timers:
+            self._timers.pop(sa.spi_r).cancel()
+            self._by_initiator.pop((sa.remote.host, sa.remote.port, sa.spi_i), None)
+
+    def _install(self, sa: IkeSa, spec: ChildSaSpec) -> None:
+        def done(_: object) -> None:
+            self._run(sa, sa.child_installed(spec, None))
+
+        def failed(failure: Failure) -> None:
+            self._run(sa, sa.child_installed(spec, failure.getErrorMessage()))
+
+        self.installer.install(spec).addCallbacks(done, failed).addErrback(self._internal_error, sa)
+
+    def _remove_child(self, sa: IkeSa, spec: ChildSaSpec) -> None:
+        def failed(failure: Failure) -> None:
+            log.error(
+                "{sa}: CHILD_SA {spi:08x} not removed: {error}",
+                sa=sa.name,
+                spi=spec.inbound_spi,
+                error=failure.getErrorMessage(),
+            )
+
+        self.installer.remove(spec).addErrback(failed)
+
+    def _forget(self, sa: IkeSa) -> None:
+        self.sas.pop(sa.spi_r, None)
+        self._by_initiator = {k: v for k, v in self._by_initiator.items() if v is not sa}
+        timer = self._timers.pop(sa.spi_r, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _internal_error(self, failure: Failure, sa: IkeSa) -> None:
+        log.failure("{sa}: internal error; IKE SA removed", failure, sa=sa.name)
+        self._run(sa, sa.close())
+
+    def shutdown(self) -> None:
+        """Remove every CHILD_SA we installed (stopping the daemon)."""
+        for sa in list(self.sas.values()):
+            self._run(sa, sa.close())
+
+
+class IkePort(DatagramProtocol):
+    """UDP 500 (plain IKE) or 4500 (IKE after the non-ESP marker, NAT-T)."""
+
+    noisy = False
+
+    def __init__(self, responder: Responder, number: int, nat_t: bool) -> None:
+        self.responder = responder
+        self.number = number
+        self.nat_t = nat_t
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.nat_t:
+            if data == NAT_KEEPALIVE:
+                return
+            if not data.startswith(NON_ESP_MARKER):
+                return  # ESP in UDP reaching userspace: the kernel has no SA for it
+            data = data[4:]
+        self.responder.receive(data, Endpoint(addr[0], addr[1]), self)
+
+    def send(self, datagram: bytes, remote: Endpoint) -> None:
+        if self.nat_t:
+            datagram = NON_ESP_MARKER + datagram
+        self.transport.write(datagram, (remote.host, remote.port))

@@ -1,0 +1,857 @@
+"""The IKEv2 responder's IKE SA: a sans-IO state machine (RFC 7296 §1.2, §2.16).
+
+    IKE_SA_INIT   SA, KE, Ni, N(NAT-D) -> SA, KE, Nr, N(NAT-D), [N(FRAG), N(SIG-HASH)]
+    IKE_AUTH #1   IDi, [CERTREQ], [IDr], CP, SAi2, TSi, TSr -> IDr, CERT, AUTH, EAP(Identity)
+    IKE_AUTH #n   EAP -> EAP                                  (through the EAP backend)
+    IKE_AUTH last AUTH(MSK) -> AUTH(MSK), CP(address, DNS), SAr2, TSi, TSr
+    INFORMATIONAL Delete / liveness -> answered; CREATE_CHILD_SA rekeys a CHILD_SA.
+
+:meth:`IkeSa.receive` takes a decoded request and returns an :class:`Outcome`: datagrams
+to send, or work for the edge (an EAP step, a CHILD_SA to install) whose result comes
+back through :meth:`IkeSa.eap_result` and :meth:`IkeSa.child_installed`. Errors in the
+peer's input become the RFC's notify in the response, never an exception to the edge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from vpnaaa import logs
+from vpnaaa.eap.authenticator import Challenge, Result, Success
+from vpnaaa.ike import fragments, keys, proposal, sk, transforms
+from vpnaaa.ike.const import (
+    AuthMethod,
+    CertEncoding,
+    CfgAttribute,
+    CfgType,
+    ExchangeType,
+    HashAlgorithm,
+    HeaderFlag,
+    IdType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+)
+from vpnaaa.ike.message import (
+    Authentication,
+    Certificate,
+    Configuration,
+    Delete,
+    Eap,
+    Encrypted,
+    EncryptedFragment,
+    Entry,
+    Header,
+    Identification,
+    IkeError,
+    Ke,
+    Message,
+    Nonce,
+    Notify,
+    Sa,
+    TrafficSelector,
+    TrafficSelectors,
+    decode_payloads,
+    encode_message,
+    encode_payloads,
+)
+from vpnaaa.kernel.installer import ChildSaSpec, Selector
+from vpnaaa.pki import ServerIdentity
+from vpnaaa.pool import AddressPool, PoolExhausted
+
+log = logs.get("vpnaaa.ike")
+
+NONCE_SIZE = 32
+ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
+# RFC 7427 §3: AlgorithmIdentifier DER for the signature schemes we use in AUTH method 14.
+_RSA_SHA256_ALGORITHM = bytes.fromhex("300d06092a864886f70d01010b0500")
+_ECDSA_SHA256_ALGORITHM = bytes.fromhex("300a06082a8648ce3d040302")
+_SIGNATURE_HASHES = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512)
+
+
+class State(Enum):
+    INIT_DONE = "IKE_SA_INIT done"
+    EAP = "EAP in progress"
+    AUTHENTICATED = "EAP done, waiting for AUTH"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def packed(self) -> bytes:
+        return ipaddress.ip_address(self.host).packed + struct.pack("!H", self.port)
+
+
+@dataclass
+class ResponderContext:
+    """What every IKE SA of one responder shares: policy, identity, pool, installer."""
+
+    ike_policy: proposal.Policy
+    esp_policy: proposal.Policy
+    identity: ServerIdentity
+    pool: AddressPool
+    dns: tuple[ipaddress.IPv4Address, ...] = ()
+    nbns: tuple[ipaddress.IPv4Address, ...] = ()
+    child_lifetime: int = 28800
+    fragment_size: int = 1280
+    eap_begin: Callable[[], tuple[bytes, Result]] | None = None
+    next_reqid: Callable[[], int] = field(default=lambda: 1)
+
+
+@dataclass
+class Outcome:
+    """What the edge must do after one step of the state machine."""
+
+    send: list[bytes] = field(default_factory=list)
+    eap: bytes | None = None  # run this EAP Response through the backend
+    install: ChildSaSpec | None = None  # install this CHILD_SA, then call child_installed
+    remove: list[ChildSaSpec] = field(default_factory=list)
+    closed: bool = False  # the IKE SA is gone: forget it, return its lease
+
+
+@dataclass
+class _Child:
+    spec: ChildSaSpec
+    choice: proposal.Choice
+
+
+@dataclass
+class _Crypto:
+    """The negotiated PRF, keys and SK payload protection of one IKE SA (§2.14, §3.14)."""
+
+    prf: transforms.Prf
+    keys: keys.IkeKeys
+    outbound: sk.SkCrypto
+    inbound: sk.SkCrypto
+
+
+def nat_hash(spi_i: bytes, spi_r: bytes, endpoint: Endpoint) -> bytes:
+    """NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP address | port) (RFC 7296 §2.23)."""
+    return hashlib.sha1(spi_i + spi_r + endpoint.packed()).digest()
+
+
+def local_address_towards(peer: Endpoint) -> str:
+    """The address this host uses to reach ``peer`` (for NAT detection when listening on
+    a wildcard address): a connected UDP socket asks the routing table, sends nothing."""
+    family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((peer.host, peer.port or 500))
+        return probe.getsockname()[0]
+
+
+class IkeSa:
+    """One IKE SA, responder side."""
+
+    def __init__(
+        self, context: ResponderContext, spi_i: bytes, local: Endpoint, remote: Endpoint
+    ) -> None:
+        self.context = context
+        self.spi_i = spi_i
+        self.spi_r = os.urandom(8)
+        self.local = local
+        self.remote = remote
+        self.state = State.INIT_DONE
+        self.next_message_id = 0
+        self.crypto: _Crypto | None = None
+        self.nat_detected = False
+        self.fragmentation = False
+        self.signature_hashes: set[int] = set()
+        self.identity = ""  # the EAP identity once authenticated
+        self.virtual_ip: ipaddress.IPv4Address | None = None
+        self.children: dict[int, _Child] = {}  # by our inbound SPI
+        self.last_response: tuple[int, list[bytes]] | None = None
+        self._reassembler = fragments.Reassembler()
+        self._init_request = b""
+        self._init_response = b""
+        self._ni = self._nr = b""
+        self._idi_body = b""
+        self._auth_request: Message | None = None  # IKE_AUTH #1 inner payloads, for the child
+        self._eap_id: bytes | None = None
+        self._msk = b""
+        self._pending: tuple[int, str] | None = None  # (message id, what) awaiting the edge
+        self.port: object = None  # the edge's socket this SA talks through
+
+    # -- public API used by the edge ---------------------------------------------------
+
+    @property
+    def eap_conversation(self) -> bytes | None:
+        """The EAP backend's conversation id for this SA's authentication."""
+        return self._eap_id
+
+    @property
+    def name(self) -> str:
+        return f"{self.remote.host}:{self.remote.port} [{self.spi_i.hex()}/{self.spi_r.hex()}]"
+
+    def receive(self, message: Message, raw: bytes) -> Outcome:
+        """Handle one request addressed to this SA (any exchange, any message id)."""
+        header = message.header
+        if header.response:
+            return Outcome()  # we never initiate, so responses are stray (§2.1)
+        if self.last_response is not None and header.message_id == self.last_response[0]:
+            return Outcome(send=list(self.last_response[1]))  # retransmission (§2.1)
+        if header.message_id != self.next_message_id or self._pending is not None:
+            return Outcome()  # out of window, or still working on the previous one
+        if header.exchange == ExchangeType.IKE_SA_INIT:
+            return self._init(message, raw)
+        try:
+            inner = self._decrypt(message, raw)
+        except IkeError as e:
+            log.warn(
+                "{sa}: dropped {exchange} #{mid}: {reason}",
+                sa=self.name,
+                exchange=_exchange_name(header.exchange),
+                mid=header.message_id,
+                reason=e.reason,
+            )
+            return Outcome()
+        if inner is None:
+            return Outcome()  # more fragments to come
+        handlers = {
+            ExchangeType.IKE_AUTH: self._auth,
+            ExchangeType.INFORMATIONAL: self._informational,
+            ExchangeType.CREATE_CHILD_SA: self._create_child,
+        }
+        handler = handlers.get(header.exchange)
+        if handler is None:
+            return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+        return handler(header, inner)
+
+    def eap_result(self, conversation_id: bytes, result: Result) -> Outcome:
+        """The backend answered the EAP Response of the pending IKE_AUTH request."""
+        header = self._take_pending("eap")
+        entries: list[Entry] = [(PayloadType.EAP, Eap(result.eap))]
+        if isinstance(result, Challenge):
+            return self._respond(header, entries)
+        if isinstance(result, Success):
+            self.state = State.AUTHENTICATED
+            self.identity = result.identity
+            self._msk = result.msk
+            log.info(
+                "{sa}: EAP-{method} succeeded for {user!r}",
+                sa=self.name,
+                method=result.method,
+                user=result.identity,
+            )
+            return self._respond(header, entries)
+        log.info(
+            "{sa}: EAP failed for {user!r}: {reason}; AUTHENTICATION_FAILED",
+            sa=self.name,
+            user=result.identity,
+            reason=result.reason,
+        )
+        entries.append(_notify(NotifyType.AUTHENTICATION_FAILED))
+        return self._close(self._respond(header, entries))
+
+    def child_installed(self, spec: ChildSaSpec, error: str | None) -> Outcome:
+        """The installer finished the CHILD_SA of the pending request."""
+        header, entries, child = self._pending_child
+        self._take_pending("install")
+        if error is not None:
+            log.error(
+                "{sa}: CHILD_SA {spi:08x} not installed: {error}",
+                sa=self.name,
+                spi=spec.inbound_spi,
+                error=error,
+            )
+            entries = [
+                e for e in entries if e[0] not in (PayloadType.SA, PayloadType.TSi, PayloadType.TSr)
+            ]
+            entries.append(_notify(NotifyType.TEMPORARY_FAILURE))
+            return self._respond(header, entries)
+        self.children[spec.inbound_spi] = child
+        log.info(
+            "{sa}: CHILD_SA {inbound:08x}/{outbound:08x} {encr}{integ} {local} === {remote}",
+            sa=self.name,
+            inbound=spec.inbound_spi,
+            outbound=spec.outbound_spi,
+            encr=child.choice.encr.name,
+            integ=f"/{child.choice.integ.name}" if child.choice.integ else "",
+            local=",".join(str(s.network) for s in spec.local_selectors),
+            remote=",".join(str(s.network) for s in spec.remote_selectors),
+        )
+        return self._respond(header, entries)
+
+    def close(self) -> Outcome:
+        """Tear down (expiry, shutdown): remove every CHILD_SA, return the lease."""
+        return self._close(Outcome())
+
+    # -- IKE_SA_INIT ---------------------------------------------------------------------
+
+    def _init(self, message: Message, raw: bytes) -> Outcome:
+        header = message.header
+        sa, ke, nonce = (
+            message.get(PayloadType.SA),
+            message.get(PayloadType.KE),
+            message.get(PayloadType.NONCE),
+        )
+        if not isinstance(sa, Sa) or not isinstance(ke, Ke) or not isinstance(nonce, Nonce):
+            return self._init_error(
+                header, _notify(NotifyType.INVALID_SYNTAX), "SA, KE or Ni missing"
+            )
+        if not 16 <= len(nonce.data) <= 256:
+            return self._init_error(header, _notify(NotifyType.INVALID_SYNTAX), "bad nonce size")
+        choice = proposal.select(sa.proposals, self.context.ike_policy, ke.group)
+        if choice is None:
+            offered = "; ".join(_describe(p) for p in sa.proposals)
+            return self._init_error(
+                header,
+                _notify(NotifyType.NO_PROPOSAL_CHOSEN),
+                f"no acceptable proposal in {offered}",
+            )
+        assert choice.dh is not None and choice.prf is not None
+        if choice.dh.id != ke.group:
+            return self._init_error(
+                header,
+                _notify(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", choice.dh.id)),
+                f"KE group {ke.group}, we want {choice.dh.name}",
+            )
+        group = transforms.group_for(ke.group)
+        private, public = group.generate()
+        try:
+            shared = group.shared_secret(private, ke.data)
+        except transforms.InvalidPublicValue as e:
+            return self._init_error(header, _notify(NotifyType.INVALID_SYNTAX), f"KE: {e}")
+        self._ni, self._nr = nonce.data, os.urandom(NONCE_SIZE)
+        prf = transforms.prf_for(choice.prf.id)
+        cipher = transforms.cipher_for(choice.encr.id, choice.encr.key_length)
+        integrity = transforms.integrity_for(choice.integ.id) if choice.integ else None
+        seed = keys.skeyseed(prf, self._ni, self._nr, shared)
+        ike_keys = keys.ike_keys(
+            prf, cipher, integrity, seed, self._ni, self._nr, self.spi_i, self.spi_r
+        )
+        outbound, inbound = sk.directions(ike_keys, cipher, integrity, initiator=False)
+        self.crypto = _Crypto(prf, ike_keys, outbound, inbound)
+        self._detect_nat(message)
+        self.fragmentation = message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        hashes_notify = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+        if hashes_notify is not None:
+            data = hashes_notify.data
+            self.signature_hashes = {
+                int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data) - 1, 2)
+            }
+        entries: list[Entry] = [
+            (PayloadType.SA, Sa((proposal.accepted(choice, b""),))),
+            (PayloadType.KE, Ke(ke.group, public)),
+            (PayloadType.NONCE, Nonce(self._nr)),
+            _notify(
+                NotifyType.NAT_DETECTION_SOURCE_IP, nat_hash(self.spi_i, self.spi_r, self.local)
+            ),
+            _notify(
+                NotifyType.NAT_DETECTION_DESTINATION_IP,
+                nat_hash(self.spi_i, self.spi_r, self.remote),
+            ),
+        ]
+        if self.fragmentation:
+            entries.append(_notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
+        if hashes_notify is not None:
+            entries.append(
+                _notify(
+                    NotifyType.SIGNATURE_HASH_ALGORITHMS,
+                    b"".join(struct.pack("!H", h) for h in _SIGNATURE_HASHES),
+                )
+            )
+        self._init_request = raw
+        self.ike_choice = choice
+        response = encode_message(self._header(header), entries)
+        self._init_response = response
+        log.info(
+            "{sa}: IKE_SA_INIT {encr}/{prf}{integ}/{group}{nat}",
+            sa=self.name,
+            encr=choice.encr.name,
+            prf=choice.prf.name,
+            integ=f"/{choice.integ.name}" if choice.integ else "",
+            group=choice.dh.name,
+            nat=", NAT detected" if self.nat_detected else "",
+        )
+        return self._remember(header, [response])
+
+    def _init_error(self, header: Header, entry: Entry, reason: str) -> Outcome:
+        """An unencrypted error response with a zero responder SPI; no state is kept."""
+        log.info(
+            "{peer}: IKE_SA_INIT refused: {reason}",
+            peer=f"{self.remote.host}:{self.remote.port}",
+            reason=reason,
+        )
+        response = encode_message(replace(self._header(header), spi_r=bytes(8)), [entry])
+        return Outcome(send=[response], closed=True)
+
+    def _detect_nat(self, message: Message) -> None:
+        """RFC 7296 §2.23: the request's hashes use a zero responder SPI."""
+        zero = bytes(8)
+        sources = [
+            n.data
+            for n in message.all(PayloadType.NOTIFY)
+            if n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP
+        ]
+        destination = message.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
+        peer_behind = bool(sources) and nat_hash(self.spi_i, zero, self.remote) not in sources
+        we_behind = destination is not None and destination.data != nat_hash(
+            self.spi_i, zero, self.local
+        )
+        self.nat_detected = peer_behind or we_behind
+
+    # -- IKE_AUTH ------------------------------------------------------------------------
+
+    def _auth(self, header: Header, inner: Message) -> Outcome:
+        if self.state == State.INIT_DONE:
+            return self._auth_first(header, inner)
+        if self.state == State.EAP:
+            eap = inner.get(PayloadType.EAP)
+            if not isinstance(eap, Eap):
+                return self._fail(header, "IKE_AUTH without EAP payload during EAP")
+            self._pending = (header.message_id, "eap")
+            self._pending_header = header
+            return Outcome(eap=eap.data)
+        if self.state == State.AUTHENTICATED:
+            return self._auth_last(header, inner)
+        return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+
+    def _auth_first(self, header: Header, inner: Message) -> Outcome:
+        idi = inner.get(PayloadType.IDi)
+        if not isinstance(idi, Identification):
+            return self._fail(header, "IKE_AUTH without IDi")
+        if inner.get(PayloadType.AUTH) is not None:
+            return self._fail(
+                header,
+                "the client authenticates with a certificate or PSK; this gateway expects EAP",
+            )
+        if self.context.eap_begin is None:
+            return self._fail(header, "no EAP backend configured")
+        self._idi_body = idi.encode()
+        self._auth_request = inner
+        log.info("{sa}: IKE_AUTH from IDi {id}", sa=self.name, id=_describe_id(idi))
+        identity = self.context.identity
+        idr = Identification(IdType.DER_ASN1_DN, identity.cert.subject.public_bytes())
+        method, signature = self._sign(
+            keys.signed_octets(
+                self.crypto.prf, self._init_response, self._ni, self.crypto.keys.sk_pr, idr.encode()
+            )
+        )
+        self._eap_id, first = self.context.eap_begin()
+        self.state = State.EAP
+        entries: list[Entry] = [
+            (PayloadType.IDr, idr),
+            (PayloadType.CERT, Certificate(CertEncoding.X509_SIGNATURE, _der(identity.cert))),
+        ]
+        for extra in identity.chain:
+            if extra.issuer != extra.subject:  # intermediates only; clients hold the root
+                entries.append(
+                    (PayloadType.CERT, Certificate(CertEncoding.X509_SIGNATURE, _der(extra)))
+                )
+        entries += [
+            (PayloadType.AUTH, Authentication(method, signature)),
+            (PayloadType.EAP, Eap(first.eap)),
+        ]
+        return self._respond(header, entries)
+
+    def _sign(self, octets: bytes) -> tuple[int, bytes]:
+        """AUTH with our certificate's key: RFC 7427 (method 14, SHA-256) when the peer
+        announced SHA-256 in SIGNATURE_HASH_ALGORITHMS, else RSA PKCS#1 v1.5 with SHA-1
+        (method 1, RFC 7296 §3.8)."""
+        key = self.context.identity.key
+        modern = HashAlgorithm.SHA2_256 in self.signature_hashes
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            signature = key.sign(octets, ec.ECDSA(hashes.SHA256()))
+            return AuthMethod.DIGITAL_SIGNATURE, _asn1(_ECDSA_SHA256_ALGORITHM) + signature
+        assert isinstance(key, rsa.RSAPrivateKey)
+        if modern:
+            signature = key.sign(octets, padding.PKCS1v15(), hashes.SHA256())
+            return AuthMethod.DIGITAL_SIGNATURE, _asn1(_RSA_SHA256_ALGORITHM) + signature
+        return AuthMethod.RSA_SIG, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())
+
+    def _auth_last(self, header: Header, inner: Message) -> Outcome:
+        auth = inner.get(PayloadType.AUTH)
+        assert self.crypto is not None and self._auth_request is not None
+        prf = self.crypto.prf
+        if not isinstance(auth, Authentication) or auth.method != AuthMethod.SHARED_KEY:
+            return self._fail(header, "final IKE_AUTH without a shared-key AUTH payload")
+        expected = keys.shared_key_auth(
+            prf,
+            self._msk,
+            keys.signed_octets(
+                prf, self._init_request, self._nr, self.crypto.keys.sk_pi, self._idi_body
+            ),
+        )
+        if not _equal(expected, auth.data):
+            return self._fail(header, "the client's AUTH does not match the EAP MSK")
+        idr = Identification(IdType.DER_ASN1_DN, self.context.identity.cert.subject.public_bytes())
+        ours = keys.shared_key_auth(
+            prf,
+            self._msk,
+            keys.signed_octets(
+                prf, self._init_response, self._ni, self.crypto.keys.sk_pr, idr.encode()
+            ),
+        )
+        self.state = State.ESTABLISHED
+        log.info("{sa}: ESTABLISHED for {user!r}", sa=self.name, user=self.identity)
+        entries: list[Entry] = [(PayloadType.AUTH, Authentication(AuthMethod.SHARED_KEY, ours))]
+        request = self._auth_request
+        cp = request.get(PayloadType.CP)
+        if isinstance(cp, Configuration) and cp.cfg_type == CfgType.REQUEST:
+            try:
+                entries.append((PayloadType.CP, self._configuration(cp)))
+            except PoolExhausted as e:
+                log.error("{sa}: no virtual IP: {error}", sa=self.name, error=str(e))
+                entries.append(_notify(NotifyType.INTERNAL_ADDRESS_FAILURE))
+                return self._respond(header, entries)
+        return self._child(header, request, entries, self._ni, self._nr, ke_group=None)
+
+    def _configuration(self, request: Configuration) -> Configuration:
+        """CFG_REPLY (§3.15): the leased address, DNS, NBNS; what we do not serve (IPv6,
+        vendor attributes like Microsoft's 23456) is left out, never refused."""
+        wanted = {kind for kind, _ in request.attributes}
+        attributes: list[tuple[int, bytes]] = []
+        if CfgAttribute.INTERNAL_IP4_ADDRESS in wanted:
+            self.virtual_ip = self.context.pool.lease(self)
+            attributes.append((CfgAttribute.INTERNAL_IP4_ADDRESS, self.virtual_ip.packed))
+            if CfgAttribute.INTERNAL_IP4_NETMASK in wanted:
+                attributes.append(
+                    (CfgAttribute.INTERNAL_IP4_NETMASK, self.context.pool.network.netmask.packed)
+                )
+        if CfgAttribute.INTERNAL_IP4_DNS in wanted:
+            attributes += [(CfgAttribute.INTERNAL_IP4_DNS, a.packed) for a in self.context.dns]
+        if CfgAttribute.INTERNAL_IP4_NBNS in wanted:
+            attributes += [(CfgAttribute.INTERNAL_IP4_NBNS, a.packed) for a in self.context.nbns]
+        return Configuration(CfgType.REPLY, tuple(attributes))
+
+    # -- CHILD_SAs -------------------------------------------------------------------------
+
+    def _child(
+        self,
+        header: Header,
+        request: Message,
+        entries: list[Entry],
+        ni: bytes,
+        nr: bytes,
+        ke_group: int | None,
+        shared: bytes = b"",
+    ) -> Outcome:
+        """Negotiate the CHILD_SA of ``request`` (SA, TSi, TSr) and hand it to the
+        installer; child failures are notifies, the IKE SA stays (§1.2)."""
+        sa, tsi, tsr = (
+            request.get(PayloadType.SA),
+            request.get(PayloadType.TSi),
+            request.get(PayloadType.TSr),
+        )
+        if (
+            not isinstance(sa, Sa)
+            or not isinstance(tsi, TrafficSelectors)
+            or not isinstance(tsr, TrafficSelectors)
+        ):
+            return self._respond(header, entries)  # no CHILD_SA asked for
+        choice = proposal.select(sa.proposals, self.context.esp_policy, ke_group)
+        if choice is None:
+            log.info(
+                "{sa}: no acceptable ESP proposal in {offered}",
+                sa=self.name,
+                offered="; ".join(_describe(p) for p in sa.proposals),
+            )
+            return self._respond(header, [*entries, _notify(NotifyType.NO_PROPOSAL_CHOSEN)])
+        narrowed = self._narrow(tsi.selectors, tsr.selectors)
+        if narrowed is None:
+            log.info(
+                "{sa}: traffic selectors unacceptable: TSi {tsi} TSr {tsr}",
+                sa=self.name,
+                tsi=_selectors(tsi.selectors),
+                tsr=_selectors(tsr.selectors),
+            )
+            return self._respond(header, [*entries, _notify(NotifyType.TS_UNACCEPTABLE)])
+        their, ours = narrowed
+        peer_spi = choice.proposal.spi
+        if len(peer_spi) != 4:
+            return self._respond(header, [*entries, _notify(NotifyType.INVALID_SYNTAX)])
+        inbound_spi = int.from_bytes(os.urandom(4), "big") | 0x100  # never in 0..255 (RFC 4303)
+        assert self.crypto is not None
+        cipher = transforms.cipher_for(choice.encr.id, choice.encr.key_length)
+        integrity = transforms.integrity_for(choice.integ.id) if choice.integ else None
+        material = keys.child_keys(
+            self.crypto.prf, self.crypto.keys.sk_d, cipher, integrity, ni, nr, shared
+        )
+        encapsulation = (self.local.port, self.remote.port) if self.nat_detected else None
+        spec = ChildSaSpec(
+            reqid=self.context.next_reqid(),
+            local_address=self.local.host,
+            remote_address=self.remote.host,
+            inbound_spi=inbound_spi,
+            outbound_spi=int.from_bytes(peer_spi, "big"),
+            encr_id=choice.encr.id,
+            encr_key_length=choice.encr.key_length,
+            integ_id=choice.integ.id if choice.integ else None,
+            inbound_encr_key=material.encr_i,
+            inbound_integ_key=material.integ_i,
+            outbound_encr_key=material.encr_r,
+            outbound_integ_key=material.integ_r,
+            local_selectors=tuple(_selector(s) for s in ours),
+            remote_selectors=tuple(_selector(s) for s in their),
+            esn=choice.esn == 1,
+            encapsulation=encapsulation,
+            soft_lifetime=self.context.child_lifetime * 9 // 10,
+            hard_lifetime=self.context.child_lifetime,
+        )
+        entries = [
+            *entries,
+            (PayloadType.SA, Sa((proposal.accepted(choice, inbound_spi.to_bytes(4, "big")),))),
+            (PayloadType.TSi, TrafficSelectors(tuple(their))),
+            (PayloadType.TSr, TrafficSelectors(tuple(ours))),
+        ]
+        self._pending = (header.message_id, "install")
+        self._pending_child = (header, entries, _Child(spec, choice))
+        return Outcome(install=spec)
+
+    def _narrow(
+        self, tsi: Sequence[TrafficSelector], tsr: Sequence[TrafficSelector]
+    ) -> tuple[list[TrafficSelector], list[TrafficSelector]] | None:
+        """RFC 7296 §2.9: the client's side narrows to its virtual IP (or its own address
+        without one), our side to the IPv4 part of what it asked for. IPv6 selectors are
+        dropped (no IPv6 pool)."""
+        own = self.virtual_ip or ipaddress.IPv4Address(self.remote.host)
+        their = [
+            TrafficSelector(own, own, s.ip_protocol, s.start_port, s.end_port)
+            for s in tsi
+            if s.start_address.version == 4 and s.start_address <= own <= s.end_address
+        ]
+        ours = [s for s in tsr if s.start_address.version == 4]
+        if not their or not ours:
+            return None
+        return their[:1], ours
+
+    def _create_child(self, header: Header, inner: Message) -> Outcome:
+        """CREATE_CHILD_SA (§1.3): rekeying a CHILD_SA. Rekeying the IKE SA itself is
+        answered NO_ADDITIONAL_SAS; the client then re-authenticates instead."""
+        if self.state != State.ESTABLISHED:
+            return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+        sa = inner.get(PayloadType.SA)
+        if isinstance(sa, Sa) and any(p.protocol == ProtocolId.IKE for p in sa.proposals):
+            log.info("{sa}: IKE SA rekey not supported; NO_ADDITIONAL_SAS", sa=self.name)
+            return self._respond(header, [_notify(NotifyType.NO_ADDITIONAL_SAS)])
+        rekey = inner.notify(NotifyType.REKEY_SA)
+        if rekey is None:
+            return self._respond(header, [_notify(NotifyType.NO_ADDITIONAL_SAS)])
+        old = next(
+            (
+                c
+                for c in self.children.values()
+                if c.spec.inbound_spi == int.from_bytes(rekey.spi, "big")
+            ),
+            None,
+        )
+        nonce = inner.get(PayloadType.NONCE)
+        if old is None or not isinstance(nonce, Nonce):
+            return self._respond(header, [_notify(NotifyType.CHILD_SA_NOT_FOUND)])
+        nr = os.urandom(NONCE_SIZE)
+        entries: list[Entry] = [(PayloadType.NONCE, Nonce(nr))]
+        ke = inner.get(PayloadType.KE)
+        shared = b""
+        ke_group = None
+        if isinstance(ke, Ke):
+            group = transforms.group_for(ke.group)
+            private, public = group.generate()
+            try:
+                shared = group.shared_secret(private, ke.data)
+            except transforms.InvalidPublicValue:
+                return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+            ke_group = ke.group
+            entries.append((PayloadType.KE, Ke(ke.group, public)))
+        return self._child(header, inner, entries, nonce.data, nr, ke_group, shared)
+
+    # -- INFORMATIONAL -------------------------------------------------------------------
+
+    def _informational(self, header: Header, inner: Message) -> Outcome:
+        """Deletes (§1.4.1) and liveness checks (empty requests) are answered."""
+        deletes = [d for d in inner.all(PayloadType.DELETE) if isinstance(d, Delete)]
+        if any(d.protocol == ProtocolId.IKE for d in deletes):
+            log.info("{sa}: deleted by the client ({user!r})", sa=self.name, user=self.identity)
+            return self._close(self._respond(header, []))
+        entries: list[Entry] = []
+        removed = []
+        for delete in deletes:
+            ours = []
+            for spi in delete.spis:
+                child = next(
+                    (
+                        c
+                        for c in self.children.values()
+                        if c.spec.outbound_spi == int.from_bytes(spi, "big")
+                    ),
+                    None,
+                )
+                if child is not None:
+                    del self.children[child.spec.inbound_spi]
+                    removed.append(child.spec)
+                    ours.append(child.spec.inbound_spi.to_bytes(4, "big"))
+            if ours:
+                entries.append((PayloadType.DELETE, Delete(ProtocolId.ESP, tuple(ours))))
+        outcome = self._respond(header, entries)
+        outcome.remove = removed
+        return outcome
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _fail(self, header: Header, reason: str) -> Outcome:
+        log.info("{sa}: AUTHENTICATION_FAILED: {reason}", sa=self.name, reason=reason)
+        return self._close(self._respond(header, [_notify(NotifyType.AUTHENTICATION_FAILED)]))
+
+    def _close(self, outcome: Outcome) -> Outcome:
+        self.state = State.CLOSED
+        outcome.remove += [c.spec for c in self.children.values()]
+        self.children.clear()
+        if self.virtual_ip is not None:
+            self.context.pool.release(self.virtual_ip)
+            self.virtual_ip = None
+        outcome.closed = True
+        return outcome
+
+    def _take_pending(self, what: str) -> Header:
+        assert self._pending is not None and self._pending[1] == what, self._pending
+        self._pending = None
+        return self._pending_header if what == "eap" else self._pending_child[0]
+
+    def _header(self, request: Header) -> Header:
+        return Header(
+            self.spi_i, self.spi_r, request.exchange, HeaderFlag.RESPONSE, request.message_id
+        )
+
+    def _respond(self, request: Header, entries: list[Entry]) -> Outcome:
+        """Encrypt ``entries`` into one SK payload, or SKF fragments when they would not
+        fit ``fragment_size`` and the peer supports fragmentation (RFC 7383)."""
+        assert self.crypto is not None
+        header = self._header(request)
+        first, plaintext = encode_payloads(entries)
+        datagrams = [self._seal(header, PayloadType.SK, first, plaintext)]
+        if self.fragmentation and len(datagrams[0]) > self.context.fragment_size:
+            overhead = len(datagrams[0]) - len(plaintext) + 8
+            pieces = fragments.split(plaintext, first, self.context.fragment_size - overhead)
+            datagrams = [
+                self._seal(header, PayloadType.SKF, p.first_payload, p.data, p) for p in pieces
+            ]
+        return self._remember(request, datagrams)
+
+    def _seal(
+        self,
+        header: Header,
+        kind: int,
+        first: int,
+        plaintext: bytes,
+        piece: fragments.Fragment | None = None,
+    ) -> bytes:
+        assert self.crypto is not None
+        protection = self.crypto.outbound
+        body_length = sk.sealed_length(len(plaintext), protection)
+        extra = struct.pack("!HH", piece.number, piece.total) if piece else b""
+        generic = struct.pack("!BBH", first, 0, 4 + len(extra) + body_length)
+        total = 28 + len(generic) + len(extra) + body_length
+        head = replace(header, next_payload=kind, length=total).encode()
+        prefix = head + generic + extra
+        return prefix + sk.seal(prefix, plaintext, protection)
+
+    def _decrypt(self, message: Message, raw: bytes) -> Message | None:
+        """The inner payloads of an SK message, or of all its SKF fragments once complete."""
+        crypto = self.crypto
+        if crypto is None:
+            raise IkeError(NotifyType.INVALID_SYNTAX, "encrypted message before IKE_SA_INIT")
+        last_kind, payload = message.payloads[-1] if message.payloads else (None, None)
+        protection = crypto.inbound
+        if isinstance(payload, Encrypted):
+            body = payload.raw
+            plaintext = _open(raw[: len(raw) - len(body)], body, protection)
+            entries = decode_payloads(payload.first_payload, plaintext)
+        elif isinstance(payload, EncryptedFragment):
+            body = payload.raw
+            plaintext = _open(raw[: len(raw) - len(body)], body, protection)
+            try:
+                done = self._reassembler.add(
+                    message.header.message_id,
+                    fragments.Fragment(
+                        payload.number, payload.total, plaintext, payload.first_payload
+                    ),
+                )
+            except fragments.FragmentError as e:
+                raise IkeError(NotifyType.INVALID_SYNTAX, str(e)) from None
+            if done is None:
+                return None
+            entries = decode_payloads(*done)
+        else:
+            raise IkeError(NotifyType.INVALID_SYNTAX, f"no SK payload (last is {last_kind})")
+        return Message(message.header, entries)
+
+    def _remember(self, request: Header, datagrams: list[bytes]) -> Outcome:
+        self.last_response = (request.message_id, datagrams)
+        self.next_message_id = request.message_id + 1
+        return Outcome(send=list(datagrams))
+
+
+def _open(prefix: bytes, body: bytes, protection: sk.SkCrypto) -> bytes:
+    try:
+        return sk.open(prefix, body, protection)
+    except sk.SkError as e:
+        raise IkeError(NotifyType.INVALID_SYNTAX, f"SK payload: {e}") from None
+
+
+def _notify(kind: NotifyType, data: bytes = b"") -> Entry:
+    return PayloadType.NOTIFY, Notify(kind, data)
+
+
+def _asn1(algorithm: bytes) -> bytes:
+    """RFC 7427 §3: ASN.1 Length octet, then the AlgorithmIdentifier."""
+    return bytes([len(algorithm)]) + algorithm
+
+
+def _der(certificate) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return certificate.public_bytes(Encoding.DER)
+
+
+def _equal(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+def _selector(selector: TrafficSelector) -> Selector:
+    networks = list(ipaddress.summarize_address_range(selector.start_address, selector.end_address))
+    return Selector(
+        networks[0] if len(networks) == 1 else ANY4,
+        selector.ip_protocol,
+        selector.start_port,
+        selector.end_port,
+    )
+
+
+def _selectors(selectors: Sequence[TrafficSelector]) -> str:
+    return ", ".join(f"{s.start_address}-{s.end_address}" for s in selectors)
+
+
+def _describe(p) -> str:
+    return "/".join(
+        f"{t.type}:{t.id}" + (f"({t.key_length})" if t.key_length else "") for t in p.transforms
+    )
+
+
+def _describe_id(identification: Identification) -> str:
+    if identification.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+        return str(ipaddress.ip_address(identification.data))
+    if identification.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
+        return identification.data.decode("utf-8", "replace")
+    return f"type {identification.id_type} {identification.data.hex()}"
+
+
+def _exchange_name(exchange: int) -> str:
+    try:
+        return ExchangeType(exchange).name
+    except ValueError:
+        return str(exchange)

@@ -1,0 +1,1 @@
+"""Kernel datapath: the CHILD_SA installer interface, and installers."""
