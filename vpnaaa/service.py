@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import internet, service
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
@@ -73,12 +74,10 @@ class RadiusService(service.Service):
             path=str(self.config.accounting_log),
         )
 
-    def stopService(self) -> Any:
+    def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
-        ports, self.ports = self.ports, []
-        for port in ports:
-            port.stopListening()
         self.accounting.close()
+        return _stop_listening(self)
 
 
 class VpnaaaService(service.MultiService):
@@ -213,12 +212,16 @@ class IkeService(service.Service):
             eap=", ".join(config.eap_methods),
         )
 
-    def stopService(self) -> Any:
+    def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         self.responder.shutdown()
-        ports, self.ports = self.ports, []
-        for port in ports:
-            port.stopListening()
+        return _stop_listening(self)
+
+
+def _stop_listening(owner: RadiusService | IkeService) -> defer.Deferred[Any]:
+    """Close the service's sockets; fires once they are closed (and the ports reusable)."""
+    ports, owner.ports = owner.ports, []
+    return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
 
 
 def make_service(config: Config, reactor: Any = None) -> VpnaaaService:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -179,6 +180,7 @@ class IkeSa:
         self._init_response = b""
         self._ni = self._nr = b""
         self._idi_body = b""
+        self._idr: Identification | None = None
         self._auth_request: Message | None = None  # IKE_AUTH #1 inner payloads, for the child
         self._eap_id: bytes | None = None
         self._msk = b""
@@ -435,7 +437,10 @@ class IkeSa:
         self._auth_request = inner
         log.info("{sa}: IKE_AUTH from IDi {id}", sa=self.name, id=_describe_id(idi))
         identity = self.context.identity
-        idr = Identification(IdType.DER_ASN1_DN, identity.cert.subject.public_bytes())
+        requested = inner.get(PayloadType.IDr)
+        idr = self._idr = our_identification(
+            identity, requested if isinstance(requested, Identification) else None
+        )
         method, signature = self._sign(
             keys.signed_octets(
                 self.crypto.prf, self._init_response, self._ni, self.crypto.keys.sk_pr, idr.encode()
@@ -488,12 +493,12 @@ class IkeSa:
         )
         if not _equal(expected, auth.data):
             return self._fail(header, "the client's AUTH does not match the EAP MSK")
-        idr = Identification(IdType.DER_ASN1_DN, self.context.identity.cert.subject.public_bytes())
+        assert self._idr is not None
         ours = keys.shared_key_auth(
             prf,
             self._msk,
             keys.signed_octets(
-                prf, self._init_response, self._ni, self.crypto.keys.sk_pr, idr.encode()
+                prf, self._init_response, self._ni, self.crypto.keys.sk_pr, self._idr.encode()
             ),
         )
         self.state = State.ESTABLISHED
@@ -673,6 +678,13 @@ class IkeSa:
     def _informational(self, header: Header, inner: Message) -> Outcome:
         """Deletes (§1.4.1) and liveness checks (empty requests) are answered."""
         deletes = [d for d in inner.all(PayloadType.DELETE) if isinstance(d, Delete)]
+        if self.state != State.ESTABLISHED and inner.notify(NotifyType.AUTHENTICATION_FAILED):
+            log.info(
+                "{sa}: the client rejected our authentication (AUTHENTICATION_FAILED; "
+                "does it trust our CA and name?)",
+                sa=self.name,
+            )
+            return self._close(self._respond(header, []))
         if any(d.protocol == ProtocolId.IKE for d in deletes):
             log.info("{sa}: deleted by the client ({user!r})", sa=self.name, user=self.identity)
             return self._close(self._respond(header, []))
@@ -792,6 +804,35 @@ class IkeSa:
         self.last_response = (request.message_id, datagrams)
         self.next_message_id = request.message_id + 1
         return Outcome(send=list(datagrams))
+
+
+def our_identification(
+    identity: ServerIdentity, requested: Identification | None
+) -> Identification:
+    """IDr: the identity the initiator asked for when our certificate carries it (an
+    iPAddress or dNSName SAN, or the subject), else the subject DN (RFC 7296 §3.5)."""
+    cert = identity.cert
+    if requested is not None and _certificate_names(cert, requested):
+        return requested
+    return Identification(IdType.DER_ASN1_DN, cert.subject.public_bytes())
+
+
+def _certificate_names(cert: x509.Certificate, wanted: Identification) -> bool:
+    """Whether ``cert`` carries the identity ``wanted`` (SAN iPAddress/dNSName or subject)."""
+    if wanted.id_type == IdType.DER_ASN1_DN:
+        return wanted.data == cert.subject.public_bytes()
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    if wanted.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+        try:
+            return ipaddress.ip_address(wanted.data) in san.get_values_for_type(x509.IPAddress)
+        except ValueError:
+            return False
+    if wanted.id_type == IdType.FQDN:
+        return wanted.data.decode("ascii", "replace") in san.get_values_for_type(x509.DNSName)
+    return False
 
 
 def _open(prefix: bytes, body: bytes, protection: sk.SkCrypto) -> bytes:
