@@ -157,3 +157,74 @@ class EapMsChapV2Tests(CharonTestCase):
         self.assertIn("no trusted RSA public key found for '198.51.100.1'", client.log_text())
         self.assertEqual(self.daemon.ike.responder.sas, {})
         self.assertEqual(self.daemon.ike.responder.context.pool.leased, 0)
+
+
+class NegotiationTests(CharonTestCase):
+    """What IKE_SA_INIT answers when the client's first guess is not what we want."""
+
+    @defer.inlineCallbacks
+    def test_invalid_ke_payload_then_the_group_we_want(self):
+        """RFC 7296 §1.2: charon's KE is for ECP256, which this gateway does not allow; it
+        answers INVALID_KE_PAYLOAD naming MODP2048 and charon retries with that group."""
+        self.start_gateway('ike_proposals = ["aes256", "prfsha256", "sha256", "modp2048"]')
+        client, result = yield self.connect(proposals="aes256-sha256-ecp256-modp2048")
+        self.assertTrue(result.ok, result.output + client.tail())
+        self.assertIn(
+            "peer didn't accept DH group ECP_256, it requested MODP_2048", client.log_text()
+        )
+        (sa,) = yield client.list_sas()
+        self.assertEqual(sa.dh_group, "MODP_2048")
+
+    @defer.inlineCallbacks
+    def test_no_proposal_chosen(self):
+        self.start_gateway()
+        client, result = yield self.connect(proposals="3des-sha1-modp1024")
+        self.assertFalse(result.ok)
+        self.assertIn("received NO_PROPOSAL_CHOSEN notify error", client.log_text())
+        self.assertEqual(self.daemon.ike.responder.sas, {})
+
+    @defer.inlineCallbacks
+    def test_windows7_legacy_suite_when_enabled(self):
+        """3DES/SHA1/MODP1024 for IKE and 3DES/SHA1 for ESP: off by default, on with
+        ike.legacy_windows7 (what an unpatched Windows 7 client offers)."""
+        self.start_gateway("legacy_windows7 = true")
+        client, result = yield self.connect(
+            proposals="3des-sha1-modp1024", esp_proposals="3des-sha1"
+        )
+        self.assertTrue(result.ok, result.output + client.tail())
+        (sa,) = yield client.list_sas()
+        self.assertEqual(
+            (sa.encr_alg, sa.integ_alg, sa.dh_group), ("3DES_CBC", "HMAC_SHA1_96", "MODP_1024")
+        )
+
+    @defer.inlineCallbacks
+    def test_windows10_default_suite(self):
+        """Windows 10/11 without registry changes: AES-CBC-256, SHA1, MODP1024; ESP
+        AES-CBC-256/SHA1. Accepted by the default policy."""
+        self.start_gateway()
+        client, result = yield self.connect(
+            proposals="aes256-sha1-modp1024", esp_proposals="aes256-sha1"
+        )
+        self.assertTrue(result.ok, result.output + client.tail())
+
+
+class RekeyTests(CharonTestCase):
+    @defer.inlineCallbacks
+    def test_child_rekey_replaces_the_installed_sa(self):
+        """CREATE_CHILD_SA with REKEY_SA (RFC 7296 §1.3.3): a new CHILD_SA is installed,
+        the old one goes when charon deletes it; the keys match charon's newest set."""
+        self.start_gateway()
+        client, result = yield self.connect()
+        self.assertTrue(result.ok, result.output + client.tail())
+        (old,) = self.installer.installed.values()
+        yield client.swanctl("--rekey", "--child", client.conn)
+        yield charon.sleep(1.0)
+        (new,) = self.installer.installed.values()
+        self.assertNotEqual(new.inbound_spi, old.inbound_spi)
+        latest = client.keys().children()[-1]
+        self.assertEqual(
+            (new.inbound_encr_key, new.outbound_encr_key), (latest.encr_i, latest.encr_r)
+        )
+        (sa,) = yield client.list_sas()
+        (child,) = [c for c in sa.children if c.state == "INSTALLED"]
+        self.assertEqual(child.spi_out, new.inbound_spi)

@@ -635,8 +635,9 @@ class IkeSa:
         return their[:1], ours
 
     def _create_child(self, header: Header, inner: Message) -> Outcome:
-        """CREATE_CHILD_SA (§1.3): rekeying a CHILD_SA. Rekeying the IKE SA itself is
-        answered NO_ADDITIONAL_SAS; the client then re-authenticates instead."""
+        """CREATE_CHILD_SA (§1.3): a new or rekeyed (REKEY_SA) CHILD_SA; the one it
+        replaces goes when the client deletes it. Rekeying the IKE SA itself is answered
+        NO_ADDITIONAL_SAS; the client then re-authenticates instead."""
         if self.state != State.ESTABLISHED:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         sa = inner.get(PayloadType.SA)
@@ -644,19 +645,14 @@ class IkeSa:
             log.info("{sa}: IKE SA rekey not supported; NO_ADDITIONAL_SAS", sa=self.name)
             return self._respond(header, [_notify(NotifyType.NO_ADDITIONAL_SAS)])
         rekey = inner.notify(NotifyType.REKEY_SA)
-        if rekey is None:
-            return self._respond(header, [_notify(NotifyType.NO_ADDITIONAL_SAS)])
-        old = next(
-            (
-                c
-                for c in self.children.values()
-                if c.spec.inbound_spi == int.from_bytes(rekey.spi, "big")
-            ),
-            None,
-        )
+        if rekey is not None:
+            # §1.3.3: the SPI the exchange initiator expects inbound, i.e. our outbound SPI.
+            spi = int.from_bytes(rekey.spi, "big")
+            if not any(c.spec.outbound_spi == spi for c in self.children.values()):
+                return self._respond(header, [_notify(NotifyType.CHILD_SA_NOT_FOUND)])
         nonce = inner.get(PayloadType.NONCE)
-        if old is None or not isinstance(nonce, Nonce):
-            return self._respond(header, [_notify(NotifyType.CHILD_SA_NOT_FOUND)])
+        if not isinstance(nonce, Nonce):
+            return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         nr = os.urandom(NONCE_SIZE)
         entries: list[Entry] = [(PayloadType.NONCE, Nonce(nr))]
         ke = inner.get(PayloadType.KE)

@@ -131,7 +131,9 @@ class AeadCipher:
 AnyCipher = CbcCipher | AeadCipher
 
 
-def _cbc(encr: EncrId, key_bits: int | None, algorithm, key_size: int) -> CbcCipher:
+def _cbc(
+    encr: EncrId, key_bits: int | None, algorithm: type[BlockCipherAlgorithm], key_size: int
+) -> CbcCipher:
     return CbcCipher(encr, key_bits, algorithm, key_size, algorithm.block_size // 8)
 
 
