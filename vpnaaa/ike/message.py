@@ -15,7 +15,14 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from vpnaaa.ike.const import HeaderFlag, NotifyType, PayloadType, TransformAttribute, TsType
+from vpnaaa.ike.const import (
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    PayloadType,
+    TransformAttribute,
+    TsType,
+)
 
 HEADER = struct.Struct("!8s8sBBBBII")  # RFC 7296 §3.1
 GENERIC = struct.Struct("!BBH")  # RFC 7296 §3.2: next payload, C + RESERVED, length
@@ -713,3 +720,27 @@ def encode_message(header: Header, entries: Sequence[Entry]) -> bytes:
     first, body = encode_payloads(entries)
     header = replace(header, next_payload=first, length=HEADER.size + len(body))
     return header.encode() + body
+
+
+def describe(message: Message) -> str:
+    """``IKE_AUTH request 1 [ IDi N(INITIAL_CONTACT) SK ]``, like charon's and the ASA's
+    protocol debug lines."""
+    header = message.header
+    names = []
+    for kind, payload in message.payloads:
+        if isinstance(payload, Notify):
+            try:
+                names.append(f"N({NotifyType(payload.notify_type).name})")
+            except ValueError:
+                names.append(f"N({payload.notify_type})")
+        else:
+            try:
+                names.append(PayloadType(kind).name)
+            except ValueError:
+                names.append(str(kind))
+    try:
+        exchange = ExchangeType(header.exchange).name
+    except ValueError:
+        exchange = str(header.exchange)
+    role = "response" if header.response else "request"
+    return f"{exchange} {role} {header.message_id} [ {' '.join(names)} ]"

@@ -18,8 +18,16 @@ from twisted.python.failure import Failure
 
 from vpnaaa import logs
 from vpnaaa.eap.authenticator import Result
-from vpnaaa.ike.const import ExchangeType
-from vpnaaa.ike.message import Header, IkeError, decode_message
+from vpnaaa.ike.const import ExchangeType, HeaderFlag, NotifyType, PayloadType
+from vpnaaa.ike.message import (
+    HEADER,
+    Header,
+    IkeError,
+    Notify,
+    decode_message,
+    describe,
+    encode_message,
+)
 from vpnaaa.ike.sa import (
     Endpoint,
     IkeSa,
@@ -71,8 +79,16 @@ class Responder:
                 port=remote.port,
                 reason=str(e),
             )
+            self._refuse_unsupported(data, e, remote, port)
             return
         header = message.header
+        if logs.debug_enabled():
+            log.debug(
+                "received {what} from {host}:{port}",
+                what=describe(message),
+                host=remote.host,
+                port=remote.port,
+            )
         sa = self._find(header, remote)
         if sa is None:
             if header.exchange != ExchangeType.IKE_SA_INIT or header.response:
@@ -89,6 +105,21 @@ class Responder:
             sa.remote = remote  # NAT-T: the peer may have floated to port 4500 (§2.23)
             sa.port = port
         self._run(sa, sa.receive(message, data))
+
+    @staticmethod
+    def _refuse_unsupported(data: bytes, error: IkeError, remote: Endpoint, port: IkePort) -> None:
+        """An IKE_SA_INIT request with an unknown critical payload gets the notify (§2.5);
+        anything else malformed before keys exist is dropped (§2.21.1)."""
+        if error.notify != NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD or len(data) < HEADER.size:
+            return
+        header = Header.decode(data)
+        if header.exchange != ExchangeType.IKE_SA_INIT or header.response:
+            return
+        reply = Header(
+            header.spi_i, bytes(8), header.exchange, HeaderFlag.RESPONSE, header.message_id
+        )
+        notify = Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, error.data)
+        port.send(encode_message(reply, [(PayloadType.NOTIFY, notify)]), remote)
 
     def _find(self, header: Header, remote: Endpoint) -> IkeSa | None:
         if header.spi_r == bytes(8):

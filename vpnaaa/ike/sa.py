@@ -63,6 +63,7 @@ from vpnaaa.ike.message import (
     TrafficSelector,
     TrafficSelectors,
     decode_payloads,
+    describe,
     encode_message,
     encode_payloads,
 )
@@ -222,6 +223,8 @@ class IkeSa:
             return Outcome()
         if inner is None:
             return Outcome()  # more fragments to come
+        if logs.debug_enabled():
+            log.debug("{sa}: decrypted {what}", sa=self.name, what=describe(inner))
         handlers = {
             ExchangeType.IKE_AUTH: self._auth,
             ExchangeType.INFORMATIONAL: self._informational,
@@ -484,22 +487,21 @@ class IkeSa:
         prf = self.crypto.prf
         if not isinstance(auth, Authentication) or auth.method != AuthMethod.SHARED_KEY:
             return self._fail(header, "final IKE_AUTH without a shared-key AUTH payload")
-        expected = keys.shared_key_auth(
+        sk_pi, sk_pr = self.crypto.keys.sk_pi, self.crypto.keys.sk_pr
+        expected = keys.eap_auth(
             prf,
             self._msk,
-            keys.signed_octets(
-                prf, self._init_request, self._nr, self.crypto.keys.sk_pi, self._idi_body
-            ),
+            sk_pi,
+            keys.signed_octets(prf, self._init_request, self._nr, sk_pi, self._idi_body),
         )
         if not _equal(expected, auth.data):
             return self._fail(header, "the client's AUTH does not match the EAP MSK")
         assert self._idr is not None
-        ours = keys.shared_key_auth(
+        ours = keys.eap_auth(
             prf,
             self._msk,
-            keys.signed_octets(
-                prf, self._init_response, self._ni, self.crypto.keys.sk_pr, self._idr.encode()
-            ),
+            sk_pr,
+            keys.signed_octets(prf, self._init_response, self._ni, sk_pr, self._idr.encode()),
         )
         self.state = State.ESTABLISHED
         log.info("{sa}: ESTABLISHED for {user!r}", sa=self.name, user=self.identity)
