@@ -29,10 +29,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## bench: vpnaaa against FreeRADIUS on the same load, as ratios
+## bench: vpnaaa against FreeRADIUS and hostapd on the same load, as ratios
 bench: venv
 	./scripts/deps bench
 	$(BIN)/python bench/radius_pap.py
+	$(BIN)/python bench/radius_eap.py
 
 clean:
 	rm -rf $(VENV) _trial_temp *.egg-info

@@ -570,9 +570,8 @@ def start_freeradius(workdir: Path, cpus: frozenset[int] | None) -> Server:
 # --------------------------------------------------------------------------
 
 
-def vpnaaa_config_text(state_dir: Path, auth_port: int, acct_port: int, workers: int | None) -> str:
-    """Render the vpnaaa TOML configuration for the benchmark."""
-    workers_line = f"workers = {workers}\n" if workers is not None else ""
+def vpnaaa_config_text(state_dir: Path, auth_port: int, acct_port: int) -> str:
+    """Render the vpnaaa TOML configuration for the benchmark (RADIUS only, loopback)."""
     return (
         "[general]\n"
         f'state_dir = "{state_dir}"\n'
@@ -582,7 +581,9 @@ def vpnaaa_config_text(state_dir: Path, auth_port: int, acct_port: int, workers:
         f'listen = "{LOOPBACK}"\n'
         f"auth_port = {auth_port}\n"
         f"acct_port = {acct_port}\n"
-        f"{workers_line}"
+        "\n"
+        "[ike]\n"
+        "enabled = false\n"
         "\n"
         "[[radius.clients]]\n"
         'name = "bench"\n'
@@ -626,9 +627,7 @@ def twistd_command(config: Path, profile_path: Path | None) -> list[str]:
     return [*twistd, "vpnaaa", "--config", str(config)]
 
 
-def start_vpnaaa(
-    workdir: Path, workers: int | None, profile: bool, cpus: frozenset[int] | None
-) -> Server:
+def start_vpnaaa(workdir: Path, profile: bool, cpus: frozenset[int] | None) -> Server:
     """Write a config, prepare the state directory and start vpnaaa under twistd."""
     for tool in ("vpnaaa", "twistd"):
         require_executable(VENV_BIN / tool)
@@ -636,7 +635,7 @@ def start_vpnaaa(
     state_dir.mkdir()
     auth_port, acct_port = free_udp_ports(2)
     config = workdir / "vpnaaa.toml"
-    write_private(config, vpnaaa_config_text(state_dir, auth_port, acct_port, workers))
+    write_private(config, vpnaaa_config_text(state_dir, auth_port, acct_port))
     prepare_vpnaaa_state(config)
     profile_path = workdir / "vpnaaa.prof" if profile else None
     log_path = workdir / "vpnaaa.out"
@@ -844,7 +843,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(ALL_SERVERS),
         help="comma-separated subset of: vpnaaa,freeradius (default both)",
     )
-    add("--workers", type=int, default=None, help="write 'workers = N' in vpnaaa's [radius]")
     add("--no-pin", action="store_true", help="do not pin radclient and servers to CPUs")
     add("--profile", action="store_true", help="run vpnaaa under cProfile, print top functions")
     add("--profile-top", type=int, default=25, help="functions shown by --profile (default 25)")
@@ -876,7 +874,7 @@ def start_servers(
         subdir = workdir / name
         subdir.mkdir()
         if name == SERVER_VPNAAA:
-            server = start_vpnaaa(subdir, args.workers, args.profile, cpus)
+            server = start_vpnaaa(subdir, args.profile, cpus)
         else:
             server = start_freeradius(subdir, cpus)
         stack.callback(server.stop)
@@ -889,13 +887,6 @@ def run_notes(args: argparse.Namespace, plan: CpuPlan) -> list[str]:
     notes = []
     if args.profile:
         notes.append("vpnaaa runs under cProfile: its figures are inflated")
-    if args.workers is not None and SERVER_VPNAAA in args.servers:
-        server_cpus = len(plan.server) if plan.server else len(os.sched_getaffinity(0)) - 1
-        if args.workers > server_cpus:
-            notes.append(
-                f"{args.workers} vpnaaa workers share {server_cpus} CPU(s) "
-                "(radclient busy-polls one more)"
-            )
     return notes
 
 

@@ -52,7 +52,6 @@ class RadiusConfig:
     accounting_log: Path = Path("accounting.log")
     accounting_fsync: bool = False
     duplicate_window: float = 10.0
-    workers: int = 1
     clients: tuple[RadiusClient, ...] = ()
 
 
@@ -110,6 +109,19 @@ class IkeConfig:
     nbns: tuple[ipaddress.IPv4Address, ...]
     eap_methods: tuple[str, ...]
     fragment_size: int
+    relay: RelayConfig | None = None  # EAP to an external RADIUS server instead of locally
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """``[ike.radius]``: the external RADIUS server that authenticates IKE users."""
+
+    server: str
+    port: int
+    secret: bytes = field(repr=False)
+    timeout: float
+    tries: int
+    nas_identifier: str
 
 
 @dataclass(frozen=True)
@@ -181,15 +193,8 @@ def _check_private(source: str, key: str, path: Path) -> None:
         )
 
 
-def _client(section: _Section, state_dir: Path, config_path: Path | None) -> RadiusClient:
-    if "address" not in section.table:
-        raise section.error("address", "is required (an IP address or CIDR network)")
-    address = section.get("address", str, "")
-    try:
-        network = ipaddress.ip_network(address, strict=False)
-    except ValueError:
-        raise section.error("address", f"{address!r} is not an IP address or network") from None
-    name = section.get("name", str, str(network))
+def _secret(section: _Section, state_dir: Path, config_path: Path | None) -> bytes:
+    """A RADIUS shared secret: inline (the file must be private) or in a private file."""
     has_secret = "secret" in section.table
     has_file = "secret_file" in section.table
     if has_secret == has_file:
@@ -204,6 +209,19 @@ def _client(section: _Section, state_dir: Path, config_path: Path | None) -> Rad
         secret = path.read_bytes().strip()
     if not secret:
         raise section.error("secret", "must not be empty")
+    return secret
+
+
+def _client(section: _Section, state_dir: Path, config_path: Path | None) -> RadiusClient:
+    if "address" not in section.table:
+        raise section.error("address", "is required (an IP address or CIDR network)")
+    address = section.get("address", str, "")
+    try:
+        network = ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        raise section.error("address", f"{address!r} is not an IP address or network") from None
+    name = section.get("name", str, str(network))
+    secret = _secret(section, state_dir, config_path)
     require_ma = section.get("require_message_authenticator", bool, False)
     section.finish()
     return RadiusClient(name, network, secret, require_ma)
@@ -241,7 +259,6 @@ def _radius(section: _Section, state_dir: Path, config_path: Path | None) -> Rad
         accounting_log=state_dir / section.get("accounting_log", str, "accounting.log"),
         accounting_fsync=section.get("accounting_fsync", bool, False),
         duplicate_window=section.get("duplicate_window", float, 10.0),
-        workers=section.get_int("workers", 1, 1, 64),
         clients=clients,
     )
     if config.duplicate_window < 0:
@@ -302,7 +319,7 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
         if enabled is not False
         else _disabled(radius_section)
     )
-    ike = _ike(root.sub("ike"), state, eap.tls)
+    ike = _ike(root.sub("ike"), state, eap.tls, config_path)
     root.finish()
     return Config(source, state, log_level, users, radius, eap, ike)
 
@@ -327,7 +344,7 @@ def _names(
     return tuple(values)
 
 
-def _ike(section: _Section, state_dir: Path, tls: TlsConfig) -> IkeConfig:
+def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path | None) -> IkeConfig:
     enabled = section.get("enabled", (bool, str), "auto")
     if enabled not in (True, False, "auto"):
         raise section.error("enabled", f'{enabled!r}: use true, false or "auto"')
@@ -360,8 +377,35 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig) -> IkeConfig:
         nbns=_addresses(section, "nbns"),
         eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, IKE_EAP_METHODS),
         fragment_size=section.get_int("fragment_size", 1280, 576, 65535),
+        relay=_relay(section, state_dir, config_path),
     )
     section.finish()
+    return config
+
+
+def _relay(ike: _Section, state_dir: Path, config_path: Path | None) -> RelayConfig | None:
+    backend = ike.get("backend", str, "local")
+    radius = ike.sub("radius")
+    if backend == "local":
+        radius.finish()
+        return None
+    if backend != "radius":
+        raise ike.error("backend", f'{backend!r}: use "local" or "radius"')
+    server = radius.get("server", str, "")
+    try:
+        ipaddress.ip_address(server)
+    except ValueError:
+        raise radius.error("server", f"{server!r} is not an IP address") from None
+    secret = _secret(radius, state_dir, config_path)
+    config = RelayConfig(
+        server=server,
+        port=radius.get_int("port", 1812, 1, 65535),
+        secret=secret,
+        timeout=radius.get("timeout", float, 3.0),
+        tries=radius.get_int("tries", 3, 1, 10),
+        nas_identifier=radius.get("nas_identifier", str, "vpnaaa"),
+    )
+    radius.finish()
     return config
 
 

@@ -28,6 +28,7 @@ from vpnaaa.kernel.installer import ChildSaInstaller, NullInstaller
 from vpnaaa.pki import load_server_identity
 from vpnaaa.pool import AddressPool
 from vpnaaa.radius.accounting import AccountingLog
+from vpnaaa.radius.client import RadiusRelay
 from vpnaaa.radius.eap import EapHandler
 from vpnaaa.radius.handlers import AccessHandler
 from vpnaaa.radius.server import ClientTable, DuplicateCache, acct_protocol, auth_protocol
@@ -103,12 +104,24 @@ class VpnaaaService(service.MultiService):
             self.radius.setServiceParent(self)
         self.ike: IkeService | None = None
         if config.ike.enabled is not False:
-            engine = build_eap_engine(config.eap, config.ike.eap_methods, self.users, reactor)
-            self._expire_regularly(engine)
-            self.ike = IkeService(config.ike, engine, NullInstaller(), reactor)
+            relay = config.ike.relay
+            backend: EapEngine | RadiusRelay
+            if relay is None:
+                backend = build_eap_engine(config.eap, config.ike.eap_methods, self.users, reactor)
+            else:
+                backend = RadiusRelay(
+                    (relay.server, relay.port),
+                    relay.secret,
+                    reactor,
+                    relay.nas_identifier,
+                    relay.timeout,
+                    relay.tries,
+                )
+            self._expire_regularly(backend)
+            self.ike = IkeService(config.ike, backend, NullInstaller(), reactor)
             self.ike.setServiceParent(self)
 
-    def _expire_regularly(self, engine: EapEngine) -> None:
+    def _expire_regularly(self, engine: EapEngine | RadiusRelay) -> None:
         expiry = internet.TimerService(EXPIRY_INTERVAL, engine.expire)
         expiry.clock = self.reactor
         expiry.setServiceParent(self)
@@ -162,7 +175,11 @@ class IkeService(service.Service):
     name = "ike"
 
     def __init__(
-        self, config: IkeConfig, eap: EapEngine, installer: ChildSaInstaller, reactor: Any
+        self,
+        config: IkeConfig,
+        eap: EapEngine | RadiusRelay,
+        installer: ChildSaInstaller,
+        reactor: Any,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -181,6 +198,7 @@ class IkeService(service.Service):
             next_reqid=lambda: next(reqids),
         )
         self.responder = Responder(context, eap.step, installer, reactor, config.listen)
+        self.relay = eap if isinstance(eap, RadiusRelay) else None
         self.ports: list[IListeningPort] = []
 
     def startService(self) -> None:
@@ -204,12 +222,18 @@ class IkeService(service.Service):
                 error=str(e.socketError),
             )
             return
+        ports = "/".join(str(p.getHost().port) for p in self.ports)
+        if self.relay is not None:
+            self.ports.append(self.reactor.listenUDP(0, self.relay))
+            eap = f"relayed to RADIUS {self.relay.server[0]}:{self.relay.server[1]}"
+        else:
+            eap = ", ".join(config.eap_methods)
         log.info(
             "IKEv2 responder on {listen} ports {ports}, pool {pool}, EAP {eap}",
             listen=config.listen,
-            ports="/".join(str(p.getHost().port) for p in self.ports),
+            ports=ports,
             pool=str(config.pool),
-            eap=", ".join(config.eap_methods),
+            eap=eap,
         )
 
     def stopService(self) -> defer.Deferred[Any]:

@@ -154,7 +154,8 @@ class EapMsChapV2Tests(CharonTestCase):
         self.start_gateway()
         client, result = yield self.connect()
         self.assertFalse(result.ok)
-        self.assertIn("no trusted RSA public key found for '198.51.100.1'", client.log_text())
+        gateway = self.netns.gateway_address
+        self.assertIn(f"no trusted RSA public key found for '{gateway}'", client.log_text())
         self.assertEqual(self.daemon.ike.responder.sas, {})
         self.assertEqual(self.daemon.ike.responder.context.pool.leased, 0)
 

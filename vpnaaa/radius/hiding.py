@@ -45,3 +45,14 @@ def salt_encrypt(key: bytes, secret: bytes, request_authenticator: bytes) -> byt
     salt = bytes([0x80 | os.urandom(1)[0], os.urandom(1)[0]])
     plain = _pad16(bytes([len(key)]) + key)
     return salt + _stream(plain, secret, request_authenticator + salt, decrypt=False)
+
+
+def salt_decrypt(value: bytes, secret: bytes, request_authenticator: bytes) -> bytes:
+    """Undo :func:`salt_encrypt`: the key from an MS-MPPE-Send/Recv-Key value."""
+    if len(value) < 18 or (len(value) - 2) % 16:
+        raise ValueError(f"salt-encrypted value of {len(value)} octets")
+    salt, hidden = value[:2], value[2:]
+    plain = _stream(hidden, secret, request_authenticator + salt, decrypt=True)
+    if plain[0] > len(plain) - 1:
+        raise ValueError("key length octet exceeds the value")
+    return plain[1 : 1 + plain[0]]

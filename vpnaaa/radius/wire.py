@@ -62,8 +62,8 @@ def key(name: str) -> Key:
 def value(name: str, data: Any) -> tuple[Key, bytes]:
     """Attribute ``name`` with ``data`` encoded for its dictionary type (by pyrad)."""
     attribute = DICTIONARY.attributes[name]
-    if attribute.values.HasForward(data):
-        data = attribute.values.GetForward(data)
+    if isinstance(data, str) and attribute.values.HasForward(data):
+        return key(name), attribute.values.GetForward(data)  # a VALUE name, encoded already
     return key(name), tools.EncodeAttr(attribute.type, data)
 
 
@@ -210,9 +210,40 @@ def reply(
         raise ValueError(f"reply of {length} octets exceeds {MAX_LENGTH}")
     head = struct.pack("!BBH", code, request.ident, length)
     if signed:
-        ma = hmac.digest(
-            secret, head + request.authenticator + b"\x50\x12" + ZERO_VECTOR + body, "md5"
-        )
-        body = b"\x50\x12" + ma + body
+        body = _signed(head, request.authenticator, body, secret)
     response_authenticator = hashlib.md5(head + request.authenticator + body + secret).digest()
     return head + response_authenticator + body
+
+
+_MA_HEADER = bytes([MESSAGE_AUTHENTICATOR, 18])
+
+
+def _signed(head: bytes, authenticator: bytes, body: bytes, secret: bytes) -> bytes:
+    """``body`` behind a Message-Authenticator (RFC 3579 §3.2): HMAC-MD5 over the packet
+    with the value zeroed and ``authenticator`` in the Authenticator field."""
+    ma = hmac.digest(secret, head + authenticator + _MA_HEADER + ZERO_VECTOR + body, "md5")
+    return _MA_HEADER + ma + body
+
+
+def access_request(
+    ident: int, authenticator: bytes, secret: bytes, attributes: list[tuple[Key, bytes]]
+) -> bytes:
+    """An Access-Request (RFC 2865 §4.1) with Message-Authenticator first: ``authenticator``
+    is the random Request Authenticator (RFC 2865 §3)."""
+    body = _encode_attributes(attributes)
+    head = struct.pack("!BBH", Code.ACCESS_REQUEST, ident, MIN_LENGTH + 18 + len(body))
+    return head + authenticator + _signed(head, authenticator, body, secret)
+
+
+def response_ok(response: Packet, request_authenticator: bytes, secret: bytes) -> bool:
+    """Verify a response's Response Authenticator (RFC 2865 §3) and, when present, its
+    Message-Authenticator, both computed with the request's authenticator."""
+    raw = response.raw
+    expected = hashlib.md5(raw[:4] + request_authenticator + raw[20:] + secret).digest()
+    if not hmac.compare_digest(expected, response.authenticator):
+        return False
+    at = response.message_authenticator_at
+    if at < 0:
+        return True
+    signed = raw[:4] + request_authenticator + raw[20:at] + ZERO_VECTOR + raw[at + 16 :]
+    return hmac.compare_digest(hmac.digest(secret, signed, "md5"), raw[at : at + 16])
