@@ -23,9 +23,10 @@ wall-clock rate: compare the servers by their CPU per authentication first.
 All three servers present certificates from vpnaaa's own CA (``vpnaaa pki
 init`` / ``vpnaaa pki issue 127.0.0.1``), the leaf plus the CA certificate,
 so one eapol_test ``ca_cert`` works and the TLS handshakes are the same size.
-FreeRADIUS runs from the private configuration copy of ``radius_pap``, its
-eap module pointed at those files and set to offer PEAP first (as vpnaaa and
-hostapd do; a bare EAP-MSCHAPv2 peer then Naks to MSCHAPv2 on all servers).
+FreeRADIUS runs from the private configuration copy made by
+``tests/interop/freeradius.py``, its eap module pointed at those files and set
+to offer PEAP first (as vpnaaa and hostapd do; a bare EAP-MSCHAPv2 peer then
+Naks to MSCHAPv2 on all servers).
 hostapd runs with ``driver=none``, ``eap_server=1`` and a generated
 configuration, with the same EAP-TLS fragment size as the others.  Its
 RADIUS server has no bind-address option: it listens on the wildcard
@@ -82,7 +83,6 @@ from bench.radius_pap import (
     BENCH_PASSWORD,
     BENCH_SECRET,
     BENCH_USER,
-    LOOPBACK,
     READY_TIMEOUT_S,
     SERVER_FREERADIUS,
     SERVER_VPNAAA,
@@ -93,7 +93,6 @@ from bench.radius_pap import (
     Server,
     children_cpu_seconds,
     format_cpus,
-    free_udp_ports,
     print_profile,
     raise_on_sigterm,
     require_executable,
@@ -101,6 +100,15 @@ from bench.radius_pap import (
     spawn,
     start_vpnaaa,
     tail,
+)
+from tests.interop.freeradius import (
+    EAP_DEFAULT_TYPE,
+    LOOPBACK,
+    FreeRadiusError,
+    command,
+    edit_module,
+    free_udp_ports,
+    log_file,
     write_freeradius_config,
     write_private,
 )
@@ -399,43 +407,29 @@ class Pki:
         return cls(files[0], files[1], fullchain)
 
 
-def set_eap_option(text: str, pattern: str, value: str) -> str:
-    """Set the uncommented option line matching ``pattern``; exactly one must exist."""
-    regex = re.compile(rf"^({pattern})\s*=.*$", re.M)
-    new_text, count = regex.subn(lambda match: f"{match.group(1)} = {value}", text)
-    if count != 1:
-        raise BenchError(f"FreeRADIUS eap module: expected one '{pattern} =' line, found {count}")
-    return new_text
-
-
 def configure_freeradius_eap(raddb: Path, pki: Pki) -> None:
-    """Point the private copy's eap module at vpnaaa's certificates; offer PEAP first.
-
-    mods-enabled/eap is a symlink: it is replaced by a plain file so that
-    nothing outside the copy can be written.
-    """
-    module = raddb / "mods-enabled" / "eap"
-    text = module.read_text()
-    # The eap section's own default (one tab deep), not those of ttls or peap.
-    text = set_eap_option(text, r"\tdefault_eap_type", "peap")
-    text = set_eap_option(text, r"\s*private_key_file", str(pki.server_key))
-    text = set_eap_option(text, r"\s*certificate_file", str(pki.fullchain))
-    text = set_eap_option(text, r"\s*ca_file", str(pki.ca_cert))
-    module.unlink()
-    module.write_text(text)
+    """Point the private copy's eap module at vpnaaa's certificates; offer PEAP first."""
+    edit_module(
+        raddb,
+        "eap",
+        {
+            EAP_DEFAULT_TYPE: "peap",
+            r"\s*private_key_file": str(pki.server_key),
+            r"\s*certificate_file": str(pki.fullchain),
+            r"\s*ca_file": str(pki.ca_cert),
+        },
+    )
 
 
 def start_freeradius_eap(workdir: Path, pki: Pki, cpus: frozenset[int] | None) -> Server:
-    """Start the private FreeRADIUS of ``radius_pap`` with the EAP changes above."""
+    """Start the private FreeRADIUS of ``tests/interop/freeradius.py`` with the EAP changes."""
     binary = require_executable("freeradius")
     raddb = workdir / "raddb"
     (port,) = free_udp_ports(1)
-    write_freeradius_config(raddb, port)
+    write_freeradius_config(raddb, port, BENCH_SECRET, {BENCH_USER: BENCH_PASSWORD})
     configure_freeradius_eap(raddb, pki)
-    process = spawn([binary, "-f", "-d", str(raddb)], workdir / "freeradius.out", cpus)
-    return Server(
-        SERVER_FREERADIUS, LABELS[SERVER_FREERADIUS], port, process, raddb / "log" / "radius.log"
-    )
+    process = spawn(command(raddb, binary=binary), workdir / "freeradius.out", cpus)
+    return Server(SERVER_FREERADIUS, LABELS[SERVER_FREERADIUS], port, process, log_file(raddb))
 
 
 def hostapd_config_text(workdir: Path, pki: Pki, port: int) -> str:
@@ -812,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         run_benchmark(args)
-    except BenchError as exc:
+    except (BenchError, FreeRadiusError) as exc:
         print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
         return 1
     return 0

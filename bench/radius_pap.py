@@ -8,8 +8,9 @@ file with PARALLEL copies of the request and sends each one ``-c`` times,
 PARALLEL requests in flight (see ``RequestFile`` for why).
 
 FreeRADIUS runs from a private copy of Debian's /etc/freeradius/3.0 made in a
-temporary directory: stock modules and virtual servers, one auth listener,
-one client (127.0.0.1, Message-Authenticator required) and one user.
+temporary directory (``tests/interop/freeradius.py``): stock modules and
+virtual servers, one auth listener, one client (127.0.0.1,
+Message-Authenticator required) and one user.
 vpnaaa runs under ``twistd -n`` with a generated config, the bench user and
 certificates from its own ``vpnaaa pki`` commands, in a temporary state dir.
 
@@ -49,7 +50,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,10 +59,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Run as a script (``python bench/radius_pap.py``), the repository root is not on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.interop.freeradius import (
+    LOOPBACK,
+    FreeRadiusError,
+    command,
+    free_udp_ports,
+    log_file,
+    write_freeradius_config,
+    write_private,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
-FREERADIUS_CONF = Path("/etc/freeradius/3.0")
-LOOPBACK = "127.0.0.1"
 
 BENCH_USER = "benchuser"
 BENCH_PASSWORD = "benchpass"
@@ -88,31 +99,6 @@ class RejectedError(BenchError):
 # --------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------
-
-
-def free_udp_ports(count: int) -> list[int]:
-    """Return ``count`` distinct UDP ports on 127.0.0.1 that are free now.
-
-    All sockets are held open until every port is chosen, so the ports are
-    distinct; they are closed before returning (a small race is accepted).
-    """
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((LOOPBACK, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 (the file holds a secret)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -459,97 +445,8 @@ def wait_until_ready(server: Server, probe: RequestFile, cpus: frozenset[int] | 
 
 
 # --------------------------------------------------------------------------
-# FreeRADIUS: private configuration and start
+# FreeRADIUS: start (its private configuration: tests/interop/freeradius.py)
 # --------------------------------------------------------------------------
-
-
-def set_config_line(text: str, key: str, value: str) -> str:
-    """Replace the top-level ``key = ...`` line of radiusd.conf; exactly one must exist."""
-    pattern = re.compile(rf"^{re.escape(key)}\s*=.*$", re.M)
-    new_text, count = pattern.subn(f"{key} = {value}", text)
-    if count != 1:
-        raise BenchError(f"radiusd.conf: expected one '{key} =' line, found {count}")
-    return new_text
-
-
-def drop_user_and_group(text: str) -> str:
-    """Comment out ``user =`` / ``group =``: the copy runs as whoever runs the bench."""
-    pattern = re.compile(r"^(\s*)(user|group)\s*=", re.M)
-    new_text, count = pattern.subn(r"\1# \2 =", text)
-    if count != 2:
-        raise BenchError(f"radiusd.conf: expected user and group lines, found {count}")
-    return new_text
-
-
-def strip_listen_blocks(text: str) -> str:
-    """Remove every uncommented ``listen { ... }`` block from a site file."""
-    out: list[str] = []
-    depth = 0
-    for line in text.splitlines(keepends=True):
-        code = line.split("#", 1)[0]
-        if depth == 0 and re.match(r"\s*listen\s*\{", code):
-            depth = code.count("{") - code.count("}")
-            continue
-        if depth > 0:
-            depth += code.count("{") - code.count("}")
-            continue
-        out.append(line)
-    if depth != 0:
-        raise BenchError("unbalanced braces while removing listen blocks")
-    return "".join(out)
-
-
-def listen_block(port: int) -> str:
-    """The single auth listener of the private FreeRADIUS instance."""
-    return f"listen {{\n\ttype = auth\n\tipaddr = {LOOPBACK}\n\tport = {port}\n}}\n"
-
-
-def rewrite_sites(raddb: Path, port: int) -> None:
-    """Drop all listeners from enabled sites; add one auth listener to ``default``.
-
-    Enabled sites are symlinks into sites-available: each is replaced by a
-    plain file so the copy is self-contained.
-    """
-    inserted = False
-    for site in sorted((raddb / "sites-enabled").iterdir()):
-        text = strip_listen_blocks(site.read_text())
-        if site.name == "default":
-            text, count = re.subn(
-                r"^server default\s*\{\n",
-                lambda m: m.group(0) + listen_block(port),
-                text,
-                flags=re.M,
-            )
-            inserted = count == 1
-        site.unlink()
-        site.write_text(text)
-    if not inserted:
-        raise BenchError("sites-enabled/default has no 'server default {' line")
-
-
-def write_freeradius_config(raddb: Path, port: int) -> None:
-    """Create a private FreeRADIUS configuration in ``raddb`` listening on ``port``."""
-    shutil.copytree(FREERADIUS_CONF, raddb, symlinks=True)
-    for sub in ("log", "run"):
-        (raddb / sub).mkdir()
-    conf_path = raddb / "radiusd.conf"
-    text = conf_path.read_text()
-    text = set_config_line(text, "raddbdir", str(raddb))
-    text = set_config_line(text, "logdir", str(raddb / "log"))
-    text = set_config_line(text, "run_dir", str(raddb / "run"))
-    conf_path.write_text(drop_user_and_group(text))
-    rewrite_sites(raddb, port)
-    write_private(
-        raddb / "clients.conf",
-        "client bench {\n"
-        f"\tipaddr = {LOOPBACK}\n"
-        f'\tsecret = "{BENCH_SECRET}"\n'
-        "\trequire_message_authenticator = yes\n"
-        "}\n",
-    )
-    (raddb / "mods-config" / "files" / "authorize").write_text(
-        f'{BENCH_USER}\tCleartext-Password := "{BENCH_PASSWORD}"\n'
-    )
 
 
 def start_freeradius(workdir: Path, cpus: frozenset[int] | None) -> Server:
@@ -557,12 +454,11 @@ def start_freeradius(workdir: Path, cpus: frozenset[int] | None) -> Server:
     binary = require_executable("freeradius")
     raddb = workdir / "raddb"
     (port,) = free_udp_ports(1)
-    write_freeradius_config(raddb, port)
+    write_freeradius_config(raddb, port, BENCH_SECRET, {BENCH_USER: BENCH_PASSWORD})
     log_path = workdir / "freeradius.out"
-    process = spawn([binary, "-f", "-d", str(raddb)], log_path, cpus)
+    process = spawn(command(raddb, binary=binary), log_path, cpus)
     # FreeRADIUS writes its own log file; point error reports at it.
-    server = Server(SERVER_FREERADIUS, "FreeRADIUS", port, process, raddb / "log" / "radius.log")
-    return server
+    return Server(SERVER_FREERADIUS, "FreeRADIUS", port, process, log_file(raddb))
 
 
 # --------------------------------------------------------------------------
@@ -932,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         run_benchmark(args)
-    except BenchError as exc:
+    except (BenchError, FreeRadiusError) as exc:
         print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
         return 1
     return 0

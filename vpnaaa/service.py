@@ -95,7 +95,7 @@ class VpnaaaService(service.MultiService):
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
         self.backend = auth.LocalBackend(self.users)
         self.eap: EapEngine | None = None
-        if config.eap.enabled:
+        if config.eap.enabled and config.radius.enabled:
             self.eap = build_eap_engine(config.eap, config.eap.methods, self.users, reactor)
             self._expire_regularly(self.eap)
         self.radius: RadiusService | None = None
@@ -224,7 +224,8 @@ class IkeService(service.Service):
             return
         ports = "/".join(str(p.getHost().port) for p in self.ports)
         if self.relay is not None:
-            self.ports.append(self.reactor.listenUDP(0, self.relay))
+            interface = "::" if ":" in self.relay.server[0] else "0.0.0.0"
+            self.ports.append(self.reactor.listenUDP(0, self.relay, interface=interface))
             eap = f"relayed to RADIUS {self.relay.server[0]}:{self.relay.server[1]}"
         else:
             eap = ", ".join(config.eap_methods)

@@ -91,7 +91,11 @@ class Responder:
             )
         sa = self._find(header, remote)
         if sa is None:
-            if header.exchange != ExchangeType.IKE_SA_INIT or header.response:
+            if (
+                header.exchange != ExchangeType.IKE_SA_INIT
+                or header.response
+                or (header.message_id != 0)
+            ):
                 log.info(
                     "dropped {exchange} from {host}:{port}: no IKE SA {spi}",
                     exchange=header.exchange,

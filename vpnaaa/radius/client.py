@@ -119,7 +119,7 @@ class RadiusRelay(DatagramProtocol):
             attributes.append((_STATE, conversation.state))
         d = self._send(attributes)
         d.addCallback(self._answer, conversation_id, conversation, eap)
-        d.addErrback(self._no_answer, conversation_id, eap)
+        d.addErrback(self._no_answer, conversation_id, conversation, eap)
         return d
 
     def expire(self) -> int:
@@ -167,7 +167,9 @@ class RadiusRelay(DatagramProtocol):
         reason = f"{wire.Code(response.code).name} from {self.server[0]}"
         return conversation_id, _failure(eap, reason, eap_reply, conversation.identity)
 
-    def _no_answer(self, failure: Any, conversation_id: bytes, eap: bytes) -> tuple[bytes, Result]:
+    def _no_answer(
+        self, failure: Any, conversation_id: bytes, conversation: _Conversation, eap: bytes
+    ) -> tuple[bytes, Result]:
         self._conversations.pop(conversation_id, None)
         reason = failure.getErrorMessage()
         log.error(
@@ -176,7 +178,7 @@ class RadiusRelay(DatagramProtocol):
             port=self.server[1],
             reason=reason,
         )
-        return conversation_id, _failure(eap, reason)
+        return conversation_id, _failure(eap, reason, identity=conversation.identity)
 
     # -- the wire ---------------------------------------------------------------------------
 
@@ -224,6 +226,12 @@ class RadiusRelay(DatagramProtocol):
             return
         if not wire.response_ok(response, pending.authenticator, self.secret):
             log.warn("dropped reply from the RADIUS server: bad authenticator (wrong secret?)")
+            return
+        if wire.EAP_MESSAGE in response.attributes and response.message_authenticator_at < 0:
+            # RFC 3579 §3.2: such a reply MUST be silently discarded.
+            log.warn(
+                "dropped reply from the RADIUS server: EAP-Message without Message-Authenticator"
+            )
             return
         del self._pending[response.ident]
         if pending.timer is not None and pending.timer.active():

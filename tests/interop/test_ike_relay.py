@@ -1,0 +1,199 @@
+"""vpnaaa's IKEv2 responder relaying EAP to an external RADIUS server (the "ASA + ISE" topology).
+
+strongSwan's charon (EAP-MSCHAPv2, user alice) runs in a network namespace as in
+:mod:`tests.interop.test_ike_charon`; vpnaaa runs in this process with ``[ike] backend =
+"radius"`` and no users of its own; the RADIUS server is a private FreeRADIUS 3 on 127.0.0.1
+(:mod:`tests.interop.freeradius`) that knows alice and proposes EAP-MSCHAPv2. So charon's
+EAP goes to FreeRADIUS through vpnaaa's :class:`~vpnaaa.radius.client.RadiusRelay`, and the
+IKE AUTH payloads both sides check are computed from the MSK FreeRADIUS sent in its
+MS-MPPE keys. The tests check what charon reports, the CHILD_SA keys vpnaaa's null installer
+recorded against those charon logged, what FreeRADIUS logged (auth logging on, no
+reject_delay), and that a failed authentication leaves vpnaaa no IKE SA and no lease.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from tests.interop import charon, freeradius
+from tests.support import add_users, state_dir, write_config
+from vpnaaa import config as configuration
+from vpnaaa import pki
+from vpnaaa.service import make_service
+
+POOL = "10.99.8.0/24"
+SECRET = "relay-test-secret"
+USERS = {"alice": "wonderland"}
+# charon's line for the IKE_AUTH response that ends the EAP exchange with an EAP-Failure
+EAP_FAILURE = re.compile(r"parsed IKE_AUTH response \d+ \[ EAP/FAIL N\(AUTH_FAILED\) \]")
+
+
+class RelayTestCase(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Generator[defer.Deferred[Any], Any, None]:
+        reason = charon.unavailable() or freeradius.unavailable()
+        if reason:
+            raise unittest.SkipTest(reason)
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("network namespaces need root")
+        self.state = state_dir(self)
+        add_users(self.state, {})  # vpnaaa knows nobody: only FreeRADIUS can say yes
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.netns = yield charon.make_netns(self)
+        gateway = self.netns.gateway_address
+        pki.init_ca(self.state / "ca")
+        pki.issue_server(self.state / "ca", self.state / "pki", gateway)
+        self.ca = self.state / "ca" / "ca.pem"
+
+    def start_radius(self) -> defer.Deferred[freeradius.FreeRadius]:
+        return freeradius.start_freeradius(
+            self,
+            self.state / "freeradius",
+            SECRET,
+            USERS,
+            default_eap_type="mschapv2",
+            reject_delay=0,
+            auth_log=True,
+        )
+
+    def start_gateway(self, port: int, timeout: float = 2.0, tries: int = 3) -> None:
+        text = (
+            f'[general]\nstate_dir = "{self.state}"\nlog_level = "debug"\n'
+            f"[radius]\nenabled = false\n"
+            f'[ike]\nenabled = true\nlisten = "{self.netns.gateway_address}"\n'
+            f'pool = "{POOL}"\nbackend = "radius"\n'
+            f'[ike.radius]\nserver = "{freeradius.LOOPBACK}"\nport = {port}\n'
+            f'secret = "{SECRET}"\ntimeout = {timeout}\ntries = {tries}\n'
+            f'nas_identifier = "vpnaaa-relay-test"\n'
+        )
+        path = write_config(self.state / "vpnaaa.toml", text)
+        self.daemon = make_service(configuration.load(path))
+        self.addCleanup(self.daemon.stopService)
+        self.daemon.startService()
+        assert self.daemon.ike is not None and self.daemon.ike.relay is not None
+        self.responder = self.daemon.ike.responder
+        self.installer = self.responder.installer
+
+    @defer.inlineCallbacks
+    def connect(self, **initiator: Any) -> Generator[defer.Deferred[Any], Any, Any]:
+        role = charon.Initiator(gateway=self.netns.gateway_address, ca_cert=self.ca, **initiator)
+        client = yield charon.start_charon(self, self.state / "charon", self.netns.name, role)
+        result = yield client.initiate()
+        return client, result
+
+    def log_lines(self, namespace: str) -> list[tuple[float, str]]:
+        """(time, text) of the vpnaaa events logged in ``namespace`` during the test."""
+        return [
+            (event["log_time"], formatEvent(event))
+            for event in self.events
+            if event.get("log_namespace") == namespace
+        ]
+
+    def assert_eap_failure(self, client: charon.Charon) -> None:
+        """charon's IKE_AUTH ended with an EAP-Failure (and AUTHENTICATION_FAILED)."""
+        log = client.log_text()
+        self.assertRegex(log, EAP_FAILURE)
+        self.assertIn("received AUTHENTICATION_FAILED notify error", log)
+        self.assertNotIn("IKE_SA vpnaaa[1] established", log)
+
+    def assert_nothing_kept(self) -> None:
+        self.assertEqual(self.installer.installed, {})
+        self.assertEqual(self.responder.sas, {})
+        self.assertEqual(self.responder.context.pool.leased, 0)
+        self.assertEqual(len(self.daemon.ike.relay), 0)
+
+
+class RelayTests(RelayTestCase):
+    @defer.inlineCallbacks
+    def test_established_through_freeradius(self):
+        """FreeRADIUS says yes; the IKE_SA and CHILD_SA come up with a pool address and the
+        CHILD_SA keys (RFC 7296 §2.17) equal charon's."""
+        radius = yield self.start_radius()
+        self.start_gateway(radius.port)
+        client, result = yield self.connect()
+        if not result.ok:
+            self.fail(result.output + client.tail() + "\nFreeRADIUS:\n" + radius.tail())
+        (sa,) = yield client.list_sas()
+        self.assertEqual(sa.state, "ESTABLISHED")
+        (vip,) = sa.local_vips
+        self.assertTrue(vip.startswith("10.99.8."), vip)
+        (child,) = sa.children
+        self.assertEqual(child.state, "INSTALLED")
+        (spec,) = self.installer.installed.values()
+        self.assertEqual((spec.inbound_spi, spec.outbound_spi), (child.spi_out, child.spi_in))
+        (keys,) = client.keys().children()
+        self.assertEqual(
+            (
+                spec.inbound_encr_key,
+                spec.inbound_integ_key,
+                spec.outbound_encr_key,
+                spec.outbound_integ_key,
+            ),
+            (keys.encr_i, keys.integ_i, keys.encr_r, keys.integ_r),
+        )
+        self.assertEqual([str(s.network) for s in spec.remote_selectors], [f"{vip}/32"])
+        self.assertEqual(self.responder.context.pool.leased, 1)
+        self.assertIn("EAP method EAP_MSCHAPV2 succeeded, MSK established", client.log_text())
+        self.assertIn("Login OK: [alice] (from client loopback", radius.log_text())
+        self.assertEqual(len(self.daemon.ike.relay), 0)  # the conversation is over
+        sa_lines = [text for _, text in self.log_lines("vpnaaa.ike")]
+        self.assertIn("EAP-RADIUS succeeded for 'alice'", "\n".join(sa_lines))
+
+    @defer.inlineCallbacks
+    def test_wrong_password(self):
+        """FreeRADIUS rejects; charon sees the EAP-MSCHAPv2 failure, vpnaaa keeps nothing."""
+        radius = yield self.start_radius()
+        self.start_gateway(radius.port)
+        client, result = yield self.connect(password="not-wonderland")
+        self.assertFalse(result.ok)
+        self.assertIn("server requested EAP_MSCHAPV2 authentication", client.log_text())
+        self.assert_eap_failure(client)
+        self.assertIn("Login incorrect (mschap: ", radius.log_text())
+        self.assertIn(": [alice] (from client loopback", radius.log_text())
+        self.assertNotIn("Login OK", radius.log_text())
+        ike_log = "\n".join(text for _, text in self.log_lines("vpnaaa.ike"))
+        self.assertIn("EAP failed for 'alice': ACCESS_REJECT from 127.0.0.1", ike_log)
+        self.assertEqual(self.log_lines("vpnaaa.radius"), [])
+        self.assert_nothing_kept()
+
+    @defer.inlineCallbacks
+    def test_radius_server_not_running(self):
+        """Nobody listens on the RADIUS port: after timeout x tries (0.5 s x 2) the relay
+        gives up with one log line, and charon gets an EAP-Failure (before it retransmits)."""
+        (port,) = freeradius.free_udp_ports(1)
+        self.start_gateway(port, timeout=0.5, tries=2)
+        started = reactor.seconds()
+        client, result = yield self.connect()
+        elapsed = reactor.seconds() - started
+        self.assertFalse(result.ok)
+        self.assert_eap_failure(client)
+        radius_lines = self.log_lines("vpnaaa.radius")
+        expected = f"RADIUS server 127.0.0.1:{port}: no answer after 2 tries of 0.5 s"
+        self.assertEqual([text for _, text in radius_lines], [expected])
+        # From the IKE_AUTH carrying the EAP-Response/Identity (the relay's first
+        # Access-Request) to giving up: timeout x tries.
+        (failed_at, _) = radius_lines[0]
+        identity_at = max(
+            at
+            for at, text in self.log_lines("vpnaaa.ike")
+            if "decrypted IKE_AUTH request" in text and "[ EAP ]" in text and at < failed_at
+        )
+        self.assertGreaterEqual(failed_at - identity_at, 0.99)
+        self.assertLess(failed_at - identity_at, 1.5)
+        # charon got its answer before its first retransmission (2 s).
+        self.assertNotIn("retransmit", client.log_text())
+        self.assertLess(elapsed, 5.0)
+        ike_log = "\n".join(text for _, text in self.log_lines("vpnaaa.ike"))
+        self.assertIn("EAP failed for 'alice': no answer after 2 tries of 0.5 s", ike_log)
+        self.assert_nothing_kept()
