@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vpnaaa import config as configuration
 from vpnaaa import pki
+from vpnaaa.ike.proposal import PolicyError
 from vpnaaa.users import User, UserStoreError, read_users, write_users
 
 DEMO_USER = "demo"
@@ -159,12 +160,15 @@ def demo(args: argparse.Namespace) -> str:
 
 
 def check_config(args: argparse.Namespace) -> str:
+    """Everything start-up checks (users, certificates, policies) except binding ports."""
+    from vpnaaa.service import VpnaaaService
+
     cfg = configuration.load(args.path, args.state_dir)
-    count = len(read_users(cfg.users.file))
-    services = [name for name, on in (("radius", cfg.radius.enabled),) if on]
+    daemon = VpnaaaService(cfg)
+    services = [name for name in ("radius", "ike") if getattr(daemon, name) is not None]
     return (
         f"{cfg.source}: OK ({', '.join(services) or 'no services'} enabled, "
-        f"{count} users in {cfg.users.file})"
+        f"{len(daemon.users)} users in {cfg.users.file})"
     )
 
 
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         output = args.func(args)
-    except (configuration.ConfigError, UserStoreError, pki.PkiError) as e:
+    except (configuration.ConfigError, UserStoreError, pki.PkiError, PolicyError) as e:
         print(f"vpnaaa: {e}", file=sys.stderr)
         return 1
     if output:

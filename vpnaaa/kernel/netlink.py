@@ -164,22 +164,25 @@ class NetlinkSocket:
             except OSError as e:
                 if e.errno != errno.ENOBUFS:
                     raise
-                self._lost()
+                self._lost("receive buffer overrun (ENOBUFS)")
                 continue
             if n > len(self._buffer):
-                log.error("netlink: dropped a {n}-octet datagram (buffer too small)", n=n)
+                self._lost(f"a {n}-octet datagram truncated")
                 continue
             for message in decode_messages(bytes(self._buffer[:n])):
                 if sender == 0 and not groups and message.seq in self._pending:
                     self._answer(message)
                 elif self.events is not None:
-                    self.events(message)
+                    try:
+                        self.events(message)
+                    except Exception:
+                        log.failure("netlink: event handler failed on type {t}", t=message.type)
 
-    def _lost(self) -> None:
-        log.warn("netlink: receive buffer overrun (ENOBUFS): messages were lost")
+    def _lost(self, why: str) -> None:
+        log.warn("netlink: {why}: messages were lost", why=why)
         pending, self._pending = self._pending, {}
         for p in pending.values():
-            p.deferred.errback(NetlinkError(errno.ENOBUFS, p.name, "answer lost in an overrun"))
+            p.deferred.errback(NetlinkError(errno.ENOBUFS, p.name, f"answer lost: {why}"))
         if self.overrun is not None:
             self.overrun()
 

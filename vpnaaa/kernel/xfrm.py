@@ -19,7 +19,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from enum import IntEnum, IntFlag
 from typing import NamedTuple, TypeVar
 
@@ -416,16 +416,7 @@ class Lifetime:
     FORMAT = struct.Struct("=8Q")
 
     def encode(self) -> bytes:
-        return self.FORMAT.pack(
-            self.soft_bytes,
-            self.hard_bytes,
-            self.soft_packets,
-            self.hard_packets,
-            self.soft_add_expires,
-            self.hard_add_expires,
-            self.soft_use_expires,
-            self.hard_use_expires,
-        )
+        return self.FORMAT.pack(*astuple(self))
 
     @classmethod
     def decode(cls, data: bytes) -> Lifetime:
@@ -447,7 +438,7 @@ class LifetimeCurrent:
     FORMAT = struct.Struct("=4Q")
 
     def encode(self) -> bytes:
-        return self.FORMAT.pack(self.bytes, self.packets, self.add_time, self.use_time)
+        return self.FORMAT.pack(*astuple(self))
 
     @classmethod
     def decode(cls, data: bytes) -> LifetimeCurrent:
@@ -465,7 +456,7 @@ class Stats:
     FORMAT = struct.Struct("=3I")
 
     def encode(self) -> bytes:
-        return self.FORMAT.pack(self.replay_window, self.replay, self.integrity_failed)
+        return self.FORMAT.pack(*astuple(self))
 
     @classmethod
     def decode(cls, data: bytes) -> Stats:
@@ -679,7 +670,7 @@ class Encap:
         return (
             struct.pack("=H", self.type)
             + struct.pack("!HH2x", self.sport, self.dport)
-            + (_addr(self.original_address))
+            + _addr(self.original_address)
         )
 
     @classmethod
@@ -716,9 +707,7 @@ class AlgoAuth:
 
     def encode(self) -> bytes:
         return (
-            _c_string(self.name)
-            + struct.pack("=II", len(self.key) * 8, self.trunc_bits)
-            + (self.key)
+            _c_string(self.name) + struct.pack("=II", len(self.key) * 8, self.trunc_bits) + self.key
         )
 
     @classmethod
@@ -738,7 +727,7 @@ class AlgoAead:
 
     def encode(self) -> bytes:
         return (
-            _c_string(self.name) + struct.pack("=II", len(self.key) * 8, self.icv_bits) + (self.key)
+            _c_string(self.name) + struct.pack("=II", len(self.key) * 8, self.icv_bits) + self.key
         )
 
     @classmethod

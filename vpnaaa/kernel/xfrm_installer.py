@@ -275,7 +275,8 @@ class ChildSaCounters:
 
 @dataclass(frozen=True)
 class ExpireEvent:
-    """An SA of ours reached its soft (rekey now) or hard (the kernel deleted it) limit."""
+    """An SA of ours reached its soft (rekey now) or hard limit. After a hard expiry the
+    kernel has deleted that SA; the IKE layer deletes the CHILD_SA and calls remove()."""
 
     spec: ChildSaSpec
     inbound: bool
@@ -354,7 +355,11 @@ class KernelInstaller:
         return defer.Deferred.fromCoroutine(self._remove(spec))
 
     async def _install(self, spec: ChildSaSpec) -> None:
-        inbound, outbound = child_sas(spec, self.replay_window, self.mark, self.if_id)
+        try:  # everything that can be refused without asking the kernel
+            inbound, outbound = child_sas(spec, self.replay_window, self.mark, self.if_id)
+            child_policies(spec, self.priority_base, self.mark, self.if_id)
+        except (xfrm.UnsupportedAlgorithm, InstallError) as e:
+            raise InstallError(f"CHILD_SA reqid {spec.reqid}: {e}") from None
         await self._call(xfrm.new_sa(inbound), spec, f"inbound SA {spec.inbound_spi:08x}")
         try:
             await self._call(xfrm.new_sa(outbound), spec, f"outbound SA {spec.outbound_spi:08x}")
