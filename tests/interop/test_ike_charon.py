@@ -231,6 +231,30 @@ class RekeyTests(CharonTestCase):
         (child,) = [c for c in sa.children if c.state == "INSTALLED"]
         self.assertEqual(child.spi_out, new.inbound_spi)
 
+    @defer.inlineCallbacks
+    def test_ike_sa_rekey_keeps_child_and_lease(self):
+        """CREATE_CHILD_SA rekeying the IKE SA (RFC 7296 §1.3.2, keys per §2.18): the new
+        SA inherits the CHILD_SA and the virtual IP; the old one is deleted by charon."""
+        self.start_gateway()
+        client, result = yield self.connect()
+        self.assertTrue(result.ok, result.output + client.tail())
+        (before,) = yield client.list_sas()
+        yield client.swanctl("--rekey", "--ike", client.conn)
+        yield charon.sleep(1.0)
+        (after,) = yield client.list_sas()
+        self.assertEqual(after.state, "ESTABLISHED")
+        self.assertNotEqual(after.spi_r, before.spi_r)
+        self.assertEqual(list(self.daemon.ike.responder.sas), [after.spi_r])
+        self.assertEqual(len(self.installer.installed), 1)
+        self.assertEqual(self.daemon.ike.responder.context.pool.leased, 1)
+        keys = client.keys().ike()  # the last key set charon derived
+        sa = self.daemon.ike.responder.sas[after.spi_r]
+        self.assertEqual(sa.crypto.keys.sk_d, keys.sk_d)  # charon's newest SK_d
+        result = yield client.terminate()
+        self.assertTrue(result.ok, result.output)
+        self.assertEqual(self.installer.installed, {})
+        self.assertEqual(self.daemon.ike.responder.context.pool.leased, 0)
+
 
 class PeapTests(CharonTestCase):
     @defer.inlineCallbacks

@@ -155,6 +155,8 @@ class Responder:
             sa.port.send(datagram, sa.remote)
         for spec in outcome.remove:
             self._remove_child(sa, spec)
+        if outcome.successor is not None:
+            self.sas[outcome.successor.spi_r] = outcome.successor
         if outcome.closed:
             self._forget(sa)
             return

@@ -123,6 +123,7 @@ class Outcome:
     install: ChildSaSpec | None = None  # install this CHILD_SA, then call child_installed
     remove: list[ChildSaSpec] = field(default_factory=list)
     closed: bool = False  # the IKE SA is gone: forget it, return its lease
+    successor: IkeSa | None = None  # an IKE rekey made this SA: serve it from now on
 
 
 @dataclass
@@ -331,15 +332,8 @@ class IkeSa:
         except transforms.InvalidPublicValue as e:
             return self._init_error(header, _notify(NotifyType.INVALID_SYNTAX), f"KE: {e}")
         self._ni, self._nr = nonce.data, os.urandom(NONCE_SIZE)
-        prf = transforms.prf_for(choice.prf.id)
-        cipher = transforms.cipher_for(choice.encr.id, choice.encr.key_length)
-        integrity = transforms.integrity_for(choice.integ.id) if choice.integ else None
-        seed = keys.skeyseed(prf, self._ni, self._nr, shared)
-        ike_keys = keys.ike_keys(
-            prf, cipher, integrity, seed, self._ni, self._nr, self.spi_i, self.spi_r
-        )
-        outbound, inbound = sk.directions(ike_keys, cipher, integrity, initiator=False)
-        self.crypto = _Crypto(prf, ike_keys, outbound, inbound)
+        seed = keys.skeyseed(transforms.prf_for(choice.prf.id), self._ni, self._nr, shared)
+        self.crypto = _derive(choice, seed, self._ni, self._nr, self.spi_i, self.spi_r)
         self._detect_nat(message)
         self.fragmentation = message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
         hashes_notify = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
@@ -637,15 +631,13 @@ class IkeSa:
         return their[:1], ours
 
     def _create_child(self, header: Header, inner: Message) -> Outcome:
-        """CREATE_CHILD_SA (§1.3): a new or rekeyed (REKEY_SA) CHILD_SA; the one it
-        replaces goes when the client deletes it. Rekeying the IKE SA itself is answered
-        NO_ADDITIONAL_SAS; the client then re-authenticates instead."""
+        """CREATE_CHILD_SA (§1.3): a new or rekeyed (REKEY_SA) CHILD_SA, whose predecessor
+        goes when the client deletes it, or a rekey of the IKE SA itself."""
         if self.state != State.ESTABLISHED:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         sa = inner.get(PayloadType.SA)
         if isinstance(sa, Sa) and any(p.protocol == ProtocolId.IKE for p in sa.proposals):
-            log.info("{sa}: IKE SA rekey not supported; NO_ADDITIONAL_SAS", sa=self.name)
-            return self._respond(header, [_notify(NotifyType.NO_ADDITIONAL_SAS)])
+            return self._rekey_ike(header, inner, sa)
         rekey = inner.notify(NotifyType.REKEY_SA)
         if rekey is not None:
             # §1.3.3: the SPI the exchange initiator expects inbound, i.e. our outbound SPI.
@@ -670,6 +662,59 @@ class IkeSa:
             ke_group = ke.group
             entries.append((PayloadType.KE, Ke(ke.group, public)))
         return self._child(header, inner, entries, nonce.data, nr, ke_group, shared)
+
+    def _rekey_ike(self, header: Header, inner: Message, sa: Sa) -> Outcome:
+        """§1.3.2: a new IKE SA takes over this one's CHILD_SAs, lease and identity; the
+        client then deletes this one. Keys per §2.18, from this SA's SK_d."""
+        nonce, ke = inner.get(PayloadType.NONCE), inner.get(PayloadType.KE)
+        if not isinstance(nonce, Nonce) or not isinstance(ke, Ke):
+            return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+        choice = proposal.select(sa.proposals, self.context.ike_policy, ke.group)
+        if choice is None:
+            return self._respond(header, [_notify(NotifyType.NO_PROPOSAL_CHOSEN)])
+        assert choice.dh is not None and self.crypto is not None
+        if choice.dh.id != ke.group:
+            data = struct.pack("!H", choice.dh.id)
+            return self._respond(header, [_notify(NotifyType.INVALID_KE_PAYLOAD, data)])
+        if len(choice.proposal.spi) != 8:
+            return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+        group = transforms.group_for(ke.group)
+        private, public = group.generate()
+        try:
+            shared = group.shared_secret(private, ke.data)
+        except transforms.InvalidPublicValue:
+            return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+        successor = IkeSa(self.context, choice.proposal.spi, self.local, self.remote)
+        nr = os.urandom(NONCE_SIZE)
+        seed = keys.rekeyed_skeyseed(self.crypto.prf, self.crypto.keys.sk_d, shared, nonce.data, nr)
+        successor.crypto = _derive(choice, seed, nonce.data, nr, successor.spi_i, successor.spi_r)
+        successor.take_over(self)
+        log.info(
+            "{sa}: rekeyed as {new} ({encr}/{group})",
+            sa=self.name,
+            new=successor.name,
+            encr=choice.encr.name,
+            group=choice.dh.name,
+        )
+        outcome = self._respond(
+            header,
+            [
+                (PayloadType.SA, Sa((proposal.accepted(choice, successor.spi_r),))),
+                (PayloadType.NONCE, Nonce(nr)),
+                (PayloadType.KE, Ke(ke.group, public)),
+            ],
+        )
+        outcome.successor = successor
+        return outcome
+
+    def take_over(self, old: IkeSa) -> None:
+        """Inherit an established SA's peer, identity, lease and CHILD_SAs (IKE rekey)."""
+        self.state = State.ESTABLISHED
+        self.port = old.port
+        self.identity = old.identity
+        self.nat_detected, self.fragmentation = old.nat_detected, old.fragmentation
+        self.virtual_ip, old.virtual_ip = old.virtual_ip, None
+        self.children, old.children = old.children, {}
 
     # -- INFORMATIONAL -------------------------------------------------------------------
 
@@ -831,6 +876,19 @@ def _certificate_names(cert: x509.Certificate, wanted: Identification) -> bool:
     if wanted.id_type == IdType.FQDN:
         return wanted.data.decode("ascii", "replace") in san.get_values_for_type(x509.DNSName)
     return False
+
+
+def _derive(
+    choice: proposal.Choice, seed: bytes, ni: bytes, nr: bytes, spi_i: bytes, spi_r: bytes
+) -> _Crypto:
+    """An IKE SA's keys and SK protection from SKEYSEED (§2.14)."""
+    assert choice.prf is not None
+    prf = transforms.prf_for(choice.prf.id)
+    cipher = transforms.cipher_for(choice.encr.id, choice.encr.key_length)
+    integrity = transforms.integrity_for(choice.integ.id) if choice.integ else None
+    ike_keys = keys.ike_keys(prf, cipher, integrity, seed, ni, nr, spi_i, spi_r)
+    outbound, inbound = sk.directions(ike_keys, cipher, integrity, initiator=False)
+    return _Crypto(prf, ike_keys, outbound, inbound)
 
 
 def _open(prefix: bytes, body: bytes, protection: sk.SkCrypto) -> bytes:
