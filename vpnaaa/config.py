@@ -109,6 +109,7 @@ class IkeConfig:
     nbns: tuple[ipaddress.IPv4Address, ...]
     eap_methods: tuple[str, ...]
     fragment_size: int
+    installer: str = "auto"  # "kernel" (ESP via XFRM), "null" (record only) or "auto"
     relay: RelayConfig | None = None  # EAP to an external RADIUS server instead of locally
 
 
@@ -377,8 +378,11 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
         nbns=_addresses(section, "nbns"),
         eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, IKE_EAP_METHODS),
         fragment_size=section.get_int("fragment_size", 1280, 576, 65535),
+        installer=section.get("installer", str, "auto"),
         relay=_relay(section, state_dir, config_path),
     )
+    if config.installer not in ("auto", "kernel", "null"):
+        raise section.error("installer", f"{config.installer!r}: use auto, kernel or null")
     section.finish()
     return config
 

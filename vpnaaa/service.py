@@ -11,6 +11,7 @@ from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.python.failure import Failure
 
 from vpnaaa import auth, logs
 from vpnaaa.config import Config, EapConfig, IkeConfig
@@ -24,7 +25,8 @@ from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.proposal import Policy
 from vpnaaa.ike.protocol import IkePort, Responder
 from vpnaaa.ike.sa import ResponderContext
-from vpnaaa.kernel.installer import ChildSaInstaller, NullInstaller
+from vpnaaa.kernel.installer import NullInstaller
+from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
 from vpnaaa.pki import load_server_identity
 from vpnaaa.pool import AddressPool
 from vpnaaa.radius.accounting import AccountingLog
@@ -118,7 +120,7 @@ class VpnaaaService(service.MultiService):
                     relay.tries,
                 )
             self._expire_regularly(backend)
-            self.ike = IkeService(config.ike, backend, NullInstaller(), reactor)
+            self.ike = IkeService(config.ike, backend, reactor)
             self.ike.setServiceParent(self)
 
     def _expire_regularly(self, engine: EapEngine | RadiusRelay) -> None:
@@ -169,22 +171,20 @@ def build_eap_engine(
     return EapEngine(methods, reactor, config.idle_timeout, config.max_conversations)
 
 
+REQID_BASE = 0x76700000  # vpnaaa's reqid range; stale SAs/policies in it are ours
+REQIDS = range(REQID_BASE, REQID_BASE + 0x100000)
+
+
 class IkeService(service.Service):
-    """The IKEv2 responder on UDP 500 and 4500."""
+    """The IKEv2 responder on UDP 500 and 4500, and where its CHILD_SAs go."""
 
     name = "ike"
 
-    def __init__(
-        self,
-        config: IkeConfig,
-        eap: EapEngine | RadiusRelay,
-        installer: ChildSaInstaller,
-        reactor: Any,
-    ) -> None:
+    def __init__(self, config: IkeConfig, eap: EapEngine | RadiusRelay, reactor: Any) -> None:
         self.config = config
         self.reactor = reactor
         identity = load_server_identity(config.key, config.certificate, config.chain)
-        reqids = itertools.count(1)
+        reqids = itertools.count(REQID_BASE)
         context = ResponderContext(
             ike_policy=Policy.from_names(ProtocolId.IKE, config.ike_proposals),
             esp_policy=Policy.from_names(ProtocolId.ESP, config.esp_proposals),
@@ -197,19 +197,38 @@ class IkeService(service.Service):
             eap_begin=eap.begin,
             next_reqid=lambda: next(reqids),
         )
-        self.responder = Responder(context, eap.step, installer, reactor, config.listen)
+        self.responder = Responder(context, eap.step, NullInstaller(), reactor, config.listen)
         self.relay = eap if isinstance(eap, RadiusRelay) else None
+        self.kernel: KernelInstaller | None = None
         self.ports: list[IListeningPort] = []
+        self.started: defer.Deferred[None] | None = None
 
     def startService(self) -> None:
         super().startService()
+        self.started = defer.Deferred.fromCoroutine(self._start())
+        self.started.addErrback(self._failed)
+
+    async def _start(self) -> None:
+        """Choose the installer (probing the kernel), clear our stale kernel state, then
+        open the sockets: a request never meets a half-configured datapath."""
         config = self.config
+        if config.installer != "null":
+            self.kernel = await self._kernel_installer()
+            if self.kernel is not None:
+                self.responder.installer = self.kernel
+                removed = await self.kernel.flush(REQIDS)
+                if removed:
+                    log.info("removed {n} SAs/policies an earlier run left", n=removed)
         try:
             for number, nat_t in ((config.port, False), (config.nat_port, True)):
                 protocol = IkePort(self.responder, number, nat_t)
                 port = self.reactor.listenUDP(number, protocol, interface=config.listen)
                 protocol.number = port.getHost().port
                 self.ports.append(port)
+                if self.kernel is not None:
+                    bypass_ipsec(port.socket)  # IKE itself is never encrypted
+                    if nat_t:
+                        espinudp(port.socket)  # ESP-in-UDP on 4500 goes to the kernel
         except CannotListenError as e:
             for port in self.ports:
                 port.stopListening()
@@ -230,17 +249,44 @@ class IkeService(service.Service):
         else:
             eap = ", ".join(config.eap_methods)
         log.info(
-            "IKEv2 responder on {listen} ports {ports}, pool {pool}, EAP {eap}",
+            "IKEv2 responder on {listen} ports {ports}, pool {pool}, EAP {eap}, {installer}",
             listen=config.listen,
             ports=ports,
             pool=str(config.pool),
             eap=eap,
+            installer="kernel ESP" if self.kernel else "null installer (no ESP datapath)",
         )
+
+    async def _kernel_installer(self) -> KernelInstaller | None:
+        """The kernel installer if this kernel can do ESP. ``installer = "kernel"`` makes a
+        kernel that cannot a start-up error; ``"auto"`` falls back to the null one."""
+        try:
+            support = await KernelInstaller.probe(self.reactor)
+            reason = support.reason
+        except OSError as e:  # no CAP_NET_ADMIN, no NETLINK_XFRM
+            support, reason = None, f"XFRM netlink: {e}"
+        if support is not None and support.esp:
+            return KernelInstaller(self.reactor, expired=self.responder.expired)
+        if self.config.installer == "kernel":
+            raise RuntimeError(f'ike.installer = "kernel" but {reason}')
+        log.warn(
+            'CHILD_SAs are recorded, not installed: {reason} (ike.installer = "auto")',
+            reason=reason,
+        )
+        return None
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("IKEv2 responder failed to start", failure)
+        self.reactor.stop()
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         self.responder.shutdown()
-        return _stop_listening(self)
+        d = _stop_listening(self)
+        if self.kernel is not None:
+            kernel = self.kernel
+            d.addBoth(lambda _: kernel.close())
+        return d
 
 
 def _stop_listening(owner: RadiusService | IkeService) -> defer.Deferred[Any]:

@@ -51,7 +51,7 @@ class CharonTestCase(unittest.TestCase):
             f'[general]\nstate_dir = "{self.state}"\nlog_level = "debug"\n'
             f"[radius]\nenabled = false\n"
             f"[eap]\n{eap}\n"
-            f'[ike]\nenabled = true\nlisten = "{self.netns.gateway_address}"\n'
+            f'[ike]\nenabled = true\ninstaller = "null"\nlisten = "{self.netns.gateway_address}"\n'
             f'pool = "{POOL}"\ndns = ["10.99.7.53"]\n{extra}\n'
         )
         path = write_config(self.state / "vpnaaa.toml", text)

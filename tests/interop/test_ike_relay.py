@@ -71,7 +71,7 @@ class RelayTestCase(unittest.TestCase):
         text = (
             f'[general]\nstate_dir = "{self.state}"\nlog_level = "debug"\n'
             f"[radius]\nenabled = false\n"
-            f'[ike]\nenabled = true\nlisten = "{self.netns.gateway_address}"\n'
+            f'[ike]\nenabled = true\ninstaller = "null"\nlisten = "{self.netns.gateway_address}"\n'
             f'pool = "{POOL}"\nbackend = "radius"\n'
             f'[ike.radius]\nserver = "{freeradius.LOOPBACK}"\nport = {port}\n'
             f'secret = "{SECRET}"\ntimeout = {timeout}\ntries = {tries}\n'

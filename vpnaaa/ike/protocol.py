@@ -37,6 +37,7 @@ from vpnaaa.ike.sa import (
     local_address_towards,
 )
 from vpnaaa.kernel.installer import ChildSaInstaller, ChildSaSpec
+from vpnaaa.kernel.xfrm_installer import ExpireEvent
 
 log = logs.get("vpnaaa.ike")
 
@@ -200,6 +201,33 @@ class Responder:
     def _internal_error(self, failure: Failure, sa: IkeSa) -> None:
         log.failure("{sa}: internal error; IKE SA removed", failure, sa=sa.name)
         self._run(sa, sa.close())
+
+    def expired(self, event: ExpireEvent) -> None:
+        """The kernel says a CHILD_SA reached a lifetime limit. Soft: clients rekey on
+        their own schedule, so it is logged. Hard: the kernel dropped that SA; the rest of
+        the CHILD_SA (the other direction, the policies) goes too."""
+        for sa in self.sas.values():
+            child = sa.children.get(event.spec.inbound_spi)
+            if child is None:
+                continue
+            direction = "inbound" if event.inbound else "outbound"
+            if not event.hard:
+                log.info(
+                    "{sa}: CHILD_SA {spi:08x} {direction} soft lifetime reached",
+                    sa=sa.name,
+                    spi=event.spec.inbound_spi,
+                    direction=direction,
+                )
+                return
+            log.info(
+                "{sa}: CHILD_SA {spi:08x} {direction} hard lifetime reached; removed",
+                sa=sa.name,
+                spi=event.spec.inbound_spi,
+                direction=direction,
+            )
+            del sa.children[event.spec.inbound_spi]
+            self._remove_child(sa, child.spec)
+            return
 
     def shutdown(self) -> None:
         """Remove every CHILD_SA we installed (stopping the daemon)."""

@@ -540,9 +540,11 @@ class IkeSa:
         nr: bytes,
         ke_group: int | None,
         shared: bytes = b"",
+        reqid: int | None = None,
     ) -> Outcome:
         """Negotiate the CHILD_SA of ``request`` (SA, TSi, TSr) and hand it to the
-        installer; child failures are notifies, the IKE SA stays (§1.2)."""
+        installer; child failures are notifies, the IKE SA stays (§1.2). A rekeyed
+        CHILD_SA keeps its predecessor's ``reqid``."""
         sa, tsi, tsr = (
             request.get(PayloadType.SA),
             request.get(PayloadType.TSi),
@@ -584,7 +586,7 @@ class IkeSa:
         )
         encapsulation = (self.local.port, self.remote.port) if self.nat_detected else None
         spec = ChildSaSpec(
-            reqid=self.context.next_reqid(),
+            reqid=reqid if reqid is not None else self.context.next_reqid(),
             local_address=self.local.host,
             remote_address=self.remote.host,
             inbound_spi=inbound_spi,
@@ -639,11 +641,14 @@ class IkeSa:
         if isinstance(sa, Sa) and any(p.protocol == ProtocolId.IKE for p in sa.proposals):
             return self._rekey_ike(header, inner, sa)
         rekey = inner.notify(NotifyType.REKEY_SA)
+        reqid = None
         if rekey is not None:
             # §1.3.3: the SPI the exchange initiator expects inbound, i.e. our outbound SPI.
             spi = int.from_bytes(rekey.spi, "big")
-            if not any(c.spec.outbound_spi == spi for c in self.children.values()):
+            old = next((c for c in self.children.values() if c.spec.outbound_spi == spi), None)
+            if old is None:
                 return self._respond(header, [_notify(NotifyType.CHILD_SA_NOT_FOUND)])
+            reqid = old.spec.reqid  # the successor shares policies with the old SA
         nonce = inner.get(PayloadType.NONCE)
         if not isinstance(nonce, Nonce):
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
@@ -661,7 +666,7 @@ class IkeSa:
                 return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
             ke_group = ke.group
             entries.append((PayloadType.KE, Ke(ke.group, public)))
-        return self._child(header, inner, entries, nonce.data, nr, ke_group, shared)
+        return self._child(header, inner, entries, nonce.data, nr, ke_group, shared, reqid)
 
     def _rekey_ike(self, header: Header, inner: Message, sa: Sa) -> Outcome:
         """§1.3.2: a new IKE SA takes over this one's CHILD_SAs, lease and identity; the

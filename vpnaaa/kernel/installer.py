@@ -62,12 +62,12 @@ class NullInstaller:
     """Records CHILD_SAs instead of installing them."""
 
     def __init__(self) -> None:
-        self.installed: dict[int, ChildSaSpec] = {}
+        self.installed: dict[int, ChildSaSpec] = {}  # by inbound SPI (rekeys share reqids)
 
     def install(self, spec: ChildSaSpec) -> defer.Deferred[None]:
-        self.installed[spec.reqid] = spec
+        self.installed[spec.inbound_spi] = spec
         return defer.succeed(None)
 
     def remove(self, spec: ChildSaSpec) -> defer.Deferred[None]:
-        self.installed.pop(spec.reqid, None)
+        self.installed.pop(spec.inbound_spi, None)
         return defer.succeed(None)
