@@ -25,6 +25,35 @@ from vpnaaa.users import User
 POOL = "10.99.7.0/24"
 
 
+@defer.inlineCallbacks
+def assert_established(
+    case: unittest.TestCase, client: charon.Charon, installer: Any, pool_prefix: str
+) -> Generator[defer.Deferred[Any], Any, tuple[Any, Any, Any]]:
+    """charon shows one ESTABLISHED IKE_SA with a virtual IP from the pool and one
+    INSTALLED CHILD_SA, whose SPIs and keys (RFC 7296 §2.17 KEYMAT) equal what vpnaaa's
+    null installer holds, narrowed to the virtual IP on the client side."""
+    (sa,) = yield client.list_sas()
+    case.assertEqual(sa.state, "ESTABLISHED")
+    (vip,) = sa.local_vips
+    case.assertTrue(vip.startswith(pool_prefix), vip)
+    (child,) = sa.children
+    case.assertEqual(child.state, "INSTALLED")
+    (spec,) = installer.installed.values()
+    case.assertEqual((spec.inbound_spi, spec.outbound_spi), (child.spi_out, child.spi_in))
+    (keys,) = client.keys().children()
+    case.assertEqual(
+        (
+            spec.inbound_encr_key,
+            spec.inbound_integ_key,
+            spec.outbound_encr_key,
+            spec.outbound_integ_key,
+        ),
+        (keys.encr_i, keys.integ_i, keys.encr_r, keys.integ_r),
+    )
+    case.assertEqual([str(s.network) for s in spec.remote_selectors], [f"{vip}/32"])
+    return sa, child, spec
+
+
 class CharonTestCase(unittest.TestCase):
     timeout = 60
 
@@ -78,25 +107,7 @@ class EapMsChapV2Tests(CharonTestCase):
         client, result = yield self.connect(**initiator)
         if not result.ok:
             self.fail(result.output + client.tail())
-        (sa,) = yield client.list_sas()
-        self.assertEqual(sa.state, "ESTABLISHED")
-        (vip,) = sa.local_vips
-        self.assertTrue(vip.startswith("10.99.7."), vip)
-        (child,) = sa.children
-        self.assertEqual(child.state, "INSTALLED")
-        (spec,) = self.installer.installed.values()
-        self.assertEqual((spec.inbound_spi, spec.outbound_spi), (child.spi_out, child.spi_in))
-        (keys,) = client.keys().children()
-        self.assertEqual(
-            (
-                spec.inbound_encr_key,
-                spec.inbound_integ_key,
-                spec.outbound_encr_key,
-                spec.outbound_integ_key,
-            ),
-            (keys.encr_i, keys.integ_i, keys.encr_r, keys.integ_r),
-        )
-        self.assertEqual([str(s.network) for s in spec.remote_selectors], [f"{vip}/32"])
+        sa, child, _ = yield assert_established(self, client, self.installer, "10.99.7.")
         self.assertEqual(child.remote_ts, ["0.0.0.0/0"])
         self.assertEqual(self.daemon.ike.responder.context.pool.leased, 1)
         return client, sa, child

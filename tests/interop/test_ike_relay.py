@@ -23,6 +23,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.interop import charon, freeradius
+from tests.interop.test_ike_charon import assert_established
 from tests.support import add_users, state_dir, write_config
 from vpnaaa import config as configuration
 from vpnaaa import pki
@@ -124,25 +125,7 @@ class RelayTests(RelayTestCase):
         client, result = yield self.connect()
         if not result.ok:
             self.fail(result.output + client.tail() + "\nFreeRADIUS:\n" + radius.tail())
-        (sa,) = yield client.list_sas()
-        self.assertEqual(sa.state, "ESTABLISHED")
-        (vip,) = sa.local_vips
-        self.assertTrue(vip.startswith("10.99.8."), vip)
-        (child,) = sa.children
-        self.assertEqual(child.state, "INSTALLED")
-        (spec,) = self.installer.installed.values()
-        self.assertEqual((spec.inbound_spi, spec.outbound_spi), (child.spi_out, child.spi_in))
-        (keys,) = client.keys().children()
-        self.assertEqual(
-            (
-                spec.inbound_encr_key,
-                spec.inbound_integ_key,
-                spec.outbound_encr_key,
-                spec.outbound_integ_key,
-            ),
-            (keys.encr_i, keys.integ_i, keys.encr_r, keys.integ_r),
-        )
-        self.assertEqual([str(s.network) for s in spec.remote_selectors], [f"{vip}/32"])
+        yield assert_established(self, client, self.installer, "10.99.8.")
         self.assertEqual(self.responder.context.pool.leased, 1)
         self.assertIn("EAP method EAP_MSCHAPV2 succeeded, MSK established", client.log_text())
         self.assertIn("Login OK: [alice] (from client loopback", radius.log_text())

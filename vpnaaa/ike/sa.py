@@ -325,10 +325,8 @@ class IkeSa:
                 _notify(NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", choice.dh.id)),
                 f"KE group {ke.group}, we want {choice.dh.name}",
             )
-        group = transforms.group_for(ke.group)
-        private, public = group.generate()
         try:
-            shared = group.shared_secret(private, ke.data)
+            public, shared = _diffie_hellman(ke)
         except transforms.InvalidPublicValue as e:
             return self._init_error(header, _notify(NotifyType.INVALID_SYNTAX), f"KE: {e}")
         self._ni, self._nr = nonce.data, os.urandom(NONCE_SIZE)
@@ -658,10 +656,8 @@ class IkeSa:
         shared = b""
         ke_group = None
         if isinstance(ke, Ke):
-            group = transforms.group_for(ke.group)
-            private, public = group.generate()
             try:
-                shared = group.shared_secret(private, ke.data)
+                public, shared = _diffie_hellman(ke)
             except transforms.InvalidPublicValue:
                 return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
             ke_group = ke.group
@@ -683,10 +679,8 @@ class IkeSa:
             return self._respond(header, [_notify(NotifyType.INVALID_KE_PAYLOAD, data)])
         if len(choice.proposal.spi) != 8:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
-        group = transforms.group_for(ke.group)
-        private, public = group.generate()
         try:
-            shared = group.shared_secret(private, ke.data)
+            public, shared = _diffie_hellman(ke)
         except transforms.InvalidPublicValue:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         successor = IkeSa(self.context, choice.proposal.spi, self.local, self.remote)
@@ -881,6 +875,14 @@ def _certificate_names(cert: x509.Certificate, wanted: Identification) -> bool:
     if wanted.id_type == IdType.FQDN:
         return wanted.data.decode("ascii", "replace") in san.get_values_for_type(x509.DNSName)
     return False
+
+
+def _diffie_hellman(ke: Ke) -> tuple[bytes, bytes]:
+    """Our KE public value and g^ir for the peer's KE payload (§1.2, §1.3);
+    raises InvalidPublicValue for a value outside the group."""
+    group = transforms.group_for(ke.group)
+    private, public = group.generate()
+    return public, group.shared_secret(private, ke.data)
 
 
 def _derive(
