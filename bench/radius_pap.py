@@ -481,6 +481,9 @@ def vpnaaa_config_text(state_dir: Path, auth_port: int, acct_port: int) -> str:
         "[ike]\n"
         "enabled = false\n"
         "\n"
+        "[admin]\n"
+        "enabled = false\n"
+        "\n"
         "[[radius.clients]]\n"
         'name = "bench"\n'
         f'address = "{LOOPBACK}/32"\n'

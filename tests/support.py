@@ -55,6 +55,7 @@ def radius_config(state: Path, clients: str | None = None, extra: str = "") -> P
         )
     text = (
         f'[general]\nstate_dir = "{state}"\nlog_level = "debug"\n\n'
+        "[ike]\nenabled = false\n\n[admin]\nenabled = false\n\n"
         f'[eap.tls]\ncertificate = "{server.cert}"\nkey = "{server.key}"\n'
         f'chain = "{server.chain}"\n\n'
         f'[radius]\nlisten = "127.0.0.1"\nauth_port = 0\nacct_port = 0\n{extra}\n\n{clients}'

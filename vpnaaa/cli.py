@@ -172,6 +172,21 @@ def check_config(args: argparse.Namespace) -> str:
     )
 
 
+def show_sessions(args: argparse.Namespace) -> str:
+    """Ask the running daemon's admin API (``[admin]``) for its live sessions."""
+    import urllib.error
+    import urllib.request
+
+    admin = configuration.load(args.config, args.state_dir).admin
+    path = "sessions" if args.json else "sessions.txt"
+    url = f"http://{admin.listen}:{admin.port}/{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode().rstrip("\n")
+    except (urllib.error.URLError, OSError) as e:
+        raise SystemExit(f"vpnaaa: cannot reach the daemon at {url}: {e}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vpnaaa", description=__doc__)
     p.add_argument("--config", "-c", help="TOML configuration (default: embedded defaults)")
@@ -223,6 +238,10 @@ def parser() -> argparse.ArgumentParser:
     imported.add_argument("certificate", type=Path)
     imported.add_argument("chain", type=Path, nargs="*", help="CA certificates, nearest first")
     imported.set_defaults(func=pki_import)
+
+    shown = sub.add_parser("sessions", help="live VPN sessions of the running daemon")
+    shown.add_argument("--json", action="store_true", help="machine-readable output")
+    shown.set_defaults(func=show_sessions)
 
     sub.add_parser(
         "demo", help="create the demo secret, user and certificates for the embedded defaults"

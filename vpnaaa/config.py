@@ -126,6 +126,15 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin API: sessions and metrics over HTTP (keep it on loopback)."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: int = 9190
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     state_dir: Path
@@ -134,6 +143,7 @@ class Config:
     radius: RadiusConfig
     eap: EapConfig
     ike: IkeConfig
+    admin: AdminConfig
 
 
 class _Section:
@@ -321,8 +331,15 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
         else _disabled(radius_section)
     )
     ike = _ike(root.sub("ike"), state, eap.tls, config_path)
+    admin_section = root.sub("admin")
+    admin = AdminConfig(
+        enabled=admin_section.get("enabled", bool, True),
+        listen=admin_section.get("listen", str, "127.0.0.1"),
+        port=admin_section.get_int("port", 9190, 0, 65535),
+    )
+    admin_section.finish()
     root.finish()
-    return Config(source, state, log_level, users, radius, eap, ike)
+    return Config(source, state, log_level, users, radius, eap, ike, admin)
 
 
 def _addresses(section: _Section, name: str) -> tuple[ipaddress.IPv4Address, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 from vpnaaa import auth, logs
+from vpnaaa.admin import admin_service
 from vpnaaa.config import Config, EapConfig, IkeConfig
 from vpnaaa.eap.authenticator import MethodFactory
 from vpnaaa.eap.engine import EapEngine
@@ -40,6 +42,10 @@ log = logs.get("vpnaaa")
 EXPIRY_INTERVAL = 5.0  # seconds between sweeps of idle EAP conversations
 
 
+class StartupError(Exception):
+    """A service cannot start (a port in use, a missing capability): one clear line."""
+
+
 class RadiusService(service.Service):
     """The RADIUS authentication and accounting ports."""
 
@@ -62,10 +68,13 @@ class RadiusService(service.Service):
         super().startService()
         self.accounting.open()
         listen = self.config.listen
-        self.ports = [
-            self.reactor.listenUDP(self.config.auth_port, self.auth, interface=listen),
-            self.reactor.listenUDP(self.config.acct_port, self.acct, interface=listen),
-        ]
+        try:
+            self.ports = [
+                self.reactor.listenUDP(self.config.auth_port, self.auth, interface=listen),
+                self.reactor.listenUDP(self.config.acct_port, self.acct, interface=listen),
+            ]
+        except CannotListenError as e:
+            raise StartupError(f"RADIUS cannot listen on {listen}: {e.socketError}") from None
         auth_port, acct_port = (p.getHost().port for p in self.ports)
         log.info(
             "RADIUS listening on {listen} ports {auth}/{acct} (auth/acct) for {n} client "
@@ -92,6 +101,7 @@ class VpnaaaService(service.MultiService):
             from twisted.internet import reactor
         self.config = config
         self.reactor = reactor
+        self.aborting = False
         self.users = UserStore(config.users.file, config.users.verified_cache_size)
         count = self.users.load()
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
@@ -122,11 +132,35 @@ class VpnaaaService(service.MultiService):
             self._expire_regularly(backend)
             self.ike = IkeService(config.ike, backend, reactor)
             self.ike.setServiceParent(self)
+        if config.admin.enabled:
+            admin = admin_service(self, config.admin.listen, config.admin.port)
+            admin.setName("admin")
+            admin.setServiceParent(self)
 
     def _expire_regularly(self, engine: EapEngine | RadiusRelay) -> None:
         expiry = internet.TimerService(EXPIRY_INTERVAL, engine.expire)
         expiry.clock = self.reactor
         expiry.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()  # binds the admin API's TCP port
+        except CannotListenError as e:
+            self.abort(f"admin API cannot listen on {e.interface}:{e.port}: {e.socketError}")
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            self.abort(str(e))
+
+    def abort(self, reason: str) -> None:
+        """Stop with one log line and exit status 1: never run half-configured."""
+        log.critical("{reason}; stopping", reason=reason)
+        if not self.aborting:
+            self.aborting = True
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def reload(self) -> None:
         """Re-read the user store (SIGHUP); a broken file keeps the users in force."""
@@ -234,7 +268,7 @@ class IkeService(service.Service):
                 port.stopListening()
             self.ports = []
             if config.enabled:
-                raise
+                raise StartupError(f"IKEv2 cannot listen: {e.socketError}") from None
             log.warn(
                 'IKEv2 not started (ike.enabled = "auto"): {error}; run as root or '
                 "choose other ports",
@@ -276,8 +310,9 @@ class IkeService(service.Service):
         return None
 
     def _failed(self, failure: Failure) -> None:
-        log.failure("IKEv2 responder failed to start", failure)
-        self.reactor.stop()
+        if not failure.check(StartupError):
+            log.failure("IKEv2 responder failed to start", failure)
+        self.parent.abort(failure.getErrorMessage())
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()

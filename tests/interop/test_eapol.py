@@ -150,6 +150,7 @@ def eap_config(
         tls += f"fragment_size = {fragment_size}\n"
     text = (
         f'[general]\nstate_dir = "{state}"\nlog_level = "debug"\n\n{eap}\n{tls}\n'
+        "[ike]\nenabled = false\n\n[admin]\nenabled = false\n\n"
         '[radius]\nlisten = "127.0.0.1"\nauth_port = 0\nacct_port = 0\n\n'
         f'[[radius.clients]]\nname = "loopback"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n'
     )

@@ -8,12 +8,14 @@ CHILD_SA keys vpnaaa's null installer recorded equal the keys charon logged.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Generator
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
+from twisted.web import client as client_agent
 
 from tests.interop import charon
 from tests.support import add_users, state_dir, write_config
@@ -78,7 +80,7 @@ class CharonTestCase(unittest.TestCase):
         """vpnaaa as IKEv2 gateway only; ``extra`` goes into [ike], ``eap`` into [eap]."""
         text = (
             f'[general]\nstate_dir = "{self.state}"\nlog_level = "debug"\n'
-            f"[radius]\nenabled = false\n"
+            f"[radius]\nenabled = false\n[admin]\nport = 0\n"
             f"[eap]\n{eap}\n"
             f'[ike]\nenabled = true\ninstaller = "null"\nlisten = "{self.netns.gateway_address}"\n'
             f'pool = "{POOL}"\ndns = ["10.99.7.53"]\n{extra}\n'
@@ -137,6 +139,27 @@ class EapMsChapV2Tests(CharonTestCase):
             proposals="chacha20poly1305-prfsha256-curve25519", esp_proposals="aes256gcm16"
         )
         self.assertEqual((sa.encr_alg, sa.dh_group), ("CHACHA20_POLY1305", "CURVE_25519"))
+
+    @defer.inlineCallbacks
+    def test_session_view_over_the_admin_api(self):
+        """GET /sessions on the admin port: the user, the virtual IP, the SAs charon has."""
+        self.start_gateway()
+        _, sa, child = yield self.established()
+        port = self.daemon.getServiceNamed("admin")._port.getHost().port
+        agent = client_agent.Agent(reactor)
+        response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/sessions".encode())
+        (session,) = json.loads((yield client_agent.readBody(response)))
+        self.assertEqual(session["username"], "alice")
+        self.assertEqual(session["virtual_ip"], sa.local_vips[0])
+        self.assertEqual(session["ike_spis"], f"{sa.spi_i.hex()}/{sa.spi_r.hex()}")
+        (esp,) = session["child_sas"]
+        self.assertEqual(
+            (esp["spi_in"], esp["spi_out"]), (f"{child.spi_out:08x}", f"{child.spi_in:08x}")
+        )
+        response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/metrics".encode())
+        metrics = (yield client_agent.readBody(response)).decode()
+        self.assertIn("vpnaaa_sessions 1\n", metrics)
+        self.assertIn("vpnaaa_pool_leased 1\n", metrics)
 
     @defer.inlineCallbacks
     def test_terminate_removes_child_and_lease(self):

@@ -71,7 +71,7 @@ class RelayTestCase(unittest.TestCase):
     def start_gateway(self, port: int, timeout: float = 2.0, tries: int = 3) -> None:
         text = (
             f'[general]\nstate_dir = "{self.state}"\nlog_level = "debug"\n'
-            f"[radius]\nenabled = false\n"
+            f"[radius]\nenabled = false\n[admin]\nenabled = false\n"
             f'[ike]\nenabled = true\ninstaller = "null"\nlisten = "{self.netns.gateway_address}"\n'
             f'pool = "{POOL}"\nbackend = "radius"\n'
             f'[ike.radius]\nserver = "{freeradius.LOOPBACK}"\nport = {port}\n'

@@ -168,6 +168,7 @@ class Responder:
         elif outcome.install is not None:
             self._install(sa, outcome.install)
         if sa.state == State.ESTABLISHED and sa.spi_r in self._timers:
+            sa.established_at = self.clock.seconds()
             self._timers.pop(sa.spi_r).cancel()
             self._by_initiator.pop((sa.remote.host, sa.remote.port, sa.spi_i), None)
 

@@ -188,6 +188,8 @@ class IkeSa:
         self._msk = b""
         self._pending: tuple[int, str] | None = None  # (message id, what) awaiting the edge
         self.port: object = None  # the edge's socket this SA talks through
+        self.ike_choice: proposal.Choice | None = None
+        self.established_at: float | None = None  # set by the edge (it owns the clock)
 
     # -- public API used by the edge ---------------------------------------------------
 
@@ -688,6 +690,7 @@ class IkeSa:
         seed = keys.rekeyed_skeyseed(self.crypto.prf, self.crypto.keys.sk_d, shared, nonce.data, nr)
         successor.crypto = _derive(choice, seed, nonce.data, nr, successor.spi_i, successor.spi_r)
         successor.take_over(self)
+        successor.ike_choice = choice
         log.info(
             "{sa}: rekeyed as {new} ({encr}/{group})",
             sa=self.name,
@@ -711,6 +714,7 @@ class IkeSa:
         self.state = State.ESTABLISHED
         self.port = old.port
         self.identity = old.identity
+        self.established_at = old.established_at
         self.nat_detected, self.fragmentation = old.nat_detected, old.fragmentation
         self.virtual_ip, old.virtual_ip = old.virtual_ip, None
         self.children, old.children = old.children, {}
