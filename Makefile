@@ -34,6 +34,7 @@ bench: venv
 	./scripts/deps bench
 	$(BIN)/python bench/radius_pap.py
 	$(BIN)/python bench/radius_eap.py
+	./scripts/build-strongswan && $(BIN)/python bench/ike.py
 
 clean:
 	rm -rf $(VENV) _trial_temp *.egg-info

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,6 +76,8 @@ class RadiusService(service.Service):
             ]
         except CannotListenError as e:
             raise StartupError(f"RADIUS cannot listen on {listen}: {e.socketError}") from None
+        for port in self.ports:
+            large_receive_buffer(port.socket)
         auth_port, acct_port = (p.getHost().port for p in self.ports)
         log.info(
             "RADIUS listening on {listen} ports {auth}/{acct} (auth/acct) for {n} client "
@@ -102,6 +105,7 @@ class VpnaaaService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.aborting = False
+        self.exit_on_failure = False  # the twistd plugin sets it: log, stop, exit 1
         self.users = UserStore(config.users.file, config.users.verified_cache_size)
         count = self.users.load()
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
@@ -155,7 +159,10 @@ class VpnaaaService(service.MultiService):
             self.abort(str(e))
 
     def abort(self, reason: str) -> None:
-        """Stop with one log line and exit status 1: never run half-configured."""
+        """Stop with one log line and exit status 1: never run half-configured. Outside
+        twistd (tests, embedding) the error is raised instead."""
+        if not self.exit_on_failure:
+            raise StartupError(reason)
         log.critical("{reason}; stopping", reason=reason)
         if not self.aborting:
             self.aborting = True
@@ -259,6 +266,7 @@ class IkeService(service.Service):
                 port = self.reactor.listenUDP(number, protocol, interface=config.listen)
                 protocol.number = port.getHost().port
                 self.ports.append(port)
+                large_receive_buffer(port.socket)
                 if self.kernel is not None:
                     bypass_ipsec(port.socket)  # IKE itself is never encrypted
                     if nat_t:
@@ -322,6 +330,20 @@ class IkeService(service.Service):
             kernel = self.kernel
             d.addBoth(lambda _: kernel.close())
         return d
+
+
+RECEIVE_BUFFER = 4 * 1024 * 1024  # octets: a burst of clients must not overflow the queue
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux asm-generic/socket.h
+
+
+def large_receive_buffer(sock: socket.socket) -> None:
+    """Twisted handles one datagram at a time; a 4 MiB queue rides out bursts (hundreds of
+    IKE_SA_INITs or Access-Requests at once) that the default ~200 KiB would drop.
+    SO_RCVBUFFORCE (root) passes net.core.rmem_max; otherwise the kernel caps SO_RCVBUF."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 def _stop_listening(owner: RadiusService | IkeService) -> defer.Deferred[Any]:

@@ -30,6 +30,7 @@ class VpnaaaServiceMaker:
         except (ConfigError, UserStoreError, PkiError) as e:
             raise SystemExit(f"vpnaaa: {e}") from None
         daemon.install_sighup()
+        daemon.exit_on_failure = True
         return daemon
 
 
