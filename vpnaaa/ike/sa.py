@@ -187,6 +187,8 @@ class IkeSa:
         self._eap_id: bytes | None = None
         self._msk = b""
         self._pending: tuple[int, str] | None = None  # (message id, what) awaiting the edge
+        self._pending_header: Header | None = None  # the request an EAP step answers
+        self._pending_child: tuple[Header, list[Entry], _Child] | None = None
         self.port: object = None  # the edge's socket this SA talks through
         self.ike_choice: proposal.Choice | None = None
         self.established_at: float | None = None  # set by the edge (it owns the clock)
@@ -266,6 +268,7 @@ class IkeSa:
 
     def child_installed(self, spec: ChildSaSpec, error: str | None) -> Outcome:
         """The installer finished the CHILD_SA of the pending request."""
+        assert self._pending_child is not None
         header, entries, child = self._pending_child
         self._take_pending("install")
         if error is not None:
@@ -776,7 +779,9 @@ class IkeSa:
     def _take_pending(self, what: str) -> Header:
         assert self._pending is not None and self._pending[1] == what, self._pending
         self._pending = None
-        return self._pending_header if what == "eap" else self._pending_child[0]
+        request = self._pending_header if what == "eap" else self._pending_child
+        assert request is not None
+        return request if isinstance(request, Header) else request[0]
 
     def _header(self, request: Header) -> Header:
         return Header(
