@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -185,6 +188,14 @@ class VpnaaaService(service.MultiService):
         signal.signal(signal.SIGHUP, on_hup)
 
 
+@functools.cache
+def peap_context(key: Path, certificate: Path, chain: Path | None) -> SSL.Context:
+    """The PEAP TLS server context, made (and logged) once for the RADIUS and IKE engines."""
+    identity = load_server_identity(key, certificate, chain)
+    log.info("PEAP server certificate: {subject}", subject=identity.cert.subject.rfc4514_string())
+    return server_context(identity)
+
+
 def build_eap_engine(
     config: EapConfig, names: Sequence[str], users: UserStore, reactor: Any
 ) -> EapEngine:
@@ -196,11 +207,7 @@ def build_eap_engine(
     factories: dict[str, tuple[int, MethodFactory]] = {"mschapv2": (Type.MSCHAPV2, mschapv2)}
     if "peap" in names:
         tls = config.tls
-        identity = load_server_identity(tls.key, tls.certificate, tls.chain)
-        context = server_context(identity)
-        log.info(
-            "PEAP server certificate: {subject}", subject=identity.cert.subject.rfc4514_string()
-        )
+        context = peap_context(tls.key, tls.certificate, tls.chain)
 
         def peap() -> Peap:
             return Peap(
