@@ -106,10 +106,7 @@ class Responder:
                 )
                 return
             sa = self._new_sa(header, remote, port)
-        else:
-            sa.remote = remote  # NAT-T: the peer may have floated to port 4500 (§2.23)
-            sa.port = port
-        self._run(sa, sa.receive(message, data))
+        self._run(sa, sa.receive(message, data, remote, port))
 
     @staticmethod
     def _refuse_unsupported(data: bytes, error: IkeError, remote: Endpoint, port: IkePort) -> None:
@@ -152,8 +149,11 @@ class Responder:
             self._run(sa, sa.close())
 
     def _run(self, sa: IkeSa, outcome: Outcome) -> None:
+        port, remote = sa.port, sa.remote
+        if outcome.reply_to is not None:
+            remote, port = outcome.reply_to
         for datagram in outcome.send:
-            sa.port.send(datagram, sa.remote)
+            port.send(datagram, remote)
         for spec in outcome.remove:
             self._remove_child(sa, spec)
         if outcome.successor is not None:

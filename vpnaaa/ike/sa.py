@@ -124,6 +124,7 @@ class Outcome:
     remove: list[ChildSaSpec] = field(default_factory=list)
     closed: bool = False  # the IKE SA is gone: forget it, return its lease
     successor: IkeSa | None = None  # an IKE rekey made this SA: serve it from now on
+    reply_to: tuple[Endpoint | None, object] | None = None  # answer elsewhere than the SA
 
 
 @dataclass
@@ -204,13 +205,20 @@ class IkeSa:
     def name(self) -> str:
         return f"{self.remote.host}:{self.remote.port} [{self.spi_i.hex()}/{self.spi_r.hex()}]"
 
-    def receive(self, message: Message, raw: bytes) -> Outcome:
-        """Handle one request addressed to this SA (any exchange, any message id)."""
+    def receive(
+        self, message: Message, raw: bytes, sender: Endpoint | None = None, port: object = None
+    ) -> Outcome:
+        """Handle one request addressed to this SA (any exchange, any message id).
+
+        ``sender``/``port``: where it came from. The SA moves there (NAT-T floating to
+        4500, a NAT rebinding, §2.23) only once the message's integrity is verified; a
+        retransmission is answered where it came from without moving the SA (§2.1).
+        """
         header = message.header
         if header.response:
             return Outcome()  # we never initiate, so responses are stray (§2.1)
         if self.last_response is not None and header.message_id == self.last_response[0]:
-            return Outcome(send=list(self.last_response[1]))  # retransmission (§2.1)
+            return Outcome(send=list(self.last_response[1]), reply_to=(sender, port))
         if header.message_id != self.next_message_id or self._pending is not None:
             return Outcome()  # out of window, or still working on the previous one
         if header.exchange == ExchangeType.IKE_SA_INIT:
@@ -228,6 +236,8 @@ class IkeSa:
             return Outcome()
         if inner is None:
             return Outcome()  # more fragments to come
+        if sender is not None:
+            self.remote, self.port = sender, port
         if logs.debug_enabled():
             log.debug("{sa}: decrypted {what}", sa=self.name, what=describe(inner))
         handlers = {
