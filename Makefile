@@ -4,7 +4,7 @@ VENV ?= .venv
 STATE ?= $(CURDIR)/var
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test test-kernel lint bench venv clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	./scripts/deps run
@@ -20,10 +20,16 @@ run: venv
 	$(BIN)/vpnaaa --state-dir $(STATE) demo
 	$(BIN)/twistd -n --pidfile= vpnaaa --state-dir $(STATE)
 
-## test: every test, including those that drive real third-party peers
+## test: every test, including those that drive real third-party peers, and the ESP
+## datapath in Debian's kernel under QEMU (test-kernel)
 test: venv
 	./scripts/deps test
 	$(BIN)/trial tests
+	./scripts/kernel-vm
+
+## test-kernel: the ESP datapath on Debian's kernel in a VM (charon vs twistd vpnaaa, ~3 min)
+test-kernel: venv
+	./scripts/kernel-vm
 
 lint: venv
 	$(BIN)/ruff check .

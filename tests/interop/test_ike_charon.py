@@ -53,6 +53,8 @@ def assert_established(
         (keys.encr_i, keys.integ_i, keys.encr_r, keys.integ_r),
     )
     case.assertEqual([str(s.network) for s in spec.remote_selectors], [f"{vip}/32"])
+    # kernel-libipsec makes charon fake a NAT: ESP goes in UDP, both ends on 4500 (§2.23)
+    case.assertEqual(spec.encapsulation, (4500, 4500))
     return sa, child, spec
 
 

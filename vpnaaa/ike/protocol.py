@@ -8,6 +8,7 @@ Responses leave from the socket and to the address the request came from.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ log = logs.get("vpnaaa.ike")
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 NAT_KEEPALIVE = b"\xff"
+TRANSIENT_ERRORS = {errno.ENOBUFS, errno.EAGAIN, errno.EINTR, errno.ENOMEM}
 HALF_OPEN_TIMEOUT = 30.0  # seconds an SA may take to finish IKE_AUTH (EAP included)
 
 EapStep = Callable[[bytes, bytes], defer.Deferred[tuple[bytes, Result]]]
@@ -177,7 +179,8 @@ class Responder:
             self._run(sa, sa.child_installed(spec, None))
 
         def failed(failure: Failure) -> None:
-            self._run(sa, sa.child_installed(spec, failure.getErrorMessage()))
+            transient = getattr(failure.value, "errno", None) in TRANSIENT_ERRORS
+            self._run(sa, sa.child_installed(spec, failure.getErrorMessage(), transient))
 
         self.installer.install(spec).addCallbacks(done, failed).addErrback(self._internal_error, sa)
 

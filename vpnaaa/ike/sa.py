@@ -237,7 +237,9 @@ class IkeSa:
         if inner is None:
             return Outcome()  # more fragments to come
         if sender is not None:
+            # Both ends float: NAT-T moves us to 4500 too, where ESP-in-UDP must come from.
             self.remote, self.port = sender, port
+            self.local = replace(self.local, port=getattr(port, "number", self.local.port))
         if logs.debug_enabled():
             log.debug("{sa}: decrypted {what}", sa=self.name, what=describe(inner))
         handlers = {
@@ -276,8 +278,12 @@ class IkeSa:
         entries.append(_notify(NotifyType.AUTHENTICATION_FAILED))
         return self._close(self._respond(header, entries))
 
-    def child_installed(self, spec: ChildSaSpec, error: str | None) -> Outcome:
-        """The installer finished the CHILD_SA of the pending request."""
+    def child_installed(
+        self, spec: ChildSaSpec, error: str | None, transient: bool = False
+    ) -> Outcome:
+        """The installer finished the CHILD_SA of the pending request. A refusal is
+        NO_PROPOSAL_CHOSEN, as strongSwan answers; TEMPORARY_FAILURE (the client retries)
+        only when the cause is ``transient`` (the kernel out of buffers)."""
         assert self._pending_child is not None
         header, entries, child = self._pending_child
         self._take_pending("install")
@@ -291,7 +297,8 @@ class IkeSa:
             entries = [
                 e for e in entries if e[0] not in (PayloadType.SA, PayloadType.TSi, PayloadType.TSr)
             ]
-            entries.append(_notify(NotifyType.TEMPORARY_FAILURE))
+            kind = NotifyType.TEMPORARY_FAILURE if transient else NotifyType.NO_PROPOSAL_CHOSEN
+            entries.append(_notify(kind))
             return self._respond(header, entries)
         self.children[spec.inbound_spi] = child
         log.info(

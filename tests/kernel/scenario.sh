@@ -1,0 +1,620 @@
+#!/usr/bin/env bash
+# vpnaaa's ESP datapath against a real Linux kernel, with strongSwan's charon as the client.
+#
+#   tests/kernel/scenario.sh prepare OUT   on the host: vpnaaa state (config, CA, server
+#                                          certificate, user alice) and the charon configs
+#   tests/kernel/scenario.sh run OUT       as root on a kernel with ESP (the VM that
+#                                          scripts/kernel-vm boots): the checks below
+#
+# OUT must be writable and at the same path in both places (scripts/kernel-vm passes it to
+# the VM as an --rwdir). Results: OUT/results.txt (one PASS/FAIL line per check), logs,
+# captures and xfrm dumps next to it. The exit status is 0 only if every check passed.
+#
+# Topology (network namespaces; documentation addresses only, pool 10.99.1.0/24):
+#
+#   vk-cl  198.51.100.2/25 --- 198.51.100.1/25   vk-gw  203.0.113.1/24 --- 203.0.113.2/24  vk-lan
+#   (charon, plain)                              (twistd vpnaaa,
+#                                                 installer = "kernel")
+#   vk-ncl 192.0.2.2/24 --- 192.0.2.1/24 vk-nat 198.51.100.130/25 --- 198.51.100.129/25 vk-gw
+#   (charon, behind NAT)       (nftables masquerade)
+#
+# The gateway's default route points at its uplink (the plain client's link), as on a real
+# gateway: replies to the pool follow it and the XFRM out policy vpnaaa installed catches
+# them. charon uses kernel-netlink (not kernel-libipsec): both ends are kernel ESP.
+#
+# Checks, for the plain case and the NAT-T case (UDP-encapsulated ESP through the NAT):
+# EAP-MSCHAPv2 + virtual IP; the gateway holds exactly the CHILD_SA's two SAs (vpnaaa's reqid
+# range, the client's SPIs, espinudp 4500/4500 behind the NAT) and in/fwd/out policies; a
+# ping from the virtual IP to vk-lan gets every answer; `tcpdump -Q out` on both ends of the
+# client link sees only ESP (ESP-in-UDP), never ICMP in clear; SA counters count the pings
+# and grow with a second ping; `swanctl --rekey --child` during a running ping loses nothing
+# and leaves two new SAs with the same reqid; `swanctl --terminate` leaves no SA and no
+# policy on the gateway. Plain case only: a second CHILD_SA whose algorithm the kernel lacks
+# (module chacha20poly1305 blocked, as on a kernel built without it) fails with a notify to
+# the client and a log line, while the first CHILD_SA keeps carrying traffic. At the end:
+# the daemon stops on SIGTERM leaving nothing in the kernel, and its log has no traceback.
+set -u
+
+MODE=${1:-}
+OUT=${2:-}
+if [ -z "$MODE" ] || [ -z "$OUT" ]; then
+    echo "usage: $0 prepare|run OUT" >&2
+    exit 2
+fi
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+VENV=${VENV:-$REPO/.venv}
+STATE=$OUT/state
+CA=$STATE/pki/ca/ca.pem
+GW_PLAIN=198.51.100.1
+GW_NAT=198.51.100.129
+LAN_HOST=203.0.113.2
+POOL_PREFIX=10.99.1.
+REQID_BASE=$((0x76700000)) # vpnaaa.service.REQID_BASE
+REQID_END=$((REQID_BASE + 0x100000))
+PLUGINS="random nonce x509 revocation constraints pubkey pkcs1 pkcs8 pem openssl gmp"
+PLUGINS="$PLUGINS curve25519 hmac kdf sha2 aes gcm kernel-netlink socket-default vici attr"
+PLUGINS="$PLUGINS eap-identity eap-mschapv2"
+
+# --- prepare (host) ------------------------------------------------------------------------
+
+charon_config() { # NAME GATEWAY IKE-PROPOSALS ESP-PROPOSALS [extra children lines]
+    local name=$1 gateway=$2 ike=$3 esp=$4 extra=${5:-}
+    local dir=$OUT/$name
+    local sub
+    for sub in x509 x509ca x509ocsp x509aa x509ac x509crl pubkey private rsa ecdsa bliss pkcs8 pkcs12; do
+        mkdir -p "$dir/swanctl/$sub"
+    done
+    cp "$CA" "$dir/swanctl/x509ca/ca.pem"
+    cat >"$dir/strongswan.conf" <<EOF
+charon {
+  load = $PLUGINS
+  port = 500
+  port_nat_t = 4500
+  plugins {
+    vici {
+      socket = unix:///tmp/vk/$name/charon.vici
+    }
+  }
+  filelog {
+    charon {
+      path = $dir/charon.log
+      default = 1
+      ike = 2
+      knl = 2
+      chd = 1
+      cfg = 1
+      net = 1
+      append = no
+      flush_line = yes
+      ike_name = yes
+      time_format = "%H:%M:%S"
+    }
+  }
+}
+EOF
+    cat >"$dir/swanctl/swanctl.conf" <<EOF
+connections {
+  vpnaaa {
+    version = 2
+    remote_addrs = $gateway
+    proposals = $ike
+    vips = 0.0.0.0
+    rekey_time = 0
+    dpd_delay = 0
+    local {
+      auth = eap-mschapv2
+      eap_id = alice
+    }
+    remote {
+      auth = pubkey
+      id = $gateway
+      cacerts = $dir/swanctl/x509ca/ca.pem
+    }
+    children {
+      net {
+        remote_ts = 0.0.0.0/0
+        esp_proposals = $esp
+        rekey_time = 0
+      }
+$extra
+    }
+  }
+}
+secrets {
+  eap-alice {
+    id = alice
+    secret = wonderland
+  }
+}
+EOF
+}
+
+prepare() {
+    rm -rf "$STATE" "$OUT/plain" "$OUT/nat"
+    mkdir -p "$STATE"
+    chmod 700 "$STATE"
+    (
+        umask 077
+        cat >"$STATE/vpnaaa.toml" <<EOF
+[general]
+state_dir = "$STATE"
+log_level = "debug"
+
+[radius]
+enabled = false
+
+[ike]
+enabled = true
+installer = "kernel"
+listen = "0.0.0.0"
+pool = "${POOL_PREFIX}0/24"
+eap_methods = ["mschapv2"]
+EOF
+    )
+    local cli=("$VENV/bin/vpnaaa" --config "$STATE/vpnaaa.toml")
+    "${cli[@]}" pki init >/dev/null || return 1
+    "${cli[@]}" pki issue "$GW_PLAIN" --alt "$GW_NAT" >/dev/null || return 1
+    printf 'wonderland\n' | "${cli[@]}" user add alice --password-stdin >/dev/null || return 1
+    # plain: AES-CBC/SHA-256/MODP2048 for IKE, AES-GCM for ESP; plus a CHILD_SA the kernel
+    # will refuse (ChaCha20-Poly1305 with its module blocked in the VM)
+    local bad="      bad {
+        remote_ts = $LAN_HOST/32
+        esp_proposals = chacha20poly1305
+        rekey_time = 0
+      }"
+    charon_config plain "$GW_PLAIN" aes256-sha256-modp2048 aes256gcm16 "$bad"
+    # NAT-T: AES-GCM/Curve25519 for IKE, AES-CBC + HMAC-SHA-256 for ESP
+    charon_config nat "$GW_NAT" aes128gcm16-prfsha256-curve25519 aes256-sha256
+    echo "prepared $OUT"
+}
+
+# --- run (guest) ---------------------------------------------------------------------------
+
+RUN=/tmp/vk # runtime files: vici sockets, charon pid dirs (tmpfs in the VM)
+RESULTS=$OUT/results.txt
+PASSED=0
+FAILED=0
+
+say() { printf '[%4ds] %s\n' "$SECONDS" "$*"; }
+
+pass() {
+    PASSED=$((PASSED + 1))
+    echo "PASS $1" >>"$RESULTS"
+    say "PASS $1"
+}
+
+fail() {
+    FAILED=$((FAILED + 1))
+    echo "FAIL $1${2:+: $2}" >>"$RESULTS"
+    say "FAIL $1${2:+: $2}"
+}
+
+check() { # NAME DETAIL COMMAND...: PASS if COMMAND succeeds
+    local name=$1 detail=$2
+    shift 2
+    if "$@"; then pass "$name"; else fail "$name" "$detail"; fi
+}
+
+n() { # NS COMMAND...
+    local ns=$1
+    shift
+    ip netns exec "vk-$ns" "$@"
+}
+
+has() { grep -qi -- "$2" <<<"$1"; } # TEXT PATTERN
+
+not() { ! "$@"; }
+
+wait_until() { # SECONDS COMMAND...: poll every 0.5 s
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        [ "$SECONDS" -ge "$deadline" ] && return 1
+        sleep 0.5
+    done
+}
+
+topology() {
+    local ns
+    for ns in gw cl lan nat ncl; do
+        ip netns add "vk-$ns" || return 1
+        ip -n "vk-$ns" link set lo up
+        # IPv4 only: no IPv6 neighbour discovery in the captures
+        n "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    done
+    veth gw gw-c 198.51.100.1/25 cl c-gw 198.51.100.2/25 || return 1
+    veth gw gw-n 198.51.100.129/25 nat n-gw 198.51.100.130/25 || return 1
+    veth gw gw-l 203.0.113.1/24 lan l-gw 203.0.113.2/24 || return 1
+    veth nat n-c 192.0.2.1/24 ncl c-n 192.0.2.2/24 || return 1
+    ip -n vk-gw route add default via 198.51.100.2 || return 1
+    ip -n vk-lan route add default via 203.0.113.1 || return 1
+    ip -n vk-ncl route add default via 192.0.2.1 || return 1
+    n gw sysctl -qw net.ipv4.ip_forward=1 || return 1
+    n nat sysctl -qw net.ipv4.ip_forward=1 || return 1
+    n nat nft -f - <<'EOF' || return 1
+table ip nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "n-gw" masquerade
+  }
+}
+EOF
+}
+
+veth() { # NS1 IF1 ADDR1 NS2 IF2 ADDR2
+    ip link add "$2" netns "vk-$1" type veth peer name "$5" netns "vk-$4" || return 1
+    ip -n "vk-$1" addr add "$3" dev "$2" && ip -n "vk-$1" link set "$2" up &&
+        ip -n "vk-$4" addr add "$6" dev "$5" && ip -n "vk-$4" link set "$5" up
+}
+
+# the gateway's SAs, one line each: src dst spi reqid bytes packets encap(0/1)
+gw_sas() {
+    ip -n vk-gw -s xfrm state | awk '
+        function flush() { if (spi != "") print src, dst, spi, reqid, bytes, packets, encap }
+        /^src / { flush(); src = $2; dst = $4; spi = ""; reqid = ""; bytes = -1; packets = -1; encap = 0 }
+        /proto esp spi/ {
+            for (i = 1; i <= NF; i++) {
+                if ($i == "spi") { spi = $(i + 1); sub(/\(.*/, "", spi) }
+                if ($i == "reqid") { reqid = $(i + 1); sub(/\(.*/, "", reqid) }
+            }
+        }
+        /encap type espinudp sport 4500 dport 4500/ { encap = 1 }
+        /lifetime current:/ { want = 1; next }
+        want && /\(bytes\)/ {
+            line = $0; gsub(/\(bytes\),|\(packets\)/, " ", line); split(line, f, " ")
+            bytes = f[1]; packets = f[2]; want = 0
+        }
+        END { flush() }'
+}
+
+spis() { # NS: the SPIs of that namespace's SAs, sorted, one line
+    ip -n "vk-$1" xfrm state | awk '/proto esp spi/ { for (i = 1; i <= NF; i++) if ($i == "spi") print $(i + 1) }' |
+        sort | tr '\n' ' '
+}
+
+# SPD entries of the gateway by kind: "dir" (in/out/fwd, vpnaaa's CHILD_SAs) or "socket"
+# (the per-socket bypass policies of the IKE sockets, which `ip xfrm policy` lists too)
+policies() { ip -n vk-gw xfrm policy | grep -cE "^[[:space:]]*$1 (in|out|fwd)"; }
+
+# no SA and no in/out/fwd policy (the IKE sockets' own policies stay while they are open)
+gw_empty() { [ -z "$(ip -n vk-gw xfrm state)" ] && [ "$(policies dir)" -eq 0 ]; }
+
+dump_xfrm() { # TAG
+    {
+        echo "== gw: ip -s xfrm state"
+        ip -n vk-gw -s xfrm state
+        echo "== gw: ip xfrm policy"
+        ip -n vk-gw xfrm policy
+    } >"$OUT/xfrm-$1.txt" 2>&1
+}
+
+vpnaaa_log() { cat "$OUT"/vpnaaa.log* 2>/dev/null; }
+
+start_daemon() {
+    say "starting twistd vpnaaa in vk-gw (Python under TCG: give it a minute)"
+    rm -f "$OUT"/vpnaaa.log*
+    ip netns exec vk-gw env PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+        "$VENV/bin/python" "$VENV/bin/twistd" -n --pidfile= --logfile="$OUT/vpnaaa.log" \
+        vpnaaa --config "$STATE/vpnaaa.toml" >"$OUT/twistd.out" 2>&1 &
+    DAEMON=$!
+    local deadline=$((SECONDS + 300))
+    until vpnaaa_log | grep -q "IKEv2 responder on"; do
+        if ! kill -0 "$DAEMON" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+            fail "daemon starts" "no 'IKEv2 responder on' line; see twistd.out and vpnaaa.log"
+            tail -n 30 "$OUT/twistd.out" "$OUT/vpnaaa.log" 2>/dev/null
+            return 1
+        fi
+        sleep 1
+    done
+    pass "daemon starts ($(vpnaaa_log | grep -o 'IKEv2 responder on.*' | head -n 1))"
+    check "kernel installer in use" "the start-up line does not say 'kernel ESP'" \
+        has "$(vpnaaa_log | grep 'IKEv2 responder on')" "kernel ESP"
+    # the IKE sockets bypass IPsec: per-socket policies, in and out for 500 and 4500
+    check "after start-up: only the IKE sockets' 4 bypass policies, no SA" \
+        "$(ip -n vk-gw xfrm policy | head -c 300)" \
+        test "$(policies socket)" -eq 4 -a "$(policies dir)" -eq 0 -a -z "$(ip -n vk-gw xfrm state)"
+}
+
+stop_daemon() {
+    say "stopping the daemon (SIGTERM)"
+    if ! kill -0 "$DAEMON" 2>/dev/null; then
+        fail "daemon alive at the end" "it exited before SIGTERM"
+    else
+        pass "daemon alive at the end"
+        kill -TERM "$DAEMON"
+        local i
+        for i in $(seq 120); do
+            kill -0 "$DAEMON" 2>/dev/null || break
+            sleep 0.5
+        done
+        if kill -0 "$DAEMON" 2>/dev/null; then
+            fail "daemon stops on SIGTERM" "still running after 60 s"
+            kill -KILL "$DAEMON"
+        else
+            pass "daemon stops on SIGTERM"
+        fi
+    fi
+    wait "$DAEMON" 2>/dev/null
+    check "nothing left in the gateway's kernel after shutdown (no SA, no policy at all)" \
+        "$(ip -n vk-gw xfrm state | head -c 300) $(ip -n vk-gw xfrm policy | head -c 300)" \
+        test -z "$(ip -n vk-gw xfrm state)$(ip -n vk-gw xfrm policy)"
+    local bad
+    bad=$(vpnaaa_log | grep -n -E 'Traceback|Unhandled [Ee]rror|internal error' | head -n 5)
+    check "daemon log has no traceback" "$bad" test -z "$bad"
+}
+
+start_charon() { # NAME NS
+    local name=$1 ns=$2
+    mkdir -p "$RUN/$name/run"
+    rm -f "$RUN/$name/charon.vici"
+    say "starting charon ($name) in vk-$ns"
+    STRONGSWAN_CONF=$OUT/$name/strongswan.conf ip netns exec "vk-$ns" \
+        unshare -m --propagation private sh -c 'mount --bind "$1" /run && exec "$2"' \
+        sh "$RUN/$name/run" /usr/lib/ipsec/charon >"$OUT/$name/charon.out" 2>&1 &
+    CHARON=$!
+    if ! wait_until 60 test -S "$RUN/$name/charon.vici"; then
+        fail "charon ($name) starts" "no vici socket; $(tail -n 5 "$OUT/$name/charon.out")"
+        return 1
+    fi
+    if ! sw "$name" --load-all --noprompt --file "$OUT/$name/swanctl/swanctl.conf" \
+        >"$OUT/$name/load.txt" 2>&1; then
+        fail "charon ($name) loads its configuration" "$(tail -n 5 "$OUT/$name/load.txt")"
+        return 1
+    fi
+}
+
+stop_charon() {
+    kill -TERM "$CHARON" 2>/dev/null
+    local i
+    for i in $(seq 40); do
+        kill -0 "$CHARON" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill -KILL "$CHARON" 2>/dev/null
+    wait "$CHARON" 2>/dev/null
+}
+
+sw() { # NAME ARGS...: swanctl against that charon
+    local name=$1
+    shift
+    STRONGSWAN_CONF=$OUT/$name/strongswan.conf timeout -k 5 150 \
+        swanctl "$@" --uri "unix://$RUN/$name/charon.vici"
+}
+
+ping_lan() { # CLIENT-NS VIP COUNT INTERVAL OUTFILE: all answered?
+    n "$1" timeout -k 5 $(($3 + 60)) ping -n -c "$3" -i "$4" -W 3 -I "$2" "$LAN_HOST" >"$5" 2>&1
+    grep -q " $3 received" "$5"
+}
+
+capture_start() { # NS IFACE FILE
+    local err=$RUN/tcpdump-$2.err
+    # not through a function: $! must be tcpdump itself (ip netns exec execs it)
+    ip netns exec "vk-$1" tcpdump -i "$2" -Q out -n -U -Z root -w "$3" 2>"$err" &
+    CAPTURES="${CAPTURES:-} $!"
+    wait_until 30 grep -q "listening on" "$err"
+}
+
+capture_stop() {
+    sleep 1
+    local pid
+    # SIGTERM: background jobs of a non-interactive shell ignore SIGINT
+    for pid in ${CAPTURES:-}; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in ${CAPTURES:-}; do wait "$pid" 2>/dev/null; done
+    CAPTURES=""
+}
+
+count() { tcpdump -r "$1" -n "$2" 2>/dev/null | wc -l; }
+
+# tcpdump filters: what may leave a client-link interface while pings run (besides ARP).
+# Both ends send ESP-in-UDP from their own port 4500 (RFC 3948 §2.1).
+ESP_PLAIN="ip proto 50"
+ESP_NAT="udp src port 4500 and udp[8:4] != 0"                   # ESP in UDP, not IKE
+KEEPALIVE="udp src port 4500 and udp[4:2] = 9 and udp[8] = 0xff" # NAT-T keepalive
+
+check_capture() { # CASE FILE SIDE ESP-FILTER: only ESP, at least 5 packets, no ICMP
+    local case=$1 file=$2 side=$3 esp=$4
+    local total esp_n icmp arp other
+    total=$(count "$file" "")
+    esp_n=$(count "$file" "$esp")
+    icmp=$(count "$file" "icmp")
+    arp=$(count "$file" "arp")
+    other=$(count "$file" "not arp and not ($esp) and not ($KEEPALIVE)")
+    tcpdump -r "$file" -n -v >"${file%.pcap}.txt" 2>&1
+    check "$case: $side -Q out during ping: only ESP ($esp_n ESP, $arp ARP, 0 ICMP)" \
+        "esp=$esp_n icmp=$icmp arp=$arp other=$other of $total; see ${file%.pcap}.txt" \
+        test "$esp_n" -ge 5 -a "$icmp" -eq 0 -a "$other" -eq 0
+}
+
+sa_pair_ok() { # CASE CLIENT-NS ENCAP(0/1) REMOTE: two SAs, our reqid, the client's SPIs
+    local case=$1 ns=$2 encap=$3 remote=$4 lines
+    lines=$(gw_sas)
+    local reqids
+    reqids=$(echo "$lines" | awk -v lo=$REQID_BASE -v hi=$REQID_END \
+        '$4 >= lo && $4 < hi { print $4 }' | sort -u | wc -l)
+    check "$case: gateway holds the CHILD_SA's two SAs, one vpnaaa reqid" "$lines" \
+        test "$(echo "$lines" | grep -c .)" -eq 2 -a "$reqids" -eq 1
+    check "$case: gateway SPIs = client SPIs ($(spis gw))" "client: $(spis "$ns")" \
+        test "$(spis gw)" = "$(spis "$ns")"
+    check "$case: SA endpoints are the gateway and $remote" "$lines" \
+        test "$(echo "$lines" | awk -v r="$remote" '($1 == r) != ($2 == r)' | wc -l)" -eq 2
+    local what="no UDP encapsulation"
+    [ "$encap" = 1 ] && what="both SAs UDP-encapsulated, ports 4500/4500 (espinudp)"
+    check "$case: $what" "$lines" \
+        test "$(echo "$lines" | awk -v e="$encap" '$7 == e' | wc -l)" -eq 2
+    check "$case: in, fwd and out policies installed" "$(ip -n vk-gw xfrm policy)" \
+        test "$(policies dir)" -eq 3
+}
+
+bytes_by_spi() { gw_sas | awk '{ print $3, $5, $6 }' | sort; }
+
+counters_grow() { # BEFORE AFTER: every SA's bytes grew
+    join <(echo "$1") <(echo "$2") | awk '$4 > $2 { n++ } END { exit !(n == 2) }'
+}
+
+client_case() { # CASE CLIENT-NAME NS REMOTE ENCAP IFACE-GW IFACE-CLIENT ESP-FILTER
+    local case=$1 name=$2 ns=$3 remote=$4 encap=$5 gwif=$6 clif=$7 esp=$8
+    start_charon "$name" "$ns" || return 1
+    say "$case: swanctl --initiate --child net"
+    sw "$name" --initiate --child net --timeout 120 >"$OUT/$name/initiate.txt" 2>&1
+    if ! grep -q "initiate completed successfully" "$OUT/$name/initiate.txt"; then
+        fail "$case: EAP-MSCHAPv2 connection established" \
+            "$(tail -n 5 "$OUT/$name/initiate.txt" | tr '\n' ' ')"
+        stop_charon
+        return 1
+    fi
+    pass "$case: EAP-MSCHAPv2 connection established"
+    local vip
+    vip=$(ip -n "vk-$ns" -4 -o addr show | awk -v p="$POOL_PREFIX" \
+        'index($4, p) == 1 { split($4, a, "/"); print a[1]; exit }')
+    check "$case: client has a virtual IP from the pool ($vip)" "none" test -n "$vip"
+    [ -n "$vip" ] || {
+        stop_charon
+        return 1
+    }
+    sa_pair_ok "$case" "$ns" "$encap" "$remote"
+    dump_xfrm "$name-up"
+
+    say "$case: ping $LAN_HOST from $vip, capturing on $gwif and $clif"
+    capture_start gw "$gwif" "$OUT/$name-gw-out.pcap"
+    capture_start "$ns" "$clif" "$OUT/$name-client-out.pcap"
+    check "$case: ping -c 5 from the virtual IP through the tunnel" \
+        "$(tail -n 2 "$OUT/$name-ping1.txt" 2>/dev/null)" \
+        ping_lan "$ns" "$vip" 5 0.5 "$OUT/$name-ping1.txt"
+    capture_stop
+    check_capture "$case" "$OUT/$name-gw-out.pcap" "gateway $gwif" "$esp"
+    check_capture "$case" "$OUT/$name-client-out.pcap" "client $clif" "$esp"
+
+    local before after
+    before=$(bytes_by_spi)
+    check "$case: both SAs counted the pings (packets >= 5)" "$before" \
+        test "$(echo "$before" | awk '$3 >= 5 && $2 > 0' | wc -l)" -eq 2
+    ping_lan "$ns" "$vip" 5 0.5 "$OUT/$name-ping2.txt"
+    after=$(bytes_by_spi)
+    check "$case: byte counters grow with a second ping" "before: $before; after: $after" \
+        counters_grow "$before" "$after"
+    dump_xfrm "$name-counted"
+
+    say "$case: swanctl --rekey --child net during a 60-packet ping"
+    local old_spis old_reqid
+    old_spis=$(spis gw)
+    old_reqid=$(gw_sas | awk '{ print $4 }' | sort -u)
+    n "$ns" timeout -k 5 120 ping -n -c 60 -i 0.25 -W 3 -I "$vip" "$LAN_HOST" \
+        >"$OUT/$name-ping-rekey.txt" 2>&1 &
+    local pinger=$!
+    sleep 2
+    sw "$name" --rekey --child net >"$OUT/$name/rekey.txt" 2>&1
+    rekeyed() {
+        local now
+        now=$(spis gw)
+        [ "$(echo "$now" | wc -w)" -eq 2 ] && [ -z "$(comm -12 <(echo "$old_spis" | tr ' ' '\n' |
+            sort) <(echo "$now" | tr ' ' '\n' | sort) | grep .)" ]
+    }
+    check "$case: rekey replaced both SAs (old: $old_spis)" "now: $(spis gw)" wait_until 60 rekeyed
+    wait "$pinger"
+    check "$case: no ping lost across the rekey" "$(tail -n 2 "$OUT/$name-ping-rekey.txt")" \
+        grep -q " 60 received" "$OUT/$name-ping-rekey.txt"
+    check "$case: the rekeyed CHILD_SA keeps its reqid ($old_reqid)" "$(gw_sas)" \
+        test "$(gw_sas | awk '{ print $4 }' | sort -u)" = "$old_reqid"
+    sa_pair_ok "$case after rekey" "$ns" "$encap" "$remote"
+    before=$(bytes_by_spi)
+    check "$case: ping through the new SAs" "$(tail -n 2 "$OUT/$name-ping3.txt" 2>/dev/null)" \
+        ping_lan "$ns" "$vip" 5 0.5 "$OUT/$name-ping3.txt"
+    after=$(bytes_by_spi)
+    check "$case: the new SAs count it" "before: $before; after: $after" \
+        counters_grow "$before" "$after"
+    dump_xfrm "$name-rekeyed"
+
+    if [ "$name" = plain ]; then
+        bad_child "$case" "$name" "$ns" "$vip"
+    fi
+
+    say "$case: swanctl --terminate --ike vpnaaa"
+    sw "$name" --terminate --ike vpnaaa --timeout 60 >"$OUT/$name/terminate.txt" 2>&1
+    check "$case: terminate completed" "$(tail -n 3 "$OUT/$name/terminate.txt" | tr '\n' ' ')" \
+        grep -q "terminate completed successfully" "$OUT/$name/terminate.txt"
+    check "$case: no SA and no policy left on the gateway" \
+        "$(ip -n vk-gw xfrm state | head -c 200) $(ip -n vk-gw xfrm policy | head -c 300)" \
+        wait_until 30 gw_empty
+    check "$case: the IKE sockets' bypass policies remain" "" test "$(policies socket)" -eq 4
+    dump_xfrm "$name-terminated"
+    stop_charon
+}
+
+bad_child() { # CASE NAME NS VIP: a second CHILD_SA whose algorithm the kernel lacks
+    local case=$1 name=$2 ns=$3 vip=$4
+    say "$case: a second CHILD_SA with ChaCha20-Poly1305, which this kernel cannot load"
+    local spis_before lines_before
+    spis_before=$(spis gw)
+    lines_before=$(vpnaaa_log | wc -l)
+    sw "$name" --initiate --child bad --timeout 20 >"$OUT/$name/initiate-bad.txt" 2>&1
+    check "$case: the refused CHILD_SA is not established" \
+        "$(tail -n 3 "$OUT/$name/initiate-bad.txt" | tr '\n' ' ')" \
+        not grep -q "initiate completed successfully" "$OUT/$name/initiate-bad.txt"
+    local notify
+    notify=$(grep -oE 'received (TEMPORARY_FAILURE|NO_PROPOSAL_CHOSEN|TS_UNACCEPTABLE)[^,]* notify' \
+        "$OUT/$name/charon.log" | head -n 1)
+    check "$case: the client got a notify for it (${notify:-none})" \
+        "no TEMPORARY_FAILURE/NO_PROPOSAL_CHOSEN in charon.log" test -n "$notify"
+    local line
+    line=$(vpnaaa_log | tail -n +"$((lines_before + 1))" | grep 'not installed' | head -n 1)
+    check "$case: vpnaaa logs the kernel's refusal" "no 'not installed' line" \
+        test -n "$line"
+    [ -n "$line" ] && say "  log: ${line:0:300}"
+    check "$case: ... naming the missing algorithm" "$line" has "$line" algorithm
+    check "$case: daemon still running" "" kill -0 "$DAEMON"
+    check "$case: the first CHILD_SA's SAs are untouched" "now: $(spis gw)" \
+        test "$(spis gw)" = "$spis_before"
+    check "$case: and still carry the ping" "$(tail -n 2 "$OUT/$name-ping4.txt" 2>/dev/null)" \
+        ping_lan "$ns" "$vip" 3 0.5 "$OUT/$name-ping4.txt"
+    dump_xfrm "$name-bad"
+}
+
+run() {
+    mkdir -p "$RUN"
+    : >"$RESULTS"
+    say "kernel $(uname -r); $(ip -V)"
+    modprobe -a esp4 xfrm_user veth nf_tables nft_chain_nat nft_masq 2>&1 | head -n 5
+    # a kernel without ChaCha20-Poly1305 (CONFIG_CRYPTO_CHACHA20POLY1305 unset): block the
+    # module before anything loads it (/etc is a writable overlay in the VM)
+    if ! lsmod | grep -q '^chacha20poly1305 '; then
+        echo "install chacha20poly1305 /bin/false" >/etc/modprobe.d/vk-no-chacha20poly1305.conf
+    fi
+    if ! topology; then
+        fail "network namespaces and links" "see the console"
+        return
+    fi
+    pass "network namespaces, links, NAT"
+    start_daemon || return
+    client_case "plain" plain cl "$GW_PLAIN" 0 gw-c c-gw "$ESP_PLAIN"
+    client_case "NAT-T" nat ncl 198.51.100.130 1 gw-n c-n "$ESP_NAT"
+    stop_daemon
+}
+
+cleanup() {
+    local ns
+    for ns in gw cl lan nat ncl; do
+        ip netns pids "vk-$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+        ip netns del "vk-$ns" 2>/dev/null
+    done
+}
+
+case "$MODE" in
+prepare)
+    prepare || {
+        echo "prepare failed" >&2
+        exit 1
+    }
+    ;;
+run)
+    run
+    cleanup
+    echo "kernel-vm: $PASSED passed, $FAILED failed"
+    echo "kernel-vm: $PASSED passed, $FAILED failed" >>"$RESULTS"
+    [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
+    ;;
+*)
+    echo "usage: $0 prepare|run OUT" >&2
+    exit 2
+    ;;
+esac
