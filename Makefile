@@ -41,6 +41,7 @@ bench: venv
 	$(BIN)/python bench/radius_pap.py
 	$(BIN)/python bench/radius_eap.py
 	./scripts/build-strongswan && $(BIN)/python bench/ike.py
+	$(BIN)/python bench/kernel.py
 
 clean:
 	rm -rf $(VENV) _trial_temp *.egg-info

@@ -55,6 +55,15 @@ one to charon's (``-s``, 198.51.100.5/30, client 198.51.100.6), so both gateways
 gets a warm-up burst, then rounds alternate the order; the report gives per-burst rows,
 medians and the ratios vpnaaa / charon.
 
+Gateway memory is the resident set of the gateway process (VmRSS in /proc/PID/status, all
+threads) just before the burst and as soon as the load-tester reports every IKE_SA
+established, before the client deletes them: the growth per IKE_SA (with its CHILD_SA,
+lease and EAP state) is the RSS KiB/SA column.  Freed memory stays with the process
+(Python's arenas, malloc's heaps), so a burst mostly reuses what the previous one freed and
+that column shows growth beyond it (what the process keeps: leaks, caches, fragmentation).
+The first burst of each fresh gateway (a warm-up one), printed at the end, gives the whole
+figure, one-time allocations included.
+
 Run as root from the repository root with the venv python::
 
     .venv/bin/python bench/ike.py [--sas 150] [--rounds 5] [--suites modp2048,curve25519]
@@ -210,6 +219,14 @@ def udp_receive_drops(pid: int) -> int:
     if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
         return 0
     return int(udp[1][udp[0].index("RcvbufErrors")])
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of process ``pid`` (all threads share it): VmRSS, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS in /proc/{pid}/status")
 
 
 def pid_alive(pid: int) -> bool:
@@ -721,12 +738,20 @@ class LoadTester:
 @dataclass(frozen=True)
 class Run:
     """One measured burst: the sample, retransmissions the client made, UDP datagrams
-    dropped for full receive buffers (gateway, client) and foreign load (cores)."""
+    dropped for full receive buffers (gateway, client), foreign load (cores) and the
+    gateway's resident memory (KiB) just before the burst and once every IKE_SA of it
+    was established (before the client deletes them)."""
 
     sample: Sample
     retransmits: int
     drops: tuple[int, int]
     other_cores: float
+    rss_kib: tuple[int, int]
+
+    @property
+    def kib_per_sa(self) -> float:
+        """Growth of the gateway's RSS per established IKE_SA (with its CHILD_SA)."""
+        return (self.rss_kib[1] - self.rss_kib[0]) / self.sample.requests
 
 
 def count_lines(text: str, pattern: re.Pattern[str]) -> int:
@@ -758,7 +783,8 @@ def burst_against(server: Server, client: LoadTester, suite: str, count: int, ro
 
     The gateway's CPU is read when it is idle before the burst and again once it is idle
     after it; the client deletes its IKE_SAs as it stops, and the next burst waits until
-    the gateway has logged every delete and gone idle.
+    the gateway has logged every delete and gone idle.  Its RSS is read just before the
+    burst and as soon as the load-tester reports every IKE_SA established.
     """
     client.start(server, suite)
     try:
@@ -768,9 +794,11 @@ def burst_against(server: Server, client: LoadTester, suite: str, count: int, ro
         drops_before = udp_receive_drops(server.process.pid), client.udp_drops()
         client_before = client.cpu_seconds()
         busy_before = busy_cpu_seconds()
+        rss_before = rss_kib(server.process.pid)
         cpu_before = CpuReading.read(server)
         window = time.perf_counter()
         burst = client.burst(count)
+        rss_established = rss_kib(server.process.pid)
         wait_idle(server)
         cpu_after = CpuReading.read(server)
         window = time.perf_counter() - window
@@ -803,7 +831,7 @@ def burst_against(server: Server, client: LoadTester, suite: str, count: int, ro
     server_cpu = cpu_used(server, cpu_before, cpu_after)
     sample = Sample(round_no, server.name, count, burst.wall_seconds, server_cpu, client_cpu)
     other = max(0.0, busy - server_cpu - client_cpu) / window
-    return Run(sample, burst.retransmits, drops, other)
+    return Run(sample, burst.retransmits, drops, other, (rss_before, rss_established))
 
 
 # --------------------------------------------------------------------------
@@ -813,20 +841,26 @@ def burst_against(server: Server, client: LoadTester, suite: str, count: int, ro
 TABLE_HEADER = (
     f"{'round':>6}  {'gateway':<8} {'IKE_SAs':>7} {'seconds':>8} {'SAs/s':>7} "
     f"{'server ms/SA':>13} {'server cores':>13} {'client cores':>13} {'other cores':>12} "
-    f"{'retransmits':>12} {'UDP drops gw/cl':>16}"
+    f"{'retransmits':>12} {'UDP drops gw/cl':>16} {'RSS KiB/SA':>11}"
 )
 # Above this share of a core, other load ran during the burst: its figures may be skewed.
 DISTURBED_OTHER_CORES = 0.15
 
 
 def print_row(
-    label: str, server: str, figures: Figures, other: float, retransmits: float, drops: str
+    label: str,
+    server: str,
+    figures: Figures,
+    other: float,
+    retransmits: float,
+    drops: str,
+    kib_per_sa: float,
 ) -> None:
     print(
         f"{label:>6}  {LABELS[server]:<8} {figures.requests:>7.0f} {figures.seconds:>8.3f} "
         f"{figures.rate:>7.1f} {figures.server_us_per_request / 1000:>13.3f} "
         f"{figures.server_cores:>13.2f} {figures.client_cores:>13.2f} {other:>12.2f} "
-        f"{retransmits:>12.0f} {drops:>16}",
+        f"{retransmits:>12.0f} {drops:>16} {kib_per_sa:>11.1f}",
         flush=True,
     )
 
@@ -835,30 +869,39 @@ def print_row(
 class SuiteResult:
     suite: str
     medians: dict[str, Figures]
+    kib_per_sa: dict[str, float] = dataclasses.field(default_factory=dict)  # medians
 
 
 def run_suite(
-    suite: str, servers: list[Server], client: LoadTester, args: argparse.Namespace
+    suite: str,
+    servers: list[Server],
+    client: LoadTester,
+    args: argparse.Namespace,
+    first: dict[str, Run],
 ) -> SuiteResult:
-    """Warm every gateway up, then alternate measured bursts; print rows and medians."""
+    """Warm every gateway up, then alternate measured bursts; print rows and medians.
+    ``first`` gets each gateway's first burst (warm-up included) if it has none yet."""
     print(f"\n== {suite}: IKE {SUITES[suite]}, ESP {ESP_PROPOSAL} ==")
     for _ in range(args.warmup):
         for server in servers:
-            burst_against(server, client, suite, args.sas, 0)
+            first.setdefault(server.name, burst_against(server, client, suite, args.sas, 0))
     print(TABLE_HEADER)
     runs: list[Run] = []
     for round_no in range(1, args.rounds + 1):
         for server in round_order(servers, round_no):
             run_ = burst_against(server, client, suite, args.sas, round_no)
+            first.setdefault(server.name, run_)
             print_row(
                 str(round_no), server.name, run_.sample.figures(), run_.other_cores,
-                run_.retransmits, f"{run_.drops[0]}/{run_.drops[1]}",
+                run_.retransmits, f"{run_.drops[0]}/{run_.drops[1]}", run_.kib_per_sa,
             )  # fmt: skip
             runs.append(run_)
     medians = {}
+    memory = {}
     for server in servers:
         own = [r for r in runs if r.sample.server == server.name]
         medians[server.name] = Figures.median([r.sample.figures() for r in own])
+        memory[server.name] = statistics.median(r.kib_per_sa for r in own)
         print_row(
             "median",
             server.name,
@@ -866,6 +909,7 @@ def run_suite(
             statistics.median(r.other_cores for r in own),
             statistics.median(r.retransmits for r in own),
             "/".join(f"{statistics.median(r.drops[i] for r in own):g}" for i in (0, 1)),
+            memory[server.name],
         )
     disturbed = sum(r.other_cores > DISTURBED_OTHER_CORES for r in runs)
     if disturbed:
@@ -878,7 +922,7 @@ def run_suite(
             "note: the client retransmits after 4 s without an answer (a datagram dropped, "
             "e.g. for a full receive buffer: UDP drops): SAs/s includes those waits"
         )
-    result = SuiteResult(suite, medians)
+    result = SuiteResult(suite, medians, memory)
     if len(medians) == 2:
         ours, ref = medians[SERVER_VPNAAA], medians[SERVER_CHARON]
         print(
@@ -891,6 +935,11 @@ def run_suite(
             f"({ours.server_us_per_request / 1000:.3f} vs "
             f"{ref.server_us_per_request / 1000:.3f} ms/IKE_SA, medians)"
         )
+        print(
+            f"RSS/SA     vpnaaa {memory[SERVER_VPNAAA]:.1f} vs charon "
+            f"{memory[SERVER_CHARON]:.1f} KiB per established IKE_SA (RSS growth from before "
+            f"the burst to all {args.sas} established, medians)"
+        )
     return result
 
 
@@ -900,7 +949,8 @@ def print_summary(results: list[SuiteResult]) -> None:
     print("\nsummary (medians)")
     print(
         f"{'suite':<11} {'SAs/s ratio':>12} {'CPU/SA ratio':>13} {'vpnaaa SAs/s':>13} "
-        f"{'charon SAs/s':>13} {'vpnaaa ms/SA':>13} {'charon ms/SA':>13}"
+        f"{'charon SAs/s':>13} {'vpnaaa ms/SA':>13} {'charon ms/SA':>13} "
+        f"{'vpnaaa KiB/SA':>14} {'charon KiB/SA':>14}"
     )
     for result in results:
         ours, ref = result.medians[SERVER_VPNAAA], result.medians[SERVER_CHARON]
@@ -908,7 +958,24 @@ def print_summary(results: list[SuiteResult]) -> None:
             f"{result.suite:<11} {ours.rate / ref.rate:>11.2f}x "
             f"{ours.server_us_per_request / ref.server_us_per_request:>12.2f}x "
             f"{ours.rate:>13.1f} {ref.rate:>13.1f} "
-            f"{ours.server_us_per_request / 1000:>13.3f} {ref.server_us_per_request / 1000:>13.3f}"
+            f"{ours.server_us_per_request / 1000:>13.3f} {ref.server_us_per_request / 1000:>13.3f} "
+            f"{result.kib_per_sa[SERVER_VPNAAA]:>14.1f} {result.kib_per_sa[SERVER_CHARON]:>14.1f}"
+        )
+
+
+def print_first_bursts(first: dict[str, Run], count: int) -> None:
+    """RSS over each gateway's first burst (a warm-up one), which no freed memory of an
+    earlier burst could serve: the per-session figure with one-time allocations included."""
+    print(
+        f"\nRSS over the first burst of a fresh gateway (before it, then {count} IKE_SAs "
+        "established; later bursts reuse what the previous one freed, so the per-round "
+        "RSS KiB/SA above is growth beyond that):"
+    )
+    for name, run_ in first.items():
+        before, established = run_.rss_kib
+        print(
+            f"  {LABELS[name]:<8} {before / 1024:7.1f} MiB -> {established / 1024:7.1f} MiB  "
+            f"= {run_.kib_per_sa:6.1f} KiB/IKE_SA"
         )
 
 
@@ -1076,8 +1143,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
         )
         if args.profile:
             print("note: vpnaaa runs under cProfile: its figures are inflated")
-        results = [run_suite(suite, servers, client, args) for suite in args.suites]
+        first: dict[str, Run] = {}
+        results = [run_suite(suite, servers, client, args, first) for suite in args.suites]
         print_summary(results)
+        print_first_bursts(first, args.sas)
         profiled = next((s for s in servers if s.profile_path is not None), None)
         if profiled is not None and profiled.profile_path is not None:
             profiled.stop()  # cProfile writes its dump when the process exits
