@@ -540,7 +540,9 @@ SWANCTL_DIRS = (
 # The daemon
 
 
-class _Daemon(protocol.ProcessProtocol):
+class ChildProcess(protocol.ProcessProtocol):
+    """A long-running child of the reactor: its output, exit code and end as a Deferred."""
+
     def __init__(self) -> None:
         self.ended: defer.Deferred[int | None] = defer.Deferred()
         self.exit_code: int | None = None
@@ -599,7 +601,7 @@ class Charon:
         self.vici = self.directory / "charon.vici"
         self.log = self.directory / "charon.log"
         self.loaded = ""  # what swanctl --load-all printed
-        self._daemon: _Daemon | None = None
+        self._daemon: ChildProcess | None = None
         self._transport: Any = None
 
     # configuration ------------------------------------------------------------------------
@@ -652,7 +654,7 @@ class Charon:
         self.write_config()
         self.install.piddir.mkdir(parents=True, exist_ok=True)  # the bind mount's target
         self.vici.unlink(missing_ok=True)
-        self._daemon = _Daemon()
+        self._daemon = ChildProcess()
         # ip netns exec and unshare exec in place: the spawned pid is charon's.
         script = 'mount --bind "$1" "$2" && exec "$3"'
         argv = [IP, "netns", "exec", self.netns, UNSHARE, "-m", "--propagation", "private"]

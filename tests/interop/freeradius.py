@@ -32,8 +32,10 @@ from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, error, protocol, task
+from twisted.internet import defer, error, task
 from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.interop.charon import ChildProcess
 
 FREERADIUS_CONF = Path("/etc/freeradius/3.0")
 LOOPBACK = "127.0.0.1"
@@ -264,23 +266,6 @@ def sleep(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-class _Process(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: defer.Deferred[int | None] = defer.Deferred()
-        self.exit_code: int | None = None
-        self.output = bytearray()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        value = reason.value
-        self.exit_code = getattr(value, "exitCode", None)
-        self.ended.callback(self.exit_code)
-
-
 class FreeRadius:
     """A private FreeRADIUS in ``directory`` (created), a child process of the reactor.
 
@@ -310,7 +295,7 @@ class FreeRadius:
         self.auth_log = auth_log
         self.options = list(options)  # more command-line options, e.g. ["-xx"]
         self.raddb = self.directory / "raddb"
-        self._process: _Process | None = None
+        self._process: ChildProcess | None = None
         self._transport: Any = None
         self._requests = itertools.count(1)
 
@@ -351,7 +336,7 @@ class FreeRadius:
         if SETPRIV is not None:
             # setpriv execs in place: the spawned pid is FreeRADIUS's.
             argv = [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-        self._process = _Process()
+        self._process = ChildProcess()
         env = {"PATH": PATH, "LC_ALL": "C"}
         self._transport = reactor.spawnProcess(self._process, argv[0], argv, env=env)
 
