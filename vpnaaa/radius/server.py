@@ -55,7 +55,7 @@ class ClientTable:
         return found
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     authenticator: bytes
     at: float
