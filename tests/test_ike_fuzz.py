@@ -21,7 +21,7 @@ from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.message import IkeError, decode_message
 from vpnaaa.ike.proposal import DEFAULT_ESP, DEFAULT_IKE, Policy
 from vpnaaa.ike.protocol import Responder
-from vpnaaa.ike.sa import Endpoint, ResponderContext
+from vpnaaa.ike.sa import Endpoint, Profile, ResponderContext
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.pki import load_server_identity
 from vpnaaa.pool import AddressPool
@@ -48,12 +48,12 @@ def context() -> ResponderContext:
         ike_policy=Policy.from_names(ProtocolId.IKE, DEFAULT_IKE),
         esp_policy=Policy.from_names(ProtocolId.ESP, DEFAULT_ESP),
         identity=load_server_identity(server.key, server.cert, server.chain),
-        pool=AddressPool(ipaddress.IPv4Network("10.99.0.0/24")),
+        profiles=(Profile("default", AddressPool(ipaddress.IPv4Network("10.99.0.0/24"))),),
     )
 
 
 def responder() -> Responder:
-    return Responder(context(), None, NullInstaller(), task.Clock(), "192.0.2.1")
+    return Responder(context(), NullInstaller(), task.Clock(), "192.0.2.1")
 
 
 def mutated(data: bytes, edits: list[tuple[int, int]], cut: int) -> bytes:

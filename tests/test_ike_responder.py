@@ -65,7 +65,7 @@ def sa_init(group: int = DhGroup.ECP256, offered: int = DhGroup.ECP256, message_
 class ResponderTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
-        self.responder = Responder(context(), None, NullInstaller(), self.clock, "192.0.2.1")
+        self.responder = Responder(context(), NullInstaller(), self.clock, "192.0.2.1")
         self.port = FakePort()
 
     def test_retransmitted_sa_init_gets_the_same_answer_and_one_sa(self):

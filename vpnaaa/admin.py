@@ -71,8 +71,9 @@ class _Metrics(resource.Resource):
             established = sum(1 for sa in responder.sas.values() if sa.established_at)
             gauge("vpnaaa_ike_sas", len(responder.sas), "IKE SAs, half-open included")
             gauge("vpnaaa_sessions", established, "established IKE SAs")
-            gauge("vpnaaa_pool_leased", responder.context.pool.leased, "virtual IPs leased")
-            gauge("vpnaaa_pool_free", responder.context.pool.free, "virtual IPs free")
+            pools = [profile.pool for profile in responder.context.profiles]
+            gauge("vpnaaa_pool_leased", sum(p.leased for p in pools), "virtual IPs leased")
+            gauge("vpnaaa_pool_free", sum(p.free for p in pools), "virtual IPs free")
         if self.daemon.eap is not None:
             gauge(
                 "vpnaaa_eap_conversations",

@@ -104,13 +104,25 @@ class IkeConfig:
     esp_proposals: tuple[str, ...]
     ike_lifetime: int
     child_lifetime: int
+    profiles: tuple[ProfileConfig, ...]  # the first is the default ([ike] itself)
+    fragment_size: int
+    installer: str = "auto"  # "kernel" (ESP via XFRM), "null" (record only) or "auto"
+    relay: RelayConfig | None = None  # [ike.radius]: the server backend = "radius" uses
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A connection profile (an ASA tunnel-group): ``[ike]`` is the default one, each
+    ``[[ike.profiles]]`` another, chosen by the IDr the client asks for or the local
+    address it reached (``match``)."""
+
+    name: str
+    matches: frozenset[str]
     pool: ipaddress.IPv4Network
     dns: tuple[ipaddress.IPv4Address, ...]
     nbns: tuple[ipaddress.IPv4Address, ...]
     eap_methods: tuple[str, ...]
-    fragment_size: int
-    installer: str = "auto"  # "kernel" (ESP via XFRM), "null" (record only) or "auto"
-    relay: RelayConfig | None = None  # EAP to an external RADIUS server instead of locally
+    backend: str  # "local" or "radius"
 
 
 @dataclass(frozen=True)
@@ -372,11 +384,19 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
     if legacy:
         ike_names += LEGACY_WINDOWS7
         esp_names += LEGACY_WINDOWS7
-    pool = section.get("pool", str, "10.99.0.0/24")
-    try:
-        network = ipaddress.IPv4Network(pool)
-    except ValueError:
-        raise section.error("pool", f"{pool!r} is not an IPv4 network") from None
+    default = _profile(section, "default", frozenset())
+    raw_profiles = section.table.pop("profiles", [])
+    if not isinstance(raw_profiles, list):
+        raise section.error("profiles", "must be an array of tables ([[ike.profiles]])")
+    profiles = [default]
+    for i, table in enumerate(raw_profiles):
+        sub = _Section(section.source, f"{section.key('profiles')}[{i}]", table)
+        name = sub.get("name", str, f"profile{i + 1}")
+        matches = frozenset(str(m).lower() for m in sub.get("match", list, []))
+        if not matches:
+            raise sub.error("match", "list the IDr names or local addresses that select it")
+        profiles.append(_profile(sub, name, matches))
+        sub.finish()
     chain = section.get("chain", str, "")
     config = IkeConfig(
         enabled=None if enabled == "auto" else enabled,
@@ -390,28 +410,43 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
         esp_proposals=esp_names,
         ike_lifetime=section.get_int("ike_lifetime", 86400, 300, 30 * 86400),
         child_lifetime=section.get_int("child_lifetime", 28800, 120, 30 * 86400),
-        pool=network,
-        dns=_addresses(section, "dns"),
-        nbns=_addresses(section, "nbns"),
-        eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, IKE_EAP_METHODS),
+        profiles=tuple(profiles),
         fragment_size=section.get_int("fragment_size", 1280, 576, 65535),
         installer=section.get("installer", str, "auto"),
         relay=_relay(section, state_dir, config_path),
     )
     if config.installer not in ("auto", "kernel", "null"):
         raise section.error("installer", f"{config.installer!r}: use auto, kernel or null")
+    if config.relay is None and any(p.backend == "radius" for p in profiles):
+        raise section.error("radius", 'backend = "radius" needs the [ike.radius] server')
     section.finish()
     return config
 
 
+def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileConfig:
+    pool = section.get("pool", str, "10.99.0.0/24")
+    try:
+        network = ipaddress.IPv4Network(pool)
+    except ValueError:
+        raise section.error("pool", f"{pool!r} is not an IPv4 network") from None
+    backend = section.get("backend", str, "local")
+    if backend not in ("local", "radius"):
+        raise section.error("backend", f'{backend!r}: use "local" or "radius"')
+    return ProfileConfig(
+        name=name,
+        matches=matches,
+        pool=network,
+        dns=_addresses(section, "dns"),
+        nbns=_addresses(section, "nbns"),
+        eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, IKE_EAP_METHODS),
+        backend=backend,
+    )
+
+
 def _relay(ike: _Section, state_dir: Path, config_path: Path | None) -> RelayConfig | None:
-    backend = ike.get("backend", str, "local")
-    radius = ike.sub("radius")
-    if backend == "local":
-        radius.finish()
+    if "radius" not in ike.table:
         return None
-    if backend != "radius":
-        raise ike.error("backend", f'{backend!r}: use "local" or "radius"')
+    radius = ike.sub("radius")
     server = radius.get("server", str, "")
     try:
         ipaddress.ip_address(server)

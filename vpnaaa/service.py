@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from vpnaaa import auth, logs
 from vpnaaa.admin import admin_service
-from vpnaaa.config import Config, EapConfig, IkeConfig
+from vpnaaa.config import Config, EapConfig, IkeConfig, ProfileConfig
 from vpnaaa.eap.authenticator import MethodFactory
 from vpnaaa.eap.engine import EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
@@ -30,7 +30,7 @@ from vpnaaa.eap.tls import server_context
 from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.proposal import Policy
 from vpnaaa.ike.protocol import IkePort, Responder
-from vpnaaa.ike.sa import ResponderContext
+from vpnaaa.ike.sa import Profile, ResponderContext
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
 from vpnaaa.pki import load_server_identity
@@ -123,26 +123,42 @@ class VpnaaaService(service.MultiService):
             self.radius.setServiceParent(self)
         self.ike: IkeService | None = None
         if config.ike.enabled is not False:
-            relay = config.ike.relay
-            backend: EapEngine | RadiusRelay
-            if relay is None:
-                backend = build_eap_engine(config.eap, config.ike.eap_methods, self.users, reactor)
-            else:
-                backend = RadiusRelay(
-                    (relay.server, relay.port),
-                    relay.secret,
-                    reactor,
-                    relay.nas_identifier,
-                    relay.timeout,
-                    relay.tries,
-                )
-            self._expire_regularly(backend)
-            self.ike = IkeService(config.ike, backend, reactor)
+            self.ike = IkeService(config.ike, self._ike_profiles(config), reactor)
             self.ike.setServiceParent(self)
         if config.admin.enabled:
             admin = admin_service(self, config.admin.listen, config.admin.port)
             admin.setName("admin")
             admin.setServiceParent(self)
+
+    def _ike_profiles(self, config: Config) -> list[tuple[ProfileConfig, EapEngine | RadiusRelay]]:
+        """Each connection profile with its EAP backend: one local engine per method list,
+        one relay to ``[ike.radius]`` shared by the profiles that use it."""
+        relay: RadiusRelay | None = None
+        if config.ike.relay is not None:
+            server = config.ike.relay
+            relay = RadiusRelay(
+                (server.server, server.port),
+                server.secret,
+                self.reactor,
+                server.nas_identifier,
+                server.timeout,
+                server.tries,
+            )
+            self._expire_regularly(relay)
+        engines: dict[tuple[str, ...], EapEngine] = {}
+        chosen: list[tuple[ProfileConfig, EapEngine | RadiusRelay]] = []
+        for profile in config.ike.profiles:
+            if profile.backend == "radius":
+                assert relay is not None
+                chosen.append((profile, relay))
+                continue
+            engine = engines.get(profile.eap_methods)
+            if engine is None:
+                engine = build_eap_engine(config.eap, profile.eap_methods, self.users, self.reactor)
+                engines[profile.eap_methods] = engine
+                self._expire_regularly(engine)
+            chosen.append((profile, engine))
+        return chosen
 
     def _expire_regularly(self, engine: EapEngine | RadiusRelay) -> None:
         expiry = internet.TimerService(EXPIRY_INTERVAL, engine.expire)
@@ -228,7 +244,12 @@ class IkeService(service.Service):
 
     name = "ike"
 
-    def __init__(self, config: IkeConfig, eap: EapEngine | RadiusRelay, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: IkeConfig,
+        profiles: list[tuple[ProfileConfig, EapEngine | RadiusRelay]],
+        reactor: Any,
+    ) -> None:
         self.config = config
         self.reactor = reactor
         identity = load_server_identity(config.key, config.certificate, config.chain)
@@ -237,16 +258,16 @@ class IkeService(service.Service):
             ike_policy=Policy.from_names(ProtocolId.IKE, config.ike_proposals),
             esp_policy=Policy.from_names(ProtocolId.ESP, config.esp_proposals),
             identity=identity,
-            pool=AddressPool(config.pool),
-            dns=config.dns,
-            nbns=config.nbns,
+            profiles=tuple(
+                Profile(p.name, AddressPool(p.pool), p.dns, p.nbns, eap.begin, eap.step, p.matches)
+                for p, eap in profiles
+            ),
             child_lifetime=config.child_lifetime,
             fragment_size=config.fragment_size,
-            eap_begin=eap.begin,
             next_reqid=lambda: next(reqids),
         )
-        self.responder = Responder(context, eap.step, NullInstaller(), reactor, config.listen)
-        self.relay = eap if isinstance(eap, RadiusRelay) else None
+        self.responder = Responder(context, NullInstaller(), reactor, config.listen)
+        self.relay = next((eap for _, eap in profiles if isinstance(eap, RadiusRelay)), None)
         self.kernel: KernelInstaller | None = None
         self.ports: list[IListeningPort] = []
         self.started: defer.Deferred[None] | None = None
@@ -294,17 +315,23 @@ class IkeService(service.Service):
         if self.relay is not None:
             interface = "::" if ":" in self.relay.server[0] else "0.0.0.0"
             self.ports.append(self.reactor.listenUDP(0, self.relay, interface=interface))
-            eap = f"relayed to RADIUS {self.relay.server[0]}:{self.relay.server[1]}"
-        else:
-            eap = ", ".join(config.eap_methods)
         log.info(
-            "IKEv2 responder on {listen} ports {ports}, pool {pool}, EAP {eap}, {installer}",
+            "IKEv2 responder on {listen} ports {ports}, {installer}",
             listen=config.listen,
             ports=ports,
-            pool=str(config.pool),
-            eap=eap,
             installer="kernel ESP" if self.kernel else "null installer (no ESP datapath)",
         )
+        for profile in config.profiles:
+            eap = ", ".join(profile.eap_methods)
+            if profile.backend == "radius" and self.relay is not None:
+                eap = f"relayed to RADIUS {self.relay.server[0]}:{self.relay.server[1]}"
+            log.info(
+                "profile {name}: pool {pool}, EAP {eap}{matches}",
+                name=profile.name,
+                pool=str(profile.pool),
+                eap=eap,
+                matches=f", for {', '.join(sorted(profile.matches))}" if profile.matches else "",
+            )
 
     async def _kernel_installer(self) -> KernelInstaller | None:
         """The kernel installer if this kernel can do ESP. ``installer = "kernel"`` makes a

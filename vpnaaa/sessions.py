@@ -51,6 +51,7 @@ async def _session(responder: Responder, sa: IkeSa, now: float) -> dict[str, Any
         children.append(entry)
     return {
         "username": sa.identity,
+        "profile": sa.profile.name,
         "peer": f"{sa.remote.host}:{sa.remote.port}",
         "virtual_ip": str(sa.virtual_ip) if sa.virtual_ip else None,
         "ike_spis": f"{sa.spi_i.hex()}/{sa.spi_r.hex()}",
@@ -84,7 +85,8 @@ def render(sessions: list[dict[str, Any]]) -> str:
     blocks = []
     for n, s in enumerate(sessions, 1):
         lines = [
-            f"Session {n}: {s['username']} from {s['peer']}, assigned {s['virtual_ip']}",
+            f"Session {n}: {s['username']} ({s['profile']}) from {s['peer']}, "
+            f"assigned {s['virtual_ip']}",
             f"  IKE SPIs {s['ike_spis']}, up {s['duration']} s, NAT-T {s['nat_t']}",
             "  IKE " + "/".join(str(v) for v in s["ike"].values() if v),
         ]

@@ -75,7 +75,7 @@ class CharonTestCase(unittest.TestCase):
         self.addCleanup(self.netns.destroy)
         gateway = self.netns.gateway_address
         pki.init_ca(self.state / "ca")
-        pki.issue_server(self.state / "ca", self.state / "pki", gateway)
+        pki.issue_server(self.state / "ca", self.state / "pki", gateway, ["staff.example.test"])
         self.ca = self.state / "ca" / "ca.pem"
 
     def start_gateway(self, extra: str = "", eap: str = "") -> None:
@@ -290,6 +290,25 @@ class RekeyTests(CharonTestCase):
         self.assertTrue(result.ok, result.output)
         self.assertEqual(self.installer.installed, {})
         self.assertEqual(self.daemon.ike.responder.context.pool.leased, 0)
+
+
+class ProfileTests(CharonTestCase):
+    @defer.inlineCallbacks
+    def test_the_idr_the_client_asks_for_selects_the_profile(self):
+        """Like an ASA tunnel-group: a client asking for staff.example.test (its IDr, which
+        the certificate carries) gets an address from the staff profile's pool; the
+        default profile's pool stays untouched."""
+        self.start_gateway(
+            '[[ike.profiles]]\nname = "staff"\nmatch = ["staff.example.test"]\n'
+            'pool = "10.99.9.0/24"\n'
+        )
+        client, result = yield self.connect(remote_id="staff.example.test")
+        self.assertTrue(result.ok, result.output + client.tail())
+        (sa,) = yield client.list_sas()
+        self.assertEqual(sa.remote_id, "staff.example.test")
+        self.assertTrue(sa.local_vips[0].startswith("10.99.9."), sa.local_vips)
+        staff, default = (self.daemon.ike.responder.context.profiles[i] for i in (1, 0))
+        self.assertEqual((staff.name, staff.pool.leased, default.pool.leased), ("staff", 1, 0))
 
 
 class PeapTests(CharonTestCase):

@@ -9,16 +9,13 @@ Responses leave from the socket and to the address the request came from.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
 from vpnaaa import logs
-from vpnaaa.eap.authenticator import Result
 from vpnaaa.ike.const import ExchangeType, HeaderFlag, NotifyType, PayloadType
 from vpnaaa.ike.message import (
     HEADER,
@@ -47,8 +44,6 @@ NAT_KEEPALIVE = b"\xff"
 TRANSIENT_ERRORS = {errno.ENOBUFS, errno.EAGAIN, errno.EINTR, errno.ENOMEM}
 HALF_OPEN_TIMEOUT = 30.0  # seconds an SA may take to finish IKE_AUTH (EAP included)
 
-EapStep = Callable[[bytes, bytes], defer.Deferred[tuple[bytes, Result]]]
-
 
 class Responder:
     """All IKE SAs of the gateway, keyed by our SPI; half-open ones also by the
@@ -57,13 +52,11 @@ class Responder:
     def __init__(
         self,
         context: ResponderContext,
-        eap_step: EapStep,
         installer: ChildSaInstaller,
         clock: IReactorTime,
         listen: str,
     ) -> None:
         self.context = context
-        self.eap_step = eap_step
         self.installer = installer
         self.clock = clock
         self.listen = listen
@@ -164,7 +157,7 @@ class Responder:
             self._forget(sa)
             return
         if outcome.eap is not None:
-            d = self.eap_step(sa.eap_conversation, outcome.eap)
+            d = sa.profile.eap_step(sa.eap_conversation, outcome.eap)
             d.addCallback(lambda step: self._run(sa, sa.eap_result(*step)))
             d.addErrback(self._internal_error, sa)
         elif outcome.install is not None:

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -98,20 +99,53 @@ class Endpoint:
         return ipaddress.ip_address(self.host).packed + struct.pack("!H", self.port)
 
 
+EapStep = Callable[[bytes, bytes], Any]  # (conversation, EAP) -> Deferred[(id, Result)]
+
+
+@dataclass
+class Profile:
+    """A connection profile, like an ASA tunnel-group: what a client is offered and given.
+
+    ``matches`` holds the identities (an IDr the client asks for: FQDN or IP text) and
+    local addresses (the one the client reached) that select it; the first profile,
+    with none, is the default.
+    """
+
+    name: str
+    pool: AddressPool
+    dns: tuple[ipaddress.IPv4Address, ...] = ()
+    nbns: tuple[ipaddress.IPv4Address, ...] = ()
+    eap_begin: Callable[[], tuple[bytes, Result]] | None = None
+    eap_step: EapStep | None = None
+    matches: frozenset[str] = frozenset()
+
+
 @dataclass
 class ResponderContext:
-    """What every IKE SA of one responder shares: policy, identity, pool, installer."""
+    """What every IKE SA of one responder shares: policy, identity, profiles, reqids."""
 
     ike_policy: proposal.Policy
     esp_policy: proposal.Policy
     identity: ServerIdentity
-    pool: AddressPool
-    dns: tuple[ipaddress.IPv4Address, ...] = ()
-    nbns: tuple[ipaddress.IPv4Address, ...] = ()
+    profiles: tuple[Profile, ...]
     child_lifetime: int = 28800
     fragment_size: int = 1280
-    eap_begin: Callable[[], tuple[bytes, Result]] | None = None
     next_reqid: Callable[[], int] = field(default=lambda: 1)
+
+    @property
+    def pool(self) -> AddressPool:
+        """The default profile's pool."""
+        return self.profiles[0].pool
+
+    def profile_for(self, requested: Identification | None, local_host: str) -> Profile:
+        """The profile whose ``matches`` name the IDr the client asked for, or the local
+        address it reached; else the default."""
+        keys = {local_host}
+        if requested is not None and requested.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+            keys.add(str(ipaddress.ip_address(requested.data)))
+        elif requested is not None and requested.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
+            keys.add(requested.data.decode("utf-8", "replace").lower())
+        return next((p for p in self.profiles[1:] if p.matches & keys), self.profiles[0])
 
 
 @dataclass
@@ -192,6 +226,7 @@ class IkeSa:
         self._pending_child: tuple[Header, list[Entry], _Child] | None = None
         self.port: object = None  # the edge's socket this SA talks through
         self.ike_choice: proposal.Choice | None = None
+        self.profile = context.profiles[0]  # chosen in IKE_AUTH from IDr / local address
         self.established_at: float | None = None  # set by the edge (it owns the clock)
 
     # -- public API used by the edge ---------------------------------------------------
@@ -448,22 +483,27 @@ class IkeSa:
                 header,
                 "the client authenticates with a certificate or PSK; this gateway expects EAP",
             )
-        if self.context.eap_begin is None:
+        requested = inner.get(PayloadType.IDr)
+        requested = requested if isinstance(requested, Identification) else None
+        self.profile = self.context.profile_for(requested, self.local.host)
+        if self.profile.eap_begin is None:
             return self._fail(header, "no EAP backend configured")
         self._idi_body = idi.encode()
         self._auth_request = inner
-        log.info("{sa}: IKE_AUTH from IDi {id}", sa=self.name, id=_describe_id(idi))
-        identity = self.context.identity
-        requested = inner.get(PayloadType.IDr)
-        idr = self._idr = our_identification(
-            identity, requested if isinstance(requested, Identification) else None
+        log.info(
+            "{sa}: IKE_AUTH from IDi {id}, profile {profile}",
+            sa=self.name,
+            id=_describe_id(idi),
+            profile=self.profile.name,
         )
+        identity = self.context.identity
+        idr = self._idr = our_identification(identity, requested)
         method, signature = self._sign(
             keys.signed_octets(
                 self.crypto.prf, self._init_response, self._ni, self.crypto.keys.sk_pr, idr.encode()
             )
         )
-        self._eap_id, first = self.context.eap_begin()
+        self._eap_id, first = self.profile.eap_begin()
         self.state = State.EAP
         entries: list[Entry] = [
             (PayloadType.IDr, idr),
@@ -537,16 +577,16 @@ class IkeSa:
         wanted = {kind for kind, _ in request.attributes}
         attributes: list[tuple[int, bytes]] = []
         if CfgAttribute.INTERNAL_IP4_ADDRESS in wanted:
-            self.virtual_ip = self.context.pool.lease(self)
+            self.virtual_ip = self.profile.pool.lease(self)
             attributes.append((CfgAttribute.INTERNAL_IP4_ADDRESS, self.virtual_ip.packed))
             if CfgAttribute.INTERNAL_IP4_NETMASK in wanted:
                 attributes.append(
-                    (CfgAttribute.INTERNAL_IP4_NETMASK, self.context.pool.network.netmask.packed)
+                    (CfgAttribute.INTERNAL_IP4_NETMASK, self.profile.pool.network.netmask.packed)
                 )
         if CfgAttribute.INTERNAL_IP4_DNS in wanted:
-            attributes += [(CfgAttribute.INTERNAL_IP4_DNS, a.packed) for a in self.context.dns]
+            attributes += [(CfgAttribute.INTERNAL_IP4_DNS, a.packed) for a in self.profile.dns]
         if CfgAttribute.INTERNAL_IP4_NBNS in wanted:
-            attributes += [(CfgAttribute.INTERNAL_IP4_NBNS, a.packed) for a in self.context.nbns]
+            attributes += [(CfgAttribute.INTERNAL_IP4_NBNS, a.packed) for a in self.profile.nbns]
         return Configuration(CfgType.REPLY, tuple(attributes))
 
     # -- CHILD_SAs -------------------------------------------------------------------------
@@ -734,6 +774,7 @@ class IkeSa:
         self.state = State.ESTABLISHED
         self.port = old.port
         self.identity = old.identity
+        self.profile = old.profile
         self.established_at = old.established_at
         self.nat_detected, self.fragmentation = old.nat_detected, old.fragmentation
         self.virtual_ip, old.virtual_ip = old.virtual_ip, None
@@ -788,7 +829,7 @@ class IkeSa:
         outcome.remove += [c.spec for c in self.children.values()]
         self.children.clear()
         if self.virtual_ip is not None:
-            self.context.pool.release(self.virtual_ip)
+            self.profile.pool.release(self.virtual_ip)
             self.virtual_ip = None
         outcome.closed = True
         return outcome
