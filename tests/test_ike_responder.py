@@ -32,6 +32,7 @@ from vpnaaa.ike.message import (
     encode_message,
 )
 from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT, Responder
+from vpnaaa.ike.sa import Endpoint
 from vpnaaa.kernel.installer import NullInstaller
 
 
@@ -106,6 +107,33 @@ class ResponderTests(unittest.TestCase):
         self.assertEqual(notify.notify_type, NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD)
         self.assertEqual(notify.data, bytes([200]))
         self.assertEqual(self.responder.sas, {})
+
+    def test_cookie_required_above_the_threshold(self):
+        """RFC 7296 §2.6: no state and no DH until the initiator returns our cookie."""
+        self.responder.cookie_threshold = 0
+        request = sa_init()
+        self.responder.receive(request, PEER, self.port)
+        (challenge,) = self.port.sent
+        message = decode_message(challenge)
+        cookie = message.get(PayloadType.NOTIFY)
+        self.assertEqual(cookie.notify_type, NotifyType.COOKIE)
+        self.assertEqual(self.responder.sas, {})
+        original = decode_message(request)
+        retry = encode_message(
+            original.header,
+            [(PayloadType.NOTIFY, Notify(NotifyType.COOKIE, cookie.data)), *original.payloads],
+        )
+        self.responder.receive(retry, PEER, self.port)
+        self.assertEqual(len(self.responder.sas), 1)
+        self.assertEqual(
+            decode_message(self.port.sent[-1]).get(PayloadType.KE).group, DhGroup.ECP256
+        )
+        forged = encode_message(
+            original.header,
+            [(PayloadType.NOTIFY, Notify(NotifyType.COOKIE, bytes(32))), *original.payloads],
+        )
+        self.responder.receive(forged, Endpoint("192.0.2.8", 500), self.port)
+        self.assertEqual(len(self.responder.sas), 1)
 
     def test_half_open_sa_expires_and_returns_nothing(self):
         self.responder.receive(sa_init(), PEER, self.port)

@@ -107,6 +107,7 @@ class IkeConfig:
     profiles: tuple[ProfileConfig, ...]  # the first is the default ([ike] itself)
     fragment_size: int
     installer: str = "auto"  # "kernel" (ESP via XFRM), "null" (record only) or "auto"
+    cookie_threshold: int = 500  # half-open SAs above which IKE_SA_INIT needs a COOKIE
     relay: RelayConfig | None = None  # [ike.radius]: the server backend = "radius" uses
 
 
@@ -413,6 +414,7 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
         profiles=tuple(profiles),
         fragment_size=section.get_int("fragment_size", 1280, 576, 65535),
         installer=section.get("installer", str, "auto"),
+        cookie_threshold=section.get_int("cookie_threshold", 500, 0, 1_000_000),
         relay=_relay(section, state_dir, config_path),
     )
     if config.installer not in ("auto", "kernel", "null"):

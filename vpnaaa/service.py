@@ -266,7 +266,9 @@ class IkeService(service.Service):
             fragment_size=config.fragment_size,
             next_reqid=lambda: next(reqids),
         )
-        self.responder = Responder(context, NullInstaller(), reactor, config.listen)
+        self.responder = Responder(
+            context, NullInstaller(), reactor, config.listen, config.cookie_threshold
+        )
         self.relay = next((eap for _, eap in profiles if isinstance(eap, RadiusRelay)), None)
         self.kernel: KernelInstaller | None = None
         self.ports: list[IListeningPort] = []

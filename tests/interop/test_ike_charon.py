@@ -222,6 +222,15 @@ class NegotiationTests(CharonTestCase):
         self.assertEqual(self.daemon.ike.responder.sas, {})
 
     @defer.inlineCallbacks
+    def test_cookie_challenge(self):
+        """RFC 7296 §2.6 with cookie_threshold = 0: every IKE_SA_INIT is first answered
+        with a COOKIE; charon repeats it with the cookie and the SA comes up."""
+        self.start_gateway("cookie_threshold = 0")
+        client, result = yield self.connect()
+        self.assertTrue(result.ok, result.output + client.tail())
+        self.assertIn("received COOKIE notify", client.log_text())
+
+    @defer.inlineCallbacks
     def test_windows7_legacy_suite_when_enabled(self):
         """3DES/SHA1/MODP1024 for IKE and 3DES/SHA1 for ESP: off by default, on with
         ike.legacy_windows7 (what an unpatched Windows 7 client offers)."""

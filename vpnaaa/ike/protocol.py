@@ -9,6 +9,9 @@ Responses leave from the socket and to the address the request came from.
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
+import os
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -21,6 +24,8 @@ from vpnaaa.ike.message import (
     HEADER,
     Header,
     IkeError,
+    Message,
+    Nonce,
     Notify,
     decode_message,
     describe,
@@ -55,9 +60,12 @@ class Responder:
         installer: ChildSaInstaller,
         clock: IReactorTime,
         listen: str,
+        cookie_threshold: int = 500,
     ) -> None:
         self.context = context
         self.installer = installer
+        self.cookie_threshold = cookie_threshold
+        self._cookie_secret = os.urandom(32)
         self.clock = clock
         self.listen = listen
         self.sas: dict[bytes, IkeSa] = {}
@@ -100,8 +108,33 @@ class Responder:
                     spi=header.spi_r.hex(),
                 )
                 return
+            if not self._cookie_ok(message, remote, port):
+                return
             sa = self._new_sa(header, remote, port)
         self._run(sa, sa.receive(message, data, remote, port))
+
+    def _cookie(self, message: Message, remote: Endpoint) -> bytes:
+        """RFC 7296 §2.6: a stateless cookie, Hash(Ni | IPi | SPIi | secret)."""
+        nonce = message.get(PayloadType.NONCE)
+        ni = nonce.data if isinstance(nonce, Nonce) else b""
+        material = ni + remote.packed() + message.header.spi_i + self._cookie_secret
+        return hashlib.sha256(material).digest()
+
+    def _cookie_ok(self, message: Message, remote: Endpoint, port: IkePort) -> bool:
+        """Above ``cookie_threshold`` half-open SAs, a new IKE_SA_INIT must return the
+        cookie we hand out (§2.6), so a flood of spoofed requests costs no state or DH."""
+        if len(self._by_initiator) < self.cookie_threshold:
+            return True
+        offered = message.notify(NotifyType.COOKIE)
+        expected = self._cookie(message, remote)
+        if offered is not None and hmac.compare_digest(offered.data, expected):
+            return True
+        reply = Header(
+            message.header.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0
+        )
+        notify = Notify(NotifyType.COOKIE, expected)
+        port.send(encode_message(reply, [(PayloadType.NOTIFY, notify)]), remote)
+        return False
 
     @staticmethod
     def _refuse_unsupported(data: bytes, error: IkeError, remote: Endpoint, port: IkePort) -> None:
