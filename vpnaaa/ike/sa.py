@@ -4,7 +4,8 @@
     IKE_AUTH #1   IDi, [CERTREQ], [IDr], CP, SAi2, TSi, TSr -> IDr, CERT, AUTH, EAP(Identity)
     IKE_AUTH #n   EAP -> EAP                                  (through the EAP backend)
     IKE_AUTH last AUTH(MSK) -> AUTH(MSK), CP(address, DNS), SAr2, TSi, TSr
-    INFORMATIONAL Delete / liveness -> answered; CREATE_CHILD_SA rekeys a CHILD_SA.
+    INFORMATIONAL Delete / liveness -> answered
+    CREATE_CHILD_SA a new or rekeyed CHILD_SA, or a rekey of the IKE SA itself
 
 :meth:`IkeSa.receive` takes a decoded request and returns an :class:`Outcome`: datagrams
 to send, or work for the edge (an EAP step, a CHILD_SA to install) whose result comes
