@@ -112,14 +112,22 @@ from bench.radius_pap import (
     format_cpus,
     pin_to,
     print_profile,
-    raise_on_sigterm,
     require_executable,
     round_order,
+    run_main,
     tail,
     twistd_command,
     vpnaaa_cli,
 )
-from tests.interop.charon import PLUGINS, UPSTREAM, Responder, _section, _settings, quote
+from tests.interop.charon import (
+    PLUGINS,
+    UPSTREAM,
+    Responder,
+    _section,
+    _settings,
+    pid_alive,
+    quote,
+)
 from tests.interop.freeradius import write_private
 from vpnaaa import pki as vpnaaa_pki
 from vpnaaa.users import read_users, write_users
@@ -227,16 +235,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise BenchError(f"no VmRSS in /proc/{pid}/status")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------
@@ -1159,14 +1157,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_on_sigterm)
-    try:
-        run_benchmark(args)
-    except BenchError as exc:
-        print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    """Entry point: returns the process exit status."""
+    return run_main(parse_args, run_benchmark, argv)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -94,9 +93,9 @@ from bench.radius_pap import (
     children_cpu_seconds,
     format_cpus,
     print_profile,
-    raise_on_sigterm,
     require_executable,
     round_order,
+    run_main,
     spawn,
     start_vpnaaa,
     tail,
@@ -104,7 +103,6 @@ from bench.radius_pap import (
 from tests.interop.freeradius import (
     EAP_DEFAULT_TYPE,
     LOOPBACK,
-    FreeRadiusError,
     command,
     edit_module,
     free_udp_ports,
@@ -802,14 +800,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the process exit status."""
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_on_sigterm)
-    try:
-        run_benchmark(args)
-    except (BenchError, FreeRadiusError) as exc:
-        print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main(parse_args, run_benchmark, argv)
 
 
 if __name__ == "__main__":

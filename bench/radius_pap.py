@@ -825,16 +825,26 @@ def raise_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: returns the process exit status."""
-    args = parse_args(argv)
+def run_main(
+    parse: Callable[[list[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], object],
+    argv: list[str] | None = None,
+) -> int:
+    """A bench's entry point: parse, run with SIGTERM turned into an exception (so the
+    servers are stopped), one BENCH FAILED line and status 1 on failure."""
+    args = parse(argv)
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
-        run_benchmark(args)
+        run(args)
     except (BenchError, FreeRadiusError) as exc:
         print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the process exit status."""
+    return run_main(parse_args, run_benchmark, argv)
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def _setns(fd: int) -> None:
         raise OSError(code, f"setns: {os.strerror(code)}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -381,7 +381,7 @@ def delete_netns(name: str) -> Generator[defer.Deferred[Any], Any, None]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         for _ in range(int(STOP_TIMEOUT / POLL)):
-            if not any(_pid_alive(pid) for pid in alive):
+            if not any(pid_alive(pid) for pid in alive):
                 break
             yield sleep(POLL)
     yield run([IP, "netns", "del", name], check=False)
@@ -395,7 +395,7 @@ def remove_stale() -> Generator[defer.Deferred[Any], Any, list[str]]:
     for line in names.splitlines():
         name = line.split()[0] if line.strip() else ""
         match = re.fullmatch(re.escape(PREFIX) + r"(\d+)-\d+g?", name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             stale.append(name)
     for name in stale:
         yield delete_netns(name)

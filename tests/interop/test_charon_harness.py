@@ -675,7 +675,7 @@ class NetnsTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_stale_removed(self):
         """A namespace named after a dead pid is removed by the next create()."""
-        dead = next(p for p in range(4_000_000, 4_100_000) if not harness._pid_alive(p))
+        dead = next(p for p in range(4_000_000, 4_100_000) if not harness.pid_alive(p))
         name = f"{harness.PREFIX}{dead}-1"
         yield harness.run([harness.IP, "netns", "add", name])
         self.addCleanup(harness.delete_netns, name)
