@@ -154,18 +154,16 @@ def parse(data: bytes) -> Packet:
     return Packet(code, ident, authenticator, raw, attributes, ma_at)
 
 
-def message_authenticator_ok(packet: Packet, secret: bytes) -> bool:
-    """Verify the Message-Authenticator (RFC 3579 §3.2; RFC 2869 §5.14 for Accounting:
-    HMAC-MD5 over the packet with the value zeroed and, for accounting, the Request
-    Authenticator zeroed too)."""
+def message_authenticator_ok(packet: Packet, secret: bytes, vector: bytes | None = None) -> bool:
+    """Verify the Message-Authenticator (RFC 3579 §3.2): HMAC-MD5 over the packet with the
+    value zeroed and ``vector`` in the Authenticator field: a request's own authenticator,
+    zeros for an Accounting-Request (RFC 2869 §5.14), the request's for a response."""
+    if vector is None:
+        vector = ZERO_VECTOR if packet.code == Code.ACCOUNTING_REQUEST else packet.authenticator
     at = packet.message_authenticator_at
     raw = packet.raw
-    if packet.code == Code.ACCOUNTING_REQUEST:
-        signed = raw[:4] + ZERO_VECTOR + raw[20:at] + ZERO_VECTOR + raw[at + 16 :]
-    else:
-        signed = raw[:at] + ZERO_VECTOR + raw[at + 16 :]
-    expected = hmac.digest(secret, signed, "md5")
-    return hmac.compare_digest(expected, raw[at : at + 16])
+    signed = raw[:4] + vector + raw[20:at] + ZERO_VECTOR + raw[at + 16 :]
+    return hmac.compare_digest(hmac.digest(secret, signed, "md5"), raw[at : at + 16])
 
 
 def accounting_authenticator_ok(packet: Packet, secret: bytes) -> bool:
@@ -242,8 +240,6 @@ def response_ok(response: Packet, request_authenticator: bytes, secret: bytes) -
     expected = hashlib.md5(raw[:4] + request_authenticator + raw[20:] + secret).digest()
     if not hmac.compare_digest(expected, response.authenticator):
         return False
-    at = response.message_authenticator_at
-    if at < 0:
+    if response.message_authenticator_at < 0:
         return True
-    signed = raw[:4] + request_authenticator + raw[20:at] + ZERO_VECTOR + raw[at + 16 :]
-    return hmac.compare_digest(hmac.digest(secret, signed, "md5"), raw[at : at + 16])
+    return message_authenticator_ok(response, secret, request_authenticator)
