@@ -81,16 +81,6 @@ class AuthBackend(Protocol):
         """Check ``credentials`` for ``username``; never errbacks for a wrong password."""
 
 
-def _mschap_name(username: str) -> bytes:
-    """The name MS-CHAPv2 hashes into its challenge: without a ``DOMAIN\\`` prefix."""
-    return username.rpartition("\\")[2].encode("utf-8")
-
-
-def store_name(username: str) -> str:
-    """The user record a login name refers to: Windows sends ``DOMAIN\\user``."""
-    return username.rpartition("\\")[2]
-
-
 class LocalBackend:
     """Answers from the local user store; slow hash checks run in a worker thread."""
 
@@ -98,7 +88,7 @@ class LocalBackend:
         self.users = users
 
     def authenticate(self, username: str, credentials: Credentials) -> defer.Deferred[Verdict]:
-        user = self.users.get(store_name(username))
+        user = self.users.get(mschap.strip_domain(username))
         if user is None:
             return defer.succeed(Reject("unknown user"))
         if isinstance(credentials, Pap):
@@ -146,7 +136,7 @@ class LocalBackend:
     def _mschapv2(user: User, username: str, cred: MsChapV2) -> Verdict:
         if user.nt_hash is None:
             return Reject("MS-CHAP is disabled for this user")
-        name = _mschap_name(username)
+        name = mschap.strip_domain(username).encode("utf-8")
         if not mschap.verify_nt_response(
             cred.authenticator_challenge, cred.peer_challenge, name, user.nt_hash, cred.nt_response
         ):

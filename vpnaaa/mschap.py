@@ -32,6 +32,12 @@ _SHS_PAD1 = b"\x00" * 40
 _SHS_PAD2 = b"\xf2" * 40
 
 
+def strip_domain(username: str) -> str:
+    """``DOMAIN\\user`` as Windows sends it becomes ``user``: the name the user store knows
+    and the one ChallengeHash takes (RFC 2759 §8.2, as hostapd and FreeRADIUS strip it)."""
+    return username.rpartition("\\")[2]
+
+
 def nt_password_hash(password: str) -> bytes:
     """NtPasswordHash (RFC 2759 §8.3): MD4 of the UTF-16LE password."""
     return nthash.raw(password)

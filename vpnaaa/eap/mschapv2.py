@@ -39,11 +39,6 @@ def _message(opcode: int, ms_id: int, body: bytes) -> bytes:
     return _HEAD.pack(opcode, ms_id, 4 + len(body)) + body
 
 
-def strip_domain(name: str) -> str:
-    """Windows sends ``DOMAIN\\user``; the user store and ChallengeHash want ``user``."""
-    return name.rpartition("\\")[2]
-
-
 class MsChapV2:
     """One EAP-MSCHAPv2 exchange against a :class:`~vpnaaa.eap.method.Directory`."""
 
@@ -82,7 +77,7 @@ class MsChapV2:
             name = data[5 + VALUE_SIZE_RESPONSE :].decode("utf-8")
         except UnicodeDecodeError:
             raise MethodError("EAP-MSCHAPv2 name is not UTF-8") from None
-        username = strip_domain(name)
+        username = mschap.strip_domain(name)
         ms_id = data[1]
         user = self.directory.get(username)
         self.state = "result"
