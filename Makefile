@@ -40,7 +40,7 @@ bench: venv
 	./scripts/deps bench
 	$(BIN)/python bench/radius_pap.py
 	$(BIN)/python bench/radius_eap.py
-	./scripts/build-strongswan && $(BIN)/python bench/ike.py
+	$(BIN)/python bench/ike.py
 	$(BIN)/python bench/kernel.py
 
 clean:
