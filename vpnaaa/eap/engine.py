@@ -49,7 +49,7 @@ class EapEngine:
     def __len__(self) -> int:
         return len(self._live)
 
-    def begin(self) -> tuple[bytes, Result]:
+    def begin(self, source: str = "") -> tuple[bytes, Result]:
         """A new conversation that starts with EAP-Request/Identity (the IKEv2 case)."""
         conversation_id = os.urandom(16)
         conversation = self._admit(conversation_id)

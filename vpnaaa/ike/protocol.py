@@ -190,7 +190,7 @@ class Responder:
             self._forget(sa)
             return
         if outcome.eap is not None:
-            d = sa.profile.eap_step(sa.eap_conversation, outcome.eap)
+            d = sa.profile.eap.step(sa.eap_conversation, outcome.eap)
             d.addCallback(lambda step: self._run(sa, sa.eap_result(*step)))
             d.addErrback(self._internal_error, sa)
         elif outcome.install is not None:
@@ -223,6 +223,8 @@ class Responder:
 
     def _forget(self, sa: IkeSa) -> None:
         self.sas.pop(sa.spi_r, None)
+        if sa.eap_conversation is not None and sa.profile.eap is not None:
+            sa.profile.eap.forget(sa.eap_conversation)
         self._by_initiator = {k: v for k, v in self._by_initiator.items() if v is not sa}
         timer = self._timers.pop(sa.spi_r, None)
         if timer is not None and timer.active():

@@ -23,7 +23,6 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from vpnaaa import logs
 from vpnaaa.eap.authenticator import Challenge, Result, Success
+from vpnaaa.eap.backend import EapBackend
 from vpnaaa.ike import fragments, keys, proposal, sk, transforms
 from vpnaaa.ike.const import (
     AuthMethod,
@@ -100,9 +100,6 @@ class Endpoint:
         return ipaddress.ip_address(self.host).packed + struct.pack("!H", self.port)
 
 
-EapStep = Callable[[bytes, bytes], Any]  # (conversation, EAP) -> Deferred[(id, Result)]
-
-
 @dataclass
 class Profile:
     """A connection profile, like an ASA tunnel-group: what a client is offered and given.
@@ -116,8 +113,7 @@ class Profile:
     pool: AddressPool
     dns: tuple[ipaddress.IPv4Address, ...] = ()
     nbns: tuple[ipaddress.IPv4Address, ...] = ()
-    eap_begin: Callable[[], tuple[bytes, Result]] | None = None
-    eap_step: EapStep | None = None
+    eap: EapBackend | None = None
     matches: frozenset[str] = frozenset()
 
 
@@ -487,7 +483,7 @@ class IkeSa:
         requested = inner.get(PayloadType.IDr)
         requested = requested if isinstance(requested, Identification) else None
         self.profile = self.context.profile_for(requested, self.local.host)
-        if self.profile.eap_begin is None:
+        if self.profile.eap is None:
             return self._fail(header, "no EAP backend configured")
         self._idi_body = idi.encode()
         self._auth_request = inner
@@ -504,7 +500,7 @@ class IkeSa:
                 self.crypto.prf, self._init_response, self._ni, self.crypto.keys.sk_pr, idr.encode()
             )
         )
-        self._eap_id, first = self.profile.eap_begin()
+        self._eap_id, first = self.profile.eap.begin(self.remote.host)
         self.state = State.EAP
         entries: list[Entry] = [
             (PayloadType.IDr, idr),

@@ -85,7 +85,7 @@ class RadiusRelay(DatagramProtocol):
 
     # -- the EAP backend interface -------------------------------------------------------
 
-    def begin(self) -> tuple[bytes, Result]:
+    def begin(self, source: str = "") -> tuple[bytes, Result]:
         """EAP-Request/Identity from the relay itself (the NAS role, RFC 3579 §2.1)."""
         self.expire()
         conversation_id = os.urandom(16)
@@ -121,6 +121,9 @@ class RadiusRelay(DatagramProtocol):
         d.addCallback(self._answer, conversation_id, conversation, eap)
         d.addErrback(self._no_answer, conversation_id, conversation, eap)
         return d
+
+    def forget(self, conversation_id: bytes) -> None:
+        self._conversations.pop(conversation_id, None)
 
     def expire(self) -> int:
         horizon = self._now() - self.idle_timeout
