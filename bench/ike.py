@@ -469,6 +469,8 @@ def vpnaaa_config_text(state_dir: Path, address: str) -> str:
         f'listen = "{address}"\n'
         f'pool = "{POOL}"\n'
         'eap_methods = ["mschapv2"]\n'
+        "# every load-tester client comes from one address\n"
+        "half_open_per_source = 100000\n"
     )
 
 

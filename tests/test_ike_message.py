@@ -429,7 +429,12 @@ class ValidationTests(unittest.TestCase):
                 "00 00 0014 01 01 00 01 00 00 000c 01 00 000c 0001 0004",  # TLV overruns
             ],
             PayloadType.KE: ["001300"],
-            PayloadType.IDi: ["020000"],
+            PayloadType.IDi: [
+                "020000",
+                "01000000 0a0000",  # ID_IPV4_ADDR of three octets (§3.5)
+                "01000000 0a000001 00",  # ... and of five
+                "05000000 0a000001",  # ID_IPV6_ADDR of four octets
+            ],
             PayloadType.AUTH: ["02"],
             PayloadType.CERT: [""],
             PayloadType.NONCE: ["00" * 15, "00" * 257],
@@ -441,6 +446,7 @@ class ValidationTests(unittest.TestCase):
                 "01000000 09000010 0000ffff 00000000 ffffffff",  # unknown TS Type
                 "02000000 07000010 0000ffff 00000000 ffffffff",  # count mismatch
                 "01000000 0700",  # selector header cut
+                "01000000 07000010 0000ffff 0a000002 0a000001",  # ends before it starts
             ],
             PayloadType.CP: ["0100", "01000000 0001 0004 0a00", "01000000 00"],
             PayloadType.EAP: ["030100"],

@@ -2,6 +2,7 @@
 IKE_SA_INIT requests keep no state (§2.6, §1.2), half-open SAs expire."""
 
 import os
+from dataclasses import replace
 
 from twisted.internet import task
 from twisted.trial import unittest
@@ -31,7 +32,7 @@ from vpnaaa.ike.message import (
     decode_message,
     encode_message,
 )
-from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT, Responder
+from vpnaaa.ike.protocol import COOKIE_SECRET_LIFETIME, HALF_OPEN_TIMEOUT, Limits, Responder
 from vpnaaa.ike.sa import Endpoint
 from vpnaaa.kernel.installer import NullInstaller
 
@@ -110,7 +111,7 @@ class ResponderTests(unittest.TestCase):
 
     def test_cookie_required_above_the_threshold(self):
         """RFC 7296 §2.6: no state and no DH until the initiator returns our cookie."""
-        self.responder.cookie_threshold = 0
+        self.responder.limits = Limits(cookie_threshold=0)
         request = sa_init()
         self.responder.receive(request, PEER, self.port)
         (challenge,) = self.port.sent
@@ -141,3 +142,178 @@ class ResponderTests(unittest.TestCase):
         self.clock.advance(HALF_OPEN_TIMEOUT + 1)
         self.assertEqual(self.responder.sas, {})
         self.assertEqual(self.responder.context.pool.leased, 0)
+
+
+def with_cookie(request: bytes, cookie: bytes) -> bytes:
+    """``request`` again with N(COOKIE) first (RFC 7296 §2.6)."""
+    original = decode_message(request)
+    return encode_message(
+        original.header,
+        [(PayloadType.NOTIFY, Notify(NotifyType.COOKIE, cookie)), *original.payloads],
+    )
+
+
+def offering(groups: tuple[int, ...], ke_group: int) -> bytes:
+    """IKE_SA_INIT offering ``groups`` in one proposal, with a KE of ``ke_group``."""
+    transforms_ = (
+        Transform(TransformType.ENCR, EncrId.AES_CBC, 256),
+        Transform(TransformType.PRF, PrfId.HMAC_SHA2_256),
+        Transform(TransformType.INTEG, IntegId.HMAC_SHA2_256_128),
+        *(Transform(TransformType.DH, g) for g in groups),
+    )
+    _, public = transforms.group_for(ke_group).generate()
+    header = Header(os.urandom(8), bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR, 0)
+    return encode_message(
+        header,
+        [
+            (PayloadType.SA, Sa((Proposal(1, ProtocolId.IKE, b"", transforms_),))),
+            (PayloadType.KE, Ke(ke_group, public)),
+            (PayloadType.NONCE, Nonce(os.urandom(32))),
+        ],
+    )
+
+
+class EdgeSecurityTests(unittest.TestCase):
+    """What an unauthenticated sender can and cannot make the responder do."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.responder = Responder(context(), NullInstaller(), self.clock, "192.0.2.1")
+        self.port = FakePort()
+
+    def half_open(self, peer=PEER):
+        request = sa_init()
+        self.responder.receive(request, peer, self.port)
+        (sa,) = [s for s in self.responder.sas.values() if s.remote == peer]
+        return request, sa
+
+    def test_sa_init_on_an_sa_with_keys_is_dropped(self):
+        """§1.2: IKE_SA_INIT is message 0 of a new SA only. One naming an existing SA's
+        SPIs and its next message ID, from anywhere, must not rekey it in the clear."""
+        _, sa = self.half_open()
+        keys_before, sent = sa.crypto.keys, len(self.port.sent)
+        hijack = decode_message(sa_init())
+        for message_id in (0, 1):
+            header = Header(
+                sa.spi_i,
+                sa.spi_r,
+                ExchangeType.IKE_SA_INIT,
+                HeaderFlag.INITIATOR,
+                message_id,
+            )
+            forged = encode_message(header, list(hijack.payloads))
+            self.responder.receive(forged, Endpoint("203.0.113.66", 500), self.port)
+        self.assertEqual(len(self.port.sent), sent)
+        self.assertIs(sa.crypto.keys, keys_before)
+        self.assertEqual((sa.remote, sa.next_message_id), (PEER, 1))
+        self.assertEqual(len(self.responder.sas), 1)
+
+    def test_retransmission_only_for_the_same_datagram(self):
+        """§2.1: the stored response answers the request it answered, nothing else with
+        the same message ID (the reflection of a certificate-sized answer)."""
+        request, sa = self.half_open()
+        (response,) = self.port.sent
+        other = decode_message(sa_init())
+        same_id = encode_message(
+            replace(decode_message(request).header, spi_i=sa.spi_i), list(other.payloads)
+        )
+        self.responder.receive(same_id, PEER, self.port)
+        self.assertEqual(self.port.sent, [response])
+        self.responder.receive(request, PEER, self.port)
+        self.assertEqual(self.port.sent, [response, response])
+
+    def test_no_amplification_towards_an_unverified_address(self):
+        """A replayed request from another address gets nothing larger than itself:
+        the SA has not verified that address (§2.23 moves it only after an ICV)."""
+        request, sa = self.half_open()
+        (response,) = self.port.sent
+        self.assertGreater(len(response), len(request))
+        elsewhere = Endpoint("203.0.113.66", 500)
+        self.responder._by_initiator[(elsewhere.host, elsewhere.port, sa.spi_i)] = sa
+        self.responder.receive(request, elsewhere, self.port)
+        self.assertEqual(self.port.sent, [response])
+        self.assertEqual(sa.remote, PEER)
+
+    def test_per_source_half_open_limit(self):
+        """charon's block_threshold: one address holds at most half_open_per_source."""
+        self.responder.limits = Limits(half_open_per_source=3)
+        for _ in range(5):
+            self.responder.receive(sa_init(), PEER, self.port)
+        self.assertEqual(len(self.responder.sas), 3)
+        self.responder.receive(sa_init(), Endpoint("192.0.2.9", 500), self.port)
+        self.assertEqual(len(self.responder.sas), 4)
+        self.clock.advance(HALF_OPEN_TIMEOUT + 1)
+        self.assertEqual((self.responder.sas, self.responder.half_open), ({}, 0))
+        self.responder.receive(sa_init(), PEER, self.port)
+        self.assertEqual(len(self.responder.sas), 1)
+
+    def test_global_half_open_limit(self):
+        self.responder.limits = Limits(half_open=4, half_open_per_source=100)
+        for n in range(6):
+            self.responder.receive(sa_init(), Endpoint(f"192.0.2.{10 + n}", 500), self.port)
+        self.assertEqual(self.responder.half_open, 4)
+
+    def test_expiry_of_many_half_open_sas_leaves_nothing(self):
+        self.responder.limits = Limits(100_000, half_open_per_source=100_000, half_open=100_000)
+        request = sa_init()
+        for n in range(2000):
+            header = replace(decode_message(request).header, spi_i=n.to_bytes(8, "big"))
+            self.responder.receive(
+                encode_message(header, list(decode_message(request).payloads)),
+                PEER,
+                self.port,
+            )
+        self.assertEqual(self.responder.half_open, 2000)
+        self.clock.advance(HALF_OPEN_TIMEOUT + 1)
+        self.assertEqual(self.responder.sas, {})
+        self.assertEqual(self.responder._by_initiator, {})
+        self.assertEqual(self.responder._timers, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cookie_of_the_previous_secret_accepted_older_refused(self):
+        """§2.6: the cookie secret changes; cookies of the one before still count."""
+        self.responder.limits = Limits(cookie_threshold=0)
+        request = sa_init()
+        self.responder.receive(request, PEER, self.port)
+        cookie = decode_message(self.port.sent[-1]).get(PayloadType.NOTIFY).data
+        self.clock.advance(COOKIE_SECRET_LIFETIME)
+        self.responder.receive(with_cookie(request, cookie), PEER, self.port)
+        self.assertEqual(len(self.responder.sas), 1)
+        request = sa_init()
+        self.responder.receive(request, PEER, self.port)
+        cookie = decode_message(self.port.sent[-1]).get(PayloadType.NOTIFY).data
+        self.clock.advance(2 * COOKIE_SECRET_LIFETIME)  # the first SA expires meanwhile
+        self.responder.receive(with_cookie(request, cookie), PEER, self.port)
+        self.assertEqual(self.responder.sas, {})
+        fresh = decode_message(self.port.sent[-1]).get(PayloadType.NOTIFY)
+        self.assertEqual(fresh.notify_type, NotifyType.COOKIE)
+        self.assertNotEqual(fresh.data, cookie)
+
+    def test_expensive_groups_are_shed_under_load(self):
+        """Above the cookie threshold a KE of MODP4096 is answered with INVALID_KE_PAYLOAD
+        naming a cheaper group the client offered; only MODP4096 is NO_PROPOSAL_CHOSEN."""
+        self.responder.limits = Limits(cookie_threshold=0)
+        for groups, expected in (
+            ((DhGroup.MODP4096, DhGroup.ECP256), NotifyType.INVALID_KE_PAYLOAD),
+            ((DhGroup.MODP4096,), NotifyType.NO_PROPOSAL_CHOSEN),
+        ):
+            request = offering(groups, DhGroup.MODP4096)
+            self.responder.receive(request, PEER, self.port)
+            cookie = decode_message(self.port.sent[-1]).get(PayloadType.NOTIFY).data
+            self.responder.receive(with_cookie(request, cookie), PEER, self.port)
+            notify = decode_message(self.port.sent[-1]).get(PayloadType.NOTIFY)
+            self.assertEqual(notify.notify_type, expected)
+            if expected == NotifyType.INVALID_KE_PAYLOAD:
+                self.assertEqual(int.from_bytes(notify.data, "big"), DhGroup.ECP256)
+        self.assertEqual(self.responder.sas, {})
+        # below the threshold the same offer is served as asked
+        self.responder.limits = Limits()
+        self.responder.receive(offering((DhGroup.MODP4096,), DhGroup.MODP4096), PEER, self.port)
+        self.assertEqual(decode_message(self.port.sent[-1]).get(PayloadType.KE).group, 16)
+
+    def test_source_without_a_route_back_is_dropped(self):
+        """Listening on a wildcard address, the local address comes from the routing
+        table; a source it cannot reach (here the broadcast address) is dropped."""
+        responder = Responder(context(), NullInstaller(), self.clock, "0.0.0.0")
+        responder.receive(sa_init(), Endpoint("255.255.255.255", 500), self.port)
+        self.assertEqual((self.port.sent, responder.sas), ([], {}))

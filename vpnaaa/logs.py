@@ -7,6 +7,9 @@ costs nothing.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
+
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -40,3 +43,49 @@ def set_level(name: str) -> None:
 
 def debug_enabled() -> bool:
     return _state["debug"]
+
+
+class Throttle:
+    """One log line per kind of event per ``interval`` seconds, for what unauthenticated
+    peers can trigger at will (drops, refusals): a flood costs one line per kind per
+    interval, and that line says how many like it were left out since the last one.
+
+    ``clock`` returns seconds (the reactor's ``seconds``). At most ``kinds`` kinds are
+    remembered; the least recently logged is forgotten first, so the table is bounded
+    whatever the peers choose as reasons.
+    """
+
+    def __init__(
+        self, logger: Logger, clock: Callable[[], float], interval: float = 10.0, kinds: int = 256
+    ) -> None:
+        self.logger = logger
+        self.clock = clock
+        self.interval = interval
+        self.kinds = kinds
+        self._seen: OrderedDict[str, list[float | int]] = OrderedDict()  # kind -> [at, left out]
+
+    def emit(self, kind: str, level: LogLevel, format: str, **fields: object) -> None:
+        """Log ``format`` (a twisted.logger format string) unless a line of ``kind`` was
+        logged less than ``interval`` seconds ago; then only count it."""
+        now = self.clock()
+        seen = self._seen.get(kind)
+        if seen is not None and now - seen[0] < self.interval:
+            seen[1] += 1
+            return
+        left_out = int(seen[1]) if seen is not None else 0
+        self._seen[kind] = [now, 0]
+        self._seen.move_to_end(kind)
+        while len(self._seen) > self.kinds:
+            self._seen.popitem(last=False)
+        if left_out:
+            format += " ({left_out} more like it since the last such line)"
+            fields["left_out"] = left_out
+        self.logger.emit(level, format, **fields)
+
+
+def printable(text: str, limit: int = 128) -> str:
+    """A peer-chosen string (an identity, a name) safe to put in a log line: control and
+    other non-printable characters escaped as Python does, at most ``limit`` characters,
+    so a peer cannot forge or bloat lines."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return escaped + ("..." if len(text) > limit else "")

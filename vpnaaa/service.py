@@ -29,7 +29,7 @@ from vpnaaa.eap.peap import Peap
 from vpnaaa.eap.tls import server_context
 from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.proposal import Policy
-from vpnaaa.ike.protocol import IkePort, Responder
+from vpnaaa.ike.protocol import IkePort, Limits, Responder
 from vpnaaa.ike.sa import Profile, ResponderContext
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
@@ -266,9 +266,10 @@ class IkeService(service.Service):
             fragment_size=config.fragment_size,
             next_reqid=lambda: next(reqids),
         )
-        self.responder = Responder(
-            context, NullInstaller(), reactor, config.listen, config.cookie_threshold
+        limits = Limits(
+            config.cookie_threshold, config.half_open_per_source, config.half_open_limit
         )
+        self.responder = Responder(context, NullInstaller(), reactor, config.listen, limits)
         self.relay = next((eap for _, eap in profiles if isinstance(eap, RadiusRelay)), None)
         self.kernel: KernelInstaller | None = None
         self.ports: list[IListeningPort] = []

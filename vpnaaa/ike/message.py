@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from vpnaaa.ike.const import (
     ExchangeType,
     HeaderFlag,
+    IdType,
     NotifyType,
     PayloadType,
     TransformAttribute,
@@ -272,8 +273,16 @@ class Identification:
 
     @classmethod
     def decode(cls, body: bytes) -> Identification:
+        """An address-type identity must be exactly one address (§3.5); anything else
+        would fail later, past the edge, where it is compared or printed."""
         _at_least(body, 4, "ID")
+        size = _ADDRESS_SIZES.get(body[0])
+        if size is not None and len(body) - 4 != size:
+            raise _syntax(f"ID of type {body[0]} with {len(body) - 4} octets, {size} expected")
         return cls(body[0], body[4:])
+
+
+_ADDRESS_SIZES = {IdType.IPV4_ADDR: 4, IdType.IPV6_ADDR: 16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +487,10 @@ class TrafficSelectors:
             half = (length - 8) // 2
             start = ipaddress.ip_address(body[position + 8 : position + 8 + half])
             end = ipaddress.ip_address(body[position + 8 + half : position + length])
+            if start > end:
+                # §3.13.1: the range runs from Starting to Ending Address (only ports
+                # have a reversed, OPAQUE form); a reversed range selects nothing.
+                raise _syntax(f"traffic selector {start}-{end} ends before it starts")
             selectors.append(TrafficSelector(start, end, ip_protocol, start_port, end_port))
             position += length
         if len(selectors) != body[0]:

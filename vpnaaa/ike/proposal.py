@@ -113,6 +113,13 @@ class Policy:
     def groups(self) -> tuple[int, ...]:
         return tuple(a.id for a in self.allowed(_D))
 
+    def without_groups(self, groups: frozenset[int]) -> Policy | None:
+        """This policy less the DH ``groups``; None if no group would be left."""
+        kept = tuple(a for a in self.algorithms if not (a.type == _D and a.id in groups))
+        if not any(a.type == _D for a in kept):
+            return None
+        return Policy(self.protocol, kept)
+
 
 @dataclass(frozen=True)
 class Choice:

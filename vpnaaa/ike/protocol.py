@@ -12,14 +12,20 @@ import errno
 import hashlib
 import hmac
 import os
+import struct
+import traceback
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from vpnaaa import logs
-from vpnaaa.ike.const import ExchangeType, HeaderFlag, NotifyType, PayloadType
+from vpnaaa.eap.authenticator import Result
+from vpnaaa.ike.const import DhGroup, ExchangeType, HeaderFlag, NotifyType, PayloadType
 from vpnaaa.ike.message import (
     HEADER,
     Header,
@@ -32,11 +38,13 @@ from vpnaaa.ike.message import (
     encode_message,
 )
 from vpnaaa.ike.sa import (
+    ZERO_SPI,
     Endpoint,
     IkeSa,
     Outcome,
     ResponderContext,
     State,
+    exchange_name,
     local_address_towards,
 )
 from vpnaaa.kernel.installer import ChildSaInstaller, ChildSaSpec
@@ -48,11 +56,34 @@ NON_ESP_MARKER = b"\x00\x00\x00\x00"
 NAT_KEEPALIVE = b"\xff"
 TRANSIENT_ERRORS = {errno.ENOBUFS, errno.EAGAIN, errno.EINTR, errno.ENOMEM}
 HALF_OPEN_TIMEOUT = 30.0  # seconds an SA may take to finish IKE_AUTH (EAP included)
+COOKIE_SECRET_LIFETIME = 60.0  # seconds one COOKIE secret is used (§2.6); then the next
+# DH groups refused while half-open SAs are above the cookie threshold: each costs the
+# responder over a millisecond of CPU (MODP4096 2.5 ms here) that an attacker picks for us.
+EXPENSIVE_GROUPS = frozenset(
+    {DhGroup.MODP3072, DhGroup.MODP4096, DhGroup.MODP6144, DhGroup.MODP8192}
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What unauthenticated peers may hold (RFC 7296 §2.6, charon's ``cookie_threshold``,
+    ``block_threshold`` and ``init_limit_half_open``): above ``cookie_threshold`` half-open
+    SAs a new IKE_SA_INIT must return a COOKIE and expensive DH groups are refused; one
+    source address holds at most ``half_open_per_source``, the gateway ``half_open``."""
+
+    cookie_threshold: int = 500
+    half_open_per_source: int = 5
+    half_open: int = 10_000
 
 
 class Responder:
     """All IKE SAs of the gateway, keyed by our SPI; half-open ones also by the
-    initiator's SPI and address, so a retransmitted IKE_SA_INIT finds its SA."""
+    initiator's SPI and address, so a retransmitted IKE_SA_INIT finds its SA.
+
+    Nothing a peer sends raises past :meth:`receive`: peer errors are answered or dropped
+    inside the SA; an unexpected exception removes that one SA with one log line. Drops
+    an unauthenticated sender can cause are logged through a :class:`~vpnaaa.logs.Throttle`.
+    """
 
     def __init__(
         self,
@@ -60,23 +91,32 @@ class Responder:
         installer: ChildSaInstaller,
         clock: IReactorTime,
         listen: str,
-        cookie_threshold: int = 500,
+        limits: Limits = Limits(),
     ) -> None:
         self.context = context
         self.installer = installer
-        self.cookie_threshold = cookie_threshold
-        self._cookie_secret = os.urandom(32)
+        self.limits = limits
         self.clock = clock
         self.listen = listen
         self.sas: dict[bytes, IkeSa] = {}
         self._by_initiator: dict[tuple[str, int, bytes], IkeSa] = {}
+        self._half_open_by_host: Counter[str] = Counter()
         self._timers: dict[bytes, Any] = {}
+        self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
+        self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
+        self.drops = logs.Throttle(log, clock.seconds)
+
+    @property
+    def half_open(self) -> int:
+        """IKE SAs that have not finished IKE_AUTH."""
+        return len(self._by_initiator)
 
     def receive(self, data: bytes, remote: Endpoint, port: IkePort) -> None:
         try:
             message = decode_message(data)
         except IkeError as e:
-            log.warn(
+            self._drop(
+                "malformed",
                 "dropped {n}-octet datagram from {host}:{port}: {reason}",
                 n=len(data),
                 host=remote.host,
@@ -98,43 +138,93 @@ class Responder:
             if (
                 header.exchange != ExchangeType.IKE_SA_INIT
                 or header.response
-                or (header.message_id != 0)
+                or header.message_id != 0
+                or header.spi_r != ZERO_SPI  # §3.1: zero in the first message of an SA
             ):
-                log.info(
+                self._drop(
+                    "no-sa",
                     "dropped {exchange} from {host}:{port}: no IKE SA {spi}",
-                    exchange=header.exchange,
+                    exchange=exchange_name(header.exchange),
                     host=remote.host,
                     port=remote.port,
                     spi=header.spi_r.hex(),
                 )
                 return
-            if not self._cookie_ok(message, remote, port):
+            if not self._admit(message, remote, port):
                 return
             sa = self._new_sa(header, remote, port)
-        self._run(sa, sa.receive(message, data, remote, port))
+            if sa is None:
+                return
+        try:
+            outcome = sa.receive(message, data, remote, port)
+        except Exception as e:  # a bug, not the peer's fault: lose this SA, not the daemon
+            self._internal_error(sa, e)
+            return
+        self._run(sa, outcome)
 
-    def _cookie(self, message: Message, remote: Endpoint) -> bytes:
-        """RFC 7296 §2.6: a stateless cookie, Hash(Ni | IPi | SPIi | secret)."""
+    # -- admission of new SAs (§2.6) ------------------------------------------------------
+
+    def _cookie(self, message: Message, remote: Endpoint, epoch: int | None = None) -> bytes:
+        """RFC 7296 §2.6: ``<VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)``. The
+        secret changes every ``COOKIE_SECRET_LIFETIME`` seconds; a cookie made with the
+        one before is still accepted, so a client answering a cookie at the turn is not
+        sent another."""
+        now = int(self.clock.seconds() // COOKIE_SECRET_LIFETIME)
+        current, secret, previous = self._cookie_secrets
+        if now != current:
+            previous = secret if now == current + 1 else b""
+            secret = os.urandom(32)
+            self._cookie_secrets = (now, secret, previous)
+        if epoch is None:
+            epoch = now
+        key = secret if epoch == now else previous if epoch == now - 1 else b""
+        if not key:
+            return b""
         nonce = message.get(PayloadType.NONCE)
         ni = nonce.data if isinstance(nonce, Nonce) else b""
-        material = ni + remote.packed() + message.header.spi_i + self._cookie_secret
-        return hashlib.sha256(material).digest()
+        material = ni + remote.packed() + message.header.spi_i + key
+        return struct.pack("!I", epoch & 0xFFFFFFFF) + hashlib.sha256(material).digest()
 
-    def _cookie_ok(self, message: Message, remote: Endpoint, port: IkePort) -> bool:
-        """Above ``cookie_threshold`` half-open SAs, a new IKE_SA_INIT must return the
-        cookie we hand out (§2.6), so a flood of spoofed requests costs no state or DH."""
-        if len(self._by_initiator) < self.cookie_threshold:
-            return True
+    def _cookie_ok(self, message: Message, remote: Endpoint) -> bool:
         offered = message.notify(NotifyType.COOKIE)
-        expected = self._cookie(message, remote)
-        if offered is not None and hmac.compare_digest(offered.data, expected):
-            return True
-        reply = Header(
-            message.header.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0
-        )
-        notify = Notify(NotifyType.COOKIE, expected)
-        port.send(encode_message(reply, [(PayloadType.NOTIFY, notify)]), remote)
-        return False
+        if offered is None or len(offered.data) != 36:
+            return False
+        epoch = int.from_bytes(offered.data[:4], "big")
+        expected = self._cookie(message, remote, epoch)
+        return bool(expected) and hmac.compare_digest(offered.data, expected)
+
+    def _admit(self, message: Message, remote: Endpoint, port: IkePort) -> bool:
+        """Whether a new IKE_SA_INIT may make state. Above the cookie threshold it must
+        return our cookie (§2.6: a spoofed source never sees one, so costs no state or
+        DH), and then no source may hold more than its share of half-open SAs, nor the
+        gateway more than its limit."""
+        limits = self.limits
+        if self.half_open >= limits.cookie_threshold and not self._cookie_ok(message, remote):
+            reply = Header(
+                message.header.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0
+            )
+            notify = Notify(NotifyType.COOKIE, self._cookie(message, remote))
+            port.send(encode_message(reply, [(PayloadType.NOTIFY, notify)]), remote)
+            return False
+        if self._half_open_by_host[remote.host] >= limits.half_open_per_source:
+            self._drop(
+                "per-source",
+                "dropped IKE_SA_INIT from {host}: it has {n} half-open IKE SAs, the limit "
+                "(ike.half_open_per_source)",
+                host=remote.host,
+                n=limits.half_open_per_source,
+            )
+            return False
+        if self.half_open >= limits.half_open:
+            self._drop(
+                "half-open",
+                "dropped IKE_SA_INIT from {host}: {n} half-open IKE SAs, the limit "
+                "(ike.half_open_limit)",
+                host=remote.host,
+                n=limits.half_open,
+            )
+            return False
+        return True
 
     @staticmethod
     def _refuse_unsupported(data: bytes, error: IkeError, remote: Endpoint, port: IkePort) -> None:
@@ -146,40 +236,76 @@ class Responder:
         if header.exchange != ExchangeType.IKE_SA_INIT or header.response:
             return
         reply = Header(
-            header.spi_i, bytes(8), header.exchange, HeaderFlag.RESPONSE, header.message_id
+            header.spi_i, ZERO_SPI, header.exchange, HeaderFlag.RESPONSE, header.message_id
         )
         notify = Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, error.data)
         port.send(encode_message(reply, [(PayloadType.NOTIFY, notify)]), remote)
 
     def _find(self, header: Header, remote: Endpoint) -> IkeSa | None:
-        if header.spi_r == bytes(8):
+        if header.spi_r == ZERO_SPI:
+            if header.exchange != ExchangeType.IKE_SA_INIT:
+                return None
             return self._by_initiator.get((remote.host, remote.port, header.spi_i))
         sa = self.sas.get(header.spi_r)
         return sa if sa is not None and sa.spi_i == header.spi_i else None
 
-    def _new_sa(self, header: Header, remote: Endpoint, port: IkePort) -> IkeSa:
+    def _new_sa(self, header: Header, remote: Endpoint, port: IkePort) -> IkeSa | None:
         local_host = self.listen
         if local_host in ("0.0.0.0", "::"):
-            local_host = local_address_towards(remote)
+            try:
+                local_host = local_address_towards(remote)
+            except OSError as e:  # a source we have no route back to: likely spoofed
+                self._drop(
+                    "no-route",
+                    "dropped IKE_SA_INIT from {host}: no route back ({error})",
+                    host=remote.host,
+                    error=e.strerror,
+                )
+                return None
         sa = IkeSa(self.context, header.spi_i, Endpoint(local_host, port.number), remote)
+        if self.half_open >= self.limits.cookie_threshold and self._cheap_policy is not None:
+            sa.ike_policy = self._cheap_policy
         sa.port = port
+        key = (remote.host, remote.port, header.spi_i)
+        sa.half_open_key = key
         self.sas[sa.spi_r] = sa
-        self._by_initiator[(remote.host, remote.port, header.spi_i)] = sa
+        self._by_initiator[key] = sa
+        self._half_open_by_host[remote.host] += 1
         self._timers[sa.spi_r] = self.clock.callLater(HALF_OPEN_TIMEOUT, self._half_open, sa)
         return sa
+
+    def _settle(self, sa: IkeSa) -> None:
+        """The SA is no longer half-open (established or gone): drop its index entries
+        and its expiry timer, in constant time."""
+        key, sa.half_open_key = sa.half_open_key, None
+        if key is not None:
+            self._by_initiator.pop(key, None)
+            self._half_open_by_host[key[0]] -= 1
+            if self._half_open_by_host[key[0]] <= 0:
+                del self._half_open_by_host[key[0]]
+        timer = self._timers.pop(sa.spi_r, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _half_open(self, sa: IkeSa) -> None:
         self._timers.pop(sa.spi_r, None)
         if sa.state != State.ESTABLISHED:
-            log.info(
-                "{sa}: removed: not established within {t:.0f} s", sa=sa.name, t=HALF_OPEN_TIMEOUT
+            self._drop(
+                "half-open-expired",
+                "{sa}: removed: not established within {t:.0f} s",
+                sa=sa.name,
+                t=HALF_OPEN_TIMEOUT,
             )
             self._run(sa, sa.close())
+
+    # -- effects ---------------------------------------------------------------------------
 
     def _run(self, sa: IkeSa, outcome: Outcome) -> None:
         port, remote = sa.port, sa.remote
         if outcome.reply_to is not None:
             remote, port = outcome.reply_to
+        if outcome.dropped is not None:
+            self._drop(outcome.dropped[0], "{text}", text=outcome.dropped[1])
         for datagram in outcome.send:
             port.send(datagram, remote)
         for spec in outcome.remove:
@@ -191,24 +317,33 @@ class Responder:
             return
         if outcome.eap is not None:
             d = sa.profile.eap.step(sa.eap_conversation, outcome.eap)
-            d.addCallback(lambda step: self._run(sa, sa.eap_result(*step)))
-            d.addErrback(self._internal_error, sa)
+            d.addCallback(self._eap_answered, sa)
+            d.addErrback(self._failed, sa)
         elif outcome.install is not None:
             self._install(sa, outcome.install)
-        if sa.state == State.ESTABLISHED and sa.spi_r in self._timers:
+        if sa.state == State.ESTABLISHED and sa.half_open_key is not None:
             sa.established_at = self.clock.seconds()
-            self._timers.pop(sa.spi_r).cancel()
-            self._by_initiator.pop((sa.remote.host, sa.remote.port, sa.spi_i), None)
+            self._settle(sa)
+
+    def _eap_answered(self, step: tuple[bytes, Result], sa: IkeSa) -> None:
+        if sa.state == State.CLOSED:
+            return  # the SA expired or was deleted while the backend worked
+        self._run(sa, sa.eap_result(*step))
 
     def _install(self, sa: IkeSa, spec: ChildSaSpec) -> None:
         def done(_: object) -> None:
+            if sa.state == State.CLOSED:  # gone while the kernel worked: take it out again
+                self._remove_child(sa, spec)
+                return
             self._run(sa, sa.child_installed(spec, None))
 
         def failed(failure: Failure) -> None:
+            if sa.state == State.CLOSED:
+                return
             transient = getattr(failure.value, "errno", None) in TRANSIENT_ERRORS
             self._run(sa, sa.child_installed(spec, failure.getErrorMessage(), transient))
 
-        self.installer.install(spec).addCallbacks(done, failed).addErrback(self._internal_error, sa)
+        self.installer.install(spec).addCallbacks(done, failed).addErrback(self._failed, sa)
 
     def _remove_child(self, sa: IkeSa, spec: ChildSaSpec) -> None:
         def failed(failure: Failure) -> None:
@@ -223,16 +358,35 @@ class Responder:
 
     def _forget(self, sa: IkeSa) -> None:
         self.sas.pop(sa.spi_r, None)
+        self._settle(sa)
         if sa.eap_conversation is not None and sa.profile.eap is not None:
             sa.profile.eap.forget(sa.eap_conversation)
-        self._by_initiator = {k: v for k, v in self._by_initiator.items() if v is not sa}
-        timer = self._timers.pop(sa.spi_r, None)
-        if timer is not None and timer.active():
-            timer.cancel()
 
-    def _internal_error(self, failure: Failure, sa: IkeSa) -> None:
-        log.failure("{sa}: internal error; IKE SA removed", failure, sa=sa.name)
-        self._run(sa, sa.close())
+    def _failed(self, failure: Failure, sa: IkeSa) -> None:
+        self._internal_error(sa, failure.value)
+
+    def _internal_error(self, sa: IkeSa, error: BaseException) -> None:
+        """A bug met on this SA's path: one line naming where, the SA removed (its lease,
+        CHILD_SAs and EAP conversation with it), the daemon unharmed."""
+        frame = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+        where = f" at {frame[0].filename.rsplit('/', 1)[-1]}:{frame[0].lineno}" if frame else ""
+        self._drop(
+            "internal-error",
+            "{sa}: internal error {kind}: {error}{where}; IKE SA removed",
+            sa=sa.name,
+            kind=type(error).__name__,
+            error=str(error),
+            where=where,
+            level=LogLevel.error,
+        )
+        try:
+            outcome = sa.close()
+        except Exception:
+            outcome = Outcome(closed=True)
+        self._run(sa, outcome)
+
+    def _drop(self, kind: str, format: str, level: LogLevel = LogLevel.info, **fields: Any) -> None:
+        self.drops.emit(kind, level, format, **fields)
 
     def expired(self, event: ExpireEvent) -> None:
         """The kernel says a CHILD_SA reached a lifetime limit. Soft: clients rekey on

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from vpnaaa import logs
+from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Result, Success
 from vpnaaa.eap.backend import EapBackend
 from vpnaaa.ike import fragments, keys, proposal, sk, transforms
@@ -76,6 +77,8 @@ from vpnaaa.pool import AddressPool, PoolExhausted
 log = logs.get("vpnaaa.ike")
 
 NONCE_SIZE = 32
+ZERO_SPI = bytes(8)
+MIN_MSK = 32  # octets; RFC 3748 §7.10 asks 64, the MS-MPPE keys of a RADIUS Accept carry 32
 ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
 # RFC 7427 §3: AlgorithmIdentifier DER for the signature schemes we use in AUTH method 14.
 _RSA_SHA256_ALGORITHM = bytes.fromhex("300d06092a864886f70d01010b0500")
@@ -156,6 +159,17 @@ class Outcome:
     closed: bool = False  # the IKE SA is gone: forget it, return its lease
     successor: IkeSa | None = None  # an IKE rekey made this SA: serve it from now on
     reply_to: tuple[Endpoint | None, object] | None = None  # answer elsewhere than the SA
+    dropped: tuple[str, str] | None = None  # (kind, line): a drop for the edge's throttled log
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """The last request answered (§2.1): its message ID, a digest of the datagram that
+    carried it (the first fragment's, when fragmented) and the response datagrams."""
+
+    message_id: int
+    request: bytes
+    datagrams: tuple[bytes, ...]
 
 
 @dataclass
@@ -208,7 +222,10 @@ class IkeSa:
         self.identity = ""  # the EAP identity once authenticated
         self.virtual_ip: ipaddress.IPv4Address | None = None
         self.children: dict[int, _Child] = {}  # by our inbound SPI
-        self.last_response: tuple[int, list[bytes]] | None = None
+        self.last_response: _Answered | None = None
+        self._request_digest = b""  # of the request being answered
+        self.ike_policy = context.ike_policy  # the edge narrows it under load
+        self.half_open_key: tuple[str, int, bytes] | None = None  # the edge's index entry
         self._reassembler = fragments.Reassembler()
         self._init_request = b""
         self._init_response = b""
@@ -249,29 +266,35 @@ class IkeSa:
         header = message.header
         if header.response:
             return Outcome()  # we never initiate, so responses are stray (§2.1)
-        if self.last_response is not None and header.message_id == self.last_response[0]:
-            return Outcome(send=list(self.last_response[1]), reply_to=(sender, port))
+        last = self.last_response
+        if last is not None and header.message_id == last.message_id:
+            return self._retransmit(last, raw, sender, port)
         if header.message_id != self.next_message_id or self._pending is not None:
             return Outcome()  # out of window, or still working on the previous one
         if header.exchange == ExchangeType.IKE_SA_INIT:
+            if self.crypto is not None or header.spi_r != ZERO_SPI:
+                # §1.2: IKE_SA_INIT is only message 0 of a new SA; never rekey in clear.
+                return Outcome(dropped=("clear", f"{self.name}: dropped IKE_SA_INIT on an SA"))
+            self._request_digest = _digest(raw)
             return self._init(message, raw)
         try:
-            inner = self._decrypt(message, raw)
+            opened = self._open_sk(message, raw)
         except IkeError as e:
-            log.warn(
-                "{sa}: dropped {exchange} #{mid}: {reason}",
-                sa=self.name,
-                exchange=_exchange_name(header.exchange),
-                mid=header.message_id,
-                reason=e.reason,
+            reason = (
+                f"{self.name}: dropped {exchange_name(header.exchange)} "
+                f"#{header.message_id}: {e.reason}"
             )
-            return Outcome()
-        if inner is None:
+            return Outcome(dropped=("integrity", reason))
+        if opened is None:
             return Outcome()  # more fragments to come
         if sender is not None:
             # Both ends float: NAT-T moves us to 4500 too, where ESP-in-UDP must come from.
             self.remote, self.port = sender, port
             self.local = replace(self.local, port=getattr(port, "number", self.local.port))
+        try:
+            inner = Message(header, decode_payloads(*opened))
+        except IkeError as e:
+            return self._invalid(header, e)
         if logs.debug_enabled():
             log.debug("{sa}: decrypted {what}", sa=self.name, what=describe(inner))
         handlers = {
@@ -284,12 +307,62 @@ class IkeSa:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         return handler(header, inner)
 
+    def _retransmit(
+        self, last: _Answered, raw: bytes, sender: Endpoint | None, port: object
+    ) -> Outcome:
+        """§2.1: a retransmitted request gets the same response again, where it came from;
+        only for the very datagram answered (charon compares a hash too), once per
+        fragmented request (its first fragment), and never more octets than it carried to
+        an address this SA has not verified: a replayed request from a forged source must
+        not make us a reflector (§2.23 moves the SA only after an integrity check)."""
+        if _digest(raw) != last.request:
+            return Outcome()
+        elsewhere = sender is not None and sender != self.remote
+        if elsewhere and sum(len(d) for d in last.datagrams) > len(raw):
+            return Outcome(
+                dropped=(
+                    "retransmit-elsewhere",
+                    f"{self.name}: retransmission from {sender.host}:{sender.port} "
+                    "not answered there: larger than the request and the address "
+                    "is not the SA's",
+                )
+            )
+        return Outcome(send=list(last.datagrams), reply_to=(sender, port))
+
+    def _invalid(self, header: Header, error: IkeError) -> Outcome:
+        """A protected request whose integrity checked out but whose payloads do not
+        parse: the error notify in the response (§3.10.1 allows INVALID_SYNTAX only
+        here), and an SA still authenticating cannot go on (§2.21.2)."""
+        log.info(
+            "{sa}: {exchange} #{mid} refused: {reason}",
+            sa=self.name,
+            exchange=exchange_name(header.exchange),
+            mid=header.message_id,
+            reason=error.reason,
+        )
+        outcome = self._respond(header, [_notify(error.notify, error.data)])
+        return outcome if self.state == State.ESTABLISHED else self._close(outcome)
+
     def eap_result(self, conversation_id: bytes, result: Result) -> Outcome:
         """The backend answered the EAP Response of the pending IKE_AUTH request."""
         header = self._take_pending("eap")
         entries: list[Entry] = [(PayloadType.EAP, Eap(result.eap))]
         if isinstance(result, Challenge):
             return self._respond(header, entries)
+        if isinstance(result, Success) and len(result.msk) < MIN_MSK:
+            # §2.16 would fall back to SK_p, but every method offered here derives an MSK:
+            # a Success without one is a broken backend, not a reason to skip the binding.
+            log.error(
+                "{sa}: EAP-{method} succeeded for {user!r} without a usable MSK "
+                "({n} octets); AUTHENTICATION_FAILED",
+                sa=self.name,
+                method=result.method,
+                user=result.identity,
+                n=len(result.msk),
+            )
+            entries = [(PayloadType.EAP, Eap(packet.failure(result.eap[1]).encode()))]
+            entries.append(_notify(NotifyType.AUTHENTICATION_FAILED))
+            return self._close(self._respond(header, entries))
         if isinstance(result, Success):
             self.state = State.AUTHENTICATED
             self.identity = result.identity
@@ -364,7 +437,7 @@ class IkeSa:
             )
         if not 16 <= len(nonce.data) <= 256:
             return self._init_error(header, _notify(NotifyType.INVALID_SYNTAX), "bad nonce size")
-        choice = proposal.select(sa.proposals, self.context.ike_policy, ke.group)
+        choice = proposal.select(sa.proposals, self.ike_policy, ke.group)
         if choice is None:
             offered = "; ".join(_describe(p) for p in sa.proposals)
             return self._init_error(
@@ -566,7 +639,7 @@ class IkeSa:
                 log.error("{sa}: no virtual IP: {error}", sa=self.name, error=str(e))
                 entries.append(_notify(NotifyType.INTERNAL_ADDRESS_FAILURE))
                 return self._respond(header, entries)
-        return self._child(header, request, entries, self._ni, self._nr, ke_group=None)
+        return self._child(header, request, entries, self._ni, self._nr)
 
     def _configuration(self, request: Configuration) -> Configuration:
         """CFG_REPLY (§3.15): the leased address, DNS, NBNS; what we do not serve (IPv6,
@@ -595,13 +668,12 @@ class IkeSa:
         entries: list[Entry],
         ni: bytes,
         nr: bytes,
-        ke_group: int | None,
-        shared: bytes = b"",
+        ke: Ke | None = None,
         reqid: int | None = None,
     ) -> Outcome:
-        """Negotiate the CHILD_SA of ``request`` (SA, TSi, TSr) and hand it to the
-        installer; child failures are notifies, the IKE SA stays (§1.2). A rekeyed
-        CHILD_SA keeps its predecessor's ``reqid``."""
+        """Negotiate the CHILD_SA of ``request`` (SA, TSi, TSr; with ``ke``, a KE for
+        PFS, §1.3.1) and hand it to the installer; child failures are notifies, the IKE
+        SA stays (§1.2). A rekeyed CHILD_SA keeps its predecessor's ``reqid``."""
         sa, tsi, tsr = (
             request.get(PayloadType.SA),
             request.get(PayloadType.TSi),
@@ -613,7 +685,7 @@ class IkeSa:
             or not isinstance(tsr, TrafficSelectors)
         ):
             return self._respond(header, entries)  # no CHILD_SA asked for
-        choice = proposal.select(sa.proposals, self.context.esp_policy, ke_group)
+        choice = proposal.select(sa.proposals, self.context.esp_policy, ke and ke.group)
         if choice is None:
             log.info(
                 "{sa}: no acceptable ESP proposal in {offered}",
@@ -634,6 +706,17 @@ class IkeSa:
         peer_spi = choice.proposal.spi
         if len(peer_spi) != 4:
             return self._respond(header, [*entries, _notify(NotifyType.INVALID_SYNTAX)])
+        shared = b""
+        if ke is not None:
+            assert choice.dh is not None  # select() requires a group when there is a KE
+            if choice.dh.id != ke.group:  # §1.3: the KE must be of the chosen group
+                data = struct.pack("!H", choice.dh.id)
+                return self._respond(header, [_notify(NotifyType.INVALID_KE_PAYLOAD, data)])
+            try:
+                public, shared = _diffie_hellman(ke)
+            except transforms.InvalidPublicValue:
+                return self._respond(header, [*entries, _notify(NotifyType.INVALID_SYNTAX)])
+            entries = [*entries, (PayloadType.KE, Ke(ke.group, public))]
         inbound_spi = int.from_bytes(os.urandom(4), "big") | 0x100  # never in 0..255 (RFC 4303)
         assert self.crypto is not None
         cipher = transforms.cipher_for(choice.encr.id, choice.encr.key_length)
@@ -676,15 +759,15 @@ class IkeSa:
         self, tsi: Sequence[TrafficSelector], tsr: Sequence[TrafficSelector]
     ) -> tuple[list[TrafficSelector], list[TrafficSelector]] | None:
         """RFC 7296 §2.9: the client's side narrows to its virtual IP (or its own address
-        without one), our side to the IPv4 part of what it asked for. IPv6 selectors are
-        dropped (no IPv6 pool)."""
-        own = self.virtual_ip or ipaddress.IPv4Address(self.remote.host)
+        without one), our side to the part of what it asked for in the same family.
+        Selectors of the other family are dropped (no IPv6 pool)."""
+        own = self.virtual_ip or ipaddress.ip_address(self.remote.host)
         their = [
             TrafficSelector(own, own, s.ip_protocol, s.start_port, s.end_port)
             for s in tsi
-            if s.start_address.version == 4 and s.start_address <= own <= s.end_address
+            if s.start_address.version == own.version and s.start_address <= own <= s.end_address
         ]
-        ours = [s for s in tsr if s.start_address.version == 4]
+        ours = [s for s in tsr if s.start_address.version == own.version]
         if not their or not ours:
             return None
         return their[:1], ours
@@ -709,25 +792,21 @@ class IkeSa:
         nonce = inner.get(PayloadType.NONCE)
         if not isinstance(nonce, Nonce):
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+        if not 16 <= len(nonce.data) <= 256:
+            return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         nr = os.urandom(NONCE_SIZE)
         entries: list[Entry] = [(PayloadType.NONCE, Nonce(nr))]
         ke = inner.get(PayloadType.KE)
-        shared = b""
-        ke_group = None
-        if isinstance(ke, Ke):
-            try:
-                public, shared = _diffie_hellman(ke)
-            except transforms.InvalidPublicValue:
-                return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
-            ke_group = ke.group
-            entries.append((PayloadType.KE, Ke(ke.group, public)))
-        return self._child(header, inner, entries, nonce.data, nr, ke_group, shared, reqid)
+        ke = ke if isinstance(ke, Ke) else None
+        return self._child(header, inner, entries, nonce.data, nr, ke, reqid)
 
     def _rekey_ike(self, header: Header, inner: Message, sa: Sa) -> Outcome:
         """§1.3.2: a new IKE SA takes over this one's CHILD_SAs, lease and identity; the
         client then deletes this one. Keys per §2.18, from this SA's SK_d."""
         nonce, ke = inner.get(PayloadType.NONCE), inner.get(PayloadType.KE)
         if not isinstance(nonce, Nonce) or not isinstance(ke, Ke):
+            return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+        if not 16 <= len(nonce.data) <= 256:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         choice = proposal.select(sa.proposals, self.context.ike_policy, ke.group)
         if choice is None:
@@ -876,38 +955,33 @@ class IkeSa:
         prefix = head + generic + extra
         return prefix + sk.seal(prefix, plaintext, protection)
 
-    def _decrypt(self, message: Message, raw: bytes) -> Message | None:
-        """The inner payloads of an SK message, or of all its SKF fragments once complete."""
+    def _open_sk(self, message: Message, raw: bytes) -> tuple[int, bytes] | None:
+        """The first inner payload type and plaintext of an SK message, or of all its SKF
+        fragments once complete (RFC 7383); None while fragments are missing. Raises
+        IkeError when the integrity check fails or there is nothing protected: such a
+        message is dropped unanswered (§2.21)."""
         crypto = self.crypto
         if crypto is None:
             raise IkeError(NotifyType.INVALID_SYNTAX, "encrypted message before IKE_SA_INIT")
         last_kind, payload = message.payloads[-1] if message.payloads else (None, None)
         protection = crypto.inbound
         if isinstance(payload, Encrypted):
-            body = payload.raw
-            plaintext = _open(raw[: len(raw) - len(body)], body, protection)
-            entries = decode_payloads(payload.first_payload, plaintext)
-        elif isinstance(payload, EncryptedFragment):
-            body = payload.raw
-            plaintext = _open(raw[: len(raw) - len(body)], body, protection)
-            try:
-                done = self._reassembler.add(
-                    message.header.message_id,
-                    fragments.Fragment(
-                        payload.number, payload.total, plaintext, payload.first_payload
-                    ),
-                )
-            except fragments.FragmentError as e:
-                raise IkeError(NotifyType.INVALID_SYNTAX, str(e)) from None
-            if done is None:
-                return None
-            entries = decode_payloads(*done)
-        else:
+            plaintext = _open(raw[: len(raw) - len(payload.raw)], payload.raw, protection)
+            self._request_digest = _digest(raw)
+            return payload.first_payload, plaintext
+        if not isinstance(payload, EncryptedFragment):
             raise IkeError(NotifyType.INVALID_SYNTAX, f"no SK payload (last is {last_kind})")
-        return Message(message.header, entries)
+        plaintext = _open(raw[: len(raw) - len(payload.raw)], payload.raw, protection)
+        if payload.number == 1:
+            self._request_digest = _digest(raw)
+        piece = fragments.Fragment(payload.number, payload.total, plaintext, payload.first_payload)
+        try:
+            return self._reassembler.add(message.header.message_id, piece)
+        except fragments.FragmentError as e:
+            raise IkeError(NotifyType.INVALID_SYNTAX, str(e)) from None
 
     def _remember(self, request: Header, datagrams: list[bytes]) -> Outcome:
-        self.last_response = (request.message_id, datagrams)
+        self.last_response = _Answered(request.message_id, self._request_digest, tuple(datagrams))
         self.next_message_id = request.message_id + 1
         return Outcome(send=list(datagrams))
 
@@ -962,6 +1036,10 @@ def _derive(
     return _Crypto(prf, ike_keys, outbound, inbound)
 
 
+def _digest(datagram: bytes) -> bytes:
+    return hashlib.sha256(datagram).digest()
+
+
 def _open(prefix: bytes, body: bytes, protection: sk.SkCrypto) -> bytes:
     try:
         return sk.open(prefix, body, protection)
@@ -1014,11 +1092,11 @@ def _describe_id(identification: Identification) -> str:
     if identification.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
         return str(ipaddress.ip_address(identification.data))
     if identification.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
-        return identification.data.decode("utf-8", "replace")
+        return logs.printable(identification.data.decode("utf-8", "replace"))
     return f"type {identification.id_type} {identification.data.hex()}"
 
 
-def _exchange_name(exchange: int) -> str:
+def exchange_name(exchange: int) -> str:
     try:
         return ExchangeType(exchange).name
     except ValueError:
