@@ -425,11 +425,18 @@ class IkePort(DatagramProtocol):
     """UDP 500 (plain IKE) or 4500 (IKE after the non-ESP marker, NAT-T)."""
 
     noisy = False
+    # Octets read per reactor turn (Twisted's default is 256 KiB). An IKE_SA_INIT costs up
+    # to a millisecond of DH: a full default turn of small requests would hold the reactor,
+    # RADIUS included, for over a second under a flood; this bounds a turn near 0.1 s.
+    read_per_turn = 32 * 1024
 
     def __init__(self, responder: Responder, number: int, nat_t: bool) -> None:
         self.responder = responder
         self.number = number
         self.nat_t = nat_t
+
+    def startProtocol(self) -> None:
+        self.transport.maxThroughput = self.read_per_turn
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.nat_t:

@@ -251,6 +251,15 @@ class IkeSa:
         return self._eap_id
 
     @property
+    def suite(self) -> str:
+        """The IKE SA's algorithms, as administrators write them: ENCR/PRF[/INTEG]/DH."""
+        choice = self.ike_choice
+        if choice is None or choice.prf is None or choice.dh is None:
+            return "no suite yet"
+        integ = f"/{choice.integ.name}" if choice.integ else ""
+        return f"{choice.encr.name}/{choice.prf.name}{integ}/{choice.dh.name}"
+
+    @property
     def name(self) -> str:
         return f"{self.remote.host}:{self.remote.port} [{self.spi_i.hex()}/{self.spi_r.hex()}]"
 
@@ -492,26 +501,20 @@ class IkeSa:
         self.ike_choice = choice
         response = encode_message(self._header(header), entries)
         self._init_response = response
-        log.info(
-            "{sa}: IKE_SA_INIT {encr}/{prf}{integ}/{group}{nat}",
+        log.debug(
+            "{sa}: IKE_SA_INIT {suite}{nat}",
             sa=self.name,
-            encr=choice.encr.name,
-            prf=choice.prf.name,
-            integ=f"/{choice.integ.name}" if choice.integ else "",
-            group=choice.dh.name,
+            suite=self.suite,
             nat=", NAT detected" if self.nat_detected else "",
         )
         return self._remember(header, [response])
 
     def _init_error(self, header: Header, entry: Entry, reason: str) -> Outcome:
-        """An unencrypted error response with a zero responder SPI; no state is kept."""
-        log.info(
-            "{peer}: IKE_SA_INIT refused: {reason}",
-            peer=f"{self.remote.host}:{self.remote.port}",
-            reason=reason,
-        )
-        response = encode_message(replace(self._header(header), spi_r=bytes(8)), [entry])
-        return Outcome(send=[response], closed=True)
+        """An unencrypted error response with a zero responder SPI; no state is kept.
+        Anyone can cause one, so the line goes through the edge's throttled log."""
+        response = encode_message(replace(self._header(header), spi_r=ZERO_SPI), [entry])
+        line = f"{self.remote.host}:{self.remote.port}: IKE_SA_INIT refused: {reason}"
+        return Outcome(send=[response], closed=True, dropped=("init-refused", line))
 
     def _detect_nat(self, message: Message) -> None:
         """RFC 7296 §2.23: the request's hashes use a zero responder SPI."""
@@ -628,7 +631,13 @@ class IkeSa:
             keys.signed_octets(prf, self._init_response, self._ni, sk_pr, self._idr.encode()),
         )
         self.state = State.ESTABLISHED
-        log.info("{sa}: ESTABLISHED for {user!r}", sa=self.name, user=self.identity)
+        log.info(
+            "{sa}: ESTABLISHED for {user!r} with {suite}{nat}",
+            sa=self.name,
+            user=self.identity,
+            suite=self.suite,
+            nat=", NAT detected" if self.nat_detected else "",
+        )
         entries: list[Entry] = [(PayloadType.AUTH, Authentication(AuthMethod.SHARED_KEY, ours))]
         request = self._auth_request
         cp = request.get(PayloadType.CP)
