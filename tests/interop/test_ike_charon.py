@@ -143,6 +143,23 @@ class EapMsChapV2Tests(CharonTestCase):
         self.assertEqual((sa.encr_alg, sa.dh_group), ("CHACHA20_POLY1305", "CURVE_25519"))
 
     @defer.inlineCallbacks
+    def test_a_range_that_is_not_one_prefix_is_split_for_the_kernel(self):
+        """RFC 7296 §3.13.1 selectors are address ranges; the kernel takes prefixes. A
+        range charon asks for, 10.20.0.1-10.20.0.6, becomes exactly its four CIDR blocks
+        (it used to become 0.0.0.0/0 in the kernel policy)."""
+        self.start_gateway()
+        client, result = yield self.connect(remote_ts="10.20.0.1-10.20.0.6")
+        self.assertTrue(result.ok, result.output + client.tail())
+        (sa,) = yield client.list_sas()
+        (child,) = sa.children
+        self.assertEqual(child.remote_ts, ["10.20.0.1..10.20.0.6"])  # charon's notation
+        (spec,) = self.installer.installed.values()
+        self.assertEqual(
+            [str(s.network) for s in spec.local_selectors],
+            ["10.20.0.1/32", "10.20.0.2/31", "10.20.0.4/31", "10.20.0.6/32"],
+        )
+
+    @defer.inlineCallbacks
     def test_session_view_over_the_admin_api(self):
         """GET /sessions on the admin port: the user, the virtual IP, the SAs charon has."""
         self.start_gateway()

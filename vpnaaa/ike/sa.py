@@ -79,7 +79,6 @@ log = logs.get("vpnaaa.ike")
 NONCE_SIZE = 32
 ZERO_SPI = bytes(8)
 MIN_MSK = 32  # octets; RFC 3748 §7.10 asks 64, the MS-MPPE keys of a RADIUS Accept carry 32
-ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
 # RFC 7427 §3: AlgorithmIdentifier DER for the signature schemes we use in AUTH method 14.
 _RSA_SHA256_ALGORITHM = bytes.fromhex("300d06092a864886f70d01010b0500")
 _ECDSA_SHA256_ALGORITHM = bytes.fromhex("300a06082a8648ce3d040302")
@@ -747,8 +746,8 @@ class IkeSa:
             inbound_integ_key=material.integ_i,
             outbound_encr_key=material.encr_r,
             outbound_integ_key=material.integ_r,
-            local_selectors=tuple(_selector(s) for s in ours),
-            remote_selectors=tuple(_selector(s) for s in their),
+            local_selectors=_kernel_selectors(ours),
+            remote_selectors=_kernel_selectors(their),
             esn=choice.esn == 1,
             encapsulation=encapsulation,
             soft_lifetime=self.context.child_lifetime * 9 // 10,
@@ -1077,13 +1076,13 @@ def _equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def _selector(selector: TrafficSelector) -> Selector:
-    networks = list(ipaddress.summarize_address_range(selector.start_address, selector.end_address))
-    return Selector(
-        networks[0] if len(networks) == 1 else ANY4,
-        selector.ip_protocol,
-        selector.start_port,
-        selector.end_port,
+def _kernel_selectors(selectors: Sequence[TrafficSelector]) -> tuple[Selector, ...]:
+    """Address ranges (§3.13.1) as the kernel takes them: one selector per CIDR block of
+    each range, so a range that is not one prefix is covered exactly, never widened."""
+    return tuple(
+        Selector(network, s.ip_protocol, s.start_port, s.end_port)
+        for s in selectors
+        for network in ipaddress.summarize_address_range(s.start_address, s.end_address)
     )
 
 
