@@ -64,6 +64,7 @@ async def _session(responder: Responder, sa: IkeSa, now: float) -> dict[str, Any
             "group": choice.dh.name if choice and choice.dh else None,
         },
         "child_sas": children,
+        "weak_algorithms": list(sa.weak_algorithms),
     }
 
 
@@ -90,6 +91,8 @@ def render(sessions: list[dict[str, Any]]) -> str:
             f"  IKE SPIs {s['ike_spis']}, up {s['duration']} s, NAT-T {s['nat_t']}",
             "  IKE " + "/".join(str(v) for v in s["ike"].values() if v),
         ]
+        if s["weak_algorithms"]:
+            lines.append("  WEAK algorithms: " + ", ".join(s["weak_algorithms"]))
         for c in s["child_sas"]:
             traffic = ""
             if "bytes_in" in c:

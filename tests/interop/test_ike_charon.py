@@ -20,7 +20,7 @@ from twisted.web import client as client_agent
 from tests.interop import charon
 from tests.support import add_users, state_dir, write_config
 from vpnaaa import config as configuration
-from vpnaaa import pki
+from vpnaaa import pki, sessions
 from vpnaaa.service import make_service
 from vpnaaa.users import User
 
@@ -270,6 +270,10 @@ class NegotiationTests(CharonTestCase):
             proposals="aes256-sha1-modp1024", esp_proposals="aes256-sha1"
         )
         self.assertTrue(result.ok, result.output + client.tail())
+        # accepted, but marked as weak where an administrator looks (RFC 8247)
+        (session,) = yield sessions.snapshot(self.daemon.ike.responder)
+        self.assertEqual(session["weak_algorithms"], ["sha1", "prfsha1", "modp1024"])
+        self.assertIn("WEAK algorithms: sha1, prfsha1, modp1024", sessions.render([session]))
 
 
 class RekeyTests(CharonTestCase):

@@ -75,6 +75,11 @@ ALGORITHMS = {
     )
 }
 AEAD = {EncrId.AES_GCM_16, EncrId.CHACHA20_POLY1305}
+# The weak surface in one place: accepted because Windows offers them out of the box (SHA1,
+# MODP1024; 3DES on Windows 7), but a session using one is marked in the session view and
+# its ESTABLISHED line (RFC 8247 §2.1-2.4: 3DES, SHA1 integrity, MODP1024/1536 are not
+# recommended or worse).
+WEAK = frozenset({"3des", "md5", "sha1", "prfsha1", "modp1024", "modp1536"})
 
 # Strong choices first; what Windows (AES-CBC, SHA1, MODP1024), iOS/macOS (AES-256, SHA2,
 # MODP2048/ECP256) and Android 11+ (MODP2048+/Curve25519, GCM or SHA2) offer is included.
@@ -135,6 +140,12 @@ class Choice:
     @property
     def aead(self) -> bool:
         return self.encr.id in AEAD
+
+    @property
+    def weak(self) -> tuple[str, ...]:
+        """The names of the chosen algorithms that are in :data:`WEAK`."""
+        chosen = (self.encr, self.integ, self.prf, self.dh)
+        return tuple(a.name for a in chosen if a is not None and a.name in WEAK)
 
 
 def _pick(policy: Policy, kind: TransformType, offered: Sequence[Transform]) -> Algorithm | None:

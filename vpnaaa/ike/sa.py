@@ -241,6 +241,8 @@ class IkeSa:
         self.ike_choice: proposal.Choice | None = None
         self.profile = context.profiles[0]  # chosen in IKE_AUTH from IDr / local address
         self.established_at: float | None = None  # set by the edge (it owns the clock)
+        self._auth_method: int | None = None  # how we signed our AUTH
+        self._weak_logged = False
 
     # -- public API used by the edge ---------------------------------------------------
 
@@ -248,6 +250,16 @@ class IkeSa:
     def eap_conversation(self) -> bytes | None:
         """The EAP backend's conversation id for this SA's authentication."""
         return self._eap_id
+
+    @property
+    def weak_algorithms(self) -> tuple[str, ...]:
+        """What this SA uses from the weak surface (:data:`proposal.WEAK`): its IKE and
+        CHILD_SA algorithms, and our AUTH signature when it had to be RSA with SHA-1."""
+        found = list(self.ike_choice.weak if self.ike_choice else ())
+        found += [name for c in self.children.values() for name in c.choice.weak]
+        if self._auth_method == AuthMethod.RSA_SIG:
+            found.append("rsa-sha1-auth")
+        return tuple(dict.fromkeys(found))
 
     @property
     def suite(self) -> str:
@@ -424,6 +436,16 @@ class IkeSa:
             local=",".join(str(s.network) for s in spec.local_selectors),
             remote=",".join(str(s.network) for s in spec.remote_selectors),
         )
+        weak = self.weak_algorithms
+        if weak and not self._weak_logged:
+            self._weak_logged = True
+            log.warn(
+                "{sa}: {user!r} uses weak algorithms: {weak} (accepted for Windows' "
+                "defaults; the session view marks it)",
+                sa=self.name,
+                user=self.identity,
+                weak=", ".join(weak),
+            )
         return self._respond(header, entries)
 
     def close(self) -> Outcome:
@@ -575,6 +597,7 @@ class IkeSa:
                 self.crypto.prf, self._init_response, self._ni, self.crypto.keys.sk_pr, idr.encode()
             )
         )
+        self._auth_method = method
         self._eap_id, first = self.profile.eap.begin(self.remote.host)
         self.state = State.EAP
         entries: list[Entry] = [
