@@ -126,6 +126,7 @@ class ProfileConfig:
     nbns: tuple[ipaddress.IPv4Address, ...]
     eap_methods: tuple[str, ...]
     backend: str  # "local" or "radius"
+    users: frozenset[str] = frozenset()  # who may use the profile (lower case); empty: all
 
 
 @dataclass(frozen=True)
@@ -446,6 +447,7 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
         nbns=_addresses(section, "nbns"),
         eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, IKE_EAP_METHODS),
         backend=backend,
+        users=frozenset(str(u).lower() for u in section.get("users", list, [])),
     )
 
 

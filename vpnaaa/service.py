@@ -259,7 +259,7 @@ class IkeService(service.Service):
             esp_policy=Policy.from_names(ProtocolId.ESP, config.esp_proposals),
             identity=identity,
             profiles=tuple(
-                Profile(p.name, AddressPool(p.pool), p.dns, p.nbns, eap, p.matches)
+                Profile(p.name, AddressPool(p.pool), p.dns, p.nbns, eap, p.matches, p.users)
                 for p, eap in profiles
             ),
             child_lifetime=config.child_lifetime,

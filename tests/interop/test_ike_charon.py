@@ -365,3 +365,25 @@ class PeapTests(CharonTestCase):
         self.assertEqual(
             (spec.inbound_encr_key, spec.outbound_encr_key), (keys.encr_i, keys.encr_r)
         )
+
+
+class ProfileAuthorisationTests(CharonTestCase):
+    @defer.inlineCallbacks
+    def test_only_the_profiles_users_may_use_it(self):
+        """A profile's ``users`` list (the ASA's group-lock): alice's password is right,
+        but only bob may use the staff profile; charon is refused with
+        AUTHENTICATION_FAILED after EAP, and nothing is left. The default profile
+        (no list) still takes her."""
+        self.start_gateway(
+            '[[ike.profiles]]\nname = "staff"\nmatch = ["staff.example.test"]\n'
+            'pool = "10.99.9.0/24"\nusers = ["Bob"]\n'
+        )
+        client, result = yield self.connect(remote_id="staff.example.test")
+        self.assertFalse(result.ok)
+        self.assertIn("received AUTHENTICATION_FAILED notify error", client.log_text())
+        responder = self.daemon.ike.responder
+        self.assertEqual((responder.sas, self.installer.installed), ({}, {}))
+        self.assertEqual([p.pool.leased for p in responder.context.profiles], [0, 0])
+        yield client.stop()
+        client, result = yield self.connect()
+        self.assertTrue(result.ok, result.output + client.tail())

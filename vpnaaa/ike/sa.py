@@ -28,9 +28,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from vpnaaa import logs
+from vpnaaa import logs, mschap
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Result, Success
+from vpnaaa.eap.authenticator import Failure as EapFailure
 from vpnaaa.eap.backend import EapBackend
 from vpnaaa.ike import fragments, keys, proposal, sk, transforms
 from vpnaaa.ike.const import (
@@ -117,6 +118,12 @@ class Profile:
     nbns: tuple[ipaddress.IPv4Address, ...] = ()
     eap: EapBackend | None = None
     matches: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()  # who may use it (lower case, no domain); empty: all
+
+    def admits(self, identity: str) -> bool:
+        """Whether the authenticated ``identity`` may use this profile (an ASA's
+        group-lock): its name with any DOMAIN\\ prefix removed, in any case."""
+        return not self.users or mschap.strip_domain(identity).lower() in self.users
 
 
 @dataclass
@@ -369,31 +376,22 @@ class IkeSa:
         entries: list[Entry] = [(PayloadType.EAP, Eap(result.eap))]
         if isinstance(result, Challenge):
             return self._respond(header, entries)
-        if isinstance(result, Success) and len(result.msk) < MIN_MSK:
-            # §2.16 would fall back to SK_p, but every method offered here derives an MSK:
-            # a Success without one is a broken backend, not a reason to skip the binding.
-            log.error(
-                "{sa}: EAP-{method} succeeded for {user!r} without a usable MSK "
-                "({n} octets); AUTHENTICATION_FAILED",
-                sa=self.name,
-                method=result.method,
-                user=result.identity,
-                n=len(result.msk),
-            )
-            entries = [(PayloadType.EAP, Eap(packet.failure(result.eap[1]).encode()))]
-            entries.append(_notify(NotifyType.AUTHENTICATION_FAILED))
-            return self._close(self._respond(header, entries))
         if isinstance(result, Success):
-            self.state = State.AUTHENTICATED
-            self.identity = result.identity
-            self._msk = result.msk
-            log.info(
-                "{sa}: EAP-{method} succeeded for {user!r}",
-                sa=self.name,
-                method=result.method,
-                user=result.identity,
-            )
-            return self._respond(header, entries)
+            refusal = self._refusal(result)
+            if refusal is None:
+                self.state = State.AUTHENTICATED
+                self.identity = result.identity
+                self._msk = result.msk
+                log.info(
+                    "{sa}: EAP-{method} succeeded for {user!r}",
+                    sa=self.name,
+                    method=result.method,
+                    user=result.identity,
+                )
+                return self._respond(header, entries)
+            failure = packet.failure(result.eap[1]).encode()
+            result = EapFailure(failure, result.identity, refusal)
+            entries = [(PayloadType.EAP, Eap(failure))]
         log.info(
             "{sa}: EAP failed for {user!r}: {reason}; AUTHENTICATION_FAILED",
             sa=self.name,
@@ -402,6 +400,18 @@ class IkeSa:
         )
         entries.append(_notify(NotifyType.AUTHENTICATION_FAILED))
         return self._close(self._respond(header, entries))
+
+    def _refusal(self, success: Success) -> str | None:
+        """Why an EAP Success may still not authenticate this SA, or None."""
+        if len(success.msk) < MIN_MSK:
+            # §2.16 would fall back to SK_p, but every method offered here derives an MSK:
+            # a Success without one is a broken backend, not a reason to skip the binding.
+            return (
+                f"EAP-{success.method} succeeded without a usable MSK ({len(success.msk)} octets)"
+            )
+        if not self.profile.admits(success.identity):
+            return f"not in the users list of profile {self.profile.name}"
+        return None
 
     def child_installed(
         self, spec: ChildSaSpec, error: str | None, transient: bool = False
