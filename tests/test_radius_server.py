@@ -72,12 +72,17 @@ class ServerTestCase(unittest.TestCase):
         write_users(state / "users.json", {"User": User.create("User", PASSWORD, chap=True)})
         store = UserStore(state / "users.json")
         store.load()
-        self.backend = CountingBackend(auth.LocalBackend(store))
         self.clock = task.Clock()
+        self.backend = CountingBackend(auth.LocalBackend(store, self.clock))
         clients = ClientTable(
             [
                 RadiusClient("nas", ipaddress.ip_network("127.0.0.0/24"), SECRET),
-                RadiusClient("strict", ipaddress.ip_network("127.0.0.9/32"), SECRET, True),
+                RadiusClient(
+                    "strict",
+                    ipaddress.ip_network("127.0.0.9/32"),
+                    SECRET,
+                    require_message_authenticator=True,
+                ),
             ]
         )
         self.duplicates = DuplicateCache(self.clock, window=5.0)
@@ -131,7 +136,8 @@ class AccessTests(ServerTestCase):
         request.AddAttribute("User-Name", "User")
         request["User-Password"] = [request.PwCrypt(PASSWORD.encode() + b"\xff")]
         received = wire.parse(request.RequestPacket())
-        d = AccessHandler(self.backend).handle(received, SECRET, "nas")
+        client = RadiusClient("nas", ipaddress.ip_network("127.0.0.1"), SECRET)
+        d = AccessHandler(self.backend).handle(received, client, "nas")
         return d.addCallback(lambda raw: self.assertEqual(raw[0], wire.Code.ACCESS_REJECT))
 
     def test_status_server(self):

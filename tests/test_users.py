@@ -5,6 +5,7 @@ import json
 import os
 import stat
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from tests.support import state_dir
@@ -81,7 +82,8 @@ class LocalBackendTests(unittest.TestCase):
         )
         self.store = UserStore(self.path)
         self.store.load()
-        self.backend = auth.LocalBackend(self.store)
+        self.clock = task.Clock()
+        self.backend = auth.LocalBackend(self.store, self.clock)
 
     def verdict(self, username, credentials):
         return self.successResultOf(self.backend.authenticate(username, credentials))
@@ -108,7 +110,8 @@ class LocalBackendTests(unittest.TestCase):
         self.assertFalse(self.store.cached_password_ok(self.store.get("User"), b"whatever"))
 
     def test_unknown_user(self):
-        self.assertEqual(self.verdict("nobody", auth.Pap(b"x")), auth.Reject("unknown user"))
+        d = self.backend.authenticate("nobody", auth.Pap(b"x"))
+        return d.addCallback(self.assertEqual, auth.Reject("unknown user"))
 
     def test_chap(self):
         challenge = bytes(range(16))
