@@ -8,6 +8,7 @@ import os
 from pyrad.packet import AcctPacket, AuthPacket
 from twisted.internet import defer, task
 from twisted.internet.testing import FakeDatagramTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.support import state_dir
@@ -446,3 +447,27 @@ class BusyTests(ServerTestCase):
         self.assertEqual(protocol.transport.written[-1][0][0], wire.Code.ACCESS_REJECT)
         self.assertEqual(self.send(protocol, raw), [])  # 61 again: checked this time
         self.assertEqual(len(parked), 2)
+
+
+class DropLogTests(ServerTestCase):
+    def test_drop_lines_are_rate_limited(self):
+        """A flood of dropped packets gives one line per ten seconds, then the count."""
+        lines = []
+
+        def observe(event):
+            text = formatEvent(event) or ""
+            if "dropped" in text:
+                lines.append(text)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        raw = mschapv2_request(secret=b"other").RequestPacket()
+        for _ in range(5):
+            self.send(self.auth, raw, ("192.0.2.1", 1812))
+            self.send(self.auth, raw)
+        self.assertEqual(len(lines), 2)
+        self.clock.advance(10)
+        self.send(self.auth, raw)
+        self.assertEqual(len(lines), 3)
+        self.assertIn("bad Message-Authenticator", lines[-1])
+        self.assertIn("(4 more like it", lines[-1])

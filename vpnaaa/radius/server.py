@@ -29,6 +29,7 @@ from vpnaaa.config import Auto, RadiusClient
 from vpnaaa.radius import wire
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.handlers import AccessHandler
+from vpnaaa.ratelimit import LogLimiter
 
 log = logs.get("vpnaaa.radius")
 
@@ -238,6 +239,7 @@ class RadiusProtocol(DatagramProtocol):
         self.handlers = handlers
         self.reject_delay = reject_delay
         self.blast = BlastRadiusChecks()
+        self._drop_log = LogLimiter(duplicates.clock)
         self._delayed: dict[int, IDelayedCall] = {}
         self._tokens = itertools.count()
 
@@ -251,12 +253,15 @@ class RadiusProtocol(DatagramProtocol):
         host, port = canonical_host(addr[0]), addr[1]
         client = self.clients.lookup(host)
         if client is None:
-            log.warn(
-                "dropped {n}-octet datagram from {host}:{port}: not a configured client",
-                n=len(data),
-                host=host,
-                port=port,
-            )
+            skipped = self._drop_log.allow(None)
+            if skipped is not None:
+                log.warn(
+                    "dropped {n}-octet datagram from {host}:{port}: not a configured client{more}",
+                    n=len(data),
+                    host=host,
+                    port=port,
+                    more=_more(skipped),
+                )
             return
         try:
             request = wire.parse(data)
@@ -374,14 +379,23 @@ class RadiusProtocol(DatagramProtocol):
         )
 
     def _drop(self, client: RadiusClient, host: str, port: int, reason: str) -> None:
+        """One log line per client and reason every ten seconds, with the count left out."""
+        skipped = self._drop_log.allow((client.name, reason))
+        if skipped is None:
+            return
         log.warn(
-            "dropped {kind} packet from client {client} ({host}:{port}): {reason}",
+            "dropped {kind} packet from client {client} ({host}:{port}): {reason}{more}",
             kind=self.kind,
             client=client.name,
             host=host,
             port=port,
             reason=reason,
+            more=_more(skipped),
         )
+
+
+def _more(skipped: int) -> str:
+    return f" ({skipped} more like it since the last such line)" if skipped else ""
 
 
 def _status_server(response: wire.Code) -> Handler:
