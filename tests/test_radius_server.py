@@ -1,5 +1,6 @@
 """The RADIUS UDP edge in memory: validation, duplicates, bad input, reply format."""
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -7,6 +8,7 @@ import os
 from pyrad.packet import AcctPacket, AuthPacket
 from twisted.internet import defer, task
 from twisted.internet.testing import FakeDatagramTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.support import state_dir
@@ -47,7 +49,9 @@ class CountingBackend:
         self.parked = []
 
 
-def mschapv2_request(ident=7, packet_id=1, nt_response=NT_RESPONSE, ma=True, secret=SECRET):
+def mschapv2_request(
+    ident=7, packet_id=1, nt_response=NT_RESPONSE, ma=True, secret=SECRET, proxy_states=()
+):
     """The RFC 2759 §9.2 sample as an Access-Request (RFC 2548 §2.3.2 layout)."""
     request = AuthPacket(
         code=wire.Code.ACCESS_REQUEST,
@@ -61,6 +65,8 @@ def mschapv2_request(ident=7, packet_id=1, nt_response=NT_RESPONSE, ma=True, sec
     request.AddAttribute(
         "MS-CHAP2-Response", bytes([ident, 0]) + PEER_CHALLENGE + bytes(8) + nt_response
     )
+    for state in proxy_states:
+        request.AddAttribute("Proxy-State", state)
     if ma:
         request.add_message_authenticator()
     return request
@@ -72,12 +78,17 @@ class ServerTestCase(unittest.TestCase):
         write_users(state / "users.json", {"User": User.create("User", PASSWORD, chap=True)})
         store = UserStore(state / "users.json")
         store.load()
-        self.backend = CountingBackend(auth.LocalBackend(store))
         self.clock = task.Clock()
+        self.backend = CountingBackend(auth.LocalBackend(store, self.clock))
         clients = ClientTable(
             [
                 RadiusClient("nas", ipaddress.ip_network("127.0.0.0/24"), SECRET),
-                RadiusClient("strict", ipaddress.ip_network("127.0.0.9/32"), SECRET, True),
+                RadiusClient(
+                    "strict",
+                    ipaddress.ip_network("127.0.0.9/32"),
+                    SECRET,
+                    require_message_authenticator=True,
+                ),
             ]
         )
         self.duplicates = DuplicateCache(self.clock, window=5.0)
@@ -131,7 +142,8 @@ class AccessTests(ServerTestCase):
         request.AddAttribute("User-Name", "User")
         request["User-Password"] = [request.PwCrypt(PASSWORD.encode() + b"\xff")]
         received = wire.parse(request.RequestPacket())
-        d = AccessHandler(self.backend).handle(received, SECRET, "nas")
+        client = RadiusClient("nas", ipaddress.ip_network("127.0.0.1"), SECRET)
+        d = AccessHandler(self.backend).handle(received, client, "nas")
         return d.addCallback(lambda raw: self.assertEqual(raw[0], wire.Code.ACCESS_REJECT))
 
     def test_status_server(self):
@@ -295,3 +307,167 @@ class AccountingTests(ServerTestCase):
         broken.path = self.accounting_path
         self.assertEqual(len(self.send(protocol, raw)), 1)
         self.assertEqual(len(self.accounting_path.read_text().splitlines()), 1)
+
+
+def pap_request(packet_id, password=PASSWORD):
+    request = AuthPacket(
+        code=wire.Code.ACCESS_REQUEST,
+        id=packet_id,
+        secret=SECRET,
+        dict=wire.DICTIONARY,
+        authenticator=os.urandom(16),
+    )
+    request.AddAttribute("User-Name", "User")
+    request["User-Password"] = [request.PwCrypt(password.encode())]
+    request.add_message_authenticator()
+    return request
+
+
+class RejectDelayTests(ServerTestCase):
+    """FreeRADIUS's reject_delay on the reactor's clock: nothing blocks, nothing early."""
+
+    def setUp(self):
+        super().setUp()
+        self.auth = auth_protocol(
+            self.auth.clients, self.duplicates, AccessHandler(self.backend), reject_delay=1.0
+        )
+        self.auth.makeConnection(FakeDatagramTransport())
+
+    def test_reject_leaves_after_the_delay_and_retransmissions_wait_too(self):
+        raw = mschapv2_request(nt_response=bytes(24)).RequestPacket()
+        self.assertEqual(self.send(self.auth, raw), [])
+        self.clock.advance(0.5)
+        self.assertEqual(self.send(self.auth, raw), [])  # not answered early
+        self.clock.advance(0.5)
+        (reject,) = [p for p, _ in self.auth.transport.written]
+        self.assertEqual(reject[0], wire.Code.ACCESS_REJECT)
+        self.assertEqual(self.send(self.auth, raw), [reject])  # then from the cache
+        self.assertEqual(self.backend.calls, 1)
+
+    def test_accept_is_not_delayed(self):
+        (reply,) = self.send(self.auth, mschapv2_request().RequestPacket())
+        self.assertEqual(reply[0], wire.Code.ACCESS_ACCEPT)
+
+    def test_closing_the_port_cancels_delayed_rejects(self):
+        self.send(self.auth, mschapv2_request(nt_response=bytes(24)).RequestPacket())
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.auth.doStop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class DualStackTests(ServerTestCase):
+    def test_v4_mapped_source_is_the_ipv4_client(self):
+        """A dual-stack socket reports an IPv4 NAS as ::ffff:a.b.c.d (RFC 4291 §2.5.5.2);
+        it matches the IPv4 entry and the answer goes back to the address it came from."""
+        source = ("::ffff:127.0.0.1", 40000, 0, 0)
+        (reply,) = self.send(self.auth, mschapv2_request().RequestPacket(), source)
+        self.assertEqual(reply[0], wire.Code.ACCESS_ACCEPT)
+        self.assertEqual(self.auth.transport.written[-1][1], source)
+
+
+class BlastRadiusTests(ServerTestCase):
+    """FreeRADIUS 3.2.5's "auto" learning, packet by packet."""
+
+    def test_signed_eap_leaves_auto_undecided(self):
+        """Message-Authenticator with EAP-Message says nothing (EAP needs it anyway): a
+        later unsigned PAP request decides "false" and is served."""
+        eap = AuthPacket(code=1, id=40, secret=SECRET, dict=wire.DICTIONARY)
+        eap.authenticator = os.urandom(16)
+        eap.AddAttribute("User-Name", "User")
+        eap.AddAttribute("EAP-Message", b"\x02\x01\x00\x09\x01User")
+        eap.add_message_authenticator()
+        (reply,) = self.send(self.auth, eap.RequestPacket())
+        self.assertEqual(reply[0], wire.Code.ACCESS_REJECT)  # no EAP engine here
+        (reply,) = self.send(self.auth, mschapv2_request(ma=False).RequestPacket())
+        self.assertEqual(reply[0], wire.Code.ACCESS_ACCEPT)
+        (reply,) = self.send(self.auth, mschapv2_request(ma=False, packet_id=31).RequestPacket())
+        self.assertEqual(reply[0], wire.Code.ACCESS_ACCEPT)
+
+    def test_signed_pap_makes_it_required(self):
+        self.send(self.auth, mschapv2_request().RequestPacket())
+        self.assertEqual(
+            self.send(self.auth, mschapv2_request(ma=False, packet_id=31).RequestPacket()), []
+        )
+
+    def test_unsigned_eap_is_always_dropped(self):
+        eap = AuthPacket(code=1, id=41, secret=SECRET, dict=wire.DICTIONARY)
+        eap.AddAttribute("EAP-Message", b"\x02\x01\x00\x09\x01User")
+        self.assertEqual(self.send(self.auth, eap.RequestPacket()), [])
+
+    def test_limit_proxy_state_auto_after_a_plain_first_request(self):
+        """require "false" learned from an unsigned first request without Proxy-State;
+        limit_proxy_state learned "true" from the same packet."""
+        self.send(self.auth, mschapv2_request(ma=False).RequestPacket())
+        proxied = mschapv2_request(ma=False, packet_id=32, proxy_states=[b"p1"])
+        self.assertEqual(self.send(self.auth, proxied.RequestPacket()), [])
+        signed = mschapv2_request(packet_id=33, proxy_states=[b"p1", b"p2"])
+        (reply,) = self.send(self.auth, signed.RequestPacket())
+        self.assertEqual(wire.parse(reply).attributes[wire.PROXY_STATE], [b"p1", b"p2"])
+
+
+class LegacyMethodTests(ServerTestCase):
+    def test_chap_refused_unless_the_client_allows_it(self):
+        request = AuthPacket(code=1, id=50, secret=SECRET, dict=wire.DICTIONARY)
+        request.authenticator = os.urandom(16)
+        request.AddAttribute("User-Name", "User")
+        challenge = request.authenticator
+        request.AddAttribute(
+            "CHAP-Password", b"\x01" + hashlib.md5(b"\x01" + PASSWORD.encode() + challenge).digest()
+        )
+        received = wire.parse(request.RequestPacket())
+        strict = RadiusClient("nas", ipaddress.ip_network("127.0.0.1"), SECRET)
+        allowed = RadiusClient("nas", ipaddress.ip_network("127.0.0.1"), SECRET, allow_chap=True)
+        handler = AccessHandler(self.backend)
+        refused = wire.parse(handler.handle(received, strict, "nas"))
+        self.assertEqual(refused.code, wire.Code.ACCESS_REJECT)
+        self.assertEqual(
+            refused.get(wire.key("Reply-Message")), b"CHAP is not allowed for this client"
+        )
+        self.assertEqual(self.backend.calls, 0)
+        self.assertEqual(handler.handle(received, allowed, "nas")[0], wire.Code.ACCESS_ACCEPT)
+
+
+class BusyTests(ServerTestCase):
+    def test_a_full_hash_queue_answers_nothing(self):
+        """Busy from the backend: no reply, and the retransmission is processed again."""
+        parked = []
+
+        def park(function, user, password):
+            parked.append(defer.Deferred())
+            return parked[-1]
+
+        backend = auth.LocalBackend(self.backend.inner.users, self.clock, 1, park)
+        protocol = auth_protocol(self.auth.clients, self.duplicates, AccessHandler(backend))
+        protocol.makeConnection(FakeDatagramTransport())
+        self.assertEqual(self.send(protocol, pap_request(packet_id=60).RequestPacket()), [])
+        raw = pap_request(packet_id=61).RequestPacket()
+        self.assertEqual(self.send(protocol, raw), [])
+        self.assertEqual(len(parked), 1)
+        parked[0].callback(False)  # packet 60: wrong password, Access-Reject
+        self.assertEqual(protocol.transport.written[-1][0][0], wire.Code.ACCESS_REJECT)
+        self.assertEqual(self.send(protocol, raw), [])  # 61 again: checked this time
+        self.assertEqual(len(parked), 2)
+
+
+class DropLogTests(ServerTestCase):
+    def test_drop_lines_are_rate_limited(self):
+        """A flood of dropped packets gives one line per ten seconds, then the count."""
+        lines = []
+
+        def observe(event):
+            text = formatEvent(event) or ""
+            if "dropped" in text:
+                lines.append(text)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        raw = mschapv2_request(secret=b"other").RequestPacket()
+        for _ in range(5):
+            self.send(self.auth, raw, ("192.0.2.1", 1812))
+            self.send(self.auth, raw)
+        self.assertEqual(len(lines), 2)
+        self.clock.advance(10)
+        self.send(self.auth, raw)
+        self.assertEqual(len(lines), 3)
+        self.assertIn("bad Message-Authenticator", lines[-1])
+        self.assertIn("(4 more like it", lines[-1])

@@ -5,6 +5,8 @@ import json
 import os
 import stat
 
+from twisted.internet import defer, task
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.support import state_dir
@@ -18,7 +20,8 @@ from tests.test_mschap import (
     SEND_START_KEY_128,
 )
 from vpnaaa import auth
-from vpnaaa.users import User, UserStore, UserStoreError, read_users, write_users
+from vpnaaa.lockout import Lockout
+from vpnaaa.users import User, UserStore, UserStoreError, dummy_user, read_users, write_users
 
 
 class UserFileTests(unittest.TestCase):
@@ -81,7 +84,8 @@ class LocalBackendTests(unittest.TestCase):
         )
         self.store = UserStore(self.path)
         self.store.load()
-        self.backend = auth.LocalBackend(self.store)
+        self.clock = task.Clock()
+        self.backend = auth.LocalBackend(self.store, self.clock)
 
     def verdict(self, username, credentials):
         return self.successResultOf(self.backend.authenticate(username, credentials))
@@ -108,7 +112,8 @@ class LocalBackendTests(unittest.TestCase):
         self.assertFalse(self.store.cached_password_ok(self.store.get("User"), b"whatever"))
 
     def test_unknown_user(self):
-        self.assertEqual(self.verdict("nobody", auth.Pap(b"x")), auth.Reject("unknown user"))
+        d = self.backend.authenticate("nobody", auth.Pap(b"x"))
+        return d.addCallback(self.assertEqual, auth.Reject("unknown user"))
 
     def test_chap(self):
         challenge = bytes(range(16))
@@ -134,3 +139,149 @@ class LocalBackendTests(unittest.TestCase):
     def test_mschap_disabled_user(self):
         verdict = self.verdict("carol", auth.MsChapV2(AUTH_CHALLENGE, PEER_CHALLENGE, NT_RESPONSE))
         self.assertIn("disabled", verdict.reason)
+
+
+class LockoutTests(unittest.TestCase):
+    """ISE-style lockout on a fake clock: 3 failures within 60 s lock for 300 s."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.lockout = Lockout(self.clock, failures=3, window=60.0, duration=300.0)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def lock_lines(self):
+        return [e for e in self.events if "locked out" in (formatEvent(e) or "")]
+
+    def test_failures_within_the_window_lock_for_the_duration(self):
+        for _ in range(2):
+            self.lockout.failed("alice")
+            self.clock.advance(10)
+        self.assertFalse(self.lockout.locked("alice"))
+        self.lockout.failed("alice")
+        self.assertTrue(self.lockout.locked("alice"))
+        self.assertFalse(self.lockout.locked("bob"))
+        self.lockout.failed("alice")  # failures while locked neither extend nor re-log
+        self.clock.advance(299)
+        self.assertTrue(self.lockout.locked("alice"))
+        self.clock.advance(1)
+        self.assertFalse(self.lockout.locked("alice"))
+        self.assertEqual(len(self.lock_lines()), 1)
+
+    def test_failures_outside_the_window_do_not_add_up(self):
+        for _ in range(5):
+            self.lockout.failed("alice")
+            self.clock.advance(31)
+        self.assertFalse(self.lockout.locked("alice"))
+
+    def test_success_clears_the_count(self):
+        self.lockout.failed("alice")
+        self.lockout.failed("alice")
+        self.lockout.succeeded("alice")
+        self.lockout.failed("alice")
+        self.assertFalse(self.lockout.locked("alice"))
+
+    def test_zero_failures_disables_it(self):
+        lockout = Lockout(self.clock, failures=0)
+        for _ in range(100):
+            lockout.failed("alice")
+        self.assertFalse(lockout.locked("alice"))
+
+
+def _rounds(password_hash):
+    """The PBKDF2 iteration count in a passlib ``$pbkdf2-sha256$ROUNDS$...`` string."""
+    scheme, rounds = password_hash.split("$")[1:3]
+    return scheme, int(rounds)
+
+
+class HardenedBackendTests(unittest.TestCase):
+    """Hash work for unknown and locked users, the bounded queue, the lockout."""
+
+    def setUp(self):
+        self.path = state_dir(self) / "users.json"
+        write_users(
+            self.path,
+            {
+                "User": User.create("User", PASSWORD),
+                "carol": User.create("carol", "chap-pw", chap=True, mschap=False),
+            },
+        )
+        self.clock = task.Clock()
+        self.store = UserStore(self.path, lockout=Lockout(self.clock, 3, 60.0, 300.0))
+        self.store.load()
+        self.checked = []  # (user, password) of each hash check, in order
+        self.parked = []  # Deferreds of hash checks still "running"
+        self.backend = auth.LocalBackend(self.store, self.clock, 2, self.run_in_thread)
+        self.hold = False
+
+    def run_in_thread(self, function, user, password):
+        self.checked.append((user.name, password))
+        if self.hold:
+            d = defer.Deferred()
+            self.parked.append((d, function, user, password))
+            return d
+        return defer.succeed(function(user, password))
+
+    def release(self):
+        parked, self.parked = self.parked, []
+        for d, function, user, password in parked:
+            d.callback(function(user, password))
+
+    def verdict(self, name, credentials):
+        return self.successResultOf(self.backend.authenticate(name, credentials))
+
+    def test_unknown_user_costs_a_hash_check_like_a_wrong_password(self):
+        """The unknown user's password goes through the same PBKDF2 check (same scheme
+        and rounds as a stored user's hash), against the dummy user."""
+        self.assertEqual(self.verdict("nobody", auth.Pap(b"x")), auth.Reject("unknown user"))
+        self.assertEqual(self.verdict("User", auth.Pap(b"x")), auth.Reject("wrong password"))
+        self.assertEqual(self.checked, [("", b"x"), ("User", b"x")])
+        self.assertEqual(
+            _rounds(dummy_user().password_hash), _rounds(self.store.get("User").password_hash)
+        )
+
+    def test_queue_is_bounded(self):
+        self.hold = True
+        pending = [self.backend.authenticate("User", auth.Pap(b"x")) for _ in range(2)]
+        self.assertEqual(self.verdict("User", auth.Pap(PASSWORD.encode())), auth.Busy())
+        self.assertEqual(self.verdict("nobody", auth.Pap(b"y")), auth.Busy())
+        self.assertEqual(len(self.checked), 2)  # the refused ones cost no hash
+        self.release()
+        for d in pending:
+            self.assertEqual(self.successResultOf(d), auth.Reject("wrong password"))
+        self.assertEqual(self.backend.pending, 0)
+        self.hold = False
+        self.assertIsInstance(self.verdict("User", auth.Pap(PASSWORD.encode())), auth.Accept)
+
+    def test_wrong_passwords_lock_the_user_for_every_method(self):
+        challenge = bytes(range(16))
+        wrong = auth.Chap(5, challenge, bytes(16))
+        right = auth.Chap(5, challenge, hashlib.md5(b"\x05chap-pw" + challenge).digest())
+        for _ in range(3):
+            self.assertEqual(self.verdict("carol", wrong), auth.Reject("wrong password"))
+        locked = "locked out after repeated wrong passwords"
+        self.assertEqual(self.verdict("carol", right), auth.Reject(locked))
+        # PAP with the right password: still a hash check (against the dummy), still refused
+        self.assertEqual(self.verdict("carol", auth.Pap(b"chap-pw")), auth.Reject(locked))
+        self.assertEqual(self.checked[-1], ("", b"chap-pw"))
+        self.clock.advance(300)
+        self.assertEqual(self.verdict("carol", right), auth.Accept("carol"))
+
+    def test_mschap_failures_count(self):
+        bad = auth.MsChapV2(AUTH_CHALLENGE, PEER_CHALLENGE, bytes(24))
+        good = auth.MsChapV2(AUTH_CHALLENGE, PEER_CHALLENGE, NT_RESPONSE)
+        for _ in range(3):
+            self.assertEqual(self.verdict("User", bad), auth.Reject("wrong password"))
+        self.assertIsInstance(self.verdict("User", good), auth.Reject)
+        self.assertTrue(self.store.locked("User"))
+
+    def test_success_resets_the_count(self):
+        bad = auth.MsChapV2(AUTH_CHALLENGE, PEER_CHALLENGE, bytes(24))
+        good = auth.MsChapV2(AUTH_CHALLENGE, PEER_CHALLENGE, NT_RESPONSE)
+        for _ in range(2):
+            self.verdict("User", bad)
+        self.assertIsInstance(self.verdict("User", good), auth.Accept)
+        for _ in range(2):
+            self.verdict("User", bad)
+        self.assertIsInstance(self.verdict("User", good), auth.Accept)

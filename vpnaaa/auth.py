@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorTime
 
-from vpnaaa import mschap
-from vpnaaa.users import User, UserStore, verify_password_hash
+from vpnaaa import logs, mschap
+from vpnaaa.ratelimit import LogLimiter
+from vpnaaa.users import User, UserStore, dummy_user, verify_password_hash
+
+log = logs.get("vpnaaa.auth")
+WRONG_PASSWORD = "wrong password"
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,13 @@ class Reject:
     reason: str
 
 
-Verdict = Accept | Reject
+@dataclass(frozen=True)
+class Busy:
+    """No verdict: too many password checks are queued. The front end answers nothing and
+    the NAS retransmits later (RFC 2865 §2.4), as when a server is overloaded."""
+
+
+Verdict = Accept | Reject | Busy
 
 
 class AuthBackend(Protocol):
@@ -82,34 +94,85 @@ class AuthBackend(Protocol):
 
 
 class LocalBackend:
-    """Answers from the local user store; slow hash checks run in a worker thread."""
+    """Answers from the local user store; slow hash checks run in a worker thread.
 
-    def __init__(self, users: UserStore) -> None:
+    At most ``pap_queue`` PBKDF2 checks wait or run at once; a PAP request beyond that gets
+    :class:`Busy` (one log line per ten seconds says how many). An unknown or locked-out
+    user is checked against :func:`~vpnaaa.users.dummy_user`, so rejecting costs the same
+    CPU and time whether or not the name exists. Wrong passwords of stored users are
+    reported to the store's lockout.
+    """
+
+    def __init__(
+        self,
+        users: UserStore,
+        clock: IReactorTime,
+        pap_queue: int = 64,
+        run_in_thread: Callable[..., defer.Deferred[Any]] = threads.deferToThread,
+    ) -> None:
         self.users = users
+        self.pap_queue = pap_queue
+        self.run_in_thread = run_in_thread
+        self.pending = 0
+        self._busy_log = LogLimiter(clock)
 
     def authenticate(self, username: str, credentials: Credentials) -> defer.Deferred[Verdict]:
         user = self.users.get(mschap.strip_domain(username))
         if user is None:
-            return defer.succeed(Reject("unknown user"))
+            refusal: str | None = "unknown user"
+        elif self.users.locked(user.name):
+            refusal = "locked out after repeated wrong passwords"
+        else:
+            refusal = None
+        checked = dummy_user() if user is None or refusal is not None else user
         if isinstance(credentials, Pap):
-            return self._pap(user, credentials.password)
-        if isinstance(credentials, Chap):
-            return defer.succeed(self._chap(user, credentials))
-        if isinstance(credentials, MsChapV1):
-            return defer.succeed(self._mschapv1(user, credentials))
-        return defer.succeed(self._mschapv2(user, username, credentials))
+            d = self._pap(checked, credentials.password)
+        elif isinstance(credentials, Chap):
+            d = defer.succeed(self._chap(checked, credentials))
+        elif isinstance(credentials, MsChapV1):
+            d = defer.succeed(self._mschapv1(checked, credentials))
+        else:
+            d = defer.succeed(self._mschapv2(checked, username, credentials))
+        return d.addCallback(self._outcome, user, refusal)
+
+    def _outcome(self, verdict: Verdict, user: User | None, refusal: str | None) -> Verdict:
+        if isinstance(verdict, Busy):
+            return verdict
+        if refusal is not None or user is None:
+            return Reject(refusal or "unknown user")
+        if isinstance(verdict, Accept):
+            self.users.login_succeeded(user.name)
+        elif verdict.reason == WRONG_PASSWORD:
+            self.users.login_failed(user.name)
+        return verdict
 
     def _pap(self, user: User, password: bytes) -> defer.Deferred[Verdict]:
         if self.users.cached_password_ok(user, password):
             return defer.succeed(Accept(user.name))
+        if self.pending >= self.pap_queue:
+            skipped = self._busy_log.allow("pap")
+            if skipped is not None:
+                log.warn(
+                    "PAP request dropped: {n} password checks are already queued "
+                    "(radius.pap_queue); {skipped} more dropped before this one",
+                    n=self.pending,
+                    skipped=skipped,
+                )
+            return defer.succeed(Busy())
 
         def checked(ok: bool) -> Verdict:
             if not ok:
-                return Reject("wrong password")
+                return Reject(WRONG_PASSWORD)
             self.users.remember_password(user, password)
             return Accept(user.name)
 
-        return threads.deferToThread(verify_password_hash, user, password).addCallback(checked)
+        def finished(result: Any) -> Any:
+            self.pending -= 1
+            return result
+
+        self.pending += 1
+        d = self.run_in_thread(verify_password_hash, user, password)
+        return d.addBoth(finished).addCallback(checked)
 
     @staticmethod
     def _chap(user: User, cred: Chap) -> Verdict:
@@ -119,7 +182,7 @@ class LocalBackend:
             bytes([cred.ident]) + user.chap_password.encode() + cred.challenge
         ).digest()
         if not hmac.compare_digest(expected, cred.response):
-            return Reject("wrong password")
+            return Reject(WRONG_PASSWORD)
         return Accept(user.name)
 
     @staticmethod
@@ -128,7 +191,7 @@ class LocalBackend:
             return Reject("MS-CHAP is disabled for this user")
         expected = mschap.challenge_response(cred.challenge, user.nt_hash)
         if not hmac.compare_digest(expected, cred.nt_response):
-            return Reject("wrong password")
+            return Reject(WRONG_PASSWORD)
         lm_key, nt_key = mschap.mschapv1_session_keys(user.nt_hash)
         return Accept(user.name, mschapv1_keys=lm_key + nt_key)
 
@@ -140,7 +203,7 @@ class LocalBackend:
         if not mschap.verify_nt_response(
             cred.authenticator_challenge, cred.peer_challenge, name, user.nt_hash, cred.nt_response
         ):
-            return Reject("wrong password")
+            return Reject(WRONG_PASSWORD)
         send_key, recv_key = mschap.server_mppe_keys(user.nt_hash, cred.nt_response)
         return Accept(
             user.name,

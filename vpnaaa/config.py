@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vpnaaa.ike.proposal import ALGORITHMS, DEFAULT_ESP, DEFAULT_IKE, LEGACY_WINDOWS7
 
@@ -33,14 +33,25 @@ class ConfigError(Exception):
         self.reason = reason
 
 
+Auto = Literal["auto"]
+
+
 @dataclass(frozen=True)
 class RadiusClient:
-    """One NAS allowed to talk to the RADIUS server (RFC 2865 §3: shared secret per client)."""
+    """One NAS allowed to talk to the RADIUS server (RFC 2865 §3: shared secret per client).
+
+    ``require_message_authenticator`` and ``limit_proxy_state`` are FreeRADIUS 3.2.5's
+    BlastRADIUS (CVE-2024-3596) flags: true, false, or "auto" (learned from the client's
+    first Access-Request). CHAP and MS-CHAPv1 are refused unless the entry allows them.
+    """
 
     name: str
     network: ipaddress.IPv4Network | ipaddress.IPv6Network
     secret: bytes = field(repr=False)
-    require_message_authenticator: bool = False
+    require_message_authenticator: bool | Auto = "auto"
+    limit_proxy_state: bool | Auto = "auto"
+    allow_chap: bool = False
+    allow_mschapv1: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,13 +63,26 @@ class RadiusConfig:
     accounting_log: Path = Path("accounting.log")
     accounting_fsync: bool = False
     duplicate_window: float = 10.0
+    reject_delay: float = 1.0
+    pap_queue: int = 64
     clients: tuple[RadiusClient, ...] = ()
+
+
+@dataclass(frozen=True)
+class LockoutConfig:
+    """``[users.lockout]``: ``failures`` wrong passwords within ``window`` seconds lock the
+    user for ``duration`` seconds (0 failures: never)."""
+
+    failures: int = 10
+    window: float = 600.0
+    duration: float = 600.0
 
 
 @dataclass(frozen=True)
 class UsersConfig:
     file: Path = Path("users.json")
     verified_cache_size: int = 10000
+    lockout: LockoutConfig = LockoutConfig()
 
 
 EAP_METHODS = ("peap", "mschapv2")
@@ -249,9 +273,25 @@ def _client(section: _Section, state_dir: Path, config_path: Path | None) -> Rad
         raise section.error("address", f"{address!r} is not an IP address or network") from None
     name = section.get("name", str, str(network))
     secret = _secret(section, state_dir, config_path)
-    require_ma = section.get("require_message_authenticator", bool, False)
+    client = RadiusClient(
+        name,
+        network,
+        secret,
+        require_message_authenticator=_tristate(section, "require_message_authenticator"),
+        limit_proxy_state=_tristate(section, "limit_proxy_state"),
+        allow_chap=section.get("allow_chap", bool, False),
+        allow_mschapv1=section.get("allow_mschapv1", bool, False),
+    )
     section.finish()
-    return RadiusClient(name, network, secret, require_ma)
+    return client
+
+
+def _tristate(section: _Section, name: str) -> bool | Auto:
+    """true, false or "auto" (the default), as FreeRADIUS's yes / no / auto."""
+    value = section.get(name, (bool, str), "auto")
+    if value not in (True, False, "auto"):
+        raise section.error(name, f'{value!r}: use true, false or "auto"')
+    return value
 
 
 def _radius(section: _Section, state_dir: Path, config_path: Path | None) -> RadiusConfig:
@@ -286,10 +326,14 @@ def _radius(section: _Section, state_dir: Path, config_path: Path | None) -> Rad
         accounting_log=state_dir / section.get("accounting_log", str, "accounting.log"),
         accounting_fsync=section.get("accounting_fsync", bool, False),
         duplicate_window=section.get("duplicate_window", float, 10.0),
+        reject_delay=section.get("reject_delay", float, 1.0),
+        pap_queue=section.get_int("pap_queue", 64, 1, 100_000),
         clients=clients,
     )
     if config.duplicate_window < 0:
         raise section.error("duplicate_window", "must not be negative")
+    if not 0 <= config.reject_delay <= 10:
+        raise section.error("reject_delay", f"{config.reject_delay} is outside 0..10 seconds")
     section.finish()
     return config
 
@@ -336,6 +380,7 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
     users = UsersConfig(
         file=state / users_section.get("file", str, "users.json"),
         verified_cache_size=users_section.get_int("verified_cache_size", 10000, 0, 10_000_000),
+        lockout=_lockout(users_section.sub("lockout")),
     )
     users_section.finish()
     eap = _eap(root.sub("eap"), state)
@@ -356,6 +401,19 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
     admin_section.finish()
     root.finish()
     return Config(source, state, log_level, users, radius, eap, ike, admin)
+
+
+def _lockout(section: _Section) -> LockoutConfig:
+    config = LockoutConfig(
+        failures=section.get_int("failures", 10, 0, 1_000_000),
+        window=section.get("window", float, 600.0),
+        duration=section.get("duration", float, 600.0),
+    )
+    for name in ("window", "duration"):
+        if getattr(config, name) <= 0:
+            raise section.error(name, "must be positive")
+    section.finish()
+    return config
 
 
 def _addresses(section: _Section, name: str) -> tuple[ipaddress.IPv4Address, ...]:

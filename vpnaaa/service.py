@@ -33,13 +33,20 @@ from vpnaaa.ike.protocol import IkePort, Limits, Responder
 from vpnaaa.ike.sa import Profile, ResponderContext
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
+from vpnaaa.lockout import Lockout
 from vpnaaa.pki import load_server_identity
 from vpnaaa.pool import AddressPool
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.client import RadiusRelay
 from vpnaaa.radius.eap import EapHandler
 from vpnaaa.radius.handlers import AccessHandler
-from vpnaaa.radius.server import ClientTable, DuplicateCache, acct_protocol, auth_protocol
+from vpnaaa.radius.server import (
+    ClientTable,
+    DuplicateCache,
+    acct_protocol,
+    auth_protocol,
+    listen_udp,
+)
 from vpnaaa.users import UserStore, UserStoreError
 
 log = logs.get("vpnaaa")
@@ -64,7 +71,9 @@ class RadiusService(service.Service):
         self.accounting = AccountingLog(self.config.accounting_log, self.config.accounting_fsync)
         window = self.config.duplicate_window
         access = AccessHandler(backend, EapHandler(eap) if eap is not None else None)
-        self.auth = auth_protocol(clients, DuplicateCache(reactor, window), access)
+        self.auth = auth_protocol(
+            clients, DuplicateCache(reactor, window), access, self.config.reject_delay
+        )
         self.acct = acct_protocol(clients, DuplicateCache(reactor, window), self.accounting)
         self.ports: list[IListeningPort] = []
 
@@ -74,8 +83,8 @@ class RadiusService(service.Service):
         listen = self.config.listen
         try:
             self.ports = [
-                self.reactor.listenUDP(self.config.auth_port, self.auth, interface=listen),
-                self.reactor.listenUDP(self.config.acct_port, self.acct, interface=listen),
+                listen_udp(self.reactor, self.config.auth_port, self.auth, listen),
+                listen_udp(self.reactor, self.config.acct_port, self.acct, listen),
             ]
         except CannotListenError as e:
             raise StartupError(f"RADIUS cannot listen on {listen}: {e.socketError}") from None
@@ -109,10 +118,15 @@ class VpnaaaService(service.MultiService):
         self.reactor = reactor
         self.aborting = False
         self.exit_on_failure = False  # the twistd plugin sets it: log, stop, exit 1
-        self.users = UserStore(config.users.file, config.users.verified_cache_size)
+        lockout = config.users.lockout
+        self.users = UserStore(
+            config.users.file,
+            config.users.verified_cache_size,
+            Lockout(reactor, lockout.failures, lockout.window, lockout.duration),
+        )
         count = self.users.load()
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
-        self.backend = auth.LocalBackend(self.users)
+        self.backend = auth.LocalBackend(self.users, reactor, config.radius.pap_queue)
         self.eap: EapEngine | None = None
         if config.eap.enabled and config.radius.enabled:
             self.eap = build_eap_engine(config.eap, config.eap.methods, self.users, reactor)
@@ -189,7 +203,10 @@ class VpnaaaService(service.MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     def reload(self) -> None:
-        """Re-read the user store (SIGHUP); a broken file keeps the users in force."""
+        """Re-read the user store and reopen the accounting log (SIGHUP, e.g. logrotate);
+        a broken user file keeps the users in force."""
+        if self.radius is not None:
+            self.radius.accounting.reopen()
         try:
             count = self.users.load()
         except UserStoreError as e:

@@ -15,6 +15,7 @@ swapping one dictionary, so requests in flight keep the records they already rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -29,6 +30,7 @@ from pathlib import Path
 from passlib.context import CryptContext
 
 from vpnaaa import mschap
+from vpnaaa.lockout import Lockout
 
 FORMAT_VERSION = 1
 
@@ -161,21 +163,43 @@ class UserStore:
     A changed hash (``vpnaaa user passwd`` + reload) no longer matches its entries; the
     cache is bounded and emptied on every reload. ``users.verified_cache_size = 0`` turns it
     off.
+
+    With a :class:`~vpnaaa.lockout.Lockout`, every method that checks a password reports
+    the outcome here (:meth:`login_failed`, :meth:`login_succeeded`) and asks
+    :meth:`locked` first.
     """
 
-    def __init__(self, path: Path, verified_cache_size: int = 10000) -> None:
+    def __init__(
+        self, path: Path, verified_cache_size: int = 10000, lockout: Lockout | None = None
+    ) -> None:
         self.path = path
         self._users: dict[str, User] = {}
         self._cache_size = verified_cache_size
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[str, bytes] = {}
+        self.lockout = lockout
 
     def load(self) -> int:
         """(Re)read the file; on error the previous users stay in force. Returns the count."""
         users = read_users(self.path)
         self._users = users
         self._verified = {}
+        if self.lockout is not None:
+            self.lockout.forget_unknown(users)
         return len(users)
+
+    def locked(self, name: str) -> bool:
+        """Whether user ``name`` is locked out after too many wrong passwords."""
+        return self.lockout is not None and self.lockout.locked(name)
+
+    def login_failed(self, name: str) -> None:
+        """A wrong password for the stored user ``name``."""
+        if self.lockout is not None:
+            self.lockout.failed(name)
+
+    def login_succeeded(self, name: str) -> None:
+        if self.lockout is not None:
+            self.lockout.succeeded(name)
 
     def get(self, name: str) -> User | None:
         return self._users.get(name)
@@ -212,5 +236,15 @@ def verify_password_hash(user: User, password: bytes) -> bool:
     try:
         text = password.decode("utf-8")
     except UnicodeDecodeError:
+        text = password.decode("utf-8", "replace")  # same cost as a wrong password
+        pap_context.verify(text, user.password_hash)
         return False
     return pap_context.verify(text, user.password_hash)
+
+
+@functools.cache
+def dummy_user() -> User:
+    """A user no password matches, hashed like a new user's: checking a password of an
+    unknown or locked-out user against it costs what a wrong password costs, so the
+    time to reject does not tell which names exist. Made once, on first use."""
+    return User.create("", secrets.token_urlsafe(32), mschap=True)

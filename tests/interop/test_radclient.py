@@ -132,8 +132,8 @@ class RadclientTestCase(unittest.TestCase):
 
     def start(self, clients: str | None = None) -> None:
         """Start the daemon; ``clients`` replaces the default loopback client table."""
-        daemon = start_daemon(self, radius_config(self.state, clients))
-        self.auth_port, self.acct_port = ports(daemon)
+        self.daemon = start_daemon(self, radius_config(self.state, clients))
+        self.auth_port, self.acct_port = ports(self.daemon)
 
     @defer.inlineCallbacks
     def spawn(self, *args: str) -> Generator[defer.Deferred[object], object, Reply]:
@@ -205,12 +205,19 @@ def mschapv2_attributes(nt_response: str = RFC2759_NT_RESPONSE) -> str:
     )
 
 
+LEGACY_CLIENT = (
+    f'[[radius.clients]]\nname = "legacy"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n'
+    "allow_chap = true\nallow_mschapv1 = true\n"
+)
+
+
 class AccessTests(RadclientTestCase):
-    """Access-Request with each password method (RFC 2865 §4.1)."""
+    """Access-Request with each password method (RFC 2865 §4.1); the client entry opts in
+    to CHAP and MS-CHAPv1."""
 
     def setUp(self) -> None:
         super().setUp()
-        self.start()
+        self.start(LEGACY_CLIENT)
 
     @defer.inlineCallbacks
     def test_pap_accept(self):
@@ -312,6 +319,38 @@ class AccessTests(RadclientTestCase):
         self.assertEqual(reply.values("MS-MPPE-Send-Key"), [])
 
 
+class LegacyMethodTests(RadclientTestCase):
+    """CHAP and MS-CHAPv1 are refused for a client entry that does not allow them."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start()
+
+    def assertRefused(self, reply: Reply, method: str) -> None:
+        self.assertReply(reply, "Access-Reject")
+        self.assertEqual(
+            reply.values("Reply-Message"), [f"{method} is not allowed for this client"]
+        )
+
+    @defer.inlineCallbacks
+    def test_chap_refused(self):
+        reply = yield self.radtest("chap", "alice", "wonderland")
+        self.assertIn("CHAP-Password = 0x", reply.output)
+        self.assertRefused(reply, "CHAP")
+
+    @defer.inlineCallbacks
+    def test_mschapv1_refused(self):
+        reply = yield self.radtest("mschap", RFC2759_USER, RFC2759_PASSWORD)
+        self.assertIn("MS-CHAP-Response = 0x", reply.output)
+        self.assertRefused(reply, "MS-CHAPv1")
+        self.assertEqual(reply.values("MS-CHAP-MPPE-Keys"), [])
+
+    @defer.inlineCallbacks
+    def test_mschapv2_still_served(self):
+        reply = yield self.radclient("auth", mschapv2_attributes())
+        self.assertReply(reply, "Access-Accept")
+
+
 class StatusServerTests(RadclientTestCase):
     """Status-Server (RFC 5997 §3), which must carry Message-Authenticator."""
 
@@ -401,6 +440,24 @@ class AccountingTests(RadclientTestCase):
                 "Event-Timestamp": [1704067200],  # RFC 2869 §5.3: seconds since 1970 UTC
             },
         )
+
+    @defer.inlineCallbacks
+    def test_reopened_on_reload(self):
+        """logrotate renames the file and sends SIGHUP (reload): records before stay in the
+        renamed file, records after go to a new file under the configured name."""
+        session = 'User-Name = "alice"\nAcct-Session-Id = "R-1"\nAcct-Status-Type = '
+        first = yield self.radclient("acct", session + "Start\n")
+        self.assertReply(first, "Accounting-Response")
+        log = self.state / "accounting.log"
+        log.rename(self.state / "accounting.log.1")
+        self.daemon.reload()
+        second = yield self.radclient("acct", session + "Stop\n")
+        self.assertReply(second, "Accounting-Response")
+        rotated = (self.state / "accounting.log.1").read_text().splitlines()
+        self.assertEqual([json.loads(line)["id"] for line in rotated], [first.request_id])
+        (record,) = self.records()
+        self.assertEqual(record["id"], second.request_id)
+        self.assertEqual(record["attributes"]["Acct-Status-Type"], ["Stop"])
 
     @defer.inlineCallbacks
     def test_wrong_secret(self):

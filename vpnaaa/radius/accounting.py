@@ -3,7 +3,8 @@
 One JSON object per line: when it arrived, which client sent it, and every attribute by
 its dictionary name. RFC 2866 §2 lets the server answer only once the record is stored,
 so the line is written and flushed before the Accounting-Response goes out; a failed write
-sends no answer and the NAS retransmits.
+sends no answer and the NAS retransmits. :meth:`AccountingLog.reopen` (on SIGHUP) lets
+logrotate rename the file: later records go to a new file under the configured name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import IO, Any
 
 from pyrad.packet import AcctPacket
 
+from vpnaaa import logs
 from vpnaaa.radius import wire
+
+log = logs.get("vpnaaa.radius")
 
 
 def _value(request: AcctPacket, name: Any) -> list[Any]:
@@ -60,6 +64,15 @@ class AccountingLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "a", encoding="utf-8")
+
+    def reopen(self) -> None:
+        """Close the file and open ``path`` again (logrotate's rename, then SIGHUP). If it
+        cannot be opened now, the error is logged and the next record tries again."""
+        self.close()
+        try:
+            self.open()
+        except OSError as e:
+            log.error("accounting log {path} not reopened: {error}", path=str(self.path), error=e)
 
     def close(self) -> None:
         if self._file is not None:

@@ -6,6 +6,11 @@ Access-Accept carries EAP-Success, the inner identity as User-Name, and the MSK 
 MS-MPPE-Recv-Key (first half) and MS-MPPE-Send-Key (second half) (RFC 2548 §2.4.2-3,
 as hostapd and FreeRADIUS split it). Message-Authenticator is mandatory on every EAP
 packet; the server checks it before this module runs.
+
+A reply must also echo the request's Proxy-State (RFC 2865 §5.33) within 4096 octets.
+When a proxy's Proxy-State leaves no room for the EAP packet, the conversation ends with
+an Access-Reject carrying EAP-Failure (or, if even that cannot fit, no answer), with one
+log line: never an oversized packet or an internal error.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from vpnaaa import logs
+from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Result, Success
 from vpnaaa.eap.engine import EapEngine
 from vpnaaa.radius import hiding, wire
@@ -37,11 +43,39 @@ class EapHandler:
     def __init__(self, engine: EapEngine) -> None:
         self.engine = engine
 
-    def handle(self, request: wire.Packet, secret: bytes, peer: str) -> defer.Deferred[bytes]:
+    def handle(
+        self, request: wire.Packet, secret: bytes, peer: str
+    ) -> defer.Deferred[bytes | None]:
         eap = b"".join(request.attributes[wire.EAP_MESSAGE])
         state = request.get(_STATE)
         d = self.engine.step(state, eap)
-        return d.addCallback(self._answer, request, secret, peer)
+        return d.addCallback(self._fitted, request, secret, peer)
+
+    def _fitted(
+        self, step: tuple[bytes, Result], request: wire.Packet, secret: bytes, peer: str
+    ) -> bytes | None:
+        """The answer, or when it cannot fit beside the Proxy-State: end the conversation
+        with EAP-Failure in an Access-Reject, or with silence if even that is too large."""
+        conversation_id, result = step
+        try:
+            return self._answer(step, request, secret, peer)
+        except wire.TooLarge as e:
+            problem = str(e)
+        self.engine.forget(conversation_id)
+        failure = packet.failure(result.eap[1] if len(result.eap) > 1 else 0).encode()
+        attributes = [*eap_attributes(failure), _REPLY_MESSAGE]
+        try:
+            answer: bytes | None = wire.reply(request, wire.Code.ACCESS_REJECT, secret, attributes)
+            outcome = "Access-Reject with EAP-Failure instead"
+        except wire.TooLarge:
+            answer, outcome = None, "dropped: even an Access-Reject does not fit"
+        log.warn(
+            "EAP conversation with {peer} ended: {problem}; {outcome}",
+            peer=peer,
+            problem=problem,
+            outcome=outcome,
+        )
+        return answer
 
     @staticmethod
     def _answer(
@@ -60,18 +94,20 @@ class EapHandler:
                 (_MS_MPPE_RECV_KEY, hiding.salt_encrypt(result.msk[:half], secret, vector)),
                 (_MS_MPPE_SEND_KEY, hiding.salt_encrypt(result.msk[half:], secret, vector)),
             ]
+            answer = wire.reply(request, wire.Code.ACCESS_ACCEPT, secret, attributes)
             log.info(
                 "Access-Accept EAP-{method} user {user!r} for {peer}",
                 method=result.method,
                 user=result.identity,
                 peer=peer,
             )
-            return wire.reply(request, wire.Code.ACCESS_ACCEPT, secret, attributes)
+            return answer
+        attributes.append(_REPLY_MESSAGE)
+        answer = wire.reply(request, wire.Code.ACCESS_REJECT, secret, attributes)
         log.info(
             "Access-Reject EAP user {user!r} for {peer}: {reason}",
             user=result.identity,
             peer=peer,
             reason=result.reason,
         )
-        attributes.append(_REPLY_MESSAGE)
-        return wire.reply(request, wire.Code.ACCESS_REJECT, secret, attributes)
+        return answer

@@ -2,6 +2,8 @@
 
 PAP (RFC 2865 §5.2), CHAP (RFC 2865 §5.3), MS-CHAPv1 and MS-CHAPv2 (RFC 2548 §2.1, §2.3).
 The backend decides; this module only translates, so the same backend serves IKEv2 too.
+CHAP and MS-CHAPv1 are legacy (an MD5 of the cleartext password; DES of the NT hash):
+a client entry must allow them (``allow_chap``, ``allow_mschapv1``), or they are refused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from vpnaaa import auth, logs
+from vpnaaa.config import RadiusClient
 from vpnaaa.radius import hiding, wire
 from vpnaaa.radius.eap import EapHandler
 
@@ -117,9 +120,14 @@ def accept(request: wire.Packet, secret: bytes, login: Login, verdict: auth.Acce
     return wire.reply(request, wire.Code.ACCESS_ACCEPT, secret, attributes)
 
 
-def reject(request: wire.Packet, secret: bytes, login: Login | None) -> bytes:
+def reject(
+    request: wire.Packet,
+    secret: bytes,
+    login: Login | None,
+    message: tuple[wire.Key, bytes] = _REPLY_MESSAGE,
+) -> bytes:
     """Access-Reject with a Reply-Message; MS-CHAP peers also get MS-CHAP-Error."""
-    attributes = [_REPLY_MESSAGE]
+    attributes = [message]
     if login is not None and isinstance(login.credentials, auth.MsChapV2):
         # RFC 2759 §6: E=691 (authentication failure), R=0 (no retry), a new challenge, V=3.
         text = f"E=691 R=0 C={os.urandom(16).hex().upper()} V=3 M={REJECT_MESSAGE}"
@@ -127,6 +135,16 @@ def reject(request: wire.Packet, secret: bytes, login: Login | None) -> bytes:
     elif login is not None and isinstance(login.credentials, auth.MsChapV1):
         attributes.append((_MS_CHAP_ERROR, bytes([login.ident]) + b"E=691 R=0"))
     return wire.reply(request, wire.Code.ACCESS_REJECT, secret, attributes)
+
+
+def _refused(method: str) -> tuple[wire.Key, bytes]:
+    return wire.value("Reply-Message", f"{method} is not allowed for this client")
+
+
+_LEGACY = {
+    "CHAP": ("allow_chap", _refused("CHAP")),
+    "MS-CHAPv1": ("allow_mschapv1", _refused("MS-CHAPv1")),
+}
 
 
 class AccessHandler:
@@ -137,8 +155,10 @@ class AccessHandler:
         self.eap = eap
 
     def handle(
-        self, request: wire.Packet, secret: bytes, peer: str
-    ) -> bytes | defer.Deferred[bytes]:
+        self, request: wire.Packet, client: RadiusClient, peer: str
+    ) -> bytes | defer.Deferred[bytes | None] | None:
+        """The reply to ``request`` from ``client``; None (now or later) sends nothing."""
+        secret = client.secret
         if self.eap is not None and wire.EAP_MESSAGE in request.attributes:
             return self.eap.handle(request, secret, peer)
         try:
@@ -151,6 +171,17 @@ class AccessHandler:
                 reason=str(e),
             )
             return reject(request, secret, None)
+        legacy = _LEGACY.get(login.method)
+        if legacy is not None and not getattr(client, legacy[0]):
+            log.info(
+                "Access-Reject {method} user {user!r} for {peer}: {method} is not allowed for "
+                "this client (radius.clients: {option} = false)",
+                method=login.method,
+                user=login.username,
+                peer=peer,
+                option=legacy[0],
+            )
+            return reject(request, secret, login, legacy[1])
         d = self.backend.authenticate(login.username, login.credentials)
         if d.called and not isinstance(d.result, Failure):
             # Decided already (a cached PAP check, CHAP, MS-CHAP): answer at once instead
@@ -161,7 +192,9 @@ class AccessHandler:
     @staticmethod
     def _answer(
         verdict: auth.Verdict, request: wire.Packet, secret: bytes, login: Login, peer: str
-    ) -> bytes:
+    ) -> bytes | None:
+        if isinstance(verdict, auth.Busy):
+            return None
         if isinstance(verdict, auth.Accept):
             if logs.debug_enabled():
                 log.debug(

@@ -4,29 +4,64 @@ One :class:`RadiusProtocol` serves the authentication port (Access-Request, Stat
 and one the accounting port (Accounting-Request, Status-Server). Everything that is not a
 well-formed packet from a known client with a valid authenticator is dropped with one log
 line (RFC 2865 §3, RFC 3579 §3.2); a duplicate gets the cached answer (RFC 5080 §2.2.2).
+Access-Requests also pass FreeRADIUS 3.2.5's BlastRADIUS checks (:class:`BlastRadiusChecks`),
+and Access-Rejects leave after ``reject_delay`` seconds, on a reactor timer.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import socket
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
 from vpnaaa import logs
-from vpnaaa.config import RadiusClient
+from vpnaaa.config import Auto, RadiusClient
 from vpnaaa.radius import wire
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.handlers import AccessHandler
+from vpnaaa.ratelimit import LogLimiter
 
 log = logs.get("vpnaaa.radius")
 
-Address = tuple[str, int]
+Address = tuple[Any, ...]  # (host, port), or (host, port, flowinfo, scope) on IPv6
+
+
+def canonical_host(host: str) -> str:
+    """An IPv4 NAS reaching a dual-stack socket appears as ``::ffff:a.b.c.d`` (RFC 4291
+    §2.5.5.2, RFC 3493 §3.7): it is the IPv4 client ``a.b.c.d``."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+def listen_udp(
+    reactor: Any, port: int, protocol: DatagramProtocol, interface: str
+) -> IListeningPort:
+    """Bind UDP ``interface``:``port``. An IPv6 address gets a dual-stack socket
+    (IPV6_V6ONLY off, RFC 3493 §5.3), whatever net.ipv6.bindv6only says: ``listen = "::"``
+    serves IPv4 NASes too."""
+    if ":" not in interface:
+        return reactor.listenUDP(port, protocol, interface=interface)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((interface, port))
+        sock.setblocking(False)
+        return reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET6, protocol)
+    except OSError as e:
+        raise CannotListenError(interface, port, e) from None
+    finally:
+        sock.close()  # the reactor holds its own duplicate
 
 
 class ClientTable:
@@ -111,11 +146,82 @@ class DuplicateCache:
         return len(self._entries)
 
 
-Handler = Callable[[wire.Packet, RadiusClient, str], "defer.Deferred[bytes] | bytes | None"]
+@dataclass(slots=True)
+class _Flags:
+    require: bool | Auto
+    limit: bool | Auto
+
+
+class BlastRadiusChecks:
+    """FreeRADIUS 3.2.5's per-client defences against BlastRADIUS (CVE-2024-3596) for
+    Access-Requests whose Message-Authenticator, if any, is already verified.
+
+    ``require_message_authenticator``: true discards a request without one; "auto" decides
+    on the client's first request: with Message-Authenticator and no EAP-Message it
+    becomes true (the client was upgraded and must always send it), without one it becomes
+    false, with both it stays "auto" (EAP needs one anyway, RFC 3579 §3.2).
+    ``limit_proxy_state`` (checked unless the first is true): true discards a request with
+    Proxy-State and no Message-Authenticator; "auto" becomes false if the first request
+    checked has exactly that (a proxy not yet upgraded), true otherwise. Learned values
+    belong to the client entry and last until restart; each change is logged once.
+    """
+
+    def __init__(self) -> None:
+        self._flags: dict[int, _Flags] = {}  # by id() of the entries the ClientTable holds
+
+    def refuse(self, request: wire.Packet, client: RadiusClient) -> str | None:
+        """Why ``request`` must be discarded, or None (after learning from it)."""
+        flags = self._flags.get(id(client))
+        if flags is None:
+            flags = _Flags(client.require_message_authenticator, client.limit_proxy_state)
+            self._flags[id(client)] = flags
+        signed = request.message_authenticator_at >= 0
+        if flags.require is True:
+            return None if signed else "no Message-Authenticator, which this client must send"
+        proxied = wire.PROXY_STATE in request.attributes
+        if flags.limit is True and proxied and not signed:
+            return "Proxy-State without Message-Authenticator (limit_proxy_state)"
+        if flags.require == "auto":
+            if signed and wire.EAP_MESSAGE in request.attributes:
+                return None
+            flags.require = signed
+            self._learned(client, "require_message_authenticator", signed)
+            if signed:
+                return None
+        if flags.limit == "auto":
+            flags.limit = not (proxied and not signed)
+            self._learned(client, "limit_proxy_state", flags.limit)
+        return None
+
+    @staticmethod
+    def _learned(client: RadiusClient, option: str, value: bool) -> None:
+        if value:
+            log.info(
+                'client {client}: first Access-Request decides {option} = true (was "auto"); '
+                "set it in the configuration to keep it across restarts",
+                client=client.name,
+                option=option,
+            )
+            return
+        log.warn(
+            'client {client}: first Access-Request decides {option} = false (was "auto"): '
+            "this NAS is open to BlastRADIUS (CVE-2024-3596); upgrade it to send "
+            "Message-Authenticator, then set require_message_authenticator = true",
+            client=client.name,
+            option=option,
+        )
+
+
+Handler = Callable[[wire.Packet, RadiusClient, str], "defer.Deferred[bytes | None] | bytes | None"]
 
 
 class RadiusProtocol(DatagramProtocol):
-    """One RADIUS port: validates datagrams and dispatches them by code."""
+    """One RADIUS port: validates datagrams and dispatches them by code.
+
+    ``reject_delay`` seconds pass before an Access-Reject is sent (FreeRADIUS's
+    ``reject_delay``): a reactor timer, so the reactor never waits, and a retransmission
+    meanwhile is not answered early.
+    """
 
     noisy = False
 
@@ -125,22 +231,37 @@ class RadiusProtocol(DatagramProtocol):
         clients: ClientTable,
         duplicates: DuplicateCache,
         handlers: dict[int, Handler],
+        reject_delay: float = 0.0,
     ) -> None:
         self.kind = kind
         self.clients = clients
         self.duplicates = duplicates
         self.handlers = handlers
+        self.reject_delay = reject_delay
+        self.blast = BlastRadiusChecks()
+        self._drop_log = LogLimiter(duplicates.clock)
+        self._delayed: dict[int, IDelayedCall] = {}
+        self._tokens = itertools.count()
+
+    def stopProtocol(self) -> None:
+        """The port closed: delayed rejects are not sent any more."""
+        delayed, self._delayed = self._delayed, {}
+        for call in delayed.values():
+            call.cancel()
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
-        host, port = addr[0], addr[1]
+        host, port = canonical_host(addr[0]), addr[1]
         client = self.clients.lookup(host)
         if client is None:
-            log.warn(
-                "dropped {n}-octet datagram from {host}:{port}: not a configured client",
-                n=len(data),
-                host=host,
-                port=port,
-            )
+            skipped = self._drop_log.allow(None)
+            if skipped is not None:
+                log.warn(
+                    "dropped {n}-octet datagram from {host}:{port}: not a configured client{more}",
+                    n=len(data),
+                    host=host,
+                    port=port,
+                    more=_more(skipped),
+                )
             return
         try:
             request = wire.parse(data)
@@ -152,6 +273,8 @@ class RadiusProtocol(DatagramProtocol):
             self._drop(client, host, port, f"code {request.code} is not served on this port")
             return
         problem = self._authenticity(request, client)
+        if problem is None and request.code == wire.Code.ACCESS_REQUEST:
+            problem = self.blast.refuse(request, client)
         if problem is not None:
             self._drop(client, host, port, problem)
             return
@@ -162,7 +285,12 @@ class RadiusProtocol(DatagramProtocol):
             if seen.response is not None:
                 self._write(seen.response, addr)
             return
-        result = handler(request, client, host)
+        try:
+            result = handler(request, client, host)
+        except wire.TooLarge as e:
+            self.duplicates.forget(key, authenticator)
+            self._drop(client, host, port, f"not answered: {e}")
+            return
         if result is None or isinstance(result, bytes):
             self._send(result, addr, key, authenticator)
         else:
@@ -182,10 +310,8 @@ class RadiusProtocol(DatagramProtocol):
                 return "bad Message-Authenticator (wrong secret?)"
         elif code == wire.Code.STATUS_SERVER:
             return "Status-Server without Message-Authenticator (RFC 5997 §3)"
-        elif code == wire.Code.ACCESS_REQUEST and (
-            client.require_message_authenticator or wire.EAP_MESSAGE in request.attributes
-        ):
-            return "no Message-Authenticator, which this client must send"
+        elif code == wire.Code.ACCESS_REQUEST and wire.EAP_MESSAGE in request.attributes:
+            return "EAP-Message without Message-Authenticator (RFC 3579 §3.2)"
         if code == wire.Code.ACCOUNTING_REQUEST and not wire.accounting_authenticator_ok(
             request, client.secret
         ):
@@ -198,6 +324,24 @@ class RadiusProtocol(DatagramProtocol):
         if response is None:
             self.duplicates.forget(key, authenticator)
             return
+        if self.reject_delay and response[0] == wire.Code.ACCESS_REJECT:
+            token = next(self._tokens)
+            self._delayed[token] = self.duplicates.clock.callLater(
+                self.reject_delay, self._send_delayed, token, response, addr, key, authenticator
+            )
+            return
+        self.duplicates.answered(key, authenticator, response)
+        self._write(response, addr)
+
+    def _send_delayed(
+        self,
+        token: int,
+        response: bytes,
+        addr: Address,
+        key: tuple[str, int, int],
+        authenticator: bytes,
+    ) -> None:
+        del self._delayed[token]
         self.duplicates.answered(key, authenticator, response)
         self._write(response, addr)
 
@@ -222,23 +366,36 @@ class RadiusProtocol(DatagramProtocol):
         authenticator: bytes,
     ) -> None:
         self.duplicates.forget(key, authenticator)
+        host = canonical_host(addr[0])
+        if failure.check(wire.TooLarge):
+            self._drop(client, host, addr[1], f"not answered: {failure.value}")
+            return
         log.failure(
             "internal error answering {client} ({host}:{port}); request dropped",
             failure,
             client=client.name,
-            host=addr[0],
+            host=host,
             port=addr[1],
         )
 
     def _drop(self, client: RadiusClient, host: str, port: int, reason: str) -> None:
+        """One log line per client and reason every ten seconds, with the count left out."""
+        skipped = self._drop_log.allow((client.name, reason))
+        if skipped is None:
+            return
         log.warn(
-            "dropped {kind} packet from client {client} ({host}:{port}): {reason}",
+            "dropped {kind} packet from client {client} ({host}:{port}): {reason}{more}",
             kind=self.kind,
             client=client.name,
             host=host,
             port=port,
             reason=reason,
+            more=_more(skipped),
         )
+
+
+def _more(skipped: int) -> str:
+    return f" ({skipped} more like it since the last such line)" if skipped else ""
 
 
 def _status_server(response: wire.Code) -> Handler:
@@ -251,10 +408,13 @@ def _status_server(response: wire.Code) -> Handler:
 
 
 def auth_protocol(
-    clients: ClientTable, duplicates: DuplicateCache, access: AccessHandler
+    clients: ClientTable,
+    duplicates: DuplicateCache,
+    access: AccessHandler,
+    reject_delay: float = 0.0,
 ) -> RadiusProtocol:
     def access_request(request: wire.Packet, client: RadiusClient, peer: str):
-        return access.handle(request, client.secret, f"{client.name} ({peer})")
+        return access.handle(request, client, f"{client.name} ({peer})")
 
     return RadiusProtocol(
         "authentication",
@@ -264,6 +424,7 @@ def auth_protocol(
             wire.Code.ACCESS_REQUEST: access_request,
             wire.Code.STATUS_SERVER: _status_server(wire.Code.ACCESS_ACCEPT),
         },
+        reject_delay,
     )
 
 

@@ -46,6 +46,19 @@ class Malformed(Exception):
     """The datagram is not a well-formed RADIUS packet; it is silently discarded."""
 
 
+class TooLarge(ValueError):
+    """A reply would exceed 4096 octets (RFC 2865 §3), usually because the request's
+    Proxy-State attributes, which the reply must echo (§5.33), leave too little room."""
+
+    def __init__(self, length: int, proxy_state: int) -> None:
+        super().__init__(
+            f"reply of {length} octets exceeds {MAX_LENGTH} "
+            f"({proxy_state} octets of them echo the request's Proxy-State)"
+        )
+        self.length = length
+        self.proxy_state = proxy_state
+
+
 def _load() -> Dictionary:
     with resources.as_file(resources.files("vpnaaa.radius") / "dictionary") as folder:
         return Dictionary(str(folder / "dictionary"))
@@ -195,7 +208,8 @@ def reply(
     Proxy-State is copied in order (RFC 2865 §5.33). Replies to Access-Request and
     Status-Server carry a Message-Authenticator as their first attribute (RFC 3579 §3.2,
     RFC 5997 §3; first as the BlastRADIUS hardening of CVE-2024-3596), computed with the
-    Request Authenticator; the Response Authenticator follows (RFC 2865 §3).
+    Request Authenticator; the Response Authenticator follows (RFC 2865 §3). Raises
+    :class:`TooLarge` rather than build more than 4096 octets.
     """
     attributes = list(attributes)
     proxy_states = request.attributes.get(PROXY_STATE)
@@ -205,12 +219,17 @@ def reply(
     signed = request.code in (Code.ACCESS_REQUEST, Code.STATUS_SERVER)
     length = MIN_LENGTH + len(body) + (18 if signed else 0)
     if length > MAX_LENGTH:
-        raise ValueError(f"reply of {length} octets exceeds {MAX_LENGTH}")
+        raise TooLarge(length, proxy_state_octets(request))
     head = struct.pack("!BBH", code, request.ident, length)
     if signed:
         body = _signed(head, request.authenticator, body, secret)
     response_authenticator = hashlib.md5(head + request.authenticator + body + secret).digest()
     return head + response_authenticator + body
+
+
+def proxy_state_octets(request: Packet) -> int:
+    """The octets a reply spends echoing ``request``'s Proxy-State (RFC 2865 §5.33)."""
+    return sum(2 + len(state) for state in request.attributes.get(PROXY_STATE, ()))
 
 
 _MA_HEADER = bytes([MESSAGE_AUTHENTICATOR, 18])
