@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel
 
 from vpnaaa import logs, mschap
-from vpnaaa.ratelimit import LogLimiter
 from vpnaaa.users import User, UserStore, dummy_user, verify_password_hash
 
 log = logs.get("vpnaaa.auth")
@@ -114,7 +114,7 @@ class LocalBackend:
         self.pap_queue = pap_queue
         self.run_in_thread = run_in_thread
         self.pending = 0
-        self._busy_log = LogLimiter(clock)
+        self._busy_log = logs.Throttle(log, clock.seconds)
 
     def authenticate(self, username: str, credentials: Credentials) -> defer.Deferred[Verdict]:
         user = self.users.get(mschap.strip_domain(username))
@@ -150,14 +150,12 @@ class LocalBackend:
         if self.users.cached_password_ok(user, password):
             return defer.succeed(Accept(user.name))
         if self.pending >= self.pap_queue:
-            skipped = self._busy_log.allow("pap")
-            if skipped is not None:
-                log.warn(
-                    "PAP request dropped: {n} password checks are already queued "
-                    "(radius.pap_queue); {skipped} more dropped before this one",
-                    n=self.pending,
-                    skipped=skipped,
-                )
+            self._busy_log.emit(
+                "pap",
+                LogLevel.warn,
+                "PAP request dropped: {n} password checks are already queued (radius.pap_queue)",
+                n=self.pending,
+            )
             return defer.succeed(Busy())
 
         def checked(ok: bool) -> Verdict:

@@ -8,7 +8,7 @@ costs nothing.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -62,9 +62,11 @@ class Throttle:
         self.clock = clock
         self.interval = interval
         self.kinds = kinds
-        self._seen: OrderedDict[str, list[float | int]] = OrderedDict()  # kind -> [at, left out]
+        self._seen: OrderedDict[Hashable, list[float | int]] = (
+            OrderedDict()
+        )  # kind -> [at, left out]
 
-    def emit(self, kind: str, level: LogLevel, format: str, **fields: object) -> None:
+    def emit(self, kind: Hashable, level: LogLevel, format: str, /, **fields: object) -> None:
         """Log ``format`` (a twisted.logger format string) unless a line of ``kind`` was
         logged less than ``interval`` seconds ago; then only count it."""
         now = self.clock()

@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from vpnaaa import logs
@@ -29,7 +30,6 @@ from vpnaaa.config import Auto, RadiusClient
 from vpnaaa.radius import wire
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.handlers import AccessHandler
-from vpnaaa.ratelimit import LogLimiter
 
 log = logs.get("vpnaaa.radius")
 
@@ -239,7 +239,7 @@ class RadiusProtocol(DatagramProtocol):
         self.handlers = handlers
         self.reject_delay = reject_delay
         self.blast = BlastRadiusChecks()
-        self._drop_log = LogLimiter(duplicates.clock)
+        self._drop_log = logs.Throttle(log, duplicates.clock.seconds)
         self._delayed: dict[int, IDelayedCall] = {}
         self._tokens = itertools.count()
 
@@ -253,15 +253,14 @@ class RadiusProtocol(DatagramProtocol):
         host, port = canonical_host(addr[0]), addr[1]
         client = self.clients.lookup(host)
         if client is None:
-            skipped = self._drop_log.allow(None)
-            if skipped is not None:
-                log.warn(
-                    "dropped {n}-octet datagram from {host}:{port}: not a configured client{more}",
-                    n=len(data),
-                    host=host,
-                    port=port,
-                    more=_more(skipped),
-                )
+            self._drop_log.emit(
+                "unknown-client",
+                LogLevel.warn,
+                "dropped {n}-octet datagram from {host}:{port}: not a configured client",
+                n=len(data),
+                host=host,
+                port=port,
+            )
             return
         try:
             request = wire.parse(data)
@@ -380,22 +379,16 @@ class RadiusProtocol(DatagramProtocol):
 
     def _drop(self, client: RadiusClient, host: str, port: int, reason: str) -> None:
         """One log line per client and reason every ten seconds, with the count left out."""
-        skipped = self._drop_log.allow((client.name, reason))
-        if skipped is None:
-            return
-        log.warn(
-            "dropped {kind} packet from client {client} ({host}:{port}): {reason}{more}",
+        self._drop_log.emit(
+            (client.name, reason),
+            LogLevel.warn,
+            "dropped {kind} packet from client {client} ({host}:{port}): {reason}",
             kind=self.kind,
             client=client.name,
             host=host,
             port=port,
             reason=reason,
-            more=_more(skipped),
         )
-
-
-def _more(skipped: int) -> str:
-    return f" ({skipped} more like it since the last such line)" if skipped else ""
 
 
 def _status_server(response: wire.Code) -> Handler:
