@@ -3,6 +3,7 @@
 import struct
 
 from twisted.internet import task
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.test_mschap import (
@@ -15,7 +16,7 @@ from tests.test_mschap import (
 )
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, Success
-from vpnaaa.eap.engine import EapEngine
+from vpnaaa.eap.engine import COST, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Code, Type
 from vpnaaa.users import User
@@ -184,7 +185,10 @@ class EngineTests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
         self.engine = EapEngine(
-            [(Type.MSCHAPV2, mschapv2_factory)], self.clock, idle_timeout=30, max_conversations=3
+            [(Type.MSCHAPV2, mschapv2_factory)],
+            self.clock,
+            idle_timeout=30,
+            memory_budget=3 * COST[Type.MSCHAPV2],
         )
 
     def step(self, conversation_id, eap):
@@ -213,3 +217,114 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(len(self.engine), 0)
         _, result = self.step(conversation_id, response(nak_target, Type.IDENTITY, b"x"))
         self.assertEqual(result.reason, "unknown or expired conversation")
+
+
+class EngineLimitTests(unittest.TestCase):
+    """Item 5 of issue 9: conversations begun for IKE clients are capped per source, the
+    table is sized by memory, refusals are EAP-Failures with throttled log lines, and a
+    forgotten conversation frees its slot."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.engine = EapEngine(
+            [(Type.MSCHAPV2, mschapv2_factory)],
+            self.clock,
+            idle_timeout=30,
+            memory_budget=10 * COST[Type.MSCHAPV2],
+            per_source=2,
+        )
+        self.lines = []
+        observer = self.lines.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def refusals(self):
+        texts = (formatEvent(event) for event in self.lines)
+        return [text for text in texts if text.startswith("EAP conversation refused")]
+
+    def test_memory_budget_sizes_the_table_by_the_costliest_method(self):
+        self.assertEqual(self.engine.max_conversations, 10)
+        both = EapEngine(
+            [(Type.MSCHAPV2, mschapv2_factory), (Type.PEAP, mschapv2_factory)],
+            self.clock,
+            memory_budget=10 * COST[Type.PEAP],
+        )
+        self.assertEqual(both.max_conversations, 10)
+
+    def test_per_source_cap(self):
+        """Two live conversations for 192.0.2.1; the third gets EAP-Failure (Code 4) and
+        takes no slot, another address is still served."""
+        for _ in range(2):
+            _, first = self.engine.begin("192.0.2.1")
+            self.assertIsInstance(first, Challenge)
+        _, refused = self.engine.begin("192.0.2.1")
+        self.assertIsInstance(refused, Failure)
+        self.assertEqual(packet.parse(refused.eap).code, Code.FAILURE)
+        self.assertEqual(refused.reason, "192.0.2.1 already has 2 live conversations")
+        self.assertEqual(len(self.engine), 2)
+        _, other = self.engine.begin("192.0.2.2")
+        self.assertIsInstance(other, Challenge)
+
+    def test_ipv6_sources_count_by_their_64(self):
+        self.engine.begin("2001:db8:1:2::1")
+        self.engine.begin("2001:db8:1:2:ffff::2")
+        _, refused = self.engine.begin("2001:db8:1:2::3")
+        self.assertEqual(refused.reason, "2001:db8:1:2::/64 already has 2 live conversations")
+        _, other = self.engine.begin("2001:db8:1:3::1")
+        self.assertIsInstance(other, Challenge)
+
+    def test_forget_finish_and_expiry_give_the_source_its_slots_back(self):
+        first, _ = self.engine.begin("192.0.2.1")
+        second, request = self.engine.begin("192.0.2.1")
+        self.engine.forget(first)
+        self.engine.forget(b"unknown id")
+        self.assertEqual(len(self.engine), 1)
+        third, _ = self.engine.begin("192.0.2.1")
+        # a finished conversation (here: a Nak with nothing acceptable) leaves the table
+        identifier = packet.parse(request.eap).identifier
+        _, result = self.successResultOf(
+            self.engine.step(second, response(identifier, Type.IDENTITY, b"User"))
+        )
+        identifier = packet.parse(result.eap).identifier
+        _, result = self.successResultOf(
+            self.engine.step(second, response(identifier, Type.NAK, b"\x00"))
+        )
+        self.assertIsInstance(result, Failure)
+        _, again = self.engine.begin("192.0.2.1")
+        self.assertIsInstance(again, Challenge)
+        self.clock.advance(31)
+        self.assertEqual(self.engine.expire(), 2)
+        self.assertIsInstance(self.engine.begin("192.0.2.1")[1], Challenge)
+        self.assertIsInstance(self.engine.begin("192.0.2.1")[1], Challenge)
+        _, result = self.successResultOf(self.engine.step(third, response(1, Type.IDENTITY)))
+        self.assertEqual(result.reason, "unknown or expired conversation")
+
+    def test_global_cap_and_one_log_line_per_interval(self):
+        """The eleventh conversation is refused; a thousand refusals within ten seconds
+        log one line, the next line says how many were not logged."""
+        for i in range(10):
+            self.engine.begin(f"192.0.2.{i}")
+        for _ in range(1000):
+            _, refused = self.engine.begin("198.51.100.1")
+            self.assertEqual(refused.reason, "10 live conversations is the configured maximum")
+            self.clock.advance(0.001)
+        _, refused = self.successResultOf(
+            self.engine.step(None, response(7, Type.IDENTITY, b"User"))
+        )
+        self.assertEqual(packet.parse(refused.eap), packet.failure(7))
+        self.assertEqual(
+            self.refusals(),
+            ["EAP conversation refused: 10 live conversations is the configured maximum"],
+        )
+        self.clock.advance(10)
+        self.engine.step(None, response(7, Type.IDENTITY, b"User"))
+        self.assertEqual(len(self.refusals()), 2)
+        self.assertIn("(1000 more like this not logged)", self.refusals()[1])
+
+    def test_radius_conversations_have_no_per_source_cap(self):
+        """A NAS is trusted by its shared secret: step(None, ...) is only capped in total."""
+        for _ in range(5):
+            _, result = self.successResultOf(
+                self.engine.step(None, response(1, Type.IDENTITY, b"User"))
+            )
+            self.assertIsInstance(result, Challenge)

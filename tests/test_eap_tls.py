@@ -2,14 +2,23 @@
 
 import struct
 
+from OpenSSL import SSL
 from twisted.trial import unittest
 
+from tests.peap_peer import PeapPeer
 from tests.support import test_pki
 from vpnaaa.eap.method import MethodError
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.peap import Peap, parse_tlvs, tlv
-from vpnaaa.eap.tls import FLAG_LENGTH, FLAG_MORE, FLAG_START, Framing, server_context
+from vpnaaa.eap.tls import (
+    FLAG_LENGTH,
+    FLAG_MORE,
+    FLAG_START,
+    Framing,
+    TlsServer,
+    server_context,
+)
 from vpnaaa.pki import load_server_identity
 
 
@@ -89,3 +98,47 @@ class PeapBadPeerTests(unittest.TestCase):
 
     def test_empty_response_during_handshake(self):
         self.assertRaises(MethodError, self.peap.process, b"\x00", 2)
+
+
+class TlsServerPolicyTests(unittest.TestCase):
+    """The PEAP TLS server against a pyOpenSSL client (tests.peap_peer) on memory BIOs."""
+
+    def setUp(self):
+        _, server = test_pki()
+        self.server = TlsServer(
+            server_context(load_server_identity(server.key, server.cert, server.chain))
+        )
+
+    def handshake(self, ciphers: bytes | None = None) -> PeapPeer:
+        peer = PeapPeer(ciphers)
+        while not self.server.established:
+            self.server.receive(peer.flight())
+            peer.tls.bio_write(self.server.outgoing())
+        peer.flight()
+        self.assertTrue(self.server.established)
+        self.assertTrue(peer.established)
+        return peer
+
+    def test_renegotiation_is_refused(self):
+        """A client-initiated renegotiation in the tunnel gets the no_renegotiation alert
+        (RFC 5246 §7.2.2) and no new handshake; nothing reaches phase 2."""
+        peer = self.handshake()
+        peer.tls.renegotiate()
+        peer.established = False
+        self.assertEqual(self.server.receive(peer.flight()), b"")
+        peer.tls.bio_write(self.server.outgoing())
+        with self.assertRaises(SSL.Error) as caught:
+            peer.tls.recv(100)
+        self.assertIn("no renegotiation", str(caught.exception))
+        self.assertEqual(self.server.connection.total_renegotiations(), 0)
+
+    def test_client_preference_is_overridden(self):
+        """The client prefers the CBC suite; the server's order picks AES-256-GCM."""
+        self.handshake(b"ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
+        self.assertEqual(self.server.connection.get_cipher_name(), "ECDHE-RSA-AES256-GCM-SHA384")
+
+    def test_empty_phase_2_message_is_no_data(self):
+        """A bare ACK where phase 2 data is due: no exception out of the TLS layer (it used
+        to raise WantReadError past the method)."""
+        self.handshake()
+        self.assertEqual(self.server.receive(b""), b"")

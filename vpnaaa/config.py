@@ -98,14 +98,18 @@ class TlsConfig:
     fragment_size: int = 1024
 
 
+PEAP_CRYPTOBINDING = ("off", "optional", "required")  # hostapd's crypto_binding 0, 1, 2
+
+
 @dataclass(frozen=True)
 class EapConfig:
     enabled: bool
     methods: tuple[str, ...]
     idle_timeout: float
-    max_conversations: int
+    memory_budget_mib: int  # per engine; sizes its conversation table (eap/engine.py)
+    max_conversations_per_source: int
     server_name: str
-    peap_cryptobinding: bool
+    peap_cryptobinding: str  # one of PEAP_CRYPTOBINDING
     tls: TlsConfig
 
 
@@ -163,6 +167,10 @@ class RelayConfig:
     timeout: float
     tries: int
     nas_identifier: str
+    source_ports: int = 4  # UDP sockets, each its own 256 Identifiers (RFC 5080 §2.2.2)
+    max_queue: int = 1024  # requests waiting for a free Identifier
+    max_conversations: int = 4096
+    max_conversations_per_source: int = 32
 
 
 @dataclass(frozen=True)
@@ -526,7 +534,17 @@ def _relay(ike: _Section, state_dir: Path, config_path: Path | None) -> RelayCon
         timeout=radius.get("timeout", float, 3.0),
         tries=radius.get_int("tries", 3, 1, 10),
         nas_identifier=radius.get("nas_identifier", str, "vpnaaa"),
+        source_ports=radius.get_int("source_ports", RelayConfig.source_ports, 1, 64),
+        max_queue=radius.get_int("max_queue", RelayConfig.max_queue, 0, 1_000_000),
+        max_conversations=radius.get_int(
+            "max_conversations", RelayConfig.max_conversations, 1, 10_000_000
+        ),
+        max_conversations_per_source=radius.get_int(
+            "max_conversations_per_source", RelayConfig.max_conversations_per_source, 1, 1_000_000
+        ),
     )
+    if config.timeout <= 0:
+        raise radius.error("timeout", "must be positive")
     radius.finish()
     return config
 
@@ -550,19 +568,41 @@ def _eap(section: _Section, state_dir: Path) -> EapConfig:
         fragment_size=tls.get_int("fragment_size", 1024, 100, 4000),
     )
     tls.finish()
+    if "max_conversations" in section.table:
+        raise section.error(
+            "max_conversations",
+            "replaced by memory_budget_mib (the table is sized from what a conversation holds; "
+            "see etc/vpnaaa.toml)",
+        )
     config = EapConfig(
         enabled=section.get("enabled", bool, True),
         methods=tuple(methods),
         idle_timeout=section.get("idle_timeout", float, 30.0),
-        max_conversations=section.get_int("max_conversations", 10000, 1, 10_000_000),
+        memory_budget_mib=section.get_int("memory_budget_mib", 256, 1, 1024 * 1024),
+        max_conversations_per_source=section.get_int(
+            "max_conversations_per_source", 32, 1, 1_000_000
+        ),
         server_name=section.get("server_name", str, "vpnaaa"),
-        peap_cryptobinding=section.get("peap_cryptobinding", bool, True),
+        peap_cryptobinding=_cryptobinding(section),
         tls=tls_config,
     )
     if config.idle_timeout <= 0:
         raise section.error("idle_timeout", "must be positive")
     section.finish()
     return config
+
+
+def _cryptobinding(section: _Section) -> str:
+    """``peap_cryptobinding``: "off", "optional" or "required"; true and false, the older
+    spellings, mean "optional" and "off"."""
+    value = section.get("peap_cryptobinding", (bool, str), "optional")
+    if isinstance(value, bool):
+        return "optional" if value else "off"
+    if value not in PEAP_CRYPTOBINDING:
+        raise section.error(
+            "peap_cryptobinding", f"{value!r}: use {', '.join(map(repr, PEAP_CRYPTOBINDING))}"
+        )
+    return value
 
 
 def _disabled(section: _Section) -> RadiusConfig:

@@ -22,7 +22,7 @@ from vpnaaa import auth, logs
 from vpnaaa.admin import admin_service
 from vpnaaa.config import Config, EapConfig, IkeConfig, ProfileConfig
 from vpnaaa.eap.authenticator import MethodFactory
-from vpnaaa.eap.engine import EapEngine
+from vpnaaa.eap.engine import MIB, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.peap import Peap
@@ -157,6 +157,10 @@ class VpnaaaService(service.MultiService):
                 server.nas_identifier,
                 server.timeout,
                 server.tries,
+                source_ports=server.source_ports,
+                max_queue=server.max_queue,
+                max_conversations=server.max_conversations,
+                per_source=server.max_conversations_per_source,
             )
             self._expire_regularly(relay)
         engines: dict[tuple[str, ...], EapEngine] = {}
@@ -249,7 +253,22 @@ def build_eap_engine(
 
         factories["peap"] = (Type.PEAP, peap)
     methods = [factories[name] for name in names]
-    return EapEngine(methods, reactor, config.idle_timeout, config.max_conversations)
+    engine = EapEngine(
+        methods,
+        reactor,
+        config.idle_timeout,
+        config.memory_budget_mib * MIB,
+        config.max_conversations_per_source,
+    )
+    log.info(
+        "EAP {methods}: up to {n} live conversations ([eap] memory_budget_mib = {mib}), "
+        "{per} per client address",
+        methods="/".join(names),
+        n=engine.max_conversations,
+        mib=config.memory_budget_mib,
+        per=config.max_conversations_per_source,
+    )
+    return engine
 
 
 REQID_BASE = 0x76700000  # vpnaaa's reqid range; stale SAs/policies in it are ours

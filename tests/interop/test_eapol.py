@@ -134,12 +134,17 @@ def _unquote(value: str) -> str:
 
 
 def eap_config(
-    state: Path, *, idle_timeout: float | None = None, fragment_size: int | None = None
+    state: Path,
+    *,
+    idle_timeout: float | None = None,
+    fragment_size: int | None = None,
+    eap_options: str = "",
 ) -> Path:
-    """:func:`tests.support.radius_config` plus an ``[eap]`` table and ``[eap.tls]``
-    options (its ``extra`` lands in ``[radius]``, so the text is written here)."""
+    """:func:`tests.support.radius_config` plus an ``[eap]`` table (``eap_options`` are
+    more of its lines) and ``[eap.tls]`` options (its ``extra`` lands in ``[radius]``, so
+    the text is written here)."""
     _, server = test_pki()
-    eap = "[eap]\n"
+    eap = "[eap]\n" + eap_options
     if idle_timeout is not None:
         eap += f"idle_timeout = {idle_timeout}\n"
     tls = (
@@ -338,6 +343,88 @@ class PeapTests(EapolTestCase):
         self.assertRejected(failed)
         run = yield self.peap(identity="bob", password="builder")
         self.assertSucceeded(run, user="bob")
+
+
+class RequiredCryptobindingTests(EapolTestCase):
+    """``peap_cryptobinding = "required"`` (hostapd's crypto_binding=2): a peer that does
+    not answer the Crypto-Binding TLV ([MS-PEAP] §2.2.8.2) is refused, though its
+    password is right."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start(eap_config(self.state, eap_options='peap_cryptobinding = "required"\n'))
+
+    @defer.inlineCallbacks
+    def test_peer_with_cryptobinding_succeeds(self):
+        run = yield self.peap(phase1="peapver=0 crypto_binding=2")
+        self.assertIn(VALID_BINDING, run.lines, run.output)
+        self.assertSucceeded(run)
+
+    @defer.inlineCallbacks
+    def test_peer_without_cryptobinding_is_refused(self):
+        """``crypto_binding=0``: the inner MS-CHAPv2 succeeds (the peer verifies the
+        server's S= response), the peer answers the Result TLV without a binding, and
+        gets Access-Reject with EAP-Failure: no keys, nothing left live. (The peer's
+        method had already decided success, so it discards the EAP-Failure without a
+        CTRL-EVENT-EAP-FAILURE event; it still ends in FAILURE.)"""
+        run = yield self.peap(phase1="peapver=0 crypto_binding=0")
+        self.assertIn("EAP-MSCHAPV2: Received success", run.lines, run.output)
+        self.assertNotIn(VALID_BINDING, run.lines)
+        self.assertNotEqual(run.exit_code, 0, run.output)
+        self.assertEqual(run.lines[-1], "FAILURE", run.output)
+        self.assertIn(KEYS_MISSING, run.lines, run.output)
+        self.assertEqual(run.replies("Access-Accept"), [], run.output)
+        self.assertEqual(len(run.replies("Access-Reject")), 1, run.output)
+        self.assertIn("EAP: Received EAP-Failure", run.lines, run.output)
+        self.assertNotIn(EAP_SUCCESS, run.output)
+        self.assertEqual(self.live, 0)
+        rejects = self.logged("Access-Reject EAP user 'alice'")
+        self.assertEqual(len(rejects), 1, self.events)
+        self.assertIn("no Crypto-Binding TLV (peap_cryptobinding = required)", rejects[0])
+
+
+SELECTED_SUITE = re.compile(r"^OpenSSL: Server selected cipher suite 0x([0-9a-f]{4})$")
+ECDHE_RSA_AES128_GCM_SHA256 = 0xC02F  # RFC 5289
+ECDHE_RSA_AES256_CBC_SHA384 = 0xC028  # RFC 5289
+
+
+class CipherTests(EapolTestCase):
+    """The PEAP server's TLS 1.2 suites: ECDHE with AEAD, chosen by the server's order,
+    and the one CBC suite kept for Windows before 10; no other."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start()
+
+    @staticmethod
+    def suite(run: Run) -> int:
+        (suite,) = [int(m.group(1), 16) for line in run.lines if (m := SELECTED_SUITE.match(line))]
+        return suite
+
+    @defer.inlineCallbacks
+    def test_server_order_wins(self):
+        """The peer lists the CBC suite first; the server picks ECDHE-RSA-AES128-GCM."""
+        run = yield self.peap(openssl_ciphers="ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-GCM-SHA256")
+        self.assertSucceeded(run)
+        self.assertEqual(self.suite(run), ECDHE_RSA_AES128_GCM_SHA256, run.output)
+
+    @defer.inlineCallbacks
+    def test_the_kept_cbc_suite_works(self):
+        """What Windows 7-8.1 offer best with an RSA certificate."""
+        run = yield self.peap(openssl_ciphers="ECDHE-RSA-AES256-SHA384")
+        self.assertSucceeded(run)
+        self.assertEqual(self.suite(run), ECDHE_RSA_AES256_CBC_SHA384, run.output)
+
+    @defer.inlineCallbacks
+    def test_other_non_aead_suites_are_refused(self):
+        """RSA key exchange (no forward secrecy) and ECDHE with SHA-1 CBC: no shared
+        cipher; the ClientHello gets Access-Reject with EAP-Failure."""
+        run = yield self.peap(openssl_ciphers="AES256-SHA256:AES128-SHA:ECDHE-RSA-AES128-SHA")
+        self.assertRejected(run)
+        self.assertNotIn(EAP_SUCCESS, run.output)
+        rejects = self.logged("Access-Reject EAP user 'anonymous'")
+        self.assertEqual(len(rejects), 1, self.events)
+        self.assertIn("TLS: no shared cipher", rejects[0])
 
 
 class MsChapV2Tests(EapolTestCase):

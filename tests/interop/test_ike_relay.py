@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Generator
 from typing import Any
 
@@ -26,7 +27,11 @@ from tests.interop import charon, freeradius
 from tests.interop.test_ike_charon import assert_established
 from tests.support import add_users, state_dir, write_config
 from vpnaaa import config as configuration
-from vpnaaa import pki
+from vpnaaa import mschap, pki
+from vpnaaa.eap import packet
+from vpnaaa.eap.authenticator import Challenge, Success
+from vpnaaa.eap.packet import Code, Type
+from vpnaaa.radius.client import RadiusRelay
 from vpnaaa.service import make_service
 
 POOL = "10.99.8.0/24"
@@ -180,3 +185,114 @@ class RelayTests(RelayTestCase):
         ike_log = "\n".join(text for _, text in self.log_lines("vpnaaa.ike"))
         self.assertIn("EAP failed for 'alice': no answer after 2 tries of 0.5 s", ike_log)
         self.assert_nothing_kept()
+
+
+class MsChapV2Peer:
+    """The peer side of EAP-MSCHAPv2 (draft-kamath-pppext-eap-mschapv2-02, RFC 2759) for
+    one conversation: answers the relay's Identity request and FreeRADIUS's requests."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user = user.encode()
+        self.password_hash = mschap.nt_password_hash(password)
+        self.nt_response = b""
+
+    def answer(self, request: bytes) -> bytes:
+        parsed = packet.parse(request)
+        if parsed.type == Type.IDENTITY:
+            data = self.user
+        elif parsed.data[0] == MSCHAPV2_CHALLENGE:
+            ms_id, challenge = parsed.data[1], parsed.data[5:21]
+            peer_challenge = os.urandom(16)
+            self.nt_response = mschap.generate_nt_response(
+                challenge, peer_challenge, self.user, self.password_hash
+            )
+            value = bytes([49]) + peer_challenge + bytes(8) + self.nt_response + b"\x00"
+            value += self.user
+            data = struct.pack("!BBH", 2, ms_id, 4 + len(value)) + value
+        else:  # Success Request: acknowledge it
+            data = bytes([MSCHAPV2_SUCCESS])
+        return packet.Packet(Code.RESPONSE, parsed.identifier, parsed.type, data).encode()
+
+    def keys(self) -> bytes:
+        """The peer's send key then receive key (RFC 3079 §3.4): the server's receive and
+        send keys, which the relay's MSK must start with."""
+        master = mschap.master_key(self.password_hash, self.nt_response)
+        return mschap.asymmetric_start_key(
+            master, is_send=True, is_server=False
+        ) + mschap.asymmetric_start_key(master, is_send=False, is_server=False)
+
+
+MSCHAPV2_CHALLENGE = 1
+MSCHAPV2_SUCCESS = 3
+IN_FLIGHT = 600  # well over the 256 Identifiers one source port has
+
+
+class RelayConcurrencyTests(unittest.TestCase):
+    """Issue 9, item 6: the relay with hundreds of EAP requests in flight at once against
+    a private FreeRADIUS (EAP-MSCHAPv2). FreeRADIUS tells requests apart by source port
+    and Identifier (RFC 5080 §2.2.2): one port could carry 256 of them."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Generator[defer.Deferred[Any], Any, None]:
+        reason = freeradius.unavailable()
+        if reason:
+            raise unittest.SkipTest(reason)
+        self.state = state_dir(self)
+        self.radius = yield freeradius.start_freeradius(
+            self,
+            self.state / "freeradius",
+            SECRET,
+            USERS,
+            default_eap_type="mschapv2",
+            reject_delay=0,
+            auth_log=True,
+        )
+
+    def relay(self, **options: Any) -> RadiusRelay:
+        server = (freeradius.LOOPBACK, self.radius.port)
+        relay = RadiusRelay(server, SECRET.encode(), reactor, timeout=10.0, tries=2, **options)
+        port = reactor.listenUDP(0, relay, interface=freeradius.LOOPBACK)
+        self.addCleanup(port.stopListening)
+        return relay
+
+    @defer.inlineCallbacks
+    def authenticate(
+        self, relay: RadiusRelay, peer: MsChapV2Peer, conversation: bytes, first: Any
+    ) -> Generator[defer.Deferred[Any], Any, Any]:
+        request = first
+        while isinstance(request, Challenge):
+            _, request = yield relay.step(conversation, peer.answer(request.eap))
+        return request
+
+    @defer.inlineCallbacks
+    def run_all(self, relay: RadiusRelay) -> Generator[defer.Deferred[Any], Any, list[Any]]:
+        """IN_FLIGHT conversations from distinct addresses; all their Identity responses are
+        relayed before the reactor runs again."""
+        peers = [MsChapV2Peer("alice", USERS["alice"]) for _ in range(IN_FLIGHT)]
+        runs = []
+        for i, peer in enumerate(peers):
+            conversation, first = relay.begin(f"198.51.{i // 250}.{i % 250}")
+            runs.append(self.authenticate(relay, peer, conversation, first))
+        self.in_flight = (relay.outstanding, relay.queued)
+        results = yield defer.gatherResults(runs)
+        for peer, result in zip(peers, results, strict=True):
+            # FreeRADIUS's Access-Accept, its MS-MPPE keys those this peer derived
+            self.assertIsInstance(result, Success, getattr(result, "reason", ""))
+            self.assertEqual(result.msk[:32], peer.keys())
+        self.assertEqual((len(relay), relay.outstanding, relay.queued), (0, 0, 0))
+        return results
+
+    @defer.inlineCallbacks
+    def test_600_in_flight_over_four_source_ports(self):
+        relay = self.relay(source_ports=4)
+        yield self.run_all(relay)
+        self.assertEqual(self.in_flight, (IN_FLIGHT, 0))
+
+    @defer.inlineCallbacks
+    def test_one_source_port_queues_the_rest(self):
+        """256 outstanding, the other 344 wait for Identifiers and still succeed."""
+        relay = self.relay(source_ports=1, max_queue=IN_FLIGHT)
+        yield self.run_all(relay)
+        self.assertEqual(self.in_flight, (256, IN_FLIGHT - 256))

@@ -1,20 +1,32 @@
 """The EAP engine both front ends share: a bounded table of live conversations.
 
 ``step(conversation_id, eap) -> Deferred[(conversation_id, Result)]`` is the in-process
-interface: the RADIUS server calls it with the State attribute as conversation id, the
-IKEv2 responder with its IKE SA. Methods are sans-IO and answer at once; the Deferred
-keeps the seam identical to the relay backend, which waits on an external RADIUS server.
+interface: the RADIUS server calls it with the State attribute as conversation id (None
+for a NAS's first packet), the IKEv2 responder with the id :meth:`EapEngine.begin` gave
+its IKE SA. Methods are sans-IO and answer at once; the Deferred keeps the seam identical
+to the relay backend, which waits on an external RADIUS server.
 
-Conversations idle for ``idle_timeout`` seconds are dropped; at ``max_conversations``
-new ones are refused (the peer gets EAP-Failure) rather than exhausting memory.
+Every live conversation holds memory until it ends, is forgotten (its IKE SA closed) or
+sits idle for ``idle_timeout`` seconds. The table is sized from a memory budget: what one
+conversation of the most expensive offered method holds, measured here with tracemalloc
+(Python objects) and glibc's mallinfo2 (OpenSSL's own allocations, which tracemalloc does
+not see) by tests/test_eap_memory.py:
+
+=====================================  ==============================================
+PEAPv0, mid-handshake (TLS server       ~94 KiB, almost all of it OpenSSL's SSL object,
+flight queued, or phase 2 running)      its buffers and the handshake state
+EAP-MSCHAPv2 (challenge sent)           ~1.9 KiB
+=====================================  ==============================================
+
+:data:`COST` rounds these up. Beyond the budget, and beyond ``per_source`` conversations
+begun for one client address, a new conversation gets EAP-Failure and the refusal one
+throttled log line.
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -22,14 +34,25 @@ from twisted.internet.interfaces import IReactorTime
 from vpnaaa import logs
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, MethodFactory, Result
+from vpnaaa.eap.packet import Type
+from vpnaaa.eap.table import ConversationTable, LogThrottle, suppressed_note
 
 log = logs.get("vpnaaa.eap")
 
+KIB = 1024
+MIB = 1024 * KIB
+# Octets one live conversation of each method may hold (measured, rounded up; see above).
+COST = {Type.PEAP: 128 * KIB, Type.MSCHAPV2: 4 * KIB}
+DEFAULT_COST = 4 * KIB  # a conversation before its method starts, or an unlisted method
+DEFAULT_MEMORY_BUDGET = 256 * MIB
+DEFAULT_PER_SOURCE = 32
 
-@dataclass
-class _Entry:
-    conversation: Conversation
-    last_active: float
+
+def capacity(methods: Sequence[int], memory_budget: int) -> int:
+    """How many conversations fit in ``memory_budget`` octets when each may become the
+    most expensive of ``methods`` (at least one)."""
+    worst = max((COST.get(kind, DEFAULT_COST) for kind in methods), default=DEFAULT_COST)
+    return max(1, memory_budget // worst)
 
 
 class EapEngine:
@@ -38,38 +61,53 @@ class EapEngine:
         methods: Sequence[tuple[int, MethodFactory]],
         clock: IReactorTime,
         idle_timeout: float = 30.0,
-        max_conversations: int = 10000,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        per_source: int = DEFAULT_PER_SOURCE,
     ) -> None:
         self.methods = list(methods)
         self.clock = clock
-        self.idle_timeout = idle_timeout
-        self.max_conversations = max_conversations
-        self._live: OrderedDict[bytes, _Entry] = OrderedDict()
+        self.memory_budget = memory_budget
+        self._live: ConversationTable[Conversation] = ConversationTable(
+            clock,
+            idle_timeout,
+            capacity([kind for kind, _ in self.methods], memory_budget),
+            per_source,
+        )
+        self._refusals = LogThrottle(clock)
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def begin(self, source: str = "") -> tuple[bytes, Result]:
-        """A new conversation that starts with EAP-Request/Identity (the IKEv2 case)."""
+    @property
+    def max_conversations(self) -> int:
+        """The table's size: the memory budget over the worst offered method's cost."""
+        return self._live.capacity
+
+    def begin(self, source: str) -> tuple[bytes, Result]:
+        """A new conversation for the client at ``source`` that starts with
+        EAP-Request/Identity (the IKEv2 case, RFC 7296 §2.16)."""
+        self.expire()
         conversation_id = os.urandom(16)
-        conversation = self._admit(conversation_id)
-        if conversation is None:
-            return conversation_id, self._refused(0)
-        return conversation_id, conversation.start()
+        admitted = self._admit(conversation_id, source, 0)
+        if isinstance(admitted, Failure):
+            return conversation_id, admitted
+        return conversation_id, admitted.start()
 
     def step(
         self, conversation_id: bytes | None, eap: bytes
     ) -> defer.Deferred[tuple[bytes, Result]]:
-        """Feed one EAP Response; ``None`` starts a conversation (a NAS's first packet)."""
+        """Feed one EAP Response; ``None`` starts a conversation (a NAS's first packet,
+        RFC 3579 §2.1; the NAS is trusted by its secret, so no per-source cap)."""
         self.expire()
         if conversation_id is None:
             conversation_id = os.urandom(16)
-            conversation = self._admit(conversation_id)
-            if conversation is None:
-                return defer.succeed((conversation_id, self._refused(_identifier(eap))))
+            admitted = self._admit(conversation_id, None, _identifier(eap))
+            if isinstance(admitted, Failure):
+                return defer.succeed((conversation_id, admitted))
+            conversation = admitted
         else:
-            entry = self._live.get(conversation_id)
-            if entry is None:
+            found = self._live.touch(conversation_id)
+            if found is None:
                 reason = "unknown or expired conversation"
                 return defer.succeed(
                     (
@@ -77,45 +115,42 @@ class EapEngine:
                         Failure(packet.failure(_identifier(eap)).encode(), "", reason),
                     )
                 )
-            self._live.move_to_end(conversation_id)
-            entry.last_active = self.clock.seconds()
-            conversation = entry.conversation
+            conversation = found
         result = conversation.receive(eap)
         if not isinstance(result, Challenge):
-            self._live.pop(conversation_id, None)
+            self._live.pop(conversation_id)
         return defer.succeed((conversation_id, result))
 
     def forget(self, conversation_id: bytes) -> None:
-        """The front end gave up on a conversation (its peer went away)."""
-        self._live.pop(conversation_id, None)
+        """The front end gave up on a conversation (its IKE SA closed or expired). The
+        table held the only reference: the conversation, its method and any TLS
+        connection are freed at once (no reference cycles, see peap.py)."""
+        self._live.pop(conversation_id)
 
     def expire(self) -> int:
         """Drop idle conversations; returns how many."""
-        horizon = self.clock.seconds() - self.idle_timeout
-        dropped = 0
-        while self._live:
-            entry = next(iter(self._live.values()))
-            if entry.last_active > horizon:
-                break
-            self._live.popitem(last=False)
-            dropped += 1
+        dropped = len(self._live.expire())
         if dropped:
             log.info("expired {n} idle EAP conversations", n=dropped)
         return dropped
 
-    def _admit(self, conversation_id: bytes) -> Conversation | None:
-        if len(self._live) >= self.max_conversations:
-            return None
-        conversation = Conversation(self.methods)
-        self._live[conversation_id] = _Entry(conversation, self.clock.seconds())
-        return conversation
-
-    def _refused(self, identifier: int) -> Failure:
-        log.warn(
-            "EAP conversation refused: {n} live conversations is the configured maximum",
-            n=self.max_conversations,
-        )
-        return Failure(packet.failure(identifier).encode(), "", "too many live conversations")
+    def _admit(
+        self, conversation_id: bytes, source: str | None, identifier: int
+    ) -> Conversation | Failure:
+        """A new conversation in the table, or the EAP-Failure refusing it."""
+        refusal = self._live.refusal(source)
+        if refusal is None:
+            conversation = Conversation(self.methods)
+            self._live.add(conversation_id, conversation, source)
+            return conversation
+        suppressed = self._refusals.allow()
+        if suppressed is not None:
+            log.warn(
+                "EAP conversation refused: {reason}{note}",
+                reason=refusal,
+                note=suppressed_note(suppressed),
+            )
+        return Failure(packet.failure(identifier).encode(), "", refusal)
 
 
 def _identifier(eap: bytes) -> int:

@@ -8,6 +8,10 @@ packets (type 33) that end phase 2 with a Result TLV, which keep their full head
 
 The MSK is TLS-PRF(master, "client EAP encryption", randoms)[0:64] (draft §2.6,
 RFC 5216 §2.3), or with cryptobinding the compound session key ([MS-PEAP] §3.1.5.7).
+Cryptobinding is "off" (no Crypto-Binding TLV offered), "optional" (offered; a peer that
+answers without one still gets the TLS MSK) or "required" (hostapd's crypto_binding=2: a
+peer without a valid Crypto-Binding TLV fails, so an attacker cannot relay the inner
+method into a tunnel of its own, [MS-PEAP] §3.1.5.5).
 """
 
 from __future__ import annotations
@@ -66,22 +70,16 @@ class Peap:
         context: SSL.Context,
         inner_methods: list[tuple[int, MethodFactory]],
         fragment_size: int = 1024,
-        use_cryptobinding: bool = True,
+        cryptobinding: str = "optional",
     ) -> None:
         self.tls = TlsServer(context)
         self.framing = Framing(fragment_size, PEAP_VERSION)
         self.inner = Conversation(inner_methods)
         self.inner_done: Success | Done | None = None
-        self.use_cryptobinding = use_cryptobinding
+        self.cryptobinding = cryptobinding  # "off", "optional" or "required"
         self.binding: cryptobinding.Binding | None = None
         self.phase = "tls"
         self.identifier = 0
-        self._handlers: dict[str, Callable[[bytes], Step]] = {
-            "tls": self._handshake,
-            "tunnel-ready": self._tunnel_ready,
-            "inner": self._inner,
-            "result": self._result,
-        }
 
     def start(self, identifier: int) -> bytes:
         return self.framing.start()
@@ -95,7 +93,7 @@ class Peap:
             if message:
                 raise MethodError("peer sent data while our fragments were pending")
             return Send(self.framing.next_fragment())
-        return self._handlers[self.phase](message)
+        return _PHASES[self.phase](self, message)
 
     def _send_records(self) -> Send:
         records = self.tls.outgoing()
@@ -141,7 +139,7 @@ class Peap:
         self.phase = "result"
         success = isinstance(result, Success)
         tlvs = tlv(TLV_RESULT, struct.pack("!H", RESULT_SUCCESS if success else RESULT_FAILURE))
-        if success and self.use_cryptobinding:
+        if success and self.cryptobinding != "off":
             self.binding = cryptobinding.Binding(
                 self.tls.export_key(TLS_KEY_LABEL, 128), result.msk
             )
@@ -169,6 +167,12 @@ class Peap:
         msk = self.tls.export_key(TLS_KEY_LABEL, 64)
         if self.binding is not None:
             peer_binding = tlvs.get(TLV_CRYPTOBINDING)
+            if peer_binding is None and self.cryptobinding == "required":
+                return Done(
+                    False,
+                    identity=inner.identity,
+                    reason="no Crypto-Binding TLV (peap_cryptobinding = required)",
+                )
             if peer_binding is None:
                 log.info(
                     "PEAP peer {user!r} sent no cryptobinding TLV; using the TLS MSK",
@@ -181,3 +185,14 @@ class Peap:
                     )
                 msk = self.binding.msk()
         return Done(True, identity=inner.identity, msk=msk)
+
+
+# Phase -> handler, unbound: a table of bound methods on the instance would be a reference
+# cycle, and the TLS connection (~90 KiB of OpenSSL memory) would wait for the cyclic
+# garbage collector instead of going the moment its conversation is forgotten.
+_PHASES: dict[str, Callable[[Peap, bytes], Step]] = {
+    "tls": Peap._handshake,
+    "tunnel-ready": Peap._tunnel_ready,
+    "inner": Peap._inner,
+    "result": Peap._result,
+}

@@ -1,32 +1,49 @@
 """EAP relayed to an external RADIUS server (RFC 3579): the "ASA + ISE" topology.
 
-:class:`RadiusRelay` serves the same ``begin()`` / ``step(conversation, eap)`` interface as
+:class:`RadiusRelay` serves the same :class:`~vpnaaa.eap.backend.EapBackend` interface as
 the local :class:`~vpnaaa.eap.engine.EapEngine`, so the IKEv2 responder does not know which
 one it talks to. The relay asks the peer for its identity itself, then carries every EAP
 Response in an Access-Request (User-Name, EAP-Message, Message-Authenticator, the State of
 the last Access-Challenge) and turns the answer into a Challenge, a Success with the MSK
 from MS-MPPE-Recv-Key | MS-MPPE-Send-Key (RFC 2548 §2.4.2-3, as hostapd and FreeRADIUS
-split it), or a Failure. Requests are retransmitted on a timer; a silent server fails the
-conversation with one log line.
+split it), or a Failure.
+
+Identifiers (RFC 5080 §2.2.2): a RADIUS Identifier is 8 bits, unique per source address
+and port while a request is outstanding, so one socket carries at most 256 requests. The
+relay sends from ``source_ports`` sockets, each with its own 256 Identifiers, reuses the
+Identifier that has been free longest, and keeps one until its request is answered or
+its last try timed out (a late answer must not meet a new request). A request that finds
+no free Identifier waits in a bounded FIFO queue instead of failing.
+
+Every request is retransmitted unchanged (same Identifier and Authenticator, RFC 5080
+§2.2.1) after ``timeout`` seconds, ``tries`` times in all; a silent server fails the
+conversation with one log line. Every response must carry a valid Message-Authenticator
+(RFC 3579 §3.2 for EAP, and BlastRADIUS, CVE-2024-3596, for the rest): one without is
+discarded with a throttled log line. Beyond the conversation table's or the queue's size a
+conversation gets EAP-Failure and the refusal a throttled log line. Nothing raises out of
+:meth:`RadiusRelay.step`: whatever goes wrong becomes an EAP-Failure.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections import OrderedDict
+import socket
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import DatagramProtocol
 
 from vpnaaa import logs
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
 from vpnaaa.eap.packet import Code, Type
+from vpnaaa.eap.table import ConversationTable, LogThrottle, suppressed_note
 from vpnaaa.radius import hiding, wire
-from vpnaaa.radius.eap import eap_attributes
+from vpnaaa.radius.eap import MAX_VALUE, eap_attributes
 
 log = logs.get("vpnaaa.radius")
 
@@ -35,6 +52,8 @@ _RECV_KEY = wire.key("MS-MPPE-Recv-Key")
 _SEND_KEY = wire.key("MS-MPPE-Send-Key")
 _NAS_PORT_TYPE_VIRTUAL = wire.value("NAS-Port-Type", "Virtual")
 _SERVICE_TYPE_FRAMED = wire.value("Service-Type", "Framed-User")
+MIN_MSK = 32  # octets: MS-MPPE-Recv-Key | Send-Key shorter than this key nothing safely
+IDENTIFIERS = 256
 
 
 @dataclass
@@ -42,20 +61,32 @@ class _Conversation:
     identifier: int  # of our EAP-Request/Identity
     identity: str = ""
     state: bytes | None = None
-    last_active: float = 0.0
+    request: _Request | None = None  # queued or outstanding (EAP is lockstep)
 
 
-@dataclass
-class _Pending:
-    authenticator: bytes
-    datagram: bytes
-    deferred: defer.Deferred[tuple[wire.Packet, bytes]]  # the response, our authenticator
-    tries: int = 1
-    timer: Any = field(default=None, repr=False)
+@dataclass(eq=False)
+class _Request:
+    """One Access-Request: queued (no Identifier yet), then outstanding on a port."""
+
+    conversation_id: bytes
+    attributes: list[tuple[wire.Key, bytes]]
+    # fires with (response, our authenticator); None once the conversation is forgotten
+    deferred: defer.Deferred[tuple[wire.Packet, bytes]] | None
+    port: int = -1
+    ident: int = -1
+    authenticator: bytes = b""
+    datagram: bytes = b""
+    tries: int = 0
+    timer: IDelayedCall | None = field(default=None, repr=False)
 
 
 class RadiusRelay(DatagramProtocol):
-    """A RADIUS client for EAP (RFC 3579 §2.6.2 retransmission, §3.2 Message-Authenticator)."""
+    """A RADIUS client for EAP (RFC 3579 §2.6.2 retransmission, §3.2 Message-Authenticator).
+
+    Listen it on one UDP port (the reactor's ``listenUDP(0, relay, interface)``); it opens
+    its other ``source_ports - 1`` sockets on the same interface when that port starts,
+    and closes them when it stops.
+    """
 
     noisy = False
 
@@ -63,53 +94,117 @@ class RadiusRelay(DatagramProtocol):
         self,
         server: tuple[str, int],
         secret: bytes,
-        clock: IReactorTime,
+        reactor: Any,
         nas_identifier: str = "vpnaaa",
         timeout: float = 3.0,
         tries: int = 3,
         idle_timeout: float = 60.0,
+        *,
+        source_ports: int = 4,
+        max_queue: int = 1024,
+        max_conversations: int = 4096,
+        per_source: int = 32,
     ) -> None:
         self.server = server
         self.secret = secret
-        self.clock = clock
+        self.reactor = reactor
         self.nas_identifier = wire.value("NAS-Identifier", nas_identifier)
         self.timeout = timeout
         self.tries = tries
-        self.idle_timeout = idle_timeout
-        self._conversations: OrderedDict[bytes, _Conversation] = OrderedDict()
-        self._pending: dict[int, _Pending] = {}
-        self._next_ident = os.urandom(1)[0]
+        self.source_ports = source_ports
+        self.max_queue = max_queue
+        self._conversations: ConversationTable[_Conversation] = ConversationTable(
+            reactor, idle_timeout, max_conversations, per_source
+        )
+        self._transports: list[Any] = [None] * source_ports
+        self._extra_ports: list[Any] = []
+        self._free: list[deque[int]] = [deque() for _ in range(source_ports)]
+        self._next_port = 0
+        self._pending: dict[tuple[int, int], _Request] = {}
+        self._queue: dict[int, _Request] = {}  # FIFO by insertion; O(1) removal on forget
+        self._queue_keys = itertools.count()
+        self._queued_at: dict[_Request, int] = {}
+        self._refusals = LogThrottle(reactor)
+        self._unsigned = LogThrottle(reactor)
+        self._bad = LogThrottle(reactor)
 
     def __len__(self) -> int:
         return len(self._conversations)
 
+    @property
+    def outstanding(self) -> int:
+        """Access-Requests sent and not yet answered or timed out."""
+        return len(self._pending)
+
+    @property
+    def queued(self) -> int:
+        """Access-Requests waiting for a free Identifier."""
+        return len(self._queue)
+
     # -- the EAP backend interface -------------------------------------------------------
 
-    def begin(self, source: str = "") -> tuple[bytes, Result]:
+    def begin(self, source: str) -> tuple[bytes, Result]:
         """EAP-Request/Identity from the relay itself (the NAS role, RFC 3579 §2.1)."""
         self.expire()
         conversation_id = os.urandom(16)
+        refusal = self._conversations.refusal(source)
+        if refusal is not None:
+            self._refuse(f"EAP conversation refused: {refusal}")
+            return conversation_id, _failure(b"", refusal)
         identifier = os.urandom(1)[0]
-        self._conversations[conversation_id] = _Conversation(identifier, last_active=self._now())
+        self._conversations.add(conversation_id, _Conversation(identifier), source)
         return conversation_id, Challenge(packet.request(identifier, Type.IDENTITY).encode())
 
     def step(self, conversation_id: bytes, eap: bytes) -> defer.Deferred[tuple[bytes, Result]]:
-        conversation = self._conversations.get(conversation_id)
+        """Relay one EAP Response. Never raises: every problem is an EAP-Failure."""
+        try:
+            return self._step(conversation_id, eap)
+        except Exception:
+            log.failure("EAP relay: internal error; conversation failed")
+            self._drop(conversation_id)
+            return defer.succeed((conversation_id, _failure(eap, "internal error")))
+
+    def forget(self, conversation_id: bytes) -> None:
+        """Release the conversation and its queued or outstanding request: a queued one is
+        never sent; an outstanding one is not retransmitted and its answer is discarded
+        (its Identifier stays reserved until then, RFC 5080 §2.2.2)."""
+        self._drop(conversation_id)
+
+    def expire(self) -> int:
+        dropped = self._conversations.expire()
+        for _, conversation in dropped:
+            self._abandon(conversation)
+        return len(dropped)
+
+    # -- a step ---------------------------------------------------------------------------
+
+    def _step(self, conversation_id: bytes, eap: bytes) -> defer.Deferred[tuple[bytes, Result]]:
+        conversation = self._conversations.touch(conversation_id)
         if conversation is None:
             return defer.succeed(
                 (conversation_id, _failure(eap, "unknown or expired conversation"))
             )
-        conversation.last_active = self._now()
-        self._conversations.move_to_end(conversation_id)
+        if conversation.request is not None:
+            return self._fail(
+                conversation_id, eap, "an EAP Response while the previous one is still relayed"
+            )
         if not conversation.identity:
             try:
                 response = packet.parse(eap)
             except packet.EapError as e:
-                return defer.succeed((conversation_id, _failure(eap, f"malformed EAP: {e}")))
+                return self._fail(conversation_id, eap, f"malformed EAP: {e}")
             if response.code == Code.RESPONSE and response.type == Type.IDENTITY:
-                conversation.identity = response.data.decode("utf-8", "replace")
+                identity = response.data
+                if len(identity) > MAX_VALUE:
+                    reason = (
+                        f"EAP identity of {len(identity)} octets does not fit User-Name "
+                        f"(at most {MAX_VALUE}, RFC 2865 §5.1)"
+                    )
+                    self._refuse(f"EAP relay refused a conversation: {reason}")
+                    return self._fail(conversation_id, eap, reason)
+                conversation.identity = identity.decode("utf-8", "replace")
         attributes = [
-            wire.value("User-Name", conversation.identity or "anonymous"),
+            (wire.USER_NAME, (conversation.identity or "anonymous").encode()[:MAX_VALUE]),
             *eap_attributes(eap),
             self.nas_identifier,
             _NAS_PORT_TYPE_VIRTUAL,
@@ -117,24 +212,48 @@ class RadiusRelay(DatagramProtocol):
         ]
         if conversation.state is not None:
             attributes.append((_STATE, conversation.state))
-        d = self._send(attributes)
+        length = wire.MIN_LENGTH + 18 + sum(2 + len(value) for _, value in attributes)
+        if length > wire.MAX_LENGTH:
+            reason = f"an Access-Request of {length} octets exceeds {wire.MAX_LENGTH}"
+            self._refuse(f"EAP relay refused a conversation: {reason}")
+            return self._fail(conversation_id, eap, reason)
+        request = _Request(conversation_id, attributes, defer.Deferred())
+        if not self._dispatch(request):
+            reason = f"{self.max_queue} Access-Requests already wait for an Identifier"
+            self._refuse(f"EAP relay refused a request: {reason}")
+            return self._fail(conversation_id, eap, reason)
+        conversation.request = request
+        d = request.deferred
         d.addCallback(self._answer, conversation_id, conversation, eap)
         d.addErrback(self._no_answer, conversation_id, conversation, eap)
         return d
 
-    def forget(self, conversation_id: bytes) -> None:
-        self._conversations.pop(conversation_id, None)
+    def _fail(
+        self, conversation_id: bytes, eap: bytes, reason: str
+    ) -> defer.Deferred[tuple[bytes, Result]]:
+        conversation = self._drop(conversation_id)
+        identity = conversation.identity if conversation is not None else ""
+        return defer.succeed((conversation_id, _failure(eap, reason, identity=identity)))
 
-    def expire(self) -> int:
-        horizon = self._now() - self.idle_timeout
-        dropped = 0
-        while self._conversations:
-            oldest = next(iter(self._conversations.values()))
-            if oldest.last_active > horizon:
-                break
-            self._conversations.popitem(last=False)
-            dropped += 1
-        return dropped
+    def _drop(self, conversation_id: bytes) -> _Conversation | None:
+        conversation = self._conversations.pop(conversation_id)
+        if conversation is not None:
+            self._abandon(conversation)
+        return conversation
+
+    def _abandon(self, conversation: _Conversation) -> None:
+        request, conversation.request = conversation.request, None
+        if request is None:
+            return
+        request.deferred = None
+        key = self._queued_at.pop(request, None)
+        if key is not None:
+            del self._queue[key]
+
+    def _refuse(self, line: str) -> None:
+        suppressed = self._refusals.allow()
+        if suppressed is not None:
+            log.warn("{line}{note}", line=line, note=suppressed_note(suppressed))
 
     # -- answers --------------------------------------------------------------------------
 
@@ -145,12 +264,13 @@ class RadiusRelay(DatagramProtocol):
         conversation: _Conversation,
         eap: bytes,
     ) -> tuple[bytes, Result]:
+        conversation.request = None
         response, request_authenticator = exchange
         eap_reply = b"".join(response.attributes.get(wire.EAP_MESSAGE, ()))
         if response.code == wire.Code.ACCESS_CHALLENGE and eap_reply:
             conversation.state = response.get(_STATE)
             return conversation_id, Challenge(eap_reply)
-        self._conversations.pop(conversation_id, None)
+        self._conversations.pop(conversation_id)
         if response.code == wire.Code.ACCESS_ACCEPT:
             try:
                 msk = b"".join(
@@ -161,88 +281,222 @@ class RadiusRelay(DatagramProtocol):
                 )
             except ValueError as e:
                 return conversation_id, _failure(
-                    eap, f"Access-Accept without usable MPPE keys: {e}"
+                    eap, f"Access-Accept without usable MPPE keys: {e}", b"", conversation.identity
                 )
+            if len(msk) < MIN_MSK:
+                reason = (
+                    f"Access-Accept with an MSK of {len(msk)} octets (MS-MPPE-Recv-Key | "
+                    f"Send-Key); at least {MIN_MSK} are required"
+                )
+                return conversation_id, _failure(eap, reason, b"", conversation.identity)
             name = response.get(wire.USER_NAME)
             identity = name.decode("utf-8", "replace") if name else conversation.identity
             success = eap_reply or packet.success(eap[1] if len(eap) > 1 else 0).encode()
             return conversation_id, Success(success, identity, msk, "RADIUS")
-        reason = f"{wire.Code(response.code).name} from {self.server[0]}"
+        reason = f"{_code_name(response.code)} from {self.server[0]}"
         return conversation_id, _failure(eap, reason, eap_reply, conversation.identity)
 
     def _no_answer(
         self, failure: Any, conversation_id: bytes, conversation: _Conversation, eap: bytes
     ) -> tuple[bytes, Result]:
-        self._conversations.pop(conversation_id, None)
+        conversation.request = None
+        self._conversations.pop(conversation_id)
         reason = failure.getErrorMessage()
-        log.error(
-            "RADIUS server {host}:{port}: {reason}",
-            host=self.server[0],
-            port=self.server[1],
-            reason=reason,
-        )
+        if not failure.check(TimeoutError):
+            log.failure("EAP relay: internal error", failure)
+            reason = "internal error"
+        else:
+            log.error(
+                "RADIUS server {host}:{port}: {reason}",
+                host=self.server[0],
+                port=self.server[1],
+                reason=reason,
+            )
         return conversation_id, _failure(eap, reason, identity=conversation.identity)
 
-    # -- the wire ---------------------------------------------------------------------------
+    # -- Identifiers, the queue and the wire ---------------------------------------------
 
-    def _send(
-        self, attributes: list[tuple[wire.Key, bytes]]
-    ) -> defer.Deferred[tuple[wire.Packet, bytes]]:
-        ident = self._next_ident
-        if ident in self._pending:
-            return defer.fail(RuntimeError("256 requests outstanding"))
-        self._next_ident = (ident + 1) % 256
-        authenticator = os.urandom(16)
-        datagram = wire.access_request(ident, authenticator, self.secret, attributes)
-        pending = _Pending(authenticator, datagram, defer.Deferred())
-        self._pending[ident] = pending
-        self._transmit(ident, pending)
-        return pending.deferred
+    def startProtocol(self) -> None:
+        self._attach(0, self.transport)
+        interface = self.transport.getHost().host
+        for index in range(1, self.source_ports):
+            self._extra_ports.append(
+                self.reactor.listenUDP(0, _ExtraPort(self, index), interface=interface)
+            )
 
-    def _transmit(self, ident: int, pending: _Pending) -> None:
-        self.transport.write(pending.datagram, self.server)
-        pending.timer = self.clock.callLater(self.timeout, self._retry, ident)
+    def stopProtocol(self) -> None:
+        ports, self._extra_ports = self._extra_ports, []
+        for port in ports:
+            port.stopListening()
+        self._detach(0)
 
-    def _retry(self, ident: int) -> None:
-        pending = self._pending.get(ident)
-        if pending is None:
+    def _attach(self, index: int, transport: Any) -> None:
+        """A socket is ready: its 256 Identifiers, in a random rotation, become free."""
+        sock = getattr(transport, "socket", None)
+        if sock is not None:
+            _large_receive_buffer(sock)
+        self._transports[index] = transport
+        start = os.urandom(1)[0]
+        free = self._free[index]
+        free.clear()
+        free.extend((start + i) % IDENTIFIERS for i in range(IDENTIFIERS))
+        self._pump()
+
+    def _detach(self, index: int) -> None:
+        self._transports[index] = None
+        self._free[index].clear()
+
+    def _dispatch(self, request: _Request) -> bool:
+        """Send now if an Identifier is free, else queue; False when the queue is full."""
+        if not self._queue and self._send(request):
+            return True
+        if len(self._queue) >= self.max_queue:
+            return False
+        key = next(self._queue_keys)
+        self._queue[key] = request
+        self._queued_at[request] = key
+        return True
+
+    def _send(self, request: _Request) -> bool:
+        for _ in range(self.source_ports):
+            index = self._next_port
+            self._next_port = (index + 1) % self.source_ports
+            free = self._free[index]
+            if free:
+                request.port, request.ident = index, free.popleft()
+                break
+        else:
+            return False
+        request.authenticator = os.urandom(16)
+        request.datagram = wire.access_request(
+            request.ident, request.authenticator, self.secret, request.attributes
+        )
+        self._pending[(request.port, request.ident)] = request
+        self._transmit(request)
+        return True
+
+    def _pump(self) -> None:
+        """Queued requests take the Identifiers that became free, oldest first."""
+        while self._queue:
+            key = next(iter(self._queue))
+            request = self._queue[key]
+            if not self._send(request):
+                return
+            del self._queue[key]
+            del self._queued_at[request]
+
+    def _transmit(self, request: _Request) -> None:
+        request.tries += 1
+        transport = self._transports[request.port]
+        try:
+            if transport is not None:  # None: the relay is stopping
+                transport.write(request.datagram, self.server)
+        except OSError as e:  # no route, a full socket buffer: the timer retries
+            log.warn("RADIUS relay: sending to {host} failed: {e}", host=self.server[0], e=e)
+        request.timer = self.reactor.callLater(self.timeout, self._timed_out, request)
+
+    def _timed_out(self, request: _Request) -> None:
+        if request.deferred is not None and request.tries < self.tries:
+            self._transmit(request)
             return
-        if pending.tries >= self.tries:
-            del self._pending[ident]
-            pending.deferred.errback(
+        self._release(request)
+        if request.deferred is not None:
+            deferred, request.deferred = request.deferred, None
+            deferred.errback(
                 TimeoutError(f"no answer after {self.tries} tries of {self.timeout:g} s")
             )
-            return
-        pending.tries += 1
-        self._transmit(ident, pending)
 
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr[:2] != self.server:
+    def _release(self, request: _Request) -> None:
+        """The request is over: its Identifier is free again, queued requests go out."""
+        del self._pending[(request.port, request.ident)]
+        if request.timer is not None and request.timer.active():
+            request.timer.cancel()
+        request.timer = None
+        if self._transports[request.port] is not None:
+            self._free[request.port].append(request.ident)
+        self._pump()
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self._received(0, data, addr)
+
+    def _received(self, index: int, data: bytes, addr: Any) -> None:
+        """One datagram on socket ``index``: a response to one of its requests, or dropped."""
+        if tuple(addr[:2]) != self.server:
             return
         try:
             response = wire.parse(data)
         except wire.Malformed as e:
-            log.warn("dropped reply from the RADIUS server: {reason}", reason=str(e))
+            self._drop_reply(self._bad, f"malformed: {e}")
             return
-        pending = self._pending.get(response.ident)
-        if pending is None:
+        request = self._pending.get((index, response.ident))
+        if request is None:
+            return  # a late answer to a request that timed out or was answered already
+        if not wire.response_ok(response, request.authenticator, self.secret):
+            self._drop_reply(self._bad, "bad Response Authenticator or Message-Authenticator")
             return
-        if not wire.response_ok(response, pending.authenticator, self.secret):
-            log.warn("dropped reply from the RADIUS server: bad authenticator (wrong secret?)")
+        if response.message_authenticator_at < 0:
+            # RFC 3579 §3.2 for EAP; every response since BlastRADIUS (CVE-2024-3596).
+            reason = f"{_code_name(response.code)} without Message-Authenticator"
+            self._drop_reply(self._unsigned, reason)
             return
-        if wire.EAP_MESSAGE in response.attributes and response.message_authenticator_at < 0:
-            # RFC 3579 §3.2: such a reply MUST be silently discarded.
-            log.warn(
-                "dropped reply from the RADIUS server: EAP-Message without Message-Authenticator"
-            )
-            return
-        del self._pending[response.ident]
-        if pending.timer is not None and pending.timer.active():
-            pending.timer.cancel()
-        pending.deferred.callback((response, pending.authenticator))
+        self._release(request)
+        if request.deferred is not None:
+            self._conversations.touch(request.conversation_id)
+            deferred, request.deferred = request.deferred, None
+            deferred.callback((response, request.authenticator))
 
-    def _now(self) -> float:
-        return self.clock.seconds()
+    def _drop_reply(self, throttle: LogThrottle, reason: str) -> None:
+        suppressed = throttle.allow()
+        if suppressed is not None:
+            log.warn(
+                "dropped a reply from RADIUS server {host}:{port}: {reason}{note}",
+                host=self.server[0],
+                port=self.server[1],
+                reason=reason,
+                note=suppressed_note(suppressed),
+            )
+
+
+class _ExtraPort(DatagramProtocol):
+    """Socket ``index`` (1 or more) of a :class:`RadiusRelay`."""
+
+    noisy = False
+
+    def __init__(self, relay: RadiusRelay, index: int) -> None:
+        self.relay = relay
+        self.index = index
+
+    def startProtocol(self) -> None:
+        self.relay._attach(self.index, self.transport)
+
+    def stopProtocol(self) -> None:
+        self.relay._detach(self.index)
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.relay._received(self.index, data, addr)
+
+
+RECEIVE_BUFFER = 1024 * 1024  # octets: the answers to 256 requests at once, with room
+
+
+def _large_receive_buffer(sock: socket.socket) -> None:
+    """The answers to a burst of requests arrive together; the default ~200 KiB receive
+    queue drops some (measured with 150 answers per socket), and each loss costs a
+    conversation a retransmission. SO_RCVBUFFORCE (root) passes net.core.rmem_max."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux asm-generic/socket.h
+
+
+def _code_name(code: int) -> str:
+    try:
+        return wire.Code(code).name
+    except ValueError:
+        return f"code {code}"
 
 
 def _failure(eap: bytes, reason: str, eap_reply: bytes = b"", identity: str = "") -> Failure:

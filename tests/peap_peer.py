@@ -1,0 +1,76 @@
+"""A minimal PEAPv0 peer for in-process tests: pyOpenSSL as the TLS client on memory
+BIOs, EAP-TLS framing (RFC 5216 §3.1-3.2) on its side, up to the first phase 2 request.
+
+It answers one EAP Request at a time (:meth:`PeapPeer.answer`) and stops being useful once
+the tunnel is up: :attr:`inner` then holds the first decrypted phase 2 request.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL
+
+from vpnaaa.eap import packet
+from vpnaaa.eap.packet import Code, Type
+from vpnaaa.eap.tls import FLAG_LENGTH, FLAG_MORE, FLAG_START
+
+
+class PeapPeer:
+    def __init__(self, ciphers: bytes | None = None) -> None:
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        if ciphers is not None:
+            context.set_cipher_list(ciphers)
+        self.tls = SSL.Connection(context, None)
+        self.tls.set_connect_state()
+        self.established = False
+        self.inner = b""
+        self._incoming = b""
+
+    def identity(self, request: bytes, name: bytes = b"anonymous") -> bytes:
+        """The EAP-Response/Identity to the first request."""
+        return self._response(request, Type.IDENTITY, name)
+
+    def answer(self, request: bytes) -> bytes:
+        """The EAP-Response/PEAP to one EAP-Request/PEAP."""
+        data = packet.parse(request).data
+        flags, body = data[0], data[1:]
+        if flags & FLAG_START:
+            return self._peap(request, self.flight())
+        if flags & FLAG_LENGTH:
+            body = body[4:]
+        self._incoming += body
+        if flags & FLAG_MORE:
+            return self._peap(request, b"")  # ACK (RFC 5216 §3.2)
+        self.tls.bio_write(self._incoming)
+        self._incoming = b""
+        if self.established:
+            self.inner = self.tls.recv(65536)
+            return self._peap(request, b"")
+        return self._peap(request, self.flight())
+
+    def flight(self) -> bytes:
+        """Advance the handshake; the records to send (empty once established)."""
+        try:
+            self.tls.do_handshake()
+            self.established = True
+        except SSL.WantReadError:
+            pass
+        return self.outgoing()
+
+    def outgoing(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.tls.bio_read(65536))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    def _peap(self, request: bytes, records: bytes) -> bytes:
+        if len(records) > 1000:
+            raise AssertionError("this peer does not fragment its own messages")
+        return self._response(request, Type.PEAP, b"\x00" + records)
+
+    @staticmethod
+    def _response(request: bytes, kind: int, data: bytes) -> bytes:
+        identifier = packet.parse(request).identifier
+        return packet.Packet(Code.RESPONSE, identifier, kind, data).encode()

@@ -1,0 +1,147 @@
+"""The bounded table of live EAP conversations both backends keep, and a log throttle.
+
+:class:`ConversationTable` is what :class:`~vpnaaa.eap.engine.EapEngine` and
+:class:`~vpnaaa.radius.client.RadiusRelay` hold per conversation id: least recently active
+first, so idle expiry stops at the first fresh entry. It refuses a new conversation
+beyond ``capacity`` and, for a conversation begun for a known ``source`` (the IKE
+client's address), beyond ``per_source`` live ones of that source: one host cannot take
+every slot (charon's ``block_threshold`` plays the same role for its half-open SAs). An
+IPv6 source counts by its /64, the block one subscriber gets (RFC 6177), or a single host
+could take every slot with addresses of its own prefix.
+
+:class:`LogThrottle` keeps a flood of refusals or drops to one log line per interval
+that says how many it stood for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from twisted.internet.interfaces import IReactorTime
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Slot(Generic[T]):
+    value: T
+    source: str | None
+    last_active: float
+
+
+class ConversationTable(Generic[T]):
+    """Live conversations by id, capped in total and per source, expired when idle."""
+
+    def __init__(
+        self, clock: IReactorTime, idle_timeout: float, capacity: int, per_source: int
+    ) -> None:
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.capacity = capacity
+        self.per_source = per_source
+        self._slots: OrderedDict[bytes, _Slot[T]] = OrderedDict()
+        self._by_source: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, conversation_id: bytes) -> bool:
+        return conversation_id in self._slots
+
+    def refusal(self, source: str | None) -> str | None:
+        """Why a new conversation for ``source`` cannot be admitted now, or None.
+        ``source`` None (a RADIUS NAS, authenticated by its secret) has no per-source cap."""
+        if len(self._slots) >= self.capacity:
+            return f"{self.capacity} live conversations is the configured maximum"
+        source = source_key(source)
+        if source is not None and self._by_source.get(source, 0) >= self.per_source:
+            return f"{source} already has {self.per_source} live conversations"
+        return None
+
+    def add(self, conversation_id: bytes, value: T, source: str | None) -> None:
+        """Admit a conversation (the caller checked :meth:`refusal` first)."""
+        source = source_key(source)
+        self._slots[conversation_id] = _Slot(value, source, self.clock.seconds())
+        if source is not None:
+            self._by_source[source] = self._by_source.get(source, 0) + 1
+
+    def touch(self, conversation_id: bytes) -> T | None:
+        """The conversation, marked active now; None if unknown or expired."""
+        slot = self._slots.get(conversation_id)
+        if slot is None:
+            return None
+        slot.last_active = self.clock.seconds()
+        self._slots.move_to_end(conversation_id)
+        return slot.value
+
+    def pop(self, conversation_id: bytes) -> T | None:
+        """Remove a conversation; the table keeps no reference to it afterwards."""
+        slot = self._slots.pop(conversation_id, None)
+        if slot is None:
+            return None
+        self._release(slot)
+        return slot.value
+
+    def expire(self) -> list[tuple[bytes, T]]:
+        """Remove the conversations idle for ``idle_timeout`` seconds; returns them."""
+        horizon = self.clock.seconds() - self.idle_timeout
+        dropped = []
+        while self._slots:
+            conversation_id, slot = next(iter(self._slots.items()))
+            if slot.last_active > horizon:
+                break
+            del self._slots[conversation_id]
+            self._release(slot)
+            dropped.append((conversation_id, slot.value))
+        return dropped
+
+    def _release(self, slot: _Slot[T]) -> None:
+        if slot.source is None:
+            return
+        left = self._by_source[slot.source] - 1
+        if left:
+            self._by_source[slot.source] = left
+        else:
+            del self._by_source[slot.source]
+
+
+def source_key(source: str | None) -> str | None:
+    """What the per-source cap counts: the address, or an IPv6 address's /64."""
+    if source is None or ":" not in source:
+        return source
+    try:
+        address = ipaddress.IPv6Address(source.split("%", 1)[0])
+    except ValueError:
+        return source
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+class LogThrottle:
+    """At most one log line per ``interval`` seconds for one kind of event."""
+
+    def __init__(self, clock: IReactorTime, interval: float = 10.0) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def allow(self) -> int | None:
+        """None while the line is suppressed; otherwise how many events were suppressed
+        since the last line (log it with the line)."""
+        now = self.clock.seconds()
+        if self._last is not None and now - self._last < self.interval:
+            self._suppressed += 1
+            return None
+        self._last = now
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+def suppressed_note(count: int) -> str:
+    """The tail of a throttled line: how many like it were not logged."""
+    return f" ({count} more like this not logged)" if count else ""
