@@ -319,7 +319,7 @@ class EngineLimitTests(unittest.TestCase):
         self.clock.advance(10)
         self.engine.step(None, response(7, Type.IDENTITY, b"User"))
         self.assertEqual(len(self.refusals()), 2)
-        self.assertIn("(1000 more like this not logged)", self.refusals()[1])
+        self.assertIn("(1000 more like it since the last such line)", self.refusals()[1])
 
     def test_radius_conversations_have_no_per_source_cap(self):
         """A NAS is trusted by its shared secret: step(None, ...) is only capped in total."""

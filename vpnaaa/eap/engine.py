@@ -30,12 +30,13 @@ from collections.abc import Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel
 
 from vpnaaa import logs
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, MethodFactory, Result
 from vpnaaa.eap.packet import Type
-from vpnaaa.eap.table import ConversationTable, LogThrottle, suppressed_note
+from vpnaaa.eap.table import ConversationTable
 
 log = logs.get("vpnaaa.eap")
 
@@ -73,7 +74,7 @@ class EapEngine:
             capacity([kind for kind, _ in self.methods], memory_budget),
             per_source,
         )
-        self._refusals = LogThrottle(clock)
+        self._refusals = logs.Throttle(log, clock.seconds)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -143,13 +144,9 @@ class EapEngine:
             conversation = Conversation(self.methods)
             self._live.add(conversation_id, conversation, source)
             return conversation
-        suppressed = self._refusals.allow()
-        if suppressed is not None:
-            log.warn(
-                "EAP conversation refused: {reason}{note}",
-                reason=refusal,
-                note=suppressed_note(suppressed),
-            )
+        self._refusals.emit(
+            "refused", LogLevel.warn, "EAP conversation refused: {reason}", reason=refusal
+        )
         return Failure(packet.failure(identifier).encode(), "", refusal)
 
 

@@ -1,4 +1,4 @@
-"""The bounded table of live EAP conversations both backends keep, and a log throttle.
+"""The bounded table of live EAP conversations both backends keep.
 
 :class:`ConversationTable` is what :class:`~vpnaaa.eap.engine.EapEngine` and
 :class:`~vpnaaa.radius.client.RadiusRelay` hold per conversation id: least recently active
@@ -8,9 +8,6 @@ client's address), beyond ``per_source`` live ones of that source: one host cann
 every slot (charon's ``block_threshold`` plays the same role for its half-open SAs). An
 IPv6 source counts by its /64, the block one subscriber gets (RFC 6177), or a single host
 could take every slot with addresses of its own prefix.
-
-:class:`LogThrottle` keeps a flood of refusals or drops to one log line per interval
-that says how many it stood for.
 """
 
 from __future__ import annotations
@@ -119,29 +116,3 @@ def source_key(source: str | None) -> str | None:
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(ipaddress.IPv6Network((address, 64), strict=False))
-
-
-class LogThrottle:
-    """At most one log line per ``interval`` seconds for one kind of event."""
-
-    def __init__(self, clock: IReactorTime, interval: float = 10.0) -> None:
-        self.clock = clock
-        self.interval = interval
-        self._last: float | None = None
-        self._suppressed = 0
-
-    def allow(self) -> int | None:
-        """None while the line is suppressed; otherwise how many events were suppressed
-        since the last line (log it with the line)."""
-        now = self.clock.seconds()
-        if self._last is not None and now - self._last < self.interval:
-            self._suppressed += 1
-            return None
-        self._last = now
-        suppressed, self._suppressed = self._suppressed, 0
-        return suppressed
-
-
-def suppressed_note(count: int) -> str:
-    """The tail of a throttled line: how many like it were not logged."""
-    return f" ({count} more like this not logged)" if count else ""

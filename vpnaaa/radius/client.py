@@ -36,12 +36,13 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import LogLevel
 
 from vpnaaa import logs
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
 from vpnaaa.eap.packet import Code, Type
-from vpnaaa.eap.table import ConversationTable, LogThrottle, suppressed_note
+from vpnaaa.eap.table import ConversationTable
 from vpnaaa.radius import hiding, wire
 from vpnaaa.radius.eap import MAX_VALUE, eap_attributes
 
@@ -124,9 +125,7 @@ class RadiusRelay(DatagramProtocol):
         self._queue: dict[int, _Request] = {}  # FIFO by insertion; O(1) removal on forget
         self._queue_keys = itertools.count()
         self._queued_at: dict[_Request, int] = {}
-        self._refusals = LogThrottle(reactor)
-        self._unsigned = LogThrottle(reactor)
-        self._bad = LogThrottle(reactor)
+        self._throttle = logs.Throttle(log, reactor.seconds)
 
     def __len__(self) -> int:
         return len(self._conversations)
@@ -251,9 +250,7 @@ class RadiusRelay(DatagramProtocol):
             del self._queue[key]
 
     def _refuse(self, line: str) -> None:
-        suppressed = self._refusals.allow()
-        if suppressed is not None:
-            log.warn("{line}{note}", line=line, note=suppressed_note(suppressed))
+        self._throttle.emit("refused", LogLevel.warn, "{line}", line=line)
 
     # -- answers --------------------------------------------------------------------------
 
@@ -426,18 +423,18 @@ class RadiusRelay(DatagramProtocol):
         try:
             response = wire.parse(data)
         except wire.Malformed as e:
-            self._drop_reply(self._bad, f"malformed: {e}")
+            self._drop_reply("bad", f"malformed: {e}")
             return
         request = self._pending.get((index, response.ident))
         if request is None:
             return  # a late answer to a request that timed out or was answered already
         if not wire.response_ok(response, request.authenticator, self.secret):
-            self._drop_reply(self._bad, "bad Response Authenticator or Message-Authenticator")
+            self._drop_reply("bad", "bad Response Authenticator or Message-Authenticator")
             return
         if response.message_authenticator_at < 0:
             # RFC 3579 §3.2 for EAP; every response since BlastRADIUS (CVE-2024-3596).
             reason = f"{_code_name(response.code)} without Message-Authenticator"
-            self._drop_reply(self._unsigned, reason)
+            self._drop_reply("unsigned", reason)
             return
         self._release(request)
         if request.deferred is not None:
@@ -445,16 +442,15 @@ class RadiusRelay(DatagramProtocol):
             deferred, request.deferred = request.deferred, None
             deferred.callback((response, request.authenticator))
 
-    def _drop_reply(self, throttle: LogThrottle, reason: str) -> None:
-        suppressed = throttle.allow()
-        if suppressed is not None:
-            log.warn(
-                "dropped a reply from RADIUS server {host}:{port}: {reason}{note}",
-                host=self.server[0],
-                port=self.server[1],
-                reason=reason,
-                note=suppressed_note(suppressed),
-            )
+    def _drop_reply(self, kind: str, reason: str) -> None:
+        self._throttle.emit(
+            kind,
+            LogLevel.warn,
+            "dropped a reply from RADIUS server {host}:{port}: {reason}",
+            host=self.server[0],
+            port=self.server[1],
+            reason=reason,
+        )
 
 
 class _ExtraPort(DatagramProtocol):
