@@ -35,6 +35,7 @@ import pickle
 import shutil
 import struct
 import tempfile
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -628,7 +629,7 @@ class Initiator:
         if isinstance(idi, Identification):
             self.idi = idi
         response = self.must(ExchangeType.IKE_AUTH, entries)
-        self._note_eap(response)
+        self.note_eap(response)
         auth, idr = response.get(PayloadType.AUTH), response.get(PayloadType.IDr)
         if isinstance(auth, Authentication) and isinstance(idr, Identification):
             self.idr = idr
@@ -664,14 +665,15 @@ class Initiator:
         except InvalidSignature:
             raise PeerError("the gateway's AUTH signature does not verify") from None
 
-    def _note_eap(self, response: Message) -> None:
+    def note_eap(self, response: Message) -> None:
+        """Keep the EAP Request of ``response`` (None if it has none) for ``eap_step``."""
         eap = response.get(PayloadType.EAP)
         self.eap_request = eap.data if isinstance(eap, Eap) else None
 
     def eap(self, data: bytes) -> Message:
         """One IKE_AUTH round carrying an EAP Response (§2.16)."""
         response = self.must(ExchangeType.IKE_AUTH, [(PayloadType.EAP, Eap(data))])
-        self._note_eap(response)
+        self.note_eap(response)
         return response
 
     def eap_step(self, user: str = USER, password: str = PASSWORD) -> Message:
@@ -890,8 +892,9 @@ class World:
 class Snapshot:
     """A :class:`World` frozen as a pickle; ``restore()`` makes an independent copy in a
     third of a millisecond (three times faster than ``copy.deepcopy``). What the gateway
-    ``shared()`` and the cryptography objects (keys, cipher classes: immutable, and not
-    picklable) are referenced, not copied."""
+    ``shared()``, classes, functions without a closure (twisted's Clock files a lambda
+    with each call) and the cryptography objects (keys, cipher classes: immutable, and
+    not picklable) are referenced, not copied."""
 
     def __init__(self, world: World) -> None:
         self._by_reference: list[object] = list(world.gateway.shared())
@@ -901,7 +904,11 @@ class Snapshot:
         self._data = buffer.getvalue()
 
     def reference(self, obj: object) -> int | None:
-        immutable = isinstance(obj, type) or type(obj).__module__.startswith("cryptography")
+        immutable = (
+            isinstance(obj, type)
+            or type(obj).__module__.startswith("cryptography")
+            or (isinstance(obj, types.FunctionType) and obj.__closure__ is None)
+        )
         if immutable and id(obj) not in self._index:
             self._index[id(obj)] = len(self._by_reference)
             self._by_reference.append(obj)
