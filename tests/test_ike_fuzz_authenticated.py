@@ -81,6 +81,7 @@ from vpnaaa.ike.message import (
     VendorId,
     encode_payloads,
 )
+from vpnaaa.ike.sa import Endpoint
 
 SCALE = float(os.environ.get("VPNAAA_FUZZ_SCALE", "1"))
 FIRST_CHILD = 0x0000A001  # our SPIs are fixed so that reproducers stay valid across runs
@@ -128,12 +129,14 @@ STATES = {
     "eap-success": _eap_rounds(2),  # MS-CHAPv2 Success request outstanding
     "authenticated": _eap_rounds(3),  # EAP-Success sent: the AUTH from the MSK next
     "established": _established,  # with CHILD_SAs FIRST_CHILD and SECOND_CHILD
+    "init6": _init,  # as "init", from an IPv6 peer
 }
+PEER6 = Endpoint("2001:db8::7", 500)
 
 
 @functools.cache
 def snapshot(state: str) -> Snapshot:
-    world = World()
+    world = World(address=PEER6) if state.endswith("6") else World()
     STATES[state](world)
     return Snapshot(world)
 
@@ -628,10 +631,9 @@ def _structural(kind: str, draw) -> Input:
             else ("established", ExchangeType.CREATE_CHILD_SA)
         )
         return Input(state, (Request(exchange, chain),))
-    if kind == "no-cp":
-        return Input(
-            "init", (Request(ExchangeType.IKE_AUTH, _with("init", {}, (PayloadType.CP,))),)
-        )
+    if kind == "no-cp":  # from an IPv6 peer too: its TSi then has no IPv4 address to use
+        state = draw(st.sampled_from(["init", "init6"]))
+        return Input(state, (Request(ExchangeType.IKE_AUTH, _with("init", {}, (PayloadType.CP,))),))
     if kind == "ipv6-address-request":
         cp = Configuration(CfgType.REQUEST, ((CfgAttribute.INTERNAL_IP6_ADDRESS, b""),))
         chain = _with("init", {PayloadType.CP: cp})
@@ -654,7 +656,7 @@ STRUCTURAL_KINDS = [
 @st.composite
 def structural(draw) -> Input:
     first = _structural(draw(st.sampled_from(STRUCTURAL_KINDS)), draw)
-    if first.state != "init":
+    if first.state not in ("init", "init6"):
         return first
     # Carry an IKE_AUTH #1 case through EAP to the last IKE_AUTH, where its CP and TS
     # are used: the peer's correct EAP responses, then its AUTH.
