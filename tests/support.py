@@ -80,3 +80,16 @@ def ports(daemon: VpnaaaService) -> tuple[int, int]:
     assert daemon.radius is not None
     auth, acct = daemon.radius.ports
     return auth.getHost().port, acct.getHost().port
+
+
+@functools.cache
+def ecdsa_pki() -> tuple[pki.CaFiles, pki.ServerFiles]:
+    """A CA and an ECDSA P-256 server certificate for vpn.example.test (cheap signatures:
+    the IKE tests sign one AUTH per handshake), made once per test run."""
+    directory = Path(tempfile.mkdtemp(prefix="vpnaaa-test-pki-ecdsa-"))
+    atexit.register(shutil.rmtree, directory, True)
+    ca = pki.init_ca(directory / "ca", key_type="ecdsa-p256")
+    server = pki.issue_server(
+        directory / "ca", directory / "server", "vpn.example.test", key_type="ecdsa-p256"
+    )
+    return ca, server

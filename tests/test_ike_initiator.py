@@ -1,0 +1,238 @@
+"""The scripted initiator (tests/ike_peer.py) against the Responder, in-process on a fake
+clock: the full IKE_SA_INIT + IKE_AUTH + EAP-MSCHAPv2 handshake (RFC 7296 §1.2, §2.16),
+CREATE_CHILD_SA for a new CHILD_SA, a CHILD_SA rekey and an IKE SA rekey (§1.3), and
+INFORMATIONAL deletes and liveness checks (§1.4), each answer asserted on."""
+
+import ipaddress
+
+from twisted.trial import unittest
+
+from tests.ike_peer import (
+    MODP2048_CBC,
+    PEER,
+    POOL,
+    Gateway,
+    Initiator,
+    PeerError,
+    World,
+)
+from vpnaaa.eap.packet import Code
+from vpnaaa.ike.const import (
+    CfgAttribute,
+    DhGroup,
+    ExchangeType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+)
+from vpnaaa.ike.message import Delete, TrafficSelector
+from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT
+from vpnaaa.ike.sa import State
+
+
+def notifies(message):
+    return [n.notify_type for n in message.all(PayloadType.NOTIFY)]
+
+
+class HandshakeTests(unittest.TestCase):
+    def setUp(self):
+        self.gateway = Gateway()
+        self.peer = Initiator(self.gateway)
+
+    def assertNothingLeaked(self):
+        self.assertEqual(self.gateway.leaks(), [])
+
+    def test_sa_init_negotiates_what_was_offered(self):
+        response = self.peer.sa_init()
+        self.assertTrue(response.header.response)
+        self.assertEqual(response.get(PayloadType.KE).group, DhGroup.CURVE25519)
+        self.assertNotEqual(response.header.spi_r, bytes(8))
+        self.assertIsNotNone(self.peer.ike)
+        self.assertNothingLeaked()
+
+    def test_auth_first_signs_with_the_certificate_and_asks_for_the_identity(self):
+        self.peer.sa_init()
+        response = self.peer.auth_first()
+        # auth_first verified the ECDSA signature over our view of IKE_SA_INIT (§2.15).
+        self.assertIsNotNone(self.peer.gateway_key)
+        self.assertEqual(response.header.message_id, 1)
+        self.assertEqual(self.peer.eap_request[0], Code.REQUEST)
+        self.assertEqual(self.peer.eap_request[4], 1)  # EAP-Request/Identity
+        self.assertEqual(len(self.gateway.engine), 1)
+        self.assertNothingLeaked()
+
+    def test_full_handshake_leases_an_address_and_installs_the_child_sa(self):
+        response = self.peer.connect()
+        self.assertTrue(self.peer.eap_succeeded)
+        self.assertEqual(notifies(response), [])
+        self.assertIn(self.peer.virtual_ip, POOL)
+        cp = dict(response.get(PayloadType.CP).attributes)
+        self.assertEqual(cp[CfgAttribute.INTERNAL_IP4_DNS], bytes([10, 77, 0, 1]))
+        (tsi,) = response.get(PayloadType.TSi).selectors
+        self.assertEqual((tsi.start_address, tsi.end_address), (self.peer.virtual_ip,) * 2)
+        (child,) = self.peer.children.values()
+        (spec,) = self.gateway.installer.installed.values()
+        self.assertEqual((spec.inbound_spi, spec.outbound_spi), (child.theirs, child.ours))
+        self.assertEqual(spec.inbound_encr_key, child.keymat.encr_i)
+        self.assertEqual(spec.outbound_encr_key, child.keymat.encr_r)
+        self.assertEqual(
+            spec.remote_selectors[0].network, ipaddress.ip_network(f"{self.peer.virtual_ip}/32")
+        )
+        (sa,) = self.gateway.responder.sas.values()
+        self.assertEqual((sa.state, sa.identity), (State.ESTABLISHED, "alice"))
+        self.assertEqual(self.gateway.pool.leased, 1)
+        self.assertEqual(len(self.gateway.engine), 0)
+        self.assertEqual(self.gateway.clock.getDelayedCalls(), [])  # half-open timer gone
+        self.assertNothingLeaked()
+
+    def test_modp_group_and_cbc_with_hmac(self):
+        peer = Initiator(self.gateway, suite=MODP2048_CBC)
+        peer.sa_init()
+        self.assertEqual(peer.ike.integrity.icv_size, 16)
+        peer.auth_first()
+        peer.authenticate()
+        peer.auth_last()
+        self.assertEqual(len(self.gateway.installer.installed), 1)
+        self.assertNothingLeaked()
+
+    def test_a_group_outside_the_policy_is_refused_and_nothing_kept(self):
+        response = self.peer.sa_init(group=DhGroup.MODP1536)
+        self.assertEqual(notifies(response), [NotifyType.NO_PROPOSAL_CHOSEN])
+        self.assertEqual(self.gateway.responder.sas, {})
+
+    def test_wrong_password_ends_in_authentication_failed_and_frees_everything(self):
+        self.peer.sa_init()
+        self.peer.auth_first()
+        self.peer.authenticate(password="wrong")
+        self.assertFalse(self.peer.eap_succeeded)
+        self.assertEqual(self.peer.eap_request[0], Code.FAILURE)
+        self.assertEqual(self.gateway.responder.sas, {})
+        self.assertEqual(len(self.gateway.engine), 0)
+        self.assertEqual(self.gateway.pool.leased, 0)
+        self.assertEqual(self.gateway.drain(), [])
+
+    def test_wrong_auth_after_eap_fails_and_frees_everything(self):
+        self.peer.sa_init()
+        self.peer.auth_first()
+        self.peer.authenticate()
+        self.peer.eap_peer.password_hash = bytes(16)  # a different MSK
+        response = self.peer.must(ExchangeType.IKE_AUTH, self.peer.auth_last_entries())
+        self.assertEqual(notifies(response), [NotifyType.AUTHENTICATION_FAILED])
+        self.assertEqual(self.gateway.responder.sas, {})
+        self.assertEqual(self.gateway.drain(), [])
+
+    def test_a_forged_gateway_signature_is_refused(self):
+        self.peer.sa_init()
+        self.peer.init_response += b"x"  # what the gateway signed is not what we saw
+        self.assertRaises(PeerError, self.peer.auth_first)
+
+    def test_half_open_sa_expires_with_its_eap_conversation(self):
+        self.peer.sa_init()
+        self.peer.auth_first()
+        self.gateway.clock.advance(HALF_OPEN_TIMEOUT + 1)
+        self.assertEqual(self.gateway.responder.sas, {})
+        self.assertEqual(len(self.gateway.engine), 0)
+        self.assertEqual(self.gateway.drain(), [])
+
+
+class EstablishedTests(unittest.TestCase):
+    def setUp(self):
+        self.gateway = Gateway()
+        self.peer = Initiator(self.gateway)
+        self.peer.connect()
+        (self.first,) = self.peer.children
+
+    def assertNothingLeaked(self):
+        self.assertEqual(self.gateway.leaks(), [])
+
+    def test_liveness_is_answered_empty(self):
+        response = self.peer.liveness()
+        self.assertEqual(response.header.exchange, ExchangeType.INFORMATIONAL)
+        self.assertEqual((response.header.message_id, response.payloads), (6, []))
+        self.assertEqual(self.peer.liveness().header.message_id, 7)
+        self.assertNothingLeaked()
+
+    def test_retransmitted_request_gets_the_same_answer(self):
+        request = self.peer.seal(ExchangeType.INFORMATIONAL, PayloadType.NONE, b"")
+        first = self.peer.deliver(request)
+        self.assertEqual(self.peer.deliver(request), first)
+        self.assertNothingLeaked()
+
+    def test_new_child_sa_with_pfs(self):
+        response = self.peer.create_child(group=DhGroup.CURVE25519)
+        self.assertEqual(notifies(response), [])
+        self.assertEqual(response.get(PayloadType.KE).group, DhGroup.CURVE25519)
+        self.assertEqual(len(self.peer.children), 2)
+        self.assertEqual(len(self.gateway.installer.installed), 2)
+        new = next(c for c in self.peer.children.values() if c.ours != self.first)
+        spec = self.gateway.installer.installed[new.theirs]
+        self.assertEqual(spec.inbound_encr_key, new.keymat.encr_i)  # g^ir (new) in KEYMAT
+        self.assertNothingLeaked()
+
+    def test_child_sa_rekey_keeps_the_reqid_and_the_old_one_goes_on_delete(self):
+        old = self.peer.children[self.first]
+        old_reqid = self.gateway.installer.installed[old.theirs].reqid
+        response = self.peer.rekey_child(self.first)
+        self.assertEqual(notifies(response), [])
+        new = next(c for c in self.peer.children.values() if c.ours != self.first)
+        self.assertEqual(self.gateway.installer.installed[new.theirs].reqid, old_reqid)
+        deleted = self.peer.delete_child(self.first)
+        self.assertEqual(
+            deleted.get(PayloadType.DELETE),
+            Delete(ProtocolId.ESP, (old.theirs.to_bytes(4, "big"),)),
+        )
+        self.assertEqual(set(self.gateway.installer.installed), {new.theirs})
+        self.assertNothingLeaked()
+
+    def test_rekey_of_an_unknown_child_sa(self):
+        response = self.peer.rekey_child(0x12345678)
+        self.assertEqual(notifies(response), [NotifyType.CHILD_SA_NOT_FOUND])
+        self.assertNothingLeaked()
+
+    def test_ike_rekey_moves_lease_and_children_to_the_new_sa(self):
+        response = self.peer.rekey_ike()
+        self.assertEqual(response.get(PayloadType.SA).proposals[0].protocol, ProtocolId.IKE)
+        self.assertEqual(len(self.gateway.responder.sas), 2)
+        self.assertEqual(self.peer.delete_previous_ike().payloads, [])
+        (sa,) = self.gateway.responder.sas.values()
+        self.assertEqual(sa.spi_i, self.peer.ike.spi_i)
+        self.assertEqual(self.gateway.pool.leased, 1)
+        self.assertEqual(len(self.gateway.installer.installed), 1)
+        self.assertEqual(self.peer.liveness().header.message_id, 0)
+        self.assertNothingLeaked()
+        self.peer.delete_ike()
+        self.assertEqual(self.gateway.responder.sas, {})
+        self.assertEqual(self.gateway.pool.leased, 0)
+        self.assertEqual(self.gateway.installer.installed, {})
+
+    def test_delete_child_removes_it(self):
+        theirs = self.peer.children[self.first].theirs
+        response = self.peer.delete_child(self.first)
+        self.assertEqual(response.get(PayloadType.DELETE).spis, (theirs.to_bytes(4, "big"),))
+        self.assertEqual(self.gateway.installer.installed, {})
+        self.assertNothingLeaked()
+
+    def test_delete_ike_returns_the_lease_and_removes_the_children(self):
+        self.peer.create_child()
+        self.assertEqual(self.peer.delete_ike().payloads, [])
+        self.assertEqual(self.gateway.responder.sas, {})
+        self.assertEqual(self.gateway.pool.leased, 0)
+        self.assertEqual(self.gateway.installer.installed, {})
+        self.assertEqual(self.gateway.drain(), [])
+
+    def test_traffic_selectors_outside_the_lease_are_unacceptable(self):
+        other = ipaddress.IPv4Address("203.0.113.9")
+        response = self.peer.create_child(tsi=(TrafficSelector(other, other),))
+        self.assertEqual(notifies(response), [NotifyType.TS_UNACCEPTABLE])
+        self.assertNothingLeaked()
+
+    def test_a_fork_is_independent_of_its_original(self):
+        copy = World.__new__(World)
+        copy.gateway, copy.initiator = self.gateway, self.peer
+        fork = copy.fork()
+        fork.initiator.delete_ike()
+        self.assertEqual(fork.gateway.responder.sas, {})
+        self.assertEqual(len(self.gateway.responder.sas), 1)
+        self.assertEqual(self.peer.liveness().header.message_id, 6)
+        self.assertIs(fork.gateway.context.identity, self.gateway.context.identity)
+        self.assertEqual(fork.initiator.address, PEER)
