@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from twisted.internet import task
+from twisted.logger import Logger
 
 from tests.support import ecdsa_pki
 from vpnaaa import mschap
@@ -97,7 +98,7 @@ from vpnaaa.ike.message import (
     encode_payloads,
 )
 from vpnaaa.ike.proposal import DEFAULT_ESP, DEFAULT_IKE, Policy
-from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT, Responder
+from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT, Limits, Responder
 from vpnaaa.ike.sa import Endpoint, IkeSa, Profile, ResponderContext, State
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.pki import ServerIdentity, load_server_identity
@@ -195,7 +196,7 @@ class Gateway:
         *,
         pool: ipaddress.IPv4Network = POOL,
         listen: str = GATEWAY_ADDRESS,
-        cookie_threshold: int = 500,
+        limits: Limits | None = None,
     ) -> None:
         self.clock = task.Clock()
         self.users = _user_store()
@@ -213,7 +214,7 @@ class Gateway:
             next_reqid=Reqids(),
         )
         self.responder = Responder(
-            self.context, self.installer, self.clock, listen, cookie_threshold
+            self.context, self.installer, self.clock, listen, limits or Limits()
         )
 
     def leaks(self) -> list[str]:
@@ -905,7 +906,7 @@ class Snapshot:
 
     def reference(self, obj: object) -> int | None:
         immutable = (
-            isinstance(obj, type)
+            isinstance(obj, type | Logger)  # a logger writes to the process's observers
             or type(obj).__module__.startswith("cryptography")
             or (isinstance(obj, types.FunctionType) and obj.__closure__ is None)
         )
