@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from vpnaaa import config as configuration
 from vpnaaa import pki
 from vpnaaa.service import VpnaaaService, make_service
-from vpnaaa.users import User, write_users
+from vpnaaa.users import User, UserStore, write_users
 
 SECRET = "testing123-secret"
 
@@ -61,6 +61,13 @@ def radius_config(state: Path, clients: str | None = None, extra: str = "") -> P
         f'[radius]\nlisten = "127.0.0.1"\nauth_port = 0\nacct_port = 0\n{extra}\n\n{clients}'
     )
     return write_config(state / "vpnaaa.toml", text)
+
+
+def directory(**users: User) -> UserStore:
+    """A user store serving ``users`` from memory (no file, no lockout)."""
+    store = UserStore(Path("/nonexistent/users.json"))
+    store.use(users)
+    return store
 
 
 def add_users(state: Path, users: dict[str, User]) -> None:

@@ -6,6 +6,7 @@ from twisted.internet import task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from tests.support import directory
 from tests.test_mschap import (
     AUTH_CHALLENGE,
     AUTHENTICATOR_RESPONSE,
@@ -19,14 +20,10 @@ from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, Success
 from vpnaaa.eap.engine import COST, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Code, Type
+from vpnaaa.lockout import Lockout
 from vpnaaa.users import User
 
-
-class Directory(dict):
-    """Users by name, the way methods look them up."""
-
-
-USERS = Directory(User=User.create("User", PASSWORD))
+USERS = directory(User=User.create("User", PASSWORD))
 
 
 def response(identifier, kind, data=b""):
@@ -130,6 +127,37 @@ class MsChapV2ConversationTests(unittest.TestCase):
         self.assertIsInstance(done, Failure)
         self.assertEqual(done.reason, "wrong password")
         self.assertEqual(packet.parse(done.eap).code, Code.FAILURE)
+
+    def run_once(self, nt_response=NT_RESPONSE):
+        """One whole conversation with the RFC 2759 sample; its final result."""
+        self.conversation = Conversation([(Type.MSCHAPV2, mschapv2_factory)])
+        challenge = self.challenge()
+        result = self.conversation.receive(
+            response(
+                challenge.identifier,
+                Type.MSCHAPV2,
+                rfc2759_response(challenge.identifier, nt_response=nt_response),
+            )
+        )
+        answer = packet.parse(result.eap)
+        return self.conversation.receive(
+            response(answer.identifier, Type.MSCHAPV2, answer.data[:1])
+        )
+
+    def test_wrong_passwords_lock_the_user_out(self):
+        """EAP-MSCHAPv2 (alone or inside PEAP) counts toward the store's lockout and
+        respects it: after three wrong NT-Responses the right one is refused too, until
+        the lock ends."""
+        clock = task.Clock()
+        USERS.lockout = Lockout(clock, failures=3, window=60.0, duration=300.0)
+        self.addCleanup(setattr, USERS, "lockout", None)
+        for _ in range(3):
+            self.assertEqual(self.run_once(bytes(24)).reason, "wrong password")
+        locked = self.run_once()
+        self.assertIsInstance(locked, Failure)
+        self.assertEqual(locked.reason, "locked out after repeated wrong passwords")
+        clock.advance(301)
+        self.assertIsInstance(self.run_once(), Success)
 
     def test_unknown_user(self):
         challenge = self.challenge()

@@ -20,7 +20,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from tests.peap_peer import PeapPeer
-from tests.support import test_pki
+from tests.support import directory, test_pki
 from vpnaaa.eap.authenticator import Challenge
 from vpnaaa.eap.engine import COST, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
@@ -71,7 +71,7 @@ class ConversationMemoryTests(unittest.TestCase):
         context = server_context(load_server_identity(server.key, server.cert, server.chain))
 
         def mschapv2():
-            return MsChapV2({})
+            return MsChapV2(directory())
 
         def peap():
             return Peap(context, [(Type.MSCHAPV2, mschapv2)], 1024)

@@ -6,7 +6,7 @@ from OpenSSL import SSL
 from twisted.trial import unittest
 
 from tests.peap_peer import PeapPeer
-from tests.support import test_pki
+from tests.support import directory, test_pki
 from vpnaaa.eap.method import MethodError
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
@@ -82,7 +82,7 @@ class PeapBadPeerTests(unittest.TestCase):
     def setUp(self):
         _, server = test_pki()
         context = server_context(load_server_identity(server.key, server.cert, server.chain))
-        self.peap = Peap(context, [(Type.MSCHAPV2, lambda: MsChapV2({}))], 300)
+        self.peap = Peap(context, [(Type.MSCHAPV2, lambda: MsChapV2(directory()))], 300)
         self.peap.start(1)
 
     def test_garbage_instead_of_a_client_hello(self):

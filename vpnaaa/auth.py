@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 
 from vpnaaa import logs, mschap
-from vpnaaa.users import User, UserStore, dummy_user, verify_password_hash
+from vpnaaa.users import Candidate, User, UserStore, verify_password_hash
 
 log = logs.get("vpnaaa.auth")
 WRONG_PASSWORD = "wrong password"
@@ -117,14 +117,8 @@ class LocalBackend:
         self._busy_log = logs.Throttle(log, clock.seconds)
 
     def authenticate(self, username: str, credentials: Credentials) -> defer.Deferred[Verdict]:
-        user = self.users.get(mschap.strip_domain(username))
-        if user is None:
-            refusal: str | None = "unknown user"
-        elif self.users.locked(user.name):
-            refusal = "locked out after repeated wrong passwords"
-        else:
-            refusal = None
-        checked = dummy_user() if user is None or refusal is not None else user
+        candidate = self.users.candidate(mschap.strip_domain(username))
+        checked = candidate.checked
         if isinstance(credentials, Pap):
             d = self._pap(checked, credentials.password)
         elif isinstance(credentials, Chap):
@@ -133,17 +127,15 @@ class LocalBackend:
             d = defer.succeed(self._mschapv1(checked, credentials))
         else:
             d = defer.succeed(self._mschapv2(checked, username, credentials))
-        return d.addCallback(self._outcome, user, refusal)
+        return d.addCallback(self._outcome, candidate)
 
-    def _outcome(self, verdict: Verdict, user: User | None, refusal: str | None) -> Verdict:
+    def _outcome(self, verdict: Verdict, candidate: Candidate) -> Verdict:
         if isinstance(verdict, Busy):
             return verdict
-        if refusal is not None or user is None:
-            return Reject(refusal or "unknown user")
-        if isinstance(verdict, Accept):
-            self.users.login_succeeded(user.name)
-        elif verdict.reason == WRONG_PASSWORD:
-            self.users.login_failed(user.name)
+        if candidate.refusal is not None:
+            return Reject(candidate.refusal)
+        if isinstance(verdict, Accept) or verdict.reason == WRONG_PASSWORD:
+            self.users.record(candidate, isinstance(verdict, Accept))
         return verdict
 
     def _pap(self, user: User, password: bytes) -> defer.Deferred[Verdict]:

@@ -154,6 +154,17 @@ def write_users(path: Path, users: dict[str, User]) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """Whom a password offered for a name is checked against: the stored ``user``, or
+    :func:`dummy_user` when the name is unknown or locked out (``refusal`` says which), so
+    refusing costs the same CPU and time as a wrong password."""
+
+    user: User | None
+    checked: User
+    refusal: str | None
+
+
 class UserStore:
     """The users a running daemon authenticates, with a cache of verified PAP passwords.
 
@@ -181,12 +192,33 @@ class UserStore:
 
     def load(self) -> int:
         """(Re)read the file; on error the previous users stay in force. Returns the count."""
-        users = read_users(self.path)
+        return self.use(read_users(self.path))
+
+    def use(self, users: dict[str, User]) -> int:
+        """Serve ``users`` from now on (what :meth:`load` read); returns the count."""
         self._users = users
         self._verified = {}
         if self.lockout is not None:
             self.lockout.forget_unknown(users)
         return len(users)
+
+    def candidate(self, name: str) -> Candidate:
+        """The :class:`Candidate` for ``name`` (already stripped of any DOMAIN\\)."""
+        user = self._users.get(name)
+        if user is None:
+            return Candidate(None, dummy_user(), "unknown user")
+        if self.locked(user.name):
+            return Candidate(user, dummy_user(), "locked out after repeated wrong passwords")
+        return Candidate(user, user, None)
+
+    def record(self, candidate: Candidate, ok: bool) -> None:
+        """Report a checked password of a stored, not locked-out user to the lockout."""
+        if candidate.refusal is not None or candidate.user is None:
+            return
+        if ok:
+            self.login_succeeded(candidate.user.name)
+        else:
+            self.login_failed(candidate.user.name)
 
     def locked(self, name: str) -> bool:
         """Whether user ``name`` is locked out after too many wrong passwords."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vpnaaa.users import User
+from vpnaaa.users import Candidate
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,12 @@ Step = Send | Done
 
 
 class Directory(Protocol):
-    """Where methods find users (the local user store; a test double in unit tests)."""
+    """Where methods find users: the local :class:`~vpnaaa.users.UserStore`, which also
+    keeps the lockout that every password check reports to."""
 
-    def get(self, name: str) -> User | None: ...
+    def candidate(self, name: str) -> Candidate: ...
+
+    def record(self, candidate: Candidate, ok: bool) -> None: ...
 
 
 class Method(Protocol):

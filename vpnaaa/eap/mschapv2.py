@@ -79,15 +79,21 @@ class MsChapV2:
             raise MethodError("EAP-MSCHAPv2 name is not UTF-8") from None
         username = mschap.strip_domain(name)
         ms_id = data[1]
-        user = self.directory.get(username)
+        candidate = self.directory.candidate(username)
         self.state = "result"
-        if user is None or user.nt_hash is None:
-            reason = "unknown user" if user is None else "MS-CHAP is disabled for this user"
-            return self._fail(ms_id, username, reason)
+        user = candidate.user
+        if user is not None and user.nt_hash is None:
+            return self._fail(ms_id, username, "MS-CHAP is disabled for this user")
         hashed_name = username.encode()
-        if not mschap.verify_nt_response(
-            self.challenge, peer_challenge, hashed_name, user.nt_hash, nt_response
-        ):
+        nt_hash = candidate.checked.nt_hash
+        assert nt_hash is not None  # the dummy user has one
+        ok = mschap.verify_nt_response(
+            self.challenge, peer_challenge, hashed_name, nt_hash, nt_response
+        )
+        if candidate.refusal is not None or user is None:
+            return self._fail(ms_id, username, candidate.refusal or "unknown user")
+        self.directory.record(candidate, ok)
+        if not ok:
             return self._fail(ms_id, username, "wrong password")
         send_key, recv_key = mschap.server_mppe_keys(user.nt_hash, nt_response)
         self.outcome = Done(True, identity=user.name, msk=recv_key + send_key)
