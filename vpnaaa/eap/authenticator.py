@@ -66,9 +66,10 @@ class Conversation:
         """The first Request: EAP-Request/Identity (RFC 3748 §5.1)."""
         return self._request(Type.IDENTITY, b"")
 
-    def receive(self, data: bytes) -> Result:
+    def receive(self, data: bytes, room: int | None = None) -> Result:
         """Process one EAP Response. The first may be an unsolicited Identity response
-        (a RADIUS NAS asks for the identity itself, RFC 3579 §2.1)."""
+        (a RADIUS NAS asks for the identity itself, RFC 3579 §2.1). ``room``: the most
+        octets the next Request may take (the method fragments to fit)."""
         if self.finished:
             return self._failure("conversation already finished")
         try:
@@ -96,7 +97,7 @@ class Conversation:
         if kind != self.method.type:
             return self._failure(f"response of type {kind} to a type {self.method.type} request")
         try:
-            step = self.method.process(response.data, self._next_identifier())
+            step = self.method.process(response.data, self._next_identifier(), room)
         except MethodError as e:
             return self._failure(str(e))
         if isinstance(step, Send):

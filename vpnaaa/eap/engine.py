@@ -95,10 +95,12 @@ class EapEngine:
         return conversation_id, admitted.start()
 
     def step(
-        self, conversation_id: bytes | None, eap: bytes
+        self, conversation_id: bytes | None, eap: bytes, room: int | None = None
     ) -> defer.Deferred[tuple[bytes, Result]]:
         """Feed one EAP Response; ``None`` starts a conversation (a NAS's first packet,
-        RFC 3579 §2.1; the NAS is trusted by its secret, so no per-source cap)."""
+        RFC 3579 §2.1; the NAS is trusted by its secret, so no per-source cap). ``room``:
+        the most octets the next EAP Request may take (RADIUS: what the reply's other
+        attributes leave)."""
         self.expire()
         if conversation_id is None:
             conversation_id = os.urandom(16)
@@ -117,7 +119,7 @@ class EapEngine:
                     )
                 )
             conversation = found
-        result = conversation.receive(eap)
+        result = conversation.receive(eap, room)
         if not isinstance(result, Challenge):
             self._live.pop(conversation_id)
         return defer.succeed((conversation_id, result))

@@ -48,8 +48,10 @@ class Method(Protocol):
     def start(self, identifier: int) -> bytes:
         """Type-Data of the first Request, sent with EAP Identifier ``identifier``."""
 
-    def process(self, data: bytes, identifier: int) -> Step:
-        """Handle a Response's Type-Data; ``identifier`` is that of the next Request."""
+    def process(self, data: bytes, identifier: int, room: int | None = None) -> Step:
+        """Handle a Response's Type-Data; ``identifier`` is that of the next Request,
+        ``room`` the most octets that Request's whole EAP packet may take (None: no limit
+        beyond the method's own), for methods that fragment."""
 
 
 class MethodError(Exception):

@@ -55,7 +55,7 @@ class MsChapV2:
         body = bytes([VALUE_SIZE_CHALLENGE]) + self.challenge + self.server_name
         return _message(OpCode.CHALLENGE, identifier, body)
 
-    def process(self, data: bytes, identifier: int) -> Step:
+    def process(self, data: bytes, identifier: int, room: int | None = None) -> Step:
         if len(data) < 1:
             raise MethodError("empty EAP-MSCHAPv2 response")
         opcode = data[0]

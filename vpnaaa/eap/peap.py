@@ -84,8 +84,9 @@ class Peap:
     def start(self, identifier: int) -> bytes:
         return self.framing.start()
 
-    def process(self, data: bytes, identifier: int) -> Step:
+    def process(self, data: bytes, identifier: int, room: int | None = None) -> Step:
         self.identifier = identifier
+        self.framing.room = room
         message = self.framing.receive(data)
         if message is None:
             return Send(self.framing.ack())

@@ -127,11 +127,15 @@ def _describe(error: SSL.Error) -> str:
     return ", ".join(str(r) for r in reasons) or repr(error)
 
 
+EAP_OVERHEAD = 5 + 1 + 4  # EAP header with Type, Flags, TLS Message Length
+
+
 class Framing:
     """EAP-TLS style fragmentation and reassembly for one conversation."""
 
     def __init__(self, fragment_size: int, version: int = 0) -> None:
         self.fragment_size = fragment_size
+        self.room: int | None = None  # octets the next whole EAP Request may take
         self.version = version
         self._incoming = bytearray()
         self._expected = 0
@@ -182,10 +186,15 @@ class Framing:
         return bool(self._outgoing)
 
     def next_fragment(self) -> bytes:
-        """The next fragment of the queued message, with L on the first of several."""
+        """The next fragment of the queued message, with L on the first of several; no
+        larger than ``fragment_size``, nor than ``room`` leaves beside the EAP header,
+        Flags and TLS Message Length (RFC 5216 §3.1)."""
         message = self._outgoing
-        chunk = message[: self.fragment_size]
-        self._outgoing = message[self.fragment_size :]
+        size = self.fragment_size
+        if self.room is not None:
+            size = max(1, min(size, self.room - EAP_OVERHEAD))
+        chunk = message[:size]
+        self._outgoing = message[size:]
         flags = self.version
         header = b""
         if self._outgoing:

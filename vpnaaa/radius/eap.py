@@ -7,10 +7,11 @@ MS-MPPE-Recv-Key (first half) and MS-MPPE-Send-Key (second half) (RFC 2548 §2.4
 as hostapd and FreeRADIUS split it). Message-Authenticator is mandatory on every EAP
 packet; the server checks it before this module runs.
 
-A reply must also echo the request's Proxy-State (RFC 2865 §5.33) within 4096 octets.
-When a proxy's Proxy-State leaves no room for the EAP packet, the conversation ends with
-an Access-Reject carrying EAP-Failure (or, if even that cannot fit, no answer), with one
-log line: never an oversized packet or an internal error.
+A reply must also echo the request's Proxy-State (RFC 2865 §5.33) within 4096 octets:
+the engine is told how large the next EAP Request may be (:func:`eap_room`), so PEAP
+fragments shrink to fit. When even that leaves no room, the conversation ends with an
+Access-Reject carrying EAP-Failure (or, if even that cannot fit, no answer), with one log
+line: never an oversized packet or an internal error.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def eap_attributes(eap: bytes) -> list[tuple[wire.Key, bytes]]:
     return [(wire.EAP_MESSAGE, eap[i : i + MAX_VALUE]) for i in range(0, len(eap), MAX_VALUE)]
 
 
+def eap_room(request: wire.Packet) -> int:
+    """The largest EAP packet an Access-Challenge to ``request`` can carry within 4096
+    octets (RFC 2865 §3): what the header, Message-Authenticator, State (a 16-octet
+    conversation id) and the echoed Proxy-State leave, less two octets per EAP-Message
+    attribute (RFC 3579 §3.1). A proxy's long Proxy-State makes PEAP fragments smaller."""
+    left = wire.MAX_LENGTH - 20 - 18 - 18 - wire.proxy_state_octets(request)
+    return left - 2 * -(-left // (MAX_VALUE + 2))
+
+
 class EapHandler:
     """Answers Access-Requests carrying EAP-Message."""
 
@@ -48,7 +58,7 @@ class EapHandler:
     ) -> defer.Deferred[bytes | None]:
         eap = b"".join(request.attributes[wire.EAP_MESSAGE])
         state = request.get(_STATE)
-        d = self.engine.step(state, eap)
+        d = self.engine.step(state, eap, eap_room(request))
         return d.addCallback(self._fitted, request, secret, peer)
 
     def _fitted(
