@@ -359,7 +359,8 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
             raise ConfigError(source, "(syntax)", str(e)) from None
     root = _Section(source, "", data)
     general = root.sub("general")
-    state = Path(state_dir or general.get("state_dir", str, DEFAULT_STATE_DIR))
+    configured_state = general.get("state_dir", str, DEFAULT_STATE_DIR)
+    state = Path(state_dir or configured_state)
     log_level = general.get("log_level", str, "info")
     if log_level not in LOG_LEVELS:
         raise general.error("log_level", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -450,7 +451,7 @@ def _admin(section: _Section, state_dir: Path) -> AdminConfig:
             raise section.error("token_file", f"{path}: the token must be 16 characters or more")
     elif not socket_name:
         raise section.error(
-            "socket", "no UNIX socket and no TCP listen address: set one, or enabled = false"
+            "socket", "empty and no TCP listen address: set one of them (or enabled = false)"
         )
     return AdminConfig(
         enabled=True,
