@@ -432,7 +432,7 @@ def _admin(section: _Section, state_dir: Path) -> AdminConfig:
     token_name = section.get("token_file", str, "admin-token")
     section.finish()
     if not enabled:
-        return AdminConfig(enabled=False)
+        return AdminConfig(enabled=False, socket=None)
     token = None
     if listen:
         try:

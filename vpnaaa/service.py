@@ -191,7 +191,7 @@ class VpnaaaService(service.MultiService):
             self.abort(f"admin API cannot listen on {e.interface}:{e.port}: {e.socketError}")
         except StartupError as e:
             self.abort(str(e))
-        if self.drop_privileges and not self.aborting:
+        if self.drop_privileges:
             self._drop(user)
 
     def _account(self) -> privileges.Account | None:
@@ -225,15 +225,13 @@ class VpnaaaService(service.MultiService):
             self.abort(f"cannot drop privileges: {e}")
             return
         log.info(
-            "running as uid {uid} gid {gid}, capabilities {caps:#x} (CAP_NET_ADMIN)",
+            "running as uid {uid} gid {gid}, effective capabilities {caps:#x}",
             uid=result.uids[0],
             gid=result.gids[0],
             caps=result.cap_eff,
         )
 
     def startService(self) -> None:
-        if self.aborting:
-            return  # privilegedStartService failed: never run half-configured
         try:
             super().startService()
         except StartupError as e:
