@@ -15,8 +15,10 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 venv: $(BIN)/.installed
 
-## run: the daemon in the foreground on its embedded defaults, demo state in ./var
+## run: the daemon in the foreground on its embedded defaults, demo state in ./var; it
+## binds its ports as root, then runs as the system user vpnaaa (created if missing)
 run: venv
+	./scripts/system-user vpnaaa
 	$(BIN)/vpnaaa --state-dir $(STATE) demo
 	$(BIN)/twistd -n --pidfile= vpnaaa --state-dir $(STATE)
 

@@ -114,3 +114,18 @@ class ConfigTests(unittest.TestCase):
 
     def test_disabled_radius_needs_no_clients(self):
         self.assertFalse(self.load("[radius]\nenabled = false\n").radius.enabled)
+
+    def test_daemon_user(self):
+        self.assertEqual(self.load("").daemon.user, "vpnaaa")
+        self.assertEqual(self.load('[daemon]\nuser = "root"\n').daemon.user, "root")
+        self.assertConfigError('[daemon]\nuser = ""\n', "daemon.user", "must name a user")
+
+    def test_admin_is_a_unix_socket_unless_listen_is_set(self):
+        admin = self.load("").admin
+        self.assertEqual(
+            (admin.socket, admin.listen, admin.token), (self.state / "admin.sock", None, None)
+        )
+        self.assertConfigError('[admin]\nsocket = ""\n', "admin.socket", "set one of them")
+        self.assertConfigError(
+            '[admin]\nlisten = "localhost"\n', "admin.listen", "not an IP address"
+        )

@@ -4,12 +4,16 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from twisted.internet import defer, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.support import state_dir
+from tests.support import state_dir, write_config
 from tests.test_mschap import (
     AUTH_CHALLENGE,
     AUTHENTICATOR_RESPONSE,
@@ -21,7 +25,15 @@ from tests.test_mschap import (
 )
 from vpnaaa import auth
 from vpnaaa.lockout import Lockout
-from vpnaaa.users import User, UserStore, UserStoreError, dummy_user, read_users, write_users
+from vpnaaa.users import (
+    User,
+    UserStore,
+    UserStoreError,
+    dummy_user,
+    locked,
+    read_users,
+    write_users,
+)
 
 
 class UserFileTests(unittest.TestCase):
@@ -285,3 +297,34 @@ class HardenedBackendTests(unittest.TestCase):
         for _ in range(2):
             self.verdict("User", bad)
         self.assertIsInstance(self.verdict("User", good), auth.Accept)
+
+
+class LockedUpdateTests(unittest.TestCase):
+    """Two `vpnaaa user add` processes at once: both users end up in the file."""
+
+    def test_two_concurrent_adds_keep_both_users(self):
+        state = state_dir(self)
+        path = state / "users.json"
+        write_users(path, {"alice": User.create("alice", "pw-alice")})
+        write_config(state / "radius-secret", "demo\n")  # the embedded defaults need it
+        cli = [str(Path(sys.executable).parent / "vpnaaa"), "--state-dir", str(state)]
+        with locked(path):  # both read the file only once they hold the lock
+            adds = [
+                subprocess.Popen(
+                    [*cli, "user", "add", name, "--password-stdin", "--no-mschap"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                for name in ("bob", "carol")
+            ]
+            for add in adds:
+                add.stdin.write("pw\n")
+                add.stdin.close()
+            time.sleep(1.0)
+            self.assertEqual([add.poll() for add in adds], [None, None])  # waiting
+        for add in adds:
+            self.assertEqual(add.wait(timeout=30), 0, add.stdout.read())
+            add.stdout.close()
+        self.assertEqual(sorted(read_users(path)), ["alice", "bob", "carol"])

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import http.client
 import os
 import secrets
 import socket
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from vpnaaa import config as configuration
-from vpnaaa import pki
+from vpnaaa import pki, private
 from vpnaaa.ike.proposal import PolicyError
-from vpnaaa.users import User, UserStoreError, read_users, write_users
+from vpnaaa.users import User, UserStoreError, locked, read_users, write_users
 
 DEMO_USER = "demo"
 DEMO_CREDENTIALS = "demo-credentials.txt"
@@ -31,62 +33,70 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _users_path(args: argparse.Namespace) -> Path:
-    return configuration.load(args.config, args.state_dir).users.file
+def _users_file(args: argparse.Namespace) -> tuple[Path, frozenset[int]]:
+    """The user file and the owners it may have (root, us, the daemon user)."""
+    cfg = configuration.load(args.config, args.state_dir)
+    return cfg.users.file, private.trusted_owners(cfg.daemon.user)
 
 
-def _existing(path: Path) -> dict[str, User]:
-    return read_users(path) if path.exists() else {}
+def _existing(path: Path, owners: Collection[int]) -> dict[str, User]:
+    return read_users(path, owners) if os.path.lexists(path) else {}
 
 
 def user_add(args: argparse.Namespace) -> str:
-    path = _users_path(args)
-    users = _existing(path)
-    if args.name in users:
-        raise SystemExit(f"vpnaaa: user {args.name!r} exists; use `vpnaaa user passwd`")
-    users[args.name] = User.create(
-        args.name, _read_password(args), mschap=not args.no_mschap, chap=args.chap
-    )
-    write_users(path, users)
+    path, owners = _users_file(args)
+    password = _read_password(args)
+    with locked(path):
+        users = _existing(path, owners)
+        if args.name in users:
+            raise SystemExit(f"vpnaaa: user {args.name!r} exists; use `vpnaaa user passwd`")
+        users[args.name] = User.create(
+            args.name, password, mschap=not args.no_mschap, chap=args.chap
+        )
+        write_users(path, users)
     return f"added {args.name} ({', '.join(users[args.name].methods())}) to {path}"
 
 
 def user_passwd(args: argparse.Namespace) -> str:
-    path = _users_path(args)
-    users = _existing(path)
-    old = users.get(args.name)
-    if old is None:
-        raise SystemExit(f"vpnaaa: no user {args.name!r} in {path}")
-    users[args.name] = User.create(
-        args.name,
-        _read_password(args),
-        mschap=old.nt_hash is not None,
-        chap=old.chap_password is not None,
-    )
-    write_users(path, users)
+    path, owners = _users_file(args)
+    password = _read_password(args)
+    with locked(path):
+        users = _existing(path, owners)
+        old = users.get(args.name)
+        if old is None:
+            raise SystemExit(f"vpnaaa: no user {args.name!r} in {path}")
+        users[args.name] = User.create(
+            args.name,
+            password,
+            mschap=old.nt_hash is not None,
+            chap=old.chap_password is not None,
+        )
+        write_users(path, users)
     return f"changed the password of {args.name} in {path}"
 
 
 def user_del(args: argparse.Namespace) -> str:
-    path = _users_path(args)
-    users = _existing(path)
-    if users.pop(args.name, None) is None:
-        raise SystemExit(f"vpnaaa: no user {args.name!r} in {path}")
-    write_users(path, users)
+    path, owners = _users_file(args)
+    with locked(path):
+        users = _existing(path, owners)
+        if users.pop(args.name, None) is None:
+            raise SystemExit(f"vpnaaa: no user {args.name!r} in {path}")
+        write_users(path, users)
     return f"deleted {args.name} from {path}"
 
 
 def user_list(args: argparse.Namespace) -> str:
-    users = _existing(_users_path(args))
+    users = _existing(*_users_file(args))
     return "\n".join(f"{u.name}\t{','.join(u.methods())}" for u in users.values())
 
 
 def _create_private(path: Path, content: str) -> bool:
-    """Write a new 0600 file; never overwrite one that exists."""
+    """Write a new 0600 file, owned as its directory; never overwrite one that exists."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return False
+    private.owned_as(fd, path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(content)
     return True
@@ -143,11 +153,14 @@ def demo(args: argparse.Namespace) -> str:
     _create_private(secret_path, secrets.token_urlsafe(18) + "\n")
     users_path = state / configuration.UsersConfig.file
     credentials = state / DEMO_CREDENTIALS
-    users = _existing(users_path)
-    if DEMO_USER not in users and not credentials.exists():
-        password = secrets.token_urlsafe(12)
-        users[DEMO_USER] = User.create(DEMO_USER, password, chap=True)
-        write_users(users_path, users)
+    with locked(users_path):
+        users = _existing(users_path, private.trusted_owners(configuration.DEFAULT_USER))
+        create = DEMO_USER not in users and not credentials.exists()
+        if create:
+            password = secrets.token_urlsafe(12)
+            users[DEMO_USER] = User.create(DEMO_USER, password, chap=True)
+            write_users(users_path, users)
+    if create:
         secret = secret_path.read_text().strip()
         _create_private(
             credentials,
@@ -172,19 +185,65 @@ def check_config(args: argparse.Namespace) -> str:
     )
 
 
-def show_sessions(args: argparse.Namespace) -> str:
-    """Ask the running daemon's admin API (``[admin]``) for its live sessions."""
-    import urllib.error
-    import urllib.request
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over the admin API's UNIX socket."""
 
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.path))
+
+
+def show_sessions(args: argparse.Namespace) -> str:
+    """Ask the running daemon's admin API for its live sessions: on its UNIX socket, or on
+    TCP with the bearer token when ``[admin]`` has no socket."""
     admin = configuration.load(args.config, args.state_dir).admin
-    path = "sessions" if args.json else "sessions.txt"
-    url = f"http://{admin.listen}:{admin.port}/{path}"
+    if not admin.enabled:
+        raise SystemExit("vpnaaa: the admin API is disabled ([admin] enabled = false)")
+    target = "/sessions" if args.json else "/sessions.txt"
+    headers = {}
+    connection: http.client.HTTPConnection
+    if admin.socket is not None:
+        where = str(admin.socket)
+        connection = _UnixConnection(admin.socket)
+    else:
+        assert admin.listen is not None and admin.token is not None
+        where = f"{admin.listen}:{admin.port}"
+        connection = http.client.HTTPConnection(admin.listen, admin.port, timeout=10)
+        headers["Authorization"] = f"Bearer {admin.token.decode()}"
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read().decode().rstrip("\n")
-    except (urllib.error.URLError, OSError) as e:
-        raise SystemExit(f"vpnaaa: cannot reach the daemon at {url}: {e}") from None
+        connection.request("GET", target, headers=headers)
+        response = connection.getresponse()
+        body = response.read().decode()
+    except OSError as e:
+        raise SystemExit(f"vpnaaa: cannot reach the daemon at {where}: {e}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise SystemExit(f"vpnaaa: the daemon at {where} answered {response.status}: {body}")
+    return body.rstrip("\n")
+
+
+def admin_token(args: argparse.Namespace) -> str:
+    """Create ``[admin] token_file`` (mode 0600) for the admin API on TCP."""
+    state = Path(args.state_dir or configuration.DEFAULT_STATE_DIR)
+    if args.config:
+        import tomllib
+
+        with open(args.config, "rb") as f:
+            raw = tomllib.load(f)
+        state = Path(args.state_dir or raw.get("general", {}).get("state_dir", state))
+        name = raw.get("admin", {}).get("token_file", "admin-token")
+    else:
+        name = "admin-token"
+    path = state / name
+    if not _create_private(path, secrets.token_urlsafe(32) + "\n"):
+        raise SystemExit(f"vpnaaa: {path} exists; remove it first to make a new token")
+    return f"admin API token written to {path}; clients send it as 'Authorization: Bearer ...'"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -242,6 +301,9 @@ def parser() -> argparse.ArgumentParser:
     shown = sub.add_parser("sessions", help="live VPN sessions of the running daemon")
     shown.add_argument("--json", action="store_true", help="machine-readable output")
     shown.set_defaults(func=show_sessions)
+    sub.add_parser(
+        "admin-token", help="create the bearer token the admin API needs on TCP"
+    ).set_defaults(func=admin_token)
 
     sub.add_parser(
         "demo", help="create the demo secret, user and certificates for the embedded defaults"

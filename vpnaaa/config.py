@@ -7,19 +7,23 @@ raise :class:`ConfigError` naming the file, the key and the reason, e.g.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import errno
 import ipaddress
 import os
-import stat
 import tomllib
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
+from vpnaaa import private
 from vpnaaa.ike.proposal import ALGORITHMS, DEFAULT_ESP, DEFAULT_IKE, LEGACY_WINDOWS7
 
 EMBEDDED = "<embedded defaults>"
 DEFAULT_STATE_DIR = "/var/lib/vpnaaa"
+DEFAULT_USER = "vpnaaa"
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
 
@@ -175,11 +179,22 @@ class RelayConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    """The admin API: sessions and metrics over HTTP (keep it on loopback)."""
+    """The admin API: sessions and metrics over HTTP on a UNIX socket (mode 0600, the
+    daemon user's) and, only when ``listen`` is set, on TCP with a bearer token."""
 
     enabled: bool = True
-    listen: str = "127.0.0.1"
+    socket: Path | None = Path("admin.sock")  # None: no UNIX socket
+    listen: str | None = None  # None: no TCP
     port: int = 9190
+    token: bytes | None = field(default=None, repr=False)  # required with TCP
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """How the daemon runs once its ports are bound: as ``user`` with only CAP_NET_ADMIN
+    (``user = "root"`` keeps every privilege)."""
+
+    user: str = DEFAULT_USER
 
 
 @dataclass(frozen=True)
@@ -192,6 +207,7 @@ class Config:
     eap: EapConfig
     ike: IkeConfig
     admin: AdminConfig
+    daemon: DaemonConfig = DaemonConfig()
 
 
 class _Section:
@@ -238,18 +254,38 @@ class _Section:
             raise self.error(name, "unknown option")
 
 
-def _check_private(source: str, key: str, path: Path) -> None:
-    """Refuse a secret-bearing file that group or others can read (like sshd does)."""
+@dataclass(frozen=True)
+class _Reading:
+    """What one :func:`load` checks secret files against: the owners they may have, and the
+    configuration file as it was read (fstat of its descriptor, reached through a link)."""
+
+    owners: frozenset[int]
+    config: tuple[os.stat_result, bool] | None
+
+
+_reading: contextvars.ContextVar[_Reading] = contextvars.ContextVar("_reading")
+
+
+def _read_private(source: str, key: str, path: Path) -> bytes:
+    """A secret file's contents (:mod:`vpnaaa.private`: no link, trusted owner, mode 0600)."""
     try:
-        mode = path.stat().st_mode
-    except OSError as e:
-        raise ConfigError(source, key, f"cannot read {path}: {e.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            source,
-            key,
-            f"{path} holds a secret but has mode {stat.S_IMODE(mode):04o}; run chmod 600 on it",
-        )
+        return private.read(path, _reading.get().owners)
+    except private.PrivateFileError as e:
+        raise ConfigError(source, key, str(e)) from None
+
+
+def _check_private_config(source: str, key: str, path: Path) -> None:
+    """The configuration file holds an inline secret: the checks of a secret file, on the
+    descriptor it was read from."""
+    reading = _reading.get()
+    assert reading.config is not None
+    st, linked = reading.config
+    try:
+        if linked:
+            raise private.PrivateFileError(path, "holds a secret but is a symbolic link")
+        private.check(path, st, reading.owners)
+    except private.PrivateFileError as e:
+        raise ConfigError(source, key, str(e)) from None
 
 
 def _secret(section: _Section, state_dir: Path, config_path: Path | None) -> bytes:
@@ -261,11 +297,10 @@ def _secret(section: _Section, state_dir: Path, config_path: Path | None) -> byt
     if has_secret:
         secret = section.get("secret", str, "").encode()
         if config_path is not None:
-            _check_private(section.source, section.key("secret"), config_path)
+            _check_private_config(section.source, section.key("secret"), config_path)
     else:
         path = state_dir / section.get("secret_file", str, "")
-        _check_private(section.source, section.key("secret_file"), path)
-        secret = path.read_bytes().strip()
+        secret = _read_private(section.source, section.key("secret_file"), path).strip()
     if not secret:
         raise section.error("secret", "must not be empty")
     return secret
@@ -353,12 +388,10 @@ def _demo_secret(section: _Section, state_dir: Path) -> bytes:
     """The loopback client's secret when no client is configured (made by ``vpnaaa demo``)."""
     path = state_dir / DEMO_SECRET_FILE
     try:
-        _check_private(section.source, section.key("clients"), path)
-    except ConfigError as e:
-        raise ConfigError(
-            e.source, e.key, f"{e.reason} (run `vpnaaa demo` to create the demo secret)"
-        ) from None
-    return path.read_bytes().strip()
+        return private.read(path, _reading.get().owners).strip()
+    except private.PrivateFileError as e:
+        hint = " (run `vpnaaa demo` to create the demo secret)" if e.missing else ""
+        raise ConfigError(section.source, section.key("clients"), f"{e}{hint}") from None
 
 
 def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> Config:
@@ -369,9 +402,11 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
     source = str(path) if path is not None else EMBEDDED
     data: dict[str, Any] = {}
     config_path = Path(path) if path is not None else None
+    config_stat: tuple[os.stat_result, bool] | None = None
     if config_path is not None:
         try:
-            with open(config_path, "rb") as f:
+            with _open_config(config_path) as (f, linked):
+                config_stat = (os.fstat(f.fileno()), linked)
                 data = tomllib.load(f)
         except OSError as e:
             raise ConfigError(source, "(file)", e.strerror or str(e)) from None
@@ -379,11 +414,50 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
             raise ConfigError(source, "(syntax)", str(e)) from None
     root = _Section(source, "", data)
     general = root.sub("general")
-    state = Path(state_dir or general.get("state_dir", str, DEFAULT_STATE_DIR))
+    configured_state = general.get("state_dir", str, DEFAULT_STATE_DIR)
+    state = Path(state_dir or configured_state)
     log_level = general.get("log_level", str, "info")
     if log_level not in LOG_LEVELS:
         raise general.error("log_level", f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     general.finish()
+    daemon = _daemon(root.sub("daemon"))
+    token = _reading.set(_Reading(private.trusted_owners(daemon.user), config_stat))
+    try:
+        return _load(source, root, state, log_level, daemon, config_path)
+    finally:
+        _reading.reset(token)
+
+
+@contextlib.contextmanager
+def _open_config(path: Path) -> Iterator[tuple[BinaryIO, bool]]:
+    """The configuration file, opened without following a link unless it is one, so that
+    the fstat of its descriptor describes what is read; yields (file, reached by a link)."""
+    try:
+        fd, linked = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), False
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        fd, linked = os.open(path, os.O_RDONLY | os.O_CLOEXEC), True
+    with os.fdopen(fd, "rb") as f:
+        yield f, linked
+
+
+def _daemon(section: _Section) -> DaemonConfig:
+    user = section.get("user", str, DEFAULT_USER)
+    if not user:
+        raise section.error("user", 'must name a user ("root" keeps every privilege)')
+    section.finish()
+    return DaemonConfig(user)
+
+
+def _load(
+    source: str,
+    root: _Section,
+    state: Path,
+    log_level: str,
+    daemon: DaemonConfig,
+    config_path: Path | None,
+) -> Config:
     users_section = root.sub("users")
     users = UsersConfig(
         file=state / users_section.get("file", str, "users.json"),
@@ -400,15 +474,48 @@ def load(path: str | os.PathLike[str] | None, state_dir: str | None = None) -> C
         else _disabled(radius_section)
     )
     ike = _ike(root.sub("ike"), state, eap.tls, config_path)
-    admin_section = root.sub("admin")
-    admin = AdminConfig(
-        enabled=admin_section.get("enabled", bool, True),
-        listen=admin_section.get("listen", str, "127.0.0.1"),
-        port=admin_section.get_int("port", 9190, 0, 65535),
-    )
-    admin_section.finish()
+    admin = _admin(root.sub("admin"), state)
     root.finish()
-    return Config(source, state, log_level, users, radius, eap, ike, admin)
+    return Config(source, state, log_level, users, radius, eap, ike, admin, daemon)
+
+
+def _admin(section: _Section, state_dir: Path) -> AdminConfig:
+    """``[admin]``: the UNIX socket by default; TCP only with ``listen`` and a token."""
+    enabled = section.get("enabled", bool, True)
+    socket_name = section.get("socket", str, "admin.sock")
+    listen = section.get("listen", str, "")
+    port = section.get_int("port", 9190, 0, 65535)
+    token_name = section.get("token_file", str, "admin-token")
+    section.finish()
+    if not enabled:
+        return AdminConfig(enabled=False, socket=None)
+    token = None
+    if listen:
+        try:
+            ipaddress.ip_address(listen)
+        except ValueError:
+            raise section.error("listen", f"{listen!r} is not an IP address") from None
+        path = state_dir / token_name
+        try:
+            token = private.read(path, _reading.get().owners).strip()
+        except private.PrivateFileError as e:
+            hint = ""
+            if e.missing:
+                hint = f" (TCP needs a token: run `vpnaaa admin-token` to create {path})"
+            raise section.error("token_file", f"{e}{hint}") from None
+        if len(token) < 16:
+            raise section.error("token_file", f"{path}: the token must be 16 characters or more")
+    elif not socket_name:
+        raise section.error(
+            "socket", "empty and no TCP listen address: set one of them (or enabled = false)"
+        )
+    return AdminConfig(
+        enabled=True,
+        socket=state_dir / socket_name if socket_name else None,
+        listen=listen or None,
+        port=port,
+        token=token,
+    )
 
 
 def _lockout(section: _Section) -> LockoutConfig:

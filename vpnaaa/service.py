@@ -18,8 +18,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
-from vpnaaa import auth, logs
-from vpnaaa.admin import admin_service
+from vpnaaa import auth, logs, private, privileges
+from vpnaaa.admin import admin_services
 from vpnaaa.config import Config, EapConfig, IkeConfig, ProfileConfig
 from vpnaaa.eap.authenticator import MethodFactory
 from vpnaaa.eap.engine import MIB, EapEngine
@@ -77,9 +77,12 @@ class RadiusService(service.Service):
         self.acct = acct_protocol(clients, DuplicateCache(reactor, window), self.accounting)
         self.ports: list[IListeningPort] = []
 
-    def startService(self) -> None:
-        super().startService()
-        self.accounting.open()
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def _listen(self) -> None:
+        """Bind the two ports (privileged below 1024; the reactor reads them once running)."""
         listen = self.config.listen
         try:
             self.ports = [
@@ -87,9 +90,21 @@ class RadiusService(service.Service):
                 listen_udp(self.reactor, self.config.acct_port, self.acct, listen),
             ]
         except CannotListenError as e:
+            for port in self.ports:
+                port.stopListening()
             raise StartupError(f"RADIUS cannot listen on {listen}: {e.socketError}") from None
         for port in self.ports:
             large_receive_buffer(port.socket)
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.ports:  # started without twistd: nothing was bound yet
+            self._listen()
+        try:
+            self.accounting.open()
+        except OSError as e:
+            raise StartupError(f"accounting log {e.filename}: {e.strerror}") from None
+        listen = self.config.listen
         auth_port, acct_port = (p.getHost().port for p in self.ports)
         log.info(
             "RADIUS listening on {listen} ports {auth}/{acct} (auth/acct) for {n} client "
@@ -118,10 +133,13 @@ class VpnaaaService(service.MultiService):
         self.reactor = reactor
         self.aborting = False
         self.exit_on_failure = False  # the twistd plugin sets it: log, stop, exit 1
+        self.drop_privileges = False  # the twistd plugin sets it: [daemon] user after binding
+        owners = private.trusted_owners(config.daemon.user)
         lockout = config.users.lockout
         self.users = UserStore(
             config.users.file,
             config.users.verified_cache_size,
+            owners,
             Lockout(reactor, lockout.failures, lockout.window, lockout.duration),
         )
         count = self.users.load()
@@ -140,9 +158,8 @@ class VpnaaaService(service.MultiService):
             self.ike = IkeService(config.ike, self._ike_profiles(config), reactor)
             self.ike.setServiceParent(self)
         if config.admin.enabled:
-            admin = admin_service(self, config.admin.listen, config.admin.port)
-            admin.setName("admin")
-            admin.setServiceParent(self)
+            for admin in admin_services(self, config.admin):
+                admin.setServiceParent(self)
 
     def _ike_profiles(self, config: Config) -> list[tuple[ProfileConfig, EapEngine | RadiusRelay]]:
         """Each connection profile with its EAP backend: one local engine per method list,
@@ -184,10 +201,54 @@ class VpnaaaService(service.MultiService):
         expiry.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
+        """Bind every port, open the admin socket and the XFRM netlink sockets, then (under
+        twistd) continue as ``[daemon] user`` with CAP_NET_ADMIN only."""
+        user = self._account() if self.drop_privileges else None
         try:
-            super().privilegedStartService()  # binds the admin API's TCP port
+            super().privilegedStartService()
         except CannotListenError as e:
             self.abort(f"admin API cannot listen on {e.interface}:{e.port}: {e.socketError}")
+        except StartupError as e:
+            self.abort(str(e))
+        if self.drop_privileges:
+            self._drop(user)
+
+    def _account(self) -> privileges.Account | None:
+        """Who the daemon will run as (None: stay as started), its state directory ready."""
+        config = self.config
+        user = None
+        try:
+            if os.geteuid() == 0:
+                if config.daemon.user == "root":
+                    log.warn('running as root ([daemon] user = "root"): not recommended')
+                    return None
+                user = privileges.account(config.daemon.user)
+                privileges.code_reachable(user)
+                privileges.reachable(config.state_dir, user)
+            files = [config.users.file]
+            if config.radius.enabled:
+                files.append(config.radius.accounting_log)
+            privileges.prepare_state_dir(config.state_dir, user, files)
+        except privileges.PrivilegeError as e:
+            self.abort(str(e))
+        return user
+
+    def _drop(self, user: privileges.Account | None) -> None:
+        if user is None and os.geteuid() == 0:
+            return  # user = "root"
+        try:
+            if user is not None and self.config.admin.socket is not None:
+                os.chown(self.config.admin.socket, user.uid, user.gid, follow_symlinks=False)
+            result = privileges.drop(user)
+        except (OSError, privileges.PrivilegeError) as e:
+            self.abort(f"cannot drop privileges: {e}")
+            return
+        log.info(
+            "running as uid {uid} gid {gid}, effective capabilities {caps:#x}",
+            uid=result.uids[0],
+            gid=result.gids[0],
+            caps=result.cap_eff,
+        )
 
     def startService(self) -> None:
         try:
@@ -197,10 +258,13 @@ class VpnaaaService(service.MultiService):
 
     def abort(self, reason: str) -> None:
         """Stop with one log line and exit status 1: never run half-configured. Outside
-        twistd (tests, embedding) the error is raised instead."""
+        twistd (tests, embedding) the error is raised instead; before the reactor runs
+        (privilegedStartService) nothing has started, so the process exits at once."""
         if not self.exit_on_failure:
             raise StartupError(reason)
         log.critical("{reason}; stopping", reason=reason)
+        if not self.reactor.running:
+            raise SystemExit(1)
         if not self.aborting:
             self.aborting = True
             self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
@@ -308,18 +372,55 @@ class IkeService(service.Service):
         self.responder = Responder(context, NullInstaller(), reactor, config.listen, limits)
         self.relay = next((eap for _, eap in profiles if isinstance(eap, RadiusRelay)), None)
         self.kernel: KernelInstaller | None = None
+        self.netlink_error = ""  # why no XFRM netlink socket could be opened
+        self.sockets: list[socket.socket] | None = None  # bound, not read yet; None: not opened
         self.ports: list[IListeningPort] = []
         self.started: defer.Deferred[None] | None = None
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._open()
+
+    def _open(self) -> None:
+        """Bind UDP ``port`` and ``nat_port`` and open the XFRM netlink sockets: what needs
+        privileges. Nothing is read from the UDP sockets until :meth:`_start` has probed and
+        cleaned the kernel (the kernel queues what arrives meanwhile)."""
+        config = self.config
+        self.sockets = []
+        try:
+            for number in (config.port, config.nat_port):
+                self.sockets.append(bound_udp_socket(config.listen, number))
+        except OSError as e:
+            for sock in self.sockets:
+                sock.close()
+            self.sockets = []
+            if config.enabled:
+                raise StartupError(f"IKEv2 cannot listen on {config.listen}: {e}") from None
+            log.warn(
+                'IKEv2 not started (ike.enabled = "auto"): {error}; run as root or '
+                "choose other ports",
+                error=str(e),
+            )
+            return
+        if config.installer != "null":
+            try:
+                self.kernel = KernelInstaller(self.reactor, expired=self.responder.expired)
+            except OSError as e:  # no NETLINK_XFRM
+                self.netlink_error = f"XFRM netlink: {e}"
+
     def startService(self) -> None:
         super().startService()
+        if self.sockets is None:  # started without twistd: nothing was opened yet
+            self._open()
         self.started = defer.Deferred.fromCoroutine(self._start())
         self.started.addErrback(self._failed)
 
     async def _start(self) -> None:
         """Choose the installer (probing the kernel), clear our stale kernel state, then
-        open the sockets: a request never meets a half-configured datapath."""
+        read the sockets: a request never meets a half-configured datapath."""
         config = self.config
+        if not self.sockets:
+            return  # "auto" and the ports could not be bound
         if config.installer != "null":
             self.kernel = await self._kernel_installer()
             if self.kernel is not None:
@@ -327,29 +428,15 @@ class IkeService(service.Service):
                 removed = await self.kernel.flush(REQIDS)
                 if removed:
                     log.info("removed {n} SAs/policies an earlier run left", n=removed)
-        try:
-            for number, nat_t in ((config.port, False), (config.nat_port, True)):
-                protocol = IkePort(self.responder, number, nat_t)
-                port = self.reactor.listenUDP(number, protocol, interface=config.listen)
-                protocol.number = port.getHost().port
-                self.ports.append(port)
-                large_receive_buffer(port.socket)
-                if self.kernel is not None:
-                    bypass_ipsec(port.socket)  # IKE itself is never encrypted
-                    if nat_t:
-                        espinudp(port.socket)  # ESP-in-UDP on 4500 goes to the kernel
-        except CannotListenError as e:
-            for port in self.ports:
-                port.stopListening()
-            self.ports = []
-            if config.enabled:
-                raise StartupError(f"IKEv2 cannot listen: {e.socketError}") from None
-            log.warn(
-                'IKEv2 not started (ike.enabled = "auto"): {error}; run as root or '
-                "choose other ports",
-                error=str(e.socketError),
-            )
-            return
+        sockets, self.sockets = self.sockets, []
+        for sock, nat_t in zip(sockets, (False, True), strict=True):
+            if self.kernel is not None:
+                bypass_ipsec(sock)  # IKE itself is never encrypted
+                if nat_t:
+                    espinudp(sock)  # ESP-in-UDP on 4500 goes to the kernel
+            protocol = IkePort(self.responder, sock.getsockname()[1], nat_t)
+            self.ports.append(self.reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol))
+            sock.close()  # the port holds its own descriptor
         ports = "/".join(str(p.getHost().port) for p in self.ports)
         if self.relay is not None:
             interface = "::" if ":" in self.relay.server[0] else "0.0.0.0"
@@ -373,15 +460,17 @@ class IkeService(service.Service):
             )
 
     async def _kernel_installer(self) -> KernelInstaller | None:
-        """The kernel installer if this kernel can do ESP. ``installer = "kernel"`` makes a
-        kernel that cannot a start-up error; ``"auto"`` falls back to the null one."""
-        try:
-            support = await KernelInstaller.probe(self.reactor)
+        """The kernel installer if this kernel can do ESP (probed on its netlink socket).
+        ``installer = "kernel"`` makes a kernel that cannot a start-up error; ``"auto"``
+        falls back to the null one."""
+        reason = self.netlink_error
+        if self.kernel is not None:
+            support = await KernelInstaller.probe(self.reactor, self.kernel.netlink)
+            if support.esp:
+                return self.kernel
             reason = support.reason
-        except OSError as e:  # no CAP_NET_ADMIN, no NETLINK_XFRM
-            support, reason = None, f"XFRM netlink: {e}"
-        if support is not None and support.esp:
-            return KernelInstaller(self.reactor, expired=self.responder.expired)
+            self.kernel.close()
+            self.kernel = None
         if self.config.installer == "kernel":
             raise RuntimeError(f'ike.installer = "kernel" but {reason}')
         log.warn(
@@ -398,6 +487,9 @@ class IkeService(service.Service):
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         self.responder.shutdown()
+        for sock in self.sockets or ():
+            sock.close()  # stopped before it started reading
+        self.sockets = None
         d = _stop_listening(self)
         if self.kernel is not None:
             kernel = self.kernel
@@ -417,6 +509,20 @@ def large_receive_buffer(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
+def bound_udp_socket(listen: str, port: int) -> socket.socket:
+    """A UDP socket bound to ``listen``:``port`` that nobody reads yet (see
+    :meth:`IkeService._open`), with the large receive queue."""
+    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind((listen, port))
+        large_receive_buffer(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _stop_listening(owner: RadiusService | IkeService) -> defer.Deferred[Any]:

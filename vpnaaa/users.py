@@ -9,27 +9,32 @@ Per user the file keeps:
   checked against the cleartext password; like FreeRADIUS's Cleartext-Password or Windows'
   "store password using reversible encryption", this is an explicit per-user opt-in.
 
-Writes are atomic (temporary file, fsync, rename). A running daemon reloads on SIGHUP by
-swapping one dictionary, so requests in flight keep the records they already read.
+The file is read like every secret file (:mod:`vpnaaa.private`: no symbolic link, owned
+by root or the daemon user, mode 0600). Writes are atomic (temporary file, fsync, rename)
+and keep the file's owner (the daemon user must still read it on reload); a change
+(read, modify, write) holds an exclusive flock on ``.users.json.lock`` beside it, so two
+concurrent ``vpnaaa user add`` cannot lose one of the updates. A running daemon reloads on
+SIGHUP by swapping one dictionary, so requests in flight keep the records they already read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from passlib.context import CryptContext
 
-from vpnaaa import mschap
+from vpnaaa import mschap, private
 from vpnaaa.lockout import Lockout
 
 FORMAT_VERSION = 1
@@ -101,20 +106,17 @@ def mschap_hash(password: str) -> bytes:
     return mschap.nt_password_hash(password)
 
 
-def read_users(path: Path) -> dict[str, User]:
-    """Load and validate a user file; refuse one that group or others can read."""
+def read_users(path: Path, owners: Collection[int] | None = None) -> dict[str, User]:
+    """Load and validate a user file; refuse a link, a file group or others can read, or
+    one whose owner is not in ``owners`` (default: root and this process's user)."""
     try:
-        mode = path.stat().st_mode
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserStoreError(f"{path}: no user file (create one with `vpnaaa user add`)") from None
-    except OSError as e:
-        raise UserStoreError(f"{path}: {e.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UserStoreError(
-            f"{path}: holds password hashes but has mode {stat.S_IMODE(mode):04o}; "
-            "run chmod 600 on it"
-        )
+        raw = private.read(path, private.trusted_owners() if owners is None else owners)
+    except private.PrivateFileError as e:
+        if e.missing:
+            raise UserStoreError(
+                f"{path}: no user file (create one with `vpnaaa user add`)"
+            ) from None
+        raise UserStoreError(str(e).replace("holds a secret", "holds password hashes")) from None
     try:
         data = json.loads(raw)
     except ValueError as e:
@@ -134,7 +136,8 @@ def read_users(path: Path) -> dict[str, User]:
 
 
 def write_users(path: Path, users: dict[str, User]) -> None:
-    """Replace the user file atomically, mode 0600, contents on disk before the rename."""
+    """Replace the user file atomically, mode 0600, contents on disk before the rename,
+    owned as the file it replaces (a new one: as its directory)."""
     document = {
         "version": FORMAT_VERSION,
         "users": {name: users[name].to_json() for name in sorted(users)},
@@ -144,6 +147,7 @@ def write_users(path: Path, users: dict[str, User]) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             os.fchmod(f.fileno(), 0o600)
+            private.owned_as(f.fileno(), path if os.path.lexists(path) else path.parent)
             json.dump(document, f, indent=1)
             f.write("\n")
             f.flush()
@@ -165,6 +169,24 @@ class Candidate:
     refusal: str | None
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock of the user file ``path`` (flock on ``.NAME.lock`` beside
+    it) for a read-modify-write; other writers wait. Readers need no lock: writes rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise UserStoreError(f"{lock}: cannot open the lock file: {e.strerror}") from None
+    try:
+        private.owned_as(fd, path.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class UserStore:
     """The users a running daemon authenticates, with a cache of verified PAP passwords.
 
@@ -181,9 +203,14 @@ class UserStore:
     """
 
     def __init__(
-        self, path: Path, verified_cache_size: int = 10000, lockout: Lockout | None = None
+        self,
+        path: Path,
+        verified_cache_size: int = 10000,
+        owners: Collection[int] | None = None,
+        lockout: Lockout | None = None,
     ) -> None:
         self.path = path
+        self.owners = owners
         self._users: dict[str, User] = {}
         self._cache_size = verified_cache_size
         self._cache_key = secrets.token_bytes(32)
@@ -192,7 +219,7 @@ class UserStore:
 
     def load(self) -> int:
         """(Re)read the file; on error the previous users stay in force. Returns the count."""
-        return self.use(read_users(self.path))
+        return self.use(read_users(self.path, self.owners))
 
     def use(self, users: dict[str, User]) -> int:
         """Serve ``users`` from now on (what :meth:`load` read); returns the count."""

@@ -19,6 +19,7 @@ from twisted.web import client as client_agent
 
 from tests.interop import charon
 from tests.support import add_users, state_dir, write_config
+from tests.test_admin import UnixEndpoints
 from vpnaaa import config as configuration
 from vpnaaa import pki, sessions
 from vpnaaa.service import make_service
@@ -161,12 +162,12 @@ class EapMsChapV2Tests(CharonTestCase):
 
     @defer.inlineCallbacks
     def test_session_view_over_the_admin_api(self):
-        """GET /sessions on the admin port: the user, the virtual IP, the SAs charon has."""
+        """GET /sessions on the admin socket: the user, the virtual IP, the SAs charon has."""
         self.start_gateway()
         _, sa, child = yield self.established()
-        port = self.daemon.getServiceNamed("admin")._port.getHost().port
-        agent = client_agent.Agent(reactor)
-        response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/sessions".encode())
+        socket = UnixEndpoints(self.state / "admin.sock")
+        agent = client_agent.Agent.usingEndpointFactory(reactor, socket)
+        response = yield agent.request(b"GET", b"http://localhost/sessions")
         (session,) = json.loads((yield client_agent.readBody(response)))
         self.assertEqual(session["username"], "alice")
         self.assertEqual(session["virtual_ip"], sa.local_vips[0])
@@ -175,7 +176,7 @@ class EapMsChapV2Tests(CharonTestCase):
         self.assertEqual(
             (esp["spi_in"], esp["spi_out"]), (f"{child.spi_out:08x}", f"{child.spi_in:08x}")
         )
-        response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/metrics".encode())
+        response = yield agent.request(b"GET", b"http://localhost/metrics")
         metrics = (yield client_agent.readBody(response)).decode()
         self.assertIn("vpnaaa_sessions 1\n", metrics)
         self.assertIn("vpnaaa_pool_leased 1\n", metrics)

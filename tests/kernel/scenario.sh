@@ -45,6 +45,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 VENV=${VENV:-$REPO/.venv}
 STATE=$OUT/state
+ADMIN_DIR=/tmp/vk-admin # the admin API's socket (tmpfs in the VM; the daemon user's)
 CA=$STATE/pki/ca/ca.pem
 GW_PLAIN=198.51.100.1
 GW_NAT=198.51.100.129
@@ -150,6 +151,9 @@ installer = "kernel"
 listen = "0.0.0.0"
 pool = "${POOL_PREFIX}0/24"
 eap_methods = ["mschapv2"]
+
+[admin]
+socket = "$ADMIN_DIR/admin.sock"
 EOF
     )
     local cli=("$VENV/bin/vpnaaa" --config "$STATE/vpnaaa.toml")
@@ -166,6 +170,12 @@ EOF
     charon_config plain "$GW_PLAIN" aes256-sha256-modp2048 aes256gcm16 "$bad"
     # NAT-T: AES-GCM/Curve25519 for IKE, AES-CBC + HMAC-SHA-256 for ESP
     charon_config nat "$GW_NAT" aes128gcm16-prfsha256-curve25519 aes256-sha256
+    # the daemon runs as vpnaaa after start-up: the user exists on the host (the guest sees
+    # its /etc), owns the state (ownership set here, not through the guest's 9p mount) and
+    # can reach it through OUT
+    "$REPO/scripts/system-user" vpnaaa >/dev/null || return 1
+    chown -R vpnaaa:vpnaaa "$STATE"
+    chmod 711 "$OUT"
     echo "prepared $OUT"
 }
 
@@ -294,6 +304,7 @@ vpnaaa_log() { cat "$OUT"/vpnaaa.log* 2>/dev/null; }
 start_daemon() {
     say "starting twistd vpnaaa in vk-gw (Python under TCG: give it a minute)"
     rm -f "$OUT"/vpnaaa.log*
+    install -d -m 700 -o vpnaaa -g vpnaaa "$ADMIN_DIR"
     ip netns exec vk-gw env PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
         "$VENV/bin/python" "$VENV/bin/twistd" -n --pidfile= --logfile="$OUT/vpnaaa.log" \
         vpnaaa --config "$STATE/vpnaaa.toml" >"$OUT/twistd.out" 2>&1 &
@@ -308,6 +319,14 @@ start_daemon() {
         sleep 1
     done
     pass "daemon starts ($(vpnaaa_log | grep -o 'IKEv2 responder on.*' | head -n 1))"
+    # started as root, it runs as vpnaaa with CAP_NET_ADMIN only (what installs the SAs below)
+    local status uid
+    status=$(cat "/proc/$DAEMON/status")
+    uid=$(id -u vpnaaa)
+    check "daemon runs as user vpnaaa ($uid), not root" "$(grep -E '^(Uid|Gid):' <<<"$status")" \
+        test "$(awk -v u="$uid" '/^Uid:/ { print ($2 == u && $3 == u && $4 == u && $5 == u) }' <<<"$status")" = 1
+    check "daemon keeps CAP_NET_ADMIN only (CapEff 0x1000)" "$(grep -E '^Cap' <<<"$status")" \
+        grep -q '^CapEff:[[:space:]]*0000000000001000$' <<<"$status"
     check "kernel installer in use" "the start-up line does not say 'kernel ESP'" \
         has "$(vpnaaa_log | grep 'IKEv2 responder on')" "kernel ESP"
     # the IKE sockets bypass IPsec: per-socket policies, in and out for 500 and 4500

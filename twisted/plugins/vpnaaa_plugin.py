@@ -1,4 +1,10 @@
-"""twistd plugin: `twistd -n vpnaaa [--config PATH] [--state-dir DIR]`."""
+"""twistd plugin: `twistd -n vpnaaa [--config PATH] [--state-dir DIR]`.
+
+Started as root, the daemon binds its ports and opens its netlink sockets, then runs as
+``[daemon] user`` (default ``vpnaaa``) with CAP_NET_ADMIN only: leave twistd's own --uid and
+--gid unset (they would drop every capability). A --pidfile or --logfile must then be in a
+directory that user can write, or twistd cannot remove or rotate it later.
+"""
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
@@ -31,6 +37,7 @@ class VpnaaaServiceMaker:
             raise SystemExit(f"vpnaaa: {e}") from None
         daemon.install_sighup()
         daemon.exit_on_failure = True
+        daemon.drop_privileges = True  # [daemon] user, once the ports are bound
         return daemon
 
 

@@ -559,10 +559,14 @@ class KernelInstaller:
     # --- probe ------------------------------------------------------------------------
 
     @classmethod
-    def probe(cls, reactor: IReactorFDSet | None = None) -> defer.Deferred[EspSupport]:
+    def probe(
+        cls, reactor: IReactorFDSet | None = None, netlink: NetlinkSocket | None = None
+    ) -> defer.Deferred[EspSupport]:
         """Whether this kernel (in this network namespace) can do ESP: add throwaway SAs
         between two TEST-NET-1 addresses (RFC 5737), no policy pointing at them, and delete
-        them. EPROTONOSUPPORT means no ESP; ENOSYS an algorithm the kernel lacks."""
+        them. EPROTONOSUPPORT means no ESP; ENOSYS an algorithm the kernel lacks. On
+        ``netlink`` when given (an installer's socket, opened while privileged), else on a
+        socket of its own."""
 
         async def run(netlink: NetlinkSocket) -> EspSupport:
             esp, reason, missing = True, "ESP available", []
@@ -586,11 +590,13 @@ class KernelInstaller:
                 await netlink.request(xfrm.del_sa(xfrm.SaId(dst, spi), src)).addErrback(_not_found)
             return EspSupport(esp, reason, tuple(missing))
 
-        netlink = NetlinkSocket(reactor)
-        d = defer.Deferred.fromCoroutine(run(netlink))
+        if netlink is not None:
+            return defer.Deferred.fromCoroutine(run(netlink))
+        own = NetlinkSocket(reactor)
+        d = defer.Deferred.fromCoroutine(run(own))
 
         def close(result: object) -> object:
-            netlink.close()
+            own.close()
             return result
 
         return d.addBoth(close)

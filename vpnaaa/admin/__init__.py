@@ -1,20 +1,27 @@
-"""The admin API (twisted.web, loopback by default): sessions as JSON or text, metrics.
+"""The admin API (twisted.web): sessions as JSON or text, metrics.
 
 GET /sessions      JSON list of live sessions (vpnaaa.sessions)
 GET /sessions.txt  the same for people (`vpnaaa sessions`)
 GET /metrics       Prometheus text format: sessions, pool use, live EAP conversations
+
+It listens on a UNIX socket in the state directory, mode 0600 and owned by the daemon user,
+so only that user and root reach it (`vpnaaa sessions`); on TCP only when ``[admin] listen``
+is set, and then every request must carry ``Authorization: Bearer <token>`` (RFC 6750 §2.1)
+with the token of ``[admin] token_file``, or gets 401.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 
-from twisted.application import internet
+from twisted.application import internet, service
 from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET
 
 from vpnaaa import sessions
+from vpnaaa.config import AdminConfig
 
 
 class _Sessions(resource.Resource):
@@ -84,11 +91,44 @@ class _Metrics(resource.Resource):
         return ("\n".join(lines) + "\n").encode()
 
 
-def admin_service(daemon: Any, listen: str, port: int) -> internet.TCPServer:
+class _Bearer(resource.Resource):
+    """Lets a request through to ``protected`` only with the right bearer token (RFC 6750
+    §2.1, compared in constant time); 401 with ``WWW-Authenticate: Bearer`` (§3) otherwise."""
+
+    def __init__(self, protected: resource.Resource, token: bytes) -> None:
+        super().__init__()
+        self.protected = protected
+        self.expected = b"Bearer " + token
+
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.IResource:
+        given = request.getHeader(b"authorization") or b""
+        if not hmac.compare_digest(given, self.expected):
+            request.setHeader(b"www-authenticate", b'Bearer realm="vpnaaa"')
+            return resource.ErrorPage(401, "Unauthorized", "a valid bearer token is required")
+        return self.protected.getChildWithDefault(path, request)
+
+
+def _site(root: resource.Resource) -> server.Site:
+    site = server.Site(root)
+    site.noisy = False
+    return site
+
+
+def admin_services(daemon: Any, config: AdminConfig) -> list[service.Service]:
+    """The admin API on the UNIX socket and, when configured, on TCP behind the token."""
     root = resource.Resource()
     root.putChild(b"sessions", _Sessions(daemon, text=False))
     root.putChild(b"sessions.txt", _Sessions(daemon, text=True))
     root.putChild(b"metrics", _Metrics(daemon))
-    site = server.Site(root)
-    site.noisy = False
-    return internet.TCPServer(port, site, interface=listen)
+    found: list[service.Service] = []
+    if config.socket is not None:
+        unix = internet.UNIXServer(str(config.socket), _site(root), mode=0o600, wantPID=True)
+        unix.setName("admin")
+        found.append(unix)
+    if config.listen is not None:
+        assert config.token is not None
+        guarded = _site(_Bearer(root, config.token))
+        tcp = internet.TCPServer(config.port, guarded, interface=config.listen)
+        tcp.setName("admin-tcp")
+        found.append(tcp)
+    return found
