@@ -1,7 +1,8 @@
 # vpnaaa developer entry points. Run as root on Debian: missing packages are installed.
-PYTHON ?= python3
+# Debian's python3 (its standard library is readable by the unprivileged daemon user)
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV ?= .venv
-STATE ?= $(CURDIR)/var
+STATE ?=
 BIN := $(VENV)/bin
 
 .PHONY: run test test-kernel lint bench venv clean
@@ -16,11 +17,10 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 venv: $(BIN)/.installed
 
 ## run: the daemon in the foreground on its embedded defaults, demo state in ./var; it
-## binds its ports as root, then runs as the system user vpnaaa (created if missing)
+## binds its ports as root, then runs as the system user vpnaaa (created if missing);
+## a checkout that user cannot read runs from /opt/vpnaaa (scripts/run-demo)
 run: venv
-	./scripts/system-user vpnaaa
-	$(BIN)/vpnaaa --state-dir $(STATE) demo
-	$(BIN)/twistd -n --pidfile= vpnaaa --state-dir $(STATE)
+	./scripts/run-demo $(VENV) $(STATE)
 
 ## test: every test, including those that drive real third-party peers, and the ESP
 ## datapath in Debian's kernel under QEMU (test-kernel)
@@ -40,6 +40,7 @@ lint: venv
 ## bench: vpnaaa against FreeRADIUS and hostapd on the same load, as ratios
 bench: venv
 	./scripts/deps bench
+	./scripts/system-user vpnaaa
 	$(BIN)/python bench/radius_pap.py
 	$(BIN)/python bench/radius_eap.py
 	$(BIN)/python bench/ike.py

@@ -469,6 +469,9 @@ def start_freeradius(workdir: Path, cpus: frozenset[int] | None) -> Server:
 def vpnaaa_config_text(state_dir: Path, auth_port: int, acct_port: int) -> str:
     """Render the vpnaaa TOML configuration for the benchmark (RADIUS only, loopback)."""
     return (
+        "[daemon]\n"
+        "# CPU is what is measured; the bench's files live in a root-only temporary directory\n"
+        'user = "root"\n'
         "[general]\n"
         f'state_dir = "{state_dir}"\n'
         'log_level = "warn"\n'

@@ -231,6 +231,20 @@ class IdentityTests(unittest.TestCase):
             pki.load_server_identity(self.a.key, self.a.cert)
         self.assertIn("chmod 600", str(caught.exception))
 
+    def test_linked_or_foreign_key_is_refused(self):
+        """The key is a secret file: a symbolic link (whoever writes the directory could
+        aim it anywhere) and a key owned by another user are refused, on the descriptor."""
+        link = self.root / "linked.key"
+        link.symlink_to(self.a.key)
+        with self.assertRaises(pki.PkiError) as caught:
+            pki.load_server_identity(link, self.a.cert)
+        self.assertIn("symbolic link", str(caught.exception))
+        if os.geteuid() == 0:
+            os.chown(self.a.key, 65534, 65534)  # nobody
+            with self.assertRaises(pki.PkiError) as caught:
+                pki.load_server_identity(self.a.key, self.a.cert)
+            self.assertIn("belongs to", str(caught.exception))
+
     def test_encrypted_key_is_refused(self):
         key = pki.load_server_identity(self.a.key, self.a.cert).key
         encrypted = key.private_bytes(

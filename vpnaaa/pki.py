@@ -26,8 +26,7 @@ import itertools
 import os
 import re
 import secrets
-import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vpnaaa import private
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 IKE_INTERMEDIATE = x509.ObjectIdentifier("1.3.6.1.5.5.8.2.2")
@@ -187,7 +188,8 @@ def import_certificate(
     key_path = Path(key_path)
     out_dir = Path(out_dir) if out_dir is not None else key_path.parent
     files = ServerFiles(out_dir / "server.key", out_dir / "server.pem", out_dir / "chain.pem")
-    identity = _identity(key_path, [Path(cert_path), *map(Path, chain_paths)])
+    paths = [Path(cert_path), *map(Path, chain_paths)]
+    identity = _identity(key_path, paths, private.trusted_owners())
     new = {files.cert: _pems([identity.cert]), files.chain: _pems(identity.chain)}
     if not (files.key.exists() and os.path.samefile(key_path, files.key)):
         new[files.key] = _key_pem(identity.key)
@@ -196,18 +198,24 @@ def import_certificate(
 
 
 def load_server_identity(
-    key_path: Path, cert_path: Path, chain_path: Path | None = None
+    key_path: Path,
+    cert_path: Path,
+    chain_path: Path | None = None,
+    owners: Collection[int] | None = None,
 ) -> ServerIdentity:
     """Load the key, leaf and chain the daemon serves; refuse a key that is not the leaf's.
 
     ``cert_path`` may also carry the chain after the leaf; ``chain_path`` (a chain.pem, possibly
     empty) adds to it. Each certificate must be signed by the next (RFC 5280 §6.1.3 (a)(1)).
+    The key is a secret file (:mod:`vpnaaa.private`): ``owners`` may own it (default: root
+    and the current user).
     """
-    return _identity(Path(key_path), [Path(cert_path)] + ([Path(chain_path)] if chain_path else []))
+    paths = [Path(cert_path)] + ([Path(chain_path)] if chain_path else [])
+    return _identity(Path(key_path), paths, owners or private.trusted_owners())
 
 
-def _identity(key_path: Path, paths: list[Path]) -> ServerIdentity:
-    key = _load_key(key_path)
+def _identity(key_path: Path, paths: list[Path], owners: Collection[int]) -> ServerIdentity:
+    key = _load_key(key_path, owners)
     certs = _load_certs(paths[0], required=True)
     for path in paths[1:]:
         certs += _load_certs(path, required=False)
@@ -362,11 +370,13 @@ def _read(path: Path) -> tuple[bytes, int]:
         raise PkiError(f"{path}: {e.strerror}") from None
 
 
-def _load_key(path: Path) -> PrivateKey:
-    """An unencrypted RSA or ECDSA key, PEM or DER, that group and others cannot read."""
-    data, mode = _read(path)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise PkiError(f"{path}: private key with mode {stat.S_IMODE(mode):04o}; chmod 600 it")
+def _load_key(path: Path, owners: Collection[int]) -> PrivateKey:
+    """An unencrypted RSA or ECDSA key, PEM or DER, read as a secret file: not a link,
+    owned by one of ``owners``, not readable by group or others."""
+    try:
+        data = private.read(path, owners)
+    except private.PrivateFileError as e:
+        raise PkiError(str(e)) from None
     try:
         if b"-----BEGIN" in data:
             key = serialization.load_pem_private_key(data, password=None)
@@ -421,6 +431,7 @@ def _write(path: Path, data: bytes, mode: int, replace: bool) -> None:
     except OSError as e:
         raise PkiError(f"{path}: {e.strerror}") from None
     try:
+        private.owned_as(fd, path.parent)  # root issuing into the daemon user's state
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -188,11 +188,13 @@ def reachable(path: Path, user: Account) -> None:
 
 
 def code_reachable(user: Account) -> None:
-    """The Python environment and vpnaaa's own code must stay readable after the drop."""
+    """The Python environment (the venv and the interpreter's standard library it is
+    made from) and vpnaaa's own code must stay readable after the drop: modules are
+    imported lazily, long after start-up."""
     import vpnaaa
 
-    reachable(Path(sys.prefix), user)
-    reachable(Path(vpnaaa.__file__).parent, user)
+    for path in (sys.prefix, sys.base_prefix, Path(vpnaaa.__file__).parent):
+        reachable(Path(path), user)
 
 
 def prepare_state_dir(path: Path, user: Account | None, files: list[Path]) -> None:

@@ -155,7 +155,8 @@ class VpnaaaService(service.MultiService):
             self.radius.setServiceParent(self)
         self.ike: IkeService | None = None
         if config.ike.enabled is not False:
-            self.ike = IkeService(config.ike, self._ike_profiles(config), reactor)
+            owners = private.trusted_owners(config.daemon.user)
+            self.ike = IkeService(config.ike, self._ike_profiles(config), reactor, owners)
             self.ike.setServiceParent(self)
         if config.admin.enabled:
             for admin in admin_services(self, config.admin):
@@ -290,9 +291,11 @@ class VpnaaaService(service.MultiService):
 
 
 @functools.cache
-def peap_context(key: Path, certificate: Path, chain: Path | None) -> SSL.Context:
+def peap_context(
+    key: Path, certificate: Path, chain: Path | None, owners: frozenset[int]
+) -> SSL.Context:
     """The PEAP TLS server context, made (and logged) once for the RADIUS and IKE engines."""
-    identity = load_server_identity(key, certificate, chain)
+    identity = load_server_identity(key, certificate, chain, owners)
     log.info("PEAP server certificate: {subject}", subject=identity.cert.subject.rfc4514_string())
     return server_context(identity)
 
@@ -308,7 +311,8 @@ def build_eap_engine(
     factories: dict[str, tuple[int, MethodFactory]] = {"mschapv2": (Type.MSCHAPV2, mschapv2)}
     if "peap" in names:
         tls = config.tls
-        context = peap_context(tls.key, tls.certificate, tls.chain)
+        owners = frozenset(users.owners or private.trusted_owners())
+        context = peap_context(tls.key, tls.certificate, tls.chain, owners)
 
         def peap() -> Peap:
             return Peap(
@@ -349,10 +353,12 @@ class IkeService(service.Service):
         config: IkeConfig,
         profiles: list[tuple[ProfileConfig, EapEngine | RadiusRelay]],
         reactor: Any,
+        owners: frozenset[int] = frozenset(),
     ) -> None:
+        """``owners``: who may own the key file besides root (the daemon user)."""
         self.config = config
         self.reactor = reactor
-        identity = load_server_identity(config.key, config.certificate, config.chain)
+        identity = load_server_identity(config.key, config.certificate, config.chain, owners)
         reqids = itertools.count(REQID_BASE)
         context = ResponderContext(
             ike_policy=Policy.from_names(ProtocolId.IKE, config.ike_proposals),
