@@ -34,6 +34,7 @@ from vpnaaa.ike.sa import Profile, ResponderContext
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
 from vpnaaa.lockout import Lockout
+from vpnaaa.net import large_receive_buffer
 from vpnaaa.pki import load_server_identity
 from vpnaaa.pool import AddressPool
 from vpnaaa.radius.accounting import AccountingLog
@@ -501,20 +502,6 @@ class IkeService(service.Service):
             kernel = self.kernel
             d.addBoth(lambda _: kernel.close())
         return d
-
-
-RECEIVE_BUFFER = 4 * 1024 * 1024  # octets: a burst of clients must not overflow the queue
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux asm-generic/socket.h
-
-
-def large_receive_buffer(sock: socket.socket) -> None:
-    """Twisted handles one datagram at a time; a 4 MiB queue rides out bursts (hundreds of
-    IKE_SA_INITs or Access-Requests at once) that the default ~200 KiB would drop.
-    SO_RCVBUFFORCE (root) passes net.core.rmem_max; otherwise the kernel caps SO_RCVBUF."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
 
 def bound_udp_socket(listen: str, port: int) -> socket.socket:

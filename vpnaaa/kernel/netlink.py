@@ -40,6 +40,7 @@ from vpnaaa.kernel.xfrm import (
     decode_messages,
     encode_message,
 )
+from vpnaaa.net import large_receive_buffer
 
 log = logs.get("vpnaaa.kernel")
 
@@ -48,8 +49,6 @@ SOL_NETLINK = 270  # linux/socket.h
 NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_CAP_ACK = 10  # do not echo the request's payload in an NLMSG_ERROR
 NETLINK_EXT_ACK = 11  # extended ACK: the kernel's error message (NLMSGERR_ATTR_MSG)
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h
-RECEIVE_BUFFER = 4 << 20
 
 
 @dataclass
@@ -93,10 +92,7 @@ class NetlinkSocket:
         try:
             self.socket.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
             self.socket.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            try:  # above net.core.rmem_max needs CAP_NET_ADMIN
-                self.socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-            except PermissionError:
-                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            large_receive_buffer(self.socket)
             self.socket.bind((0, 0))
             for group in groups:
                 self.socket.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, int(group))

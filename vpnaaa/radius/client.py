@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
 from vpnaaa.eap.packet import Code, Type
 from vpnaaa.eap.table import ConversationTable
+from vpnaaa.net import MIB, large_receive_buffer
 from vpnaaa.radius import hiding, wire
 from vpnaaa.radius.eap import MAX_VALUE, eap_attributes
 
@@ -331,7 +331,7 @@ class RadiusRelay(DatagramProtocol):
         """A socket is ready: its 256 Identifiers, in a random rotation, become free."""
         sock = getattr(transport, "socket", None)
         if sock is not None:
-            _large_receive_buffer(sock)
+            large_receive_buffer(sock, MIB)  # the answers to 256 requests, with room
         self._transports[index] = transport
         start = os.urandom(1)[0]
         free = self._free[index]
@@ -470,22 +470,6 @@ class _ExtraPort(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.relay._received(self.index, data, addr)
-
-
-RECEIVE_BUFFER = 1024 * 1024  # octets: the answers to 256 requests at once, with room
-
-
-def _large_receive_buffer(sock: socket.socket) -> None:
-    """The answers to a burst of requests arrive together; the default ~200 KiB receive
-    queue drops some (measured with 150 answers per socket), and each loss costs a
-    conversation a retransmission. SO_RCVBUFFORCE (root) passes net.core.rmem_max."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RECEIVE_BUFFER)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-
-
-_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux asm-generic/socket.h
 
 
 def _code_name(code: int) -> str:
