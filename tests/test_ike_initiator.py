@@ -25,9 +25,9 @@ from vpnaaa.ike.const import (
     PayloadType,
     ProtocolId,
 )
-from vpnaaa.ike.message import Delete, TrafficSelector
+from vpnaaa.ike.message import Delete, TrafficSelector, encode_payloads
 from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT
-from vpnaaa.ike.sa import State
+from vpnaaa.ike.sa import MAX_RETRANSMISSIONS, Endpoint, State
 
 
 def notifies(message):
@@ -236,3 +236,31 @@ class EstablishedTests(unittest.TestCase):
         self.assertEqual(self.peer.liveness().header.message_id, 6)
         self.assertIs(fork.gateway.context.identity, self.gateway.context.identity)
         self.assertEqual(fork.initiator.address, PEER)
+
+
+class ReflectionTests(unittest.TestCase):
+    """An attacker with keys of its own must not aim our answers elsewhere (§2.23)."""
+
+    def setUp(self):
+        self.gateway = Gateway()
+        self.peer = Initiator(self.gateway)
+        self.victim = Endpoint("203.0.113.66", 500)
+
+    def test_ike_auth_from_another_host_before_established_is_dropped(self):
+        """IKE_AUTH #1 with a valid ICV but the victim's source: no certificate goes to
+        the victim, and the SA stays with the host that did IKE_SA_INIT."""
+        self.peer.sa_init()
+        first, plaintext = encode_payloads(self.peer.auth_first_entries())
+        request = self.peer.seal(ExchangeType.IKE_AUTH, first, plaintext, 1)
+        self.assertEqual(self.peer.deliver(request, self.victim), [])
+        (sa,) = self.gateway.responder.sas.values()
+        self.assertEqual(sa.remote, PEER)
+        self.assertEqual(len(self.peer.deliver(request)), 1)  # from its own host: served
+        self.assertEqual(sa.remote, PEER)
+
+    def test_a_replayed_request_is_answered_a_bounded_number_of_times(self):
+        self.peer.sa_init()
+        first, plaintext = encode_payloads(self.peer.auth_first_entries())
+        request = self.peer.seal(ExchangeType.IKE_AUTH, first, plaintext, 1)
+        answered = [len(self.peer.deliver(request)) > 0 for _ in range(20)]
+        self.assertEqual(answered, [True] * (1 + MAX_RETRANSMISSIONS) + [False] * 11)

@@ -79,6 +79,9 @@ log = logs.get("vpnaaa.ike")
 
 NONCE_SIZE = 32
 ZERO_SPI = bytes(8)
+# Answers to one retransmitted request; a client gives up after five or so (charon's
+# retransmit_tries), and a replayed request must not make us a steady reflector.
+MAX_RETRANSMISSIONS = 8
 MIN_MSK = 32  # octets; RFC 3748 §7.10 asks 64, the MS-MPPE keys of a RADIUS Accept carry 32
 # RFC 7427 §3: AlgorithmIdentifier DER for the signature schemes we use in AUTH method 14.
 _RSA_SHA256_ALGORITHM = bytes.fromhex("300d06092a864886f70d01010b0500")
@@ -230,6 +233,7 @@ class IkeSa:
         self.children: dict[int, _Child] = {}  # by our inbound SPI
         self.last_response: _Answered | None = None
         self._request_digest = b""  # of the request being answered
+        self._retransmissions = 0  # of the last response
         self.ike_policy = context.ike_policy  # the edge narrows it under load
         self.half_open_key: tuple[str, int, bytes] | None = None  # the edge's index entry
         self._reassembler = fragments.Reassembler()
@@ -314,10 +318,10 @@ class IkeSa:
             return Outcome(dropped=("integrity", reason))
         if opened is None:
             return Outcome()  # more fragments to come
-        if sender is not None:
-            # Both ends float: NAT-T moves us to 4500 too, where ESP-in-UDP must come from.
-            self.remote, self.port = sender, port
-            self.local = replace(self.local, port=getattr(port, "number", self.local.port))
+        if sender is not None and sender != self.remote:
+            refusal = self._follow(sender, port)
+            if refusal is not None:
+                return Outcome(dropped=("elsewhere", f"{self.name}: {refusal}"))
         try:
             inner = Message(header, decode_payloads(*opened))
         except IkeError as e:
@@ -334,6 +338,23 @@ class IkeSa:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         return handler(header, inner)
 
+    def _follow(self, sender: Endpoint, port: object) -> str | None:
+        """An integrity-checked request came from ``sender``, not where the SA is: move
+        there (§2.23), or say why not. Only the port may float before the SA is
+        established (NAT-T moves to 4500): a peer with keys of its own must not aim our
+        IKE_AUTH answer (a certificate) at someone else's host. An established SA follows
+        its peer to another host only when a NAT was detected (§2.23: a host not behind a
+        NAT is not moved); without NAT its ESP is bound to the old address anyway, and
+        there is no MOBIKE, so such a request is dropped."""
+        if sender.host != self.remote.host and not (
+            self.state == State.ESTABLISHED and self.nat_detected
+        ):
+            return f"request from {sender.host}:{sender.port} dropped: the SA's peer is elsewhere"
+        # Both ends float: NAT-T moves us to 4500 too, where ESP-in-UDP must come from.
+        self.remote, self.port = sender, port
+        self.local = replace(self.local, port=getattr(port, "number", self.local.port))
+        return None
+
     def _retransmit(
         self, last: _Answered, raw: bytes, sender: Endpoint | None, port: object
     ) -> Outcome:
@@ -344,6 +365,11 @@ class IkeSa:
         not make us a reflector (§2.23 moves the SA only after an integrity check)."""
         if _digest(raw) != last.request:
             return Outcome()
+        if self._retransmissions >= MAX_RETRANSMISSIONS:
+            return Outcome(
+                dropped=("retransmit-cap", f"{self.name}: retransmission beyond the limit")
+            )
+        self._retransmissions += 1
         elsewhere = sender is not None and sender != self.remote
         if elsewhere and sum(len(d) for d in last.datagrams) > len(raw):
             return Outcome(
@@ -1023,6 +1049,7 @@ class IkeSa:
 
     def _remember(self, request: Header, datagrams: list[bytes]) -> Outcome:
         self.last_response = _Answered(request.message_id, self._request_digest, tuple(datagrams))
+        self._retransmissions = 0
         self.next_message_id = request.message_id + 1
         return Outcome(send=list(datagrams))
 
