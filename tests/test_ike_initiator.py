@@ -3,6 +3,7 @@ clock: the full IKE_SA_INIT + IKE_AUTH + EAP-MSCHAPv2 handshake (RFC 7296 §1.2,
 CREATE_CHILD_SA for a new CHILD_SA, a CHILD_SA rekey and an IKE SA rekey (§1.3), and
 INFORMATIONAL deletes and liveness checks (§1.4), each answer asserted on."""
 
+import functools
 import ipaddress
 
 from twisted.trial import unittest
@@ -16,7 +17,9 @@ from tests.ike_peer import (
     PeerError,
     World,
 )
-from vpnaaa.eap.packet import Code
+from vpnaaa.eap.engine import EapEngine
+from vpnaaa.eap.mschapv2 import MsChapV2
+from vpnaaa.eap.packet import Code, Type
 from vpnaaa.ike.const import (
     CfgAttribute,
     DhGroup,
@@ -238,8 +241,10 @@ class EstablishedTests(unittest.TestCase):
         self.assertEqual(fork.initiator.address, PEER)
 
 
-class ReflectionTests(unittest.TestCase):
-    """An attacker with keys of its own must not aim our answers elsewhere (§2.23)."""
+class OwnKeysTests(unittest.TestCase):
+    """What a peer with keys of its own (its own IKE_SA_INIT) cannot make us do: aim our
+    answers at another host (§2.23), replay us into a reflector, or cost us a signature
+    when there is no EAP conversation for it."""
 
     def setUp(self):
         self.gateway = Gateway()
@@ -264,3 +269,19 @@ class ReflectionTests(unittest.TestCase):
         request = self.peer.seal(ExchangeType.IKE_AUTH, first, plaintext, 1)
         answered = [len(self.peer.deliver(request)) > 0 for _ in range(20)]
         self.assertEqual(answered, [True] * (1 + MAX_RETRANSMISSIONS) + [False] * 11)
+
+    def test_a_refused_eap_conversation_costs_no_signature(self):
+        """When the EAP engine refuses (here: its per-source cap is used up), IKE_AUTH #1
+        gets AUTHENTICATION_FAILED alone, without CERT and AUTH, and the SA is gone."""
+        self.gateway.engine = EapEngine(
+            [(Type.MSCHAPV2, functools.partial(MsChapV2, self.gateway.users))],
+            self.gateway.clock,
+            per_source=0,
+        )
+        self.gateway.context.profiles[0].eap = self.gateway.engine
+        self.peer.sa_init()
+        response = self.peer.request(ExchangeType.IKE_AUTH, self.peer.auth_first_entries())
+        self.assertEqual(notifies(response), [NotifyType.AUTHENTICATION_FAILED])
+        self.assertIsNone(response.get(PayloadType.AUTH))
+        self.assertIsNone(response.get(PayloadType.CERT))
+        self.assertEqual((self.gateway.responder.sas, self.gateway.leaks()), ({}, []))

@@ -235,7 +235,8 @@ class EdgeSecurityTests(unittest.TestCase):
         self.assertEqual(sa.remote, PEER)
 
     def test_per_source_half_open_limit(self):
-        """charon's block_threshold: one address holds at most half_open_per_source."""
+        """charon's block_threshold: one address holds at most half_open_per_source it
+        did not prove; further requests are asked for a cookie (not answered here)."""
         self.responder.limits = Limits(half_open_per_source=3)
         for _ in range(5):
             self.responder.receive(sa_init(), PEER, self.port)
@@ -246,6 +247,29 @@ class EdgeSecurityTests(unittest.TestCase):
         self.assertEqual((self.responder.sas, self.responder.half_open), ({}, 0))
         self.responder.receive(sa_init(), PEER, self.port)
         self.assertEqual(len(self.responder.sas), 1)
+
+    def test_forged_requests_cannot_use_up_a_sources_share(self):
+        """Requests forged with a victim's address fill its unproven share; the victim is
+        then asked for a cookie, which a forger never sees, and gets a share of its own."""
+        self.responder.limits = Limits(half_open_per_source=3)
+        for _ in range(3):  # the forger, sending as PEER, never answers cookies
+            self.responder.receive(sa_init(), PEER, self.port)
+        request = sa_init()
+        self.responder.receive(request, PEER, self.port)
+        cookie = decode_message(self.port.sent[-1]).get(PayloadType.NOTIFY)
+        self.assertEqual(cookie.notify_type, NotifyType.COOKIE)
+        self.responder.receive(with_cookie(request, cookie.data), PEER, self.port)
+        self.assertEqual(len(self.responder.sas), 4)
+        self.assertIsNotNone(decode_message(self.port.sent[-1]).get(PayloadType.KE))
+
+    def test_an_ipv6_slash_64_is_one_source(self):
+        self.responder.limits = Limits(half_open_per_source=2)
+        for n in range(4):
+            peer = Endpoint(f"2001:db8:1:2::{n + 1}", 500)
+            self.responder.receive(sa_init(), peer, self.port)
+        self.assertEqual(len(self.responder.sas), 2)
+        self.responder.receive(sa_init(), Endpoint("2001:db8:1:3::1", 500), self.port)
+        self.assertEqual(len(self.responder.sas), 3)
 
     def test_global_half_open_limit(self):
         self.responder.limits = Limits(half_open=4, half_open_per_source=100)

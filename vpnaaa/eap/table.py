@@ -6,18 +6,18 @@ first, so idle expiry stops at the first fresh entry. It refuses a new conversat
 beyond ``capacity`` and, for a conversation begun for a known ``source`` (the IKE
 client's address), beyond ``per_source`` live ones of that source: one host cannot take
 every slot (charon's ``block_threshold`` plays the same role for its half-open SAs). An
-IPv6 source counts by its /64, the block one subscriber gets (RFC 6177), or a single host
-could take every slot with addresses of its own prefix.
+IPv6 source counts by its /64 (:func:`vpnaaa.net.source_prefix`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
+
+from vpnaaa.net import source_prefix
 
 T = TypeVar("T")
 
@@ -53,14 +53,14 @@ class ConversationTable(Generic[T]):
         ``source`` None (a RADIUS NAS, authenticated by its secret) has no per-source cap."""
         if len(self._slots) >= self.capacity:
             return f"{self.capacity} live conversations is the configured maximum"
-        source = source_key(source)
+        source = source_prefix(source)
         if source is not None and self._by_source.get(source, 0) >= self.per_source:
             return f"{source} already has {self.per_source} live conversations"
         return None
 
     def add(self, conversation_id: bytes, value: T, source: str | None) -> None:
         """Admit a conversation (the caller checked :meth:`refusal` first)."""
-        source = source_key(source)
+        source = source_prefix(source)
         self._slots[conversation_id] = _Slot(value, source, self.clock.seconds())
         if source is not None:
             self._by_source[source] = self._by_source.get(source, 0) + 1
@@ -103,16 +103,3 @@ class ConversationTable(Generic[T]):
             self._by_source[slot.source] = left
         else:
             del self._by_source[slot.source]
-
-
-def source_key(source: str | None) -> str | None:
-    """What the per-source cap counts: the address, or an IPv6 address's /64."""
-    if source is None or ":" not in source:
-        return source
-    try:
-        address = ipaddress.IPv6Address(source.split("%", 1)[0])
-    except ValueError:
-        return source
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((address, 64), strict=False))

@@ -49,6 +49,7 @@ from vpnaaa.ike.sa import (
 )
 from vpnaaa.kernel.installer import ChildSaInstaller, ChildSaSpec
 from vpnaaa.kernel.xfrm_installer import ExpireEvent
+from vpnaaa.net import source_prefix
 
 log = logs.get("vpnaaa.ike")
 
@@ -76,6 +77,15 @@ class Limits:
     half_open: int = 10_000
 
 
+@dataclass(frozen=True)
+class Slot:
+    """What a half-open SA counts against: its source (an address, an IPv6 /64) and
+    whether that source proved it receives there by returning a cookie (§2.6)."""
+
+    source: str
+    proven: bool
+
+
 class Responder:
     """All IKE SAs of the gateway, keyed by our SPI; half-open ones also by the
     initiator's SPI and address, so a retransmitted IKE_SA_INIT finds its SA.
@@ -100,7 +110,9 @@ class Responder:
         self.listen = listen
         self.sas: dict[bytes, IkeSa] = {}
         self._by_initiator: dict[tuple[str, int, bytes], IkeSa] = {}
-        self._half_open_by_host: Counter[str] = Counter()
+        self._half_open_by_source: Counter[Slot] = Counter()
+        # our SPI -> (the _by_initiator key, the per-source slot) of each half-open SA
+        self._half_open_entries: dict[bytes, tuple[tuple[str, int, bytes], Slot]] = {}
         self._timers: dict[bytes, Any] = {}
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
@@ -150,9 +162,10 @@ class Responder:
                     spi=header.spi_r.hex(),
                 )
                 return
-            if not self._admit(message, remote, port):
+            slot = self._admit(message, remote, port)
+            if slot is None:
                 return
-            sa = self._new_sa(header, remote, port)
+            sa = self._new_sa(header, remote, port, slot)
             if sa is None:
                 return
         try:
@@ -193,28 +206,40 @@ class Responder:
         expected = self._cookie(message, remote, epoch)
         return bool(expected) and hmac.compare_digest(offered.data, expected)
 
-    def _admit(self, message: Message, remote: Endpoint, port: IkePort) -> bool:
-        """Whether a new IKE_SA_INIT may make state. Above the cookie threshold it must
-        return our cookie (§2.6: a spoofed source never sees one, so costs no state or
-        DH), and then no source may hold more than its share of half-open SAs, nor the
-        gateway more than its limit."""
+    def _admit(self, message: Message, remote: Endpoint, port: IkePort) -> Slot | None:
+        """The per-source slot a new IKE_SA_INIT may take, or None (no state, no DH).
+
+        A source (an address, an IPv6 /64) holds at most ``half_open_per_source``
+        half-open SAs it did not prove it owns; past that, and for everyone above the
+        cookie threshold, it must return our cookie (§2.6), which a spoofed source never
+        sees: so forged requests cannot use up a victim's share, and a source that proves
+        its address gets a share of its own (also ``half_open_per_source``). The gateway
+        holds at most ``half_open`` half-open SAs in all."""
         limits = self.limits
-        if self.half_open >= limits.cookie_threshold and not self._cookie_ok(message, remote):
-            reply = Header(
-                message.header.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0
-            )
-            notify = Notify(NotifyType.COOKIE, self._cookie(message, remote))
-            port.send(encode_message(reply, [(PayloadType.NOTIFY, notify)]), remote)
-            return False
-        if self._half_open_by_host[remote.host] >= limits.half_open_per_source:
+        source = source_prefix(remote.host) or remote.host
+        unproven = Slot(source, proven=False)
+        slot = unproven
+        if (
+            self.half_open >= limits.cookie_threshold
+            or self._half_open_by_source[unproven] >= limits.half_open_per_source
+        ):
+            if not self._cookie_ok(message, remote):
+                reply = Header(
+                    message.header.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0
+                )
+                notify = Notify(NotifyType.COOKIE, self._cookie(message, remote))
+                port.send(encode_message(reply, [(PayloadType.NOTIFY, notify)]), remote)
+                return None
+            slot = Slot(source, proven=True)
+        if self._half_open_by_source[slot] >= limits.half_open_per_source:
             self._drop(
                 "per-source",
-                "dropped IKE_SA_INIT from {host}: it has {n} half-open IKE SAs, the limit "
-                "(ike.half_open_per_source)",
+                "dropped IKE_SA_INIT from {host}: its address holds {n} half-open IKE SAs, "
+                "the limit (ike.half_open_per_source)",
                 host=remote.host,
                 n=limits.half_open_per_source,
             )
-            return False
+            return None
         if self.half_open >= limits.half_open:
             self._drop(
                 "half-open",
@@ -223,8 +248,8 @@ class Responder:
                 host=remote.host,
                 n=limits.half_open,
             )
-            return False
-        return True
+            return None
+        return slot
 
     @staticmethod
     def _refuse_unsupported(data: bytes, error: IkeError, remote: Endpoint, port: IkePort) -> None:
@@ -249,7 +274,7 @@ class Responder:
         sa = self.sas.get(header.spi_r)
         return sa if sa is not None and sa.spi_i == header.spi_i else None
 
-    def _new_sa(self, header: Header, remote: Endpoint, port: IkePort) -> IkeSa | None:
+    def _new_sa(self, header: Header, remote: Endpoint, port: IkePort, slot: Slot) -> IkeSa | None:
         local_host = self.listen
         if local_host in ("0.0.0.0", "::"):
             try:
@@ -267,22 +292,23 @@ class Responder:
             sa.ike_policy = self._cheap_policy
         sa.port = port
         key = (remote.host, remote.port, header.spi_i)
-        sa.half_open_key = key
         self.sas[sa.spi_r] = sa
         self._by_initiator[key] = sa
-        self._half_open_by_host[remote.host] += 1
+        self._half_open_entries[sa.spi_r] = (key, slot)
+        self._half_open_by_source[slot] += 1
         self._timers[sa.spi_r] = self.clock.callLater(HALF_OPEN_TIMEOUT, self._half_open, sa)
         return sa
 
     def _settle(self, sa: IkeSa) -> None:
         """The SA is no longer half-open (established or gone): drop its index entries
         and its expiry timer, in constant time."""
-        key, sa.half_open_key = sa.half_open_key, None
-        if key is not None:
+        entry = self._half_open_entries.pop(sa.spi_r, None)
+        if entry is not None:
+            key, slot = entry
             self._by_initiator.pop(key, None)
-            self._half_open_by_host[key[0]] -= 1
-            if self._half_open_by_host[key[0]] <= 0:
-                del self._half_open_by_host[key[0]]
+            self._half_open_by_source[slot] -= 1
+            if self._half_open_by_source[slot] <= 0:
+                del self._half_open_by_source[slot]
         timer = self._timers.pop(sa.spi_r, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -321,7 +347,7 @@ class Responder:
             d.addErrback(self._failed, sa)
         elif outcome.install is not None:
             self._install(sa, outcome.install)
-        if sa.state == State.ESTABLISHED and sa.half_open_key is not None:
+        if sa.state == State.ESTABLISHED and sa.spi_r in self._half_open_entries:
             sa.established_at = self.clock.seconds()
             self._settle(sa)
 

@@ -235,7 +235,6 @@ class IkeSa:
         self._request_digest = b""  # of the request being answered
         self._retransmissions = 0  # of the last response
         self.ike_policy = context.ike_policy  # the edge narrows it under load
-        self.half_open_key: tuple[str, int, bytes] | None = None  # the edge's index entry
         self._reassembler = fragments.Reassembler()
         self._init_request = b""
         self._init_response = b""
@@ -626,6 +625,9 @@ class IkeSa:
             id=_describe_id(idi),
             profile=self.profile.name,
         )
+        self._eap_id, first = self.profile.eap.begin(self.remote.host)
+        if isinstance(first, EapFailure):  # refused before we spend a signature on it
+            return self._fail(header, f"EAP refused: {first.reason}")
         identity = self.context.identity
         idr = self._idr = our_identification(identity, requested)
         method, signature = self._sign(
@@ -634,7 +636,6 @@ class IkeSa:
             )
         )
         self._auth_method = method
-        self._eap_id, first = self.profile.eap.begin(self.remote.host)
         self.state = State.EAP
         entries: list[Entry] = [
             (PayloadType.IDr, idr),
