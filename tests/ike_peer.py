@@ -534,6 +534,25 @@ class Initiator:
         prefix = header.encode() + struct.pack("!BBH", first_payload, 0, 4 + body_length)
         return prefix + sk.seal(prefix, plaintext, ike.outbound)
 
+    def seal_fragment(
+        self,
+        exchange: int,
+        piece: fragments.Fragment,
+        message_id: int | None = None,
+    ) -> bytes:
+        """One SKF message (RFC 7383 §2.5) carrying ``piece`` of an inner chain."""
+        ike = self._keys()
+        mid = self.next_id if message_id is None else message_id
+        body_length = sk.sealed_length(len(piece.data), ike.outbound)
+        numbers = struct.pack("!HH", piece.number, piece.total)
+        total = 28 + 4 + len(numbers) + body_length
+        header = Header(
+            ike.spi_i, ike.spi_r, exchange, HeaderFlag.INITIATOR, mid, PayloadType.SKF, length=total
+        )
+        generic = struct.pack("!BBH", piece.first_payload, 0, 4 + len(numbers) + body_length)
+        prefix = header.encode() + generic + numbers
+        return prefix + sk.seal(prefix, piece.data, ike.outbound)
+
     def send_inner(
         self,
         exchange: int,

@@ -20,6 +20,7 @@ from tests.ike_peer import (
 from vpnaaa.eap.engine import EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Code, Type
+from vpnaaa.ike import fragments
 from vpnaaa.ike.const import (
     CfgAttribute,
     DhGroup,
@@ -30,7 +31,7 @@ from vpnaaa.ike.const import (
 )
 from vpnaaa.ike.message import Delete, TrafficSelector, encode_payloads
 from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT
-from vpnaaa.ike.sa import MAX_RETRANSMISSIONS, Endpoint, State
+from vpnaaa.ike.sa import MAX_RETRANSMISSIONS, REASSEMBLY_HALF_OPEN, Endpoint, State
 
 
 def notifies(message):
@@ -285,3 +286,35 @@ class OwnKeysTests(unittest.TestCase):
         self.assertIsNone(response.get(PayloadType.AUTH))
         self.assertIsNone(response.get(PayloadType.CERT))
         self.assertEqual((self.gateway.responder.sas, self.gateway.leaks()), ({}, []))
+
+
+class FragmentTests(unittest.TestCase):
+    """RFC 7383 from a peer that has keys but has not authenticated."""
+
+    def pieces(self, peer, size=200):
+        first, plaintext = encode_payloads(peer.auth_first_entries())
+        return fragments.split(plaintext, first, size)
+
+    def test_fragments_only_once_both_announced_support(self):
+        for announced in (False, True):
+            gateway = Gateway()
+            peer = Initiator(gateway, fragmentation=announced)
+            peer.sa_init()
+            replies = []
+            for piece in self.pieces(peer):
+                replies += peer.deliver(peer.seal_fragment(ExchangeType.IKE_AUTH, piece, 1))
+            self.assertEqual(bool(replies), announced)
+
+    def test_half_open_sa_buffers_at_most_16_kib_of_fragments(self):
+        """63 of 64 valid 1,000-octet fragments, never the last: the SA does not hold
+        63,000 octets for a peer that has not authenticated (the reassembly restarts)."""
+        gateway = Gateway()
+        peer = Initiator(gateway, fragmentation=True)
+        peer.sa_init()
+        for number in range(1, 64):
+            piece = fragments.Fragment(
+                number, 64, bytes(1000), PayloadType.IDi if number == 1 else 0
+            )
+            self.assertEqual(peer.deliver(peer.seal_fragment(ExchangeType.IKE_AUTH, piece, 1)), [])
+        (sa,) = gateway.responder.sas.values()
+        self.assertLessEqual(sa._reassembler._size, REASSEMBLY_HALF_OPEN)

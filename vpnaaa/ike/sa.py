@@ -82,6 +82,8 @@ ZERO_SPI = bytes(8)
 # Answers to one retransmitted request; a client gives up after five or so (charon's
 # retransmit_tries), and a replayed request must not make us a steady reflector.
 MAX_RETRANSMISSIONS = 8
+REASSEMBLY_HALF_OPEN = 16 * 1024  # octets of fragments an SA may hold before ESTABLISHED
+REASSEMBLY_ESTABLISHED = 64 * 1024  # and after
 MIN_MSK = 32  # octets; RFC 3748 §7.10 asks 64, the MS-MPPE keys of a RADIUS Accept carry 32
 # RFC 7427 §3: AlgorithmIdentifier DER for the signature schemes we use in AUTH method 14.
 _RSA_SHA256_ALGORITHM = bytes.fromhex("300d06092a864886f70d01010b0500")
@@ -1039,10 +1041,17 @@ class IkeSa:
             return payload.first_payload, plaintext
         if not isinstance(payload, EncryptedFragment):
             raise IkeError(NotifyType.INVALID_SYNTAX, f"no SK payload (last is {last_kind})")
+        if not self.fragmentation:  # RFC 7383 §2.3: only once both announced support
+            raise IkeError(NotifyType.INVALID_SYNTAX, "SKF without IKEV2_FRAGMENTATION_SUPPORTED")
         plaintext = _open(raw[: len(raw) - len(payload.raw)], payload.raw, protection)
         if payload.number == 1:
             self._request_digest = _digest(raw)
         piece = fragments.Fragment(payload.number, payload.total, plaintext, payload.first_payload)
+        # A peer that has not authenticated gets a small buffer: the IKE_AUTH messages of
+        # EAP are small, and half-open SAs are many (ike.half_open_limit).
+        self._reassembler.max_size = (
+            REASSEMBLY_ESTABLISHED if self.state == State.ESTABLISHED else REASSEMBLY_HALF_OPEN
+        )
         try:
             return self._reassembler.add(message.header.message_id, piece)
         except fragments.FragmentError as e:
