@@ -368,9 +368,11 @@ class DualStackTests(ServerTestCase):
 class BlastRadiusTests(ServerTestCase):
     """FreeRADIUS 3.2.5's "auto" learning, packet by packet."""
 
-    def test_signed_eap_leaves_auto_undecided(self):
-        """Message-Authenticator with EAP-Message says nothing (EAP needs it anyway): a
-        later unsigned PAP request decides "false" and is served."""
+    def test_signed_eap_decides_limit_proxy_state_only(self):
+        """Message-Authenticator with EAP-Message says nothing of require (EAP needs it
+        anyway): a later unsigned PAP request decides it "false" and is served. But the
+        NAS signs, so limit_proxy_state becomes true at once: a forged unsigned request
+        with Proxy-State arriving later (BlastRADIUS needs one) cannot turn it off."""
         eap = AuthPacket(code=1, id=40, secret=SECRET, dict=wire.DICTIONARY)
         eap.authenticator = os.urandom(16)
         eap.AddAttribute("User-Name", "User")
@@ -378,10 +380,14 @@ class BlastRadiusTests(ServerTestCase):
         eap.add_message_authenticator()
         (reply,) = self.send(self.auth, eap.RequestPacket())
         self.assertEqual(reply[0], wire.Code.ACCESS_REJECT)  # no EAP engine here
+        forged = mschapv2_request(ma=False, packet_id=32)
+        forged.AddAttribute("Proxy-State", b"attacker-chosen")
+        self.assertEqual(self.send(self.auth, forged.RequestPacket()), [])
         (reply,) = self.send(self.auth, mschapv2_request(ma=False).RequestPacket())
         self.assertEqual(reply[0], wire.Code.ACCESS_ACCEPT)
         (reply,) = self.send(self.auth, mschapv2_request(ma=False, packet_id=31).RequestPacket())
         self.assertEqual(reply[0], wire.Code.ACCESS_ACCEPT)
+        self.assertEqual(self.send(self.auth, forged.RequestPacket()), [])
 
     def test_signed_pap_makes_it_required(self):
         self.send(self.auth, mschapv2_request().RequestPacket())

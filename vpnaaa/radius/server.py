@@ -162,7 +162,8 @@ class BlastRadiusChecks:
     false, with both it stays "auto" (EAP needs one anyway, RFC 3579 §3.2).
     ``limit_proxy_state`` (checked unless the first is true): true discards a request with
     Proxy-State and no Message-Authenticator; "auto" becomes false if the first request
-    checked has exactly that (a proxy not yet upgraded), true otherwise. Learned values
+    checked has exactly that (a proxy not yet upgraded), true otherwise, and true as soon
+    as a signed EAP request arrives while it is undecided. Learned values
     belong to the client entry and last until restart; each change is logged once.
     """
 
@@ -183,6 +184,12 @@ class BlastRadiusChecks:
             return "Proxy-State without Message-Authenticator (limit_proxy_state)"
         if flags.require == "auto":
             if signed and wire.EAP_MESSAGE in request.attributes:
+                # The NAS signs what it sends: an unsigned Proxy-State later is forged, so
+                # a spoofed first unsigned request must not be what decides (unlike
+                # FreeRADIUS, which leaves both undecided here).
+                if flags.limit == "auto":
+                    flags.limit = True
+                    self._learned(client, "limit_proxy_state", True)
                 return None
             flags.require = signed
             self._learned(client, "require_message_authenticator", signed)
