@@ -5,7 +5,9 @@ INFORMATIONAL deletes and liveness checks (§1.4), each answer asserted on."""
 
 import functools
 import ipaddress
+import struct
 
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.ike_peer import (
@@ -114,6 +116,28 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(len(self.gateway.engine), 0)
         self.assertEqual(self.gateway.pool.leased, 0)
         self.assertEqual(self.gateway.drain(), [])
+
+    def test_a_huge_identity_makes_one_short_log_line(self):
+        """An EAP identity of 8,000 octets with a newline in it: logged escaped, cut,
+        one line (it could otherwise forge lines or fill the disk)."""
+        lines = []
+
+        def observe(event):
+            lines.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.peer.sa_init()
+        self.peer.auth_first()
+        identity = b"evil\nFAKE LINE" + b"A" * 8000
+        request = self.peer.eap_request
+        self.peer.eap(struct.pack("!BBHB", 2, request[1], 5 + len(identity), 1) + identity)
+        self.peer.eap(struct.pack("!BBHB", 2, self.peer.eap_request[1], 6, 3) + b"\x00")
+        mentions = [line for line in lines if "evil" in line]
+        self.assertTrue(mentions)
+        for line in mentions:
+            self.assertNotIn("\n", line)
+            self.assertLess(len(line), 600, line)
 
     def test_wrong_auth_after_eap_fails_and_frees_everything(self):
         self.peer.sa_init()

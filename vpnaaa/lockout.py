@@ -60,9 +60,9 @@ class Lockout:
             record.failures = []
             record.until = now + self.duration
             log.warn(
-                "user {user!r} locked out for {duration:g} s: {n} wrong passwords within "
+                "user {user} locked out for {duration:g} s: {n} wrong passwords within "
                 "{window:g} s",
-                user=name,
+                user=logs.quoted(name),
                 duration=self.duration,
                 n=self.failures,
                 window=self.window,

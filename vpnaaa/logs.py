@@ -85,9 +85,7 @@ class Throttle:
         self.logger.emit(level, format, **fields)
 
 
-def printable(text: str, limit: int = 128) -> str:
-    """A peer-chosen string (an identity, a name) safe to put in a log line: control and
-    other non-printable characters escaped as Python does, at most ``limit`` characters,
-    so a peer cannot forge or bloat lines."""
-    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return escaped + ("..." if len(text) > limit else "")
+def quoted(text: str, limit: int = 128) -> str:
+    """A peer-chosen name for a log line: quoted and escaped as Python's repr does, cut
+    at ``limit`` characters (an EAP identity may be 60,000 octets long)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")

@@ -176,8 +176,8 @@ class Peap:
                 )
             if peer_binding is None:
                 log.info(
-                    "PEAP peer {user!r} sent no cryptobinding TLV; using the TLS MSK",
-                    user=inner.identity,
+                    "PEAP peer {user} sent no cryptobinding TLV; using the TLS MSK",
+                    user=logs.quoted(inner.identity),
                 )
             else:
                 if not self.binding.verify_response(peer_binding):

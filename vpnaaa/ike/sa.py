@@ -410,19 +410,19 @@ class IkeSa:
                 self.identity = result.identity
                 self._msk = result.msk
                 log.info(
-                    "{sa}: EAP-{method} succeeded for {user!r}",
+                    "{sa}: EAP-{method} succeeded for {user}",
                     sa=self.name,
                     method=result.method,
-                    user=result.identity,
+                    user=logs.quoted(result.identity),
                 )
                 return self._respond(header, entries)
             failure = packet.failure(result.eap[1]).encode()
             result = EapFailure(failure, result.identity, refusal)
             entries = [(PayloadType.EAP, Eap(failure))]
         log.info(
-            "{sa}: EAP failed for {user!r}: {reason}; AUTHENTICATION_FAILED",
+            "{sa}: EAP failed for {user}: {reason}; AUTHENTICATION_FAILED",
             sa=self.name,
-            user=result.identity,
+            user=logs.quoted(result.identity),
             reason=result.reason,
         )
         entries.append(_notify(NotifyType.AUTHENTICATION_FAILED))
@@ -477,10 +477,10 @@ class IkeSa:
         if weak and not self._weak_logged:
             self._weak_logged = True
             log.warn(
-                "{sa}: {user!r} uses weak algorithms: {weak} (accepted for Windows' "
+                "{sa}: {user} uses weak algorithms: {weak} (accepted for Windows' "
                 "defaults; the session view marks it)",
                 sa=self.name,
-                user=self.identity,
+                user=logs.quoted(self.identity),
                 weak=", ".join(weak),
             )
         return self._respond(header, entries)
@@ -693,9 +693,9 @@ class IkeSa:
         )
         self.state = State.ESTABLISHED
         log.info(
-            "{sa}: ESTABLISHED for {user!r} with {suite}{nat}",
+            "{sa}: ESTABLISHED for {user} with {suite}{nat}",
             sa=self.name,
-            user=self.identity,
+            user=logs.quoted(self.identity),
             suite=self.suite,
             nat=", NAT detected" if self.nat_detected else "",
         )
@@ -939,7 +939,8 @@ class IkeSa:
             )
             return self._close(self._respond(header, []))
         if any(d.protocol == ProtocolId.IKE for d in deletes):
-            log.info("{sa}: deleted by the client ({user!r})", sa=self.name, user=self.identity)
+            user = logs.quoted(self.identity)
+            log.info("{sa}: deleted by the client ({user})", sa=self.name, user=user)
             return self._close(self._respond(header, []))
         entries: list[Entry] = []
         removed = []
@@ -1170,7 +1171,7 @@ def _describe_id(identification: Identification) -> str:
     if identification.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
         return str(ipaddress.ip_address(identification.data))
     if identification.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
-        return logs.printable(identification.data.decode("utf-8", "replace"))
+        return logs.quoted(identification.data.decode("utf-8", "replace"))
     return f"type {identification.id_type} {identification.data.hex()}"
 
 

@@ -106,17 +106,17 @@ class EapHandler:
             ]
             answer = wire.reply(request, wire.Code.ACCESS_ACCEPT, secret, attributes)
             log.info(
-                "Access-Accept EAP-{method} user {user!r} for {peer}",
+                "Access-Accept EAP-{method} user {user} for {peer}",
                 method=result.method,
-                user=result.identity,
+                user=logs.quoted(result.identity),
                 peer=peer,
             )
             return answer
         attributes.append(_REPLY_MESSAGE)
         answer = wire.reply(request, wire.Code.ACCESS_REJECT, secret, attributes)
         log.info(
-            "Access-Reject EAP user {user!r} for {peer}: {reason}",
-            user=result.identity,
+            "Access-Reject EAP user {user} for {peer}: {reason}",
+            user=logs.quoted(result.identity),
             peer=peer,
             reason=result.reason,
         )

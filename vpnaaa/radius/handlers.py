@@ -174,10 +174,10 @@ class AccessHandler:
         legacy = _LEGACY.get(login.method)
         if legacy is not None and not getattr(client, legacy[0]):
             log.info(
-                "Access-Reject {method} user {user!r} for {peer}: {method} is not allowed for "
+                "Access-Reject {method} user {user} for {peer}: {method} is not allowed for "
                 "this client (radius.clients: {option} = false)",
                 method=login.method,
-                user=login.username,
+                user=logs.quoted(login.username),
                 peer=peer,
                 option=legacy[0],
             )
@@ -198,16 +198,16 @@ class AccessHandler:
         if isinstance(verdict, auth.Accept):
             if logs.debug_enabled():
                 log.debug(
-                    "Access-Accept {method} user {user!r} for {peer}",
+                    "Access-Accept {method} user {user} for {peer}",
                     method=login.method,
-                    user=login.username,
+                    user=logs.quoted(login.username),
                     peer=peer,
                 )
             return accept(request, secret, login, verdict)
         log.info(
-            "Access-Reject {method} user {user!r} for {peer}: {reason}",
+            "Access-Reject {method} user {user} for {peer}: {reason}",
             method=login.method,
-            user=login.username,
+            user=logs.quoted(login.username),
             peer=peer,
             reason=verdict.reason,
         )
