@@ -474,6 +474,7 @@ def vpnaaa_config_text(state_dir: Path, address: str) -> str:
         'eap_methods = ["mschapv2"]\n'
         "# every load-tester client comes from one address\n"
         "half_open_per_source = 100000\n"
+        "init_rate_per_source = 100000\n"
     )
 
 

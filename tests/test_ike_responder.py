@@ -271,6 +271,20 @@ class EdgeSecurityTests(unittest.TestCase):
         self.responder.receive(sa_init(), Endpoint("2001:db8:1:3::1", 500), self.port)
         self.assertEqual(len(self.responder.sas), 3)
 
+    def test_new_sas_a_second_per_source(self):
+        """A source that deletes its SAs at once frees its half-open slots, but still
+        makes at most init_rate_per_source new SAs a second (bursts of three seconds)."""
+        self.responder.limits = Limits(half_open_per_source=1000, init_rate_per_source=2)
+        for _ in range(10):
+            self.responder.receive(sa_init(), PEER, self.port)
+        self.assertEqual(len(self.responder.sas), 6)
+        self.clock.advance(1)
+        for _ in range(5):
+            self.responder.receive(sa_init(), PEER, self.port)
+        self.assertEqual(len(self.responder.sas), 8)
+        self.responder.receive(sa_init(), Endpoint("192.0.2.9", 500), self.port)
+        self.assertEqual(len(self.responder.sas), 9)
+
     def test_global_half_open_limit(self):
         self.responder.limits = Limits(half_open=4, half_open_per_source=100)
         for n in range(6):
@@ -278,7 +292,7 @@ class EdgeSecurityTests(unittest.TestCase):
         self.assertEqual(self.responder.half_open, 4)
 
     def test_expiry_of_many_half_open_sas_leaves_nothing(self):
-        self.responder.limits = Limits(100_000, half_open_per_source=100_000, half_open=100_000)
+        self.responder.limits = Limits(100_000, 100_000, 100_000, init_rate_per_source=100_000)
         request = sa_init()
         for n in range(2000):
             header = replace(decode_message(request).header, spi_i=n.to_bytes(8, "big"))

@@ -142,6 +142,7 @@ class IkeConfig:
     cookie_threshold: int = 500  # half-open SAs above which IKE_SA_INIT needs a COOKIE
     half_open_per_source: int = 5  # half-open SAs one source address may hold
     half_open_limit: int = 10_000  # half-open SAs the gateway holds at most
+    init_rate_per_source: float = 20.0  # new IKE SAs a second from one source
     relay: RelayConfig | None = None  # [ike.radius]: the server backend = "radius" uses
 
 
@@ -593,6 +594,7 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
         cookie_threshold=section.get_int("cookie_threshold", 500, 0, 1_000_000),
         half_open_per_source=section.get_int("half_open_per_source", 5, 1, 1_000_000),
         half_open_limit=section.get_int("half_open_limit", 10_000, 1, 10_000_000),
+        init_rate_per_source=float(section.get_int("init_rate_per_source", 20, 1, 1_000_000)),
         relay=_relay(section, state_dir, config_path),
     )
     if config.installer not in ("auto", "kernel", "null"):

@@ -374,7 +374,10 @@ class IkeService(service.Service):
             next_reqid=lambda: next(reqids),
         )
         limits = Limits(
-            config.cookie_threshold, config.half_open_per_source, config.half_open_limit
+            config.cookie_threshold,
+            config.half_open_per_source,
+            config.half_open_limit,
+            config.init_rate_per_source,
         )
         self.responder = Responder(context, NullInstaller(), reactor, config.listen, limits)
         self.relay = next((eap for _, eap in profiles if isinstance(eap, RadiusRelay)), None)

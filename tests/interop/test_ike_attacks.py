@@ -204,6 +204,7 @@ class FloodTests(AttackTestCase):
         connects during the flood and after it."""
         self.start_gateway(
             "cookie_threshold = 1000\nhalf_open_per_source = 1000000\nhalf_open_limit = 50000\n"
+            "init_rate_per_source = 1000000\n"
         )
         probe = StatusProbe(ports(self.daemon)[0])
         probe_port = reactor.listenUDP(0, probe, interface="127.0.0.1")

@@ -14,7 +14,8 @@ import hmac
 import os
 import struct
 import traceback
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +71,37 @@ class Limits:
     """What unauthenticated peers may hold (RFC 7296 §2.6, charon's ``cookie_threshold``,
     ``block_threshold`` and ``init_limit_half_open``): above ``cookie_threshold`` half-open
     SAs a new IKE_SA_INIT must return a COOKIE and expensive DH groups are refused; one
-    source address holds at most ``half_open_per_source``, the gateway ``half_open``."""
+    source address holds at most ``half_open_per_source``, the gateway ``half_open``. A
+    source makes at most ``init_rate_per_source`` new SAs a second (each costs us a DH and
+    a signature, even when the peer deletes it at once and so frees its slot)."""
 
     cookie_threshold: int = 500
     half_open_per_source: int = 5
     half_open: int = 10_000
+    init_rate_per_source: float = 20.0  # new SAs a second, in bursts of up to 3 s worth
+
+
+class SourceRate:
+    """A token bucket per source (RFC 7296 leaves rate to the implementation): each
+    source earns ``rate`` tokens a second, up to three seconds' worth saved; at most
+    ``sources`` are remembered, the least recently seen forgotten first (bounded whatever
+    the peers send)."""
+
+    def __init__(self, clock: Callable[[], float], sources: int = 65536) -> None:
+        self.clock = clock
+        self.sources = sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+
+    def take(self, source: str, rate: float) -> bool:
+        """Spend one token of ``source``; False when it has none left."""
+        now, burst = self.clock(), 3 * rate
+        tokens, at = self._buckets.pop(source, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self.sources:
+            self._buckets.popitem(last=False)
+        return allowed
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,7 @@ class Responder:
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
         self.drops = logs.Throttle(log, clock.seconds)
+        self._rate = SourceRate(clock.seconds)
 
     @property
     def half_open(self) -> int:
@@ -238,6 +266,15 @@ class Responder:
                 "the limit (ike.half_open_per_source)",
                 host=remote.host,
                 n=limits.half_open_per_source,
+            )
+            return None
+        if not self._rate.take(source, limits.init_rate_per_source):
+            self._drop(
+                "init-rate",
+                "dropped IKE_SA_INIT from {host}: more than {n:g} new IKE SAs a second from "
+                "its address (ike.init_rate_per_source)",
+                host=remote.host,
+                n=limits.init_rate_per_source,
             )
             return None
         if self.half_open >= limits.half_open:
