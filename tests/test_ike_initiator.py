@@ -233,6 +233,25 @@ class EstablishedTests(unittest.TestCase):
         self.assertEqual(self.gateway.pool.leased, 0)
         self.assertEqual(self.gateway.installer.installed, {})
 
+    def test_an_sa_rekeyed_away_takes_no_more_and_goes_if_not_deleted(self):
+        """§1.3.2: once rekeyed, the old SA refuses more CHILD_SAs or rekeys
+        (NO_ADDITIONAL_SAS: a client could otherwise rekey it again and again, each time
+        a new IKE SA), and a client that never deletes it loses it, not its successor."""
+        self.peer.rekey_ike()
+        current = (self.peer.ike, self.peer.next_id)
+        self.peer.ike, self.peer.next_id = self.peer.previous
+        response = self.peer.rekey_ike()
+        self.assertEqual(notifies(response), [NotifyType.NO_ADDITIONAL_SAS])
+        self.peer.ike, self.peer.next_id = current
+        self.assertEqual(len(self.gateway.responder.sas), 2)
+        self.gateway.clock.advance(HALF_OPEN_TIMEOUT + 1)
+        (sa,) = self.gateway.responder.sas.values()
+        self.assertEqual(sa.spi_i, self.peer.ike.spi_i)
+        self.assertEqual(self.gateway.pool.leased, 1)
+        self.assertEqual(len(self.gateway.installer.installed), 1)
+        self.assertEqual(self.peer.liveness().payloads, [])
+        self.assertNothingLeaked()
+
     def test_delete_child_removes_it(self):
         theirs = self.peer.children[self.first].theirs
         response = self.peer.delete_child(self.first)

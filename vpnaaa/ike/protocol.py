@@ -350,6 +350,12 @@ class Responder:
         if timer is not None and timer.active():
             timer.cancel()
 
+    def _retire(self, sa: IkeSa) -> None:
+        """An SA rekeyed away that its client did not delete (§1.3.2)."""
+        self._timers.pop(sa.spi_r, None)
+        log.info("{sa}: removed: rekeyed, not deleted by the client", sa=sa.name)
+        self._run(sa, sa.close())
+
     def _half_open(self, sa: IkeSa) -> None:
         self._timers.pop(sa.spi_r, None)
         if sa.state != State.ESTABLISHED:
@@ -375,6 +381,8 @@ class Responder:
             self._remove_child(sa, spec)
         if outcome.successor is not None:
             self.sas[outcome.successor.spi_r] = outcome.successor
+            # §1.3.2: the client deletes the old SA; one that never does loses it anyway
+            self._timers[sa.spi_r] = self.clock.callLater(HALF_OPEN_TIMEOUT, self._retire, sa)
         if outcome.closed:
             self._forget(sa)
             return

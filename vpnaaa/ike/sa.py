@@ -255,6 +255,7 @@ class IkeSa:
         self.established_at: float | None = None  # set by the edge (it owns the clock)
         self._auth_method: int | None = None  # how we signed our AUTH
         self._weak_logged = False
+        self.rekeyed = False  # an IKE rekey moved everything to a successor
 
     # -- public API used by the edge ---------------------------------------------------
 
@@ -847,6 +848,8 @@ class IkeSa:
         goes when the client deletes it, or a rekey of the IKE SA itself."""
         if self.state != State.ESTABLISHED:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
+        if self.rekeyed:  # §1.3.2: its successor holds everything; only a Delete is due
+            return self._respond(header, [_notify(NotifyType.NO_ADDITIONAL_SAS)])
         sa = inner.get(PayloadType.SA)
         if isinstance(sa, Sa) and any(p.protocol == ProtocolId.IKE for p in sa.proposals):
             return self._rekey_ike(header, inner, sa)
@@ -897,6 +900,7 @@ class IkeSa:
         successor.crypto = _derive(choice, seed, nonce.data, nr, successor.spi_i, successor.spi_r)
         successor.take_over(self)
         successor.ike_choice = choice
+        self.rekeyed = True
         log.info(
             "{sa}: rekeyed as {new} ({encr}/{group})",
             sa=self.name,
