@@ -186,6 +186,11 @@ def _policies() -> tuple[Policy, Policy]:
     return ike, Policy.from_names(ProtocolId.ESP, DEFAULT_ESP + PFS_GROUPS)
 
 
+def mschapv2(users: UserStore, source: str | None) -> MsChapV2:
+    """The EAP-MSCHAPv2 method factory of the test gateway (picklable, unlike a lambda)."""
+    return MsChapV2(users, source=source)
+
+
 class Gateway:
     """A Responder as the daemon builds it, with everything a test inspects in reach:
     ``clock``, ``pool``, ``engine`` (live EAP conversations: ``len(engine)``),
@@ -201,7 +206,7 @@ class Gateway:
         self.clock = task.Clock()
         self.users = _user_store()
         self.engine = EapEngine(
-            [(Type.MSCHAPV2, functools.partial(MsChapV2, self.users))], self.clock
+            [(Type.MSCHAPV2, functools.partial(mschapv2, self.users))], self.clock
         )
         self.pool = AddressPool(pool)
         self.installer = NullInstaller()

@@ -36,8 +36,8 @@ def rfc2759_response(ms_id, name=b"User", nt_response=NT_RESPONSE):
     return struct.pack("!BBH", 2, ms_id, 4 + len(value)) + value
 
 
-def mschapv2_factory():
-    method = MsChapV2(USERS)
+def mschapv2_factory(source=None):
+    method = MsChapV2(USERS, source=source)
     method.challenge = AUTH_CHALLENGE  # the RFC sample's authenticator challenge
     return method
 

@@ -70,11 +70,11 @@ class ConversationMemoryTests(unittest.TestCase):
         _, server = test_pki()
         context = server_context(load_server_identity(server.key, server.cert, server.chain))
 
-        def mschapv2():
-            return MsChapV2(directory())
+        def mschapv2(source=None):
+            return MsChapV2(directory(), source=source)
 
-        def peap():
-            return Peap(context, [(Type.MSCHAPV2, mschapv2)], 1024)
+        def peap(source=None):
+            return Peap(context, [(Type.MSCHAPV2, mschapv2)], 1024, source=source)
 
         self.factories = {Type.PEAP: peap, Type.MSCHAPV2: mschapv2}
         gc.collect()

@@ -82,7 +82,9 @@ class PeapBadPeerTests(unittest.TestCase):
     def setUp(self):
         _, server = test_pki()
         context = server_context(load_server_identity(server.key, server.cert, server.chain))
-        self.peap = Peap(context, [(Type.MSCHAPV2, lambda: MsChapV2(directory()))], 300)
+        self.peap = Peap(
+            context, [(Type.MSCHAPV2, lambda source: MsChapV2(directory(), source=source))], 300
+        )
         self.peap.start(1)
 
     def test_garbage_instead_of_a_client_hello(self):

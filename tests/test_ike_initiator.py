@@ -18,9 +18,9 @@ from tests.ike_peer import (
     Initiator,
     PeerError,
     World,
+    mschapv2,
 )
 from vpnaaa.eap.engine import EapEngine
-from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Code, Type
 from vpnaaa.ike import fragments
 from vpnaaa.ike.const import (
@@ -34,6 +34,7 @@ from vpnaaa.ike.const import (
 from vpnaaa.ike.message import Delete, TrafficSelector, encode_payloads
 from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT
 from vpnaaa.ike.sa import MAX_RETRANSMISSIONS, REASSEMBLY_HALF_OPEN, Endpoint, State
+from vpnaaa.lockout import Lockout
 
 
 def notifies(message):
@@ -138,6 +139,26 @@ class HandshakeTests(unittest.TestCase):
         for line in mentions:
             self.assertNotIn("\n", line)
             self.assertLess(len(line), 600, line)
+
+    def test_wrong_passwords_from_elsewhere_do_not_lock_the_user_out(self):
+        """Three EAP-MSCHAPv2 sessions with wrong passwords from a stranger's address
+        lock alice out from there; from her own address her password still works."""
+        self.gateway.users.lockout = Lockout(self.gateway.clock, 3, 60.0, 300.0)
+        stranger = Endpoint("203.0.113.66", 500)
+        for _ in range(3):
+            attacker = Initiator(self.gateway, address=stranger)
+            attacker.sa_init()
+            attacker.auth_first()
+            attacker.authenticate(password="guess")
+            self.assertFalse(attacker.eap_succeeded)
+        attacker = Initiator(self.gateway, address=stranger)
+        attacker.sa_init()
+        attacker.auth_first()
+        attacker.authenticate()  # the right password, from the locked-out source
+        self.assertFalse(attacker.eap_succeeded)
+        self.peer.connect()
+        self.assertTrue(self.peer.eap_succeeded)
+        self.assertEqual(self.gateway.pool.leased, 1)
 
     def test_wrong_auth_after_eap_fails_and_frees_everything(self):
         self.peer.sa_init()
@@ -318,7 +339,7 @@ class OwnKeysTests(unittest.TestCase):
         """When the EAP engine refuses (here: its per-source cap is used up), IKE_AUTH #1
         gets AUTHENTICATION_FAILED alone, without CERT and AUTH, and the SA is gone."""
         self.gateway.engine = EapEngine(
-            [(Type.MSCHAPV2, functools.partial(MsChapV2, self.gateway.users))],
+            [(Type.MSCHAPV2, functools.partial(mschapv2, self.gateway.users))],
             self.gateway.clock,
             per_source=0,
         )

@@ -34,9 +34,9 @@ class CountingBackend:
         self.hold = False
         self.parked = []
 
-    def authenticate(self, username, credentials):
+    def authenticate(self, username, credentials, source=None):
         self.calls += 1
-        d = self.inner.authenticate(username, credentials)
+        d = self.inner.authenticate(username, credentials, source)
         if not self.hold:
             return d
         parked = defer.Deferred()

@@ -194,6 +194,23 @@ class LockoutTests(unittest.TestCase):
         self.lockout.failed("alice")
         self.assertFalse(self.lockout.locked("alice"))
 
+    def test_a_lockout_holds_for_its_source_only(self):
+        """Smart lockout: wrong passwords from a stranger's address lock the user out
+        from there, not from where the user is; an IPv6 /64 is one source."""
+        for n in range(3):
+            self.lockout.failed("alice", f"2001:db8:bad:1::{n + 1}")
+        self.assertTrue(self.lockout.locked("alice", "2001:db8:bad:1::99"))
+        self.assertFalse(self.lockout.locked("alice", "192.0.2.7"))
+        self.assertFalse(self.lockout.locked("alice"))
+        self.lockout.succeeded("alice", "192.0.2.7")
+        self.assertTrue(self.lockout.locked("alice", "2001:db8:bad:1::1"))
+
+    def test_records_are_bounded(self):
+        lockout = Lockout(self.clock, failures=3, records=100)
+        for n in range(1000):
+            lockout.failed("alice", f"198.51.100.{n % 250}/{n}")
+        self.assertEqual(len(lockout._records), 100)
+
     def test_zero_failures_disables_it(self):
         lockout = Lockout(self.clock, failures=0)
         for _ in range(100):

@@ -89,8 +89,11 @@ Verdict = Accept | Reject | Busy
 
 
 class AuthBackend(Protocol):
-    def authenticate(self, username: str, credentials: Credentials) -> defer.Deferred[Verdict]:
-        """Check ``credentials`` for ``username``; never errbacks for a wrong password."""
+    def authenticate(
+        self, username: str, credentials: Credentials, source: str | None = None
+    ) -> defer.Deferred[Verdict]:
+        """Check ``credentials`` for ``username`` coming from ``source`` (what a lockout
+        counts wrong passwords by); never errbacks for a wrong password."""
 
 
 class LocalBackend:
@@ -116,8 +119,10 @@ class LocalBackend:
         self.pending = 0
         self._busy_log = logs.Throttle(log, clock.seconds)
 
-    def authenticate(self, username: str, credentials: Credentials) -> defer.Deferred[Verdict]:
-        candidate = self.users.candidate(mschap.strip_domain(username))
+    def authenticate(
+        self, username: str, credentials: Credentials, source: str | None = None
+    ) -> defer.Deferred[Verdict]:
+        candidate = self.users.candidate(mschap.strip_domain(username), source)
         checked = candidate.checked
         if isinstance(credentials, Pap):
             d = self._pap(checked, credentials.password)

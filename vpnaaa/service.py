@@ -306,8 +306,8 @@ def build_eap_engine(
 ) -> EapEngine:
     """An EAP engine offering the methods ``names``, in that order."""
 
-    def mschapv2() -> MsChapV2:
-        return MsChapV2(users, config.server_name)
+    def mschapv2(source: str | None) -> MsChapV2:
+        return MsChapV2(users, config.server_name, source)
 
     factories: dict[str, tuple[int, MethodFactory]] = {"mschapv2": (Type.MSCHAPV2, mschapv2)}
     if "peap" in names:
@@ -315,10 +315,9 @@ def build_eap_engine(
         owners = frozenset(users.owners or private.trusted_owners())
         context = peap_context(tls.key, tls.certificate, tls.chain, owners)
 
-        def peap() -> Peap:
-            return Peap(
-                context, [(Type.MSCHAPV2, mschapv2)], tls.fragment_size, config.peap_cryptobinding
-            )
+        def peap(source: str | None) -> Peap:
+            inner = [(Type.MSCHAPV2, mschapv2)]
+            return Peap(context, inner, tls.fragment_size, config.peap_cryptobinding, source)
 
         factories["peap"] = (Type.PEAP, peap)
     methods = [factories[name] for name in names]

@@ -167,6 +167,7 @@ class Candidate:
     user: User | None
     checked: User
     refusal: str | None
+    source: str | None = None  # where the password came from (the lockout's key)
 
 
 @contextlib.contextmanager
@@ -197,9 +198,8 @@ class UserStore:
     cache is bounded and emptied on every reload. ``users.verified_cache_size = 0`` turns it
     off.
 
-    With a :class:`~vpnaaa.lockout.Lockout`, every method that checks a password reports
-    the outcome here (:meth:`login_failed`, :meth:`login_succeeded`) and asks
-    :meth:`locked` first.
+    With a :class:`~vpnaaa.lockout.Lockout`, every method that checks a password asks
+    :meth:`candidate` first and reports the outcome with :meth:`record`.
     """
 
     def __init__(
@@ -229,36 +229,30 @@ class UserStore:
             self.lockout.forget_unknown(users)
         return len(users)
 
-    def candidate(self, name: str) -> Candidate:
-        """The :class:`Candidate` for ``name`` (already stripped of any DOMAIN\\)."""
+    def candidate(self, name: str, source: str | None = None) -> Candidate:
+        """The :class:`Candidate` for ``name`` (already stripped of any DOMAIN\\) whose
+        password comes from ``source`` (what the lockout counts per user)."""
         user = self._users.get(name)
         if user is None:
-            return Candidate(None, dummy_user(), "unknown user")
-        if self.locked(user.name):
-            return Candidate(user, dummy_user(), "locked out after repeated wrong passwords")
-        return Candidate(user, user, None)
+            return Candidate(None, dummy_user(), "unknown user", source)
+        if self.locked(user.name, source):
+            refusal = "locked out after repeated wrong passwords"
+            return Candidate(user, dummy_user(), refusal, source)
+        return Candidate(user, user, None, source)
 
     def record(self, candidate: Candidate, ok: bool) -> None:
         """Report a checked password of a stored, not locked-out user to the lockout."""
-        if candidate.refusal is not None or candidate.user is None:
+        user = candidate.user
+        if candidate.refusal is not None or user is None or self.lockout is None:
             return
         if ok:
-            self.login_succeeded(candidate.user.name)
+            self.lockout.succeeded(user.name, candidate.source)
         else:
-            self.login_failed(candidate.user.name)
+            self.lockout.failed(user.name, candidate.source)
 
-    def locked(self, name: str) -> bool:
-        """Whether user ``name`` is locked out after too many wrong passwords."""
-        return self.lockout is not None and self.lockout.locked(name)
-
-    def login_failed(self, name: str) -> None:
-        """A wrong password for the stored user ``name``."""
-        if self.lockout is not None:
-            self.lockout.failed(name)
-
-    def login_succeeded(self, name: str) -> None:
-        if self.lockout is not None:
-            self.lockout.succeeded(name)
+    def locked(self, name: str, source: str | None = None) -> bool:
+        """Whether user ``name`` is locked out from ``source`` after wrong passwords."""
+        return self.lockout is not None and self.lockout.locked(name, source)
 
     def get(self, name: str) -> User | None:
         return self._users.get(name)

@@ -14,7 +14,9 @@ from vpnaaa.eap import packet
 from vpnaaa.eap.method import Done, Method, MethodError, Send
 from vpnaaa.eap.packet import Code, EapError, Type
 
-MethodFactory = Callable[[], Method]
+# A method for one conversation with a peer at a source (its address, for the lockout;
+# None when unknown, as for a NAS's users).
+MethodFactory = Callable[[str | None], Method]
 MAX_ROUNDS = 60  # a full PEAP exchange with 300-octet fragments takes ~25
 
 
@@ -48,12 +50,16 @@ Result = Challenge | Success | Failure
 
 
 class Conversation:
-    """One authenticator-side EAP conversation."""
+    """One authenticator-side EAP conversation with a peer at ``source`` (see
+    :data:`MethodFactory`)."""
 
-    def __init__(self, methods: Sequence[tuple[int, MethodFactory]]) -> None:
+    def __init__(
+        self, methods: Sequence[tuple[int, MethodFactory]], source: str | None = None
+    ) -> None:
         if not methods:
             raise ValueError("an EAP conversation needs at least one method")
         self.methods = list(methods)
+        self.source = source
         self.identifier = os.urandom(1)[0]
         self.identity = ""
         self.method: Method | None = None
@@ -119,7 +125,7 @@ class Conversation:
             if kind in self.tried or (wanted is not None and kind not in wanted):
                 continue
             self.tried.add(kind)
-            self.method = factory()
+            self.method = factory(self.source)
             return self._request(kind, self.method.start(self._next_identifier()))
         offered = ", ".join(str(kind) for kind, _ in self.methods)
         return self._failure(f"no common EAP method (offered {offered}, peer wants {wanted})")

@@ -89,22 +89,27 @@ class EapEngine:
         EAP-Request/Identity (the IKEv2 case, RFC 7296 §2.16)."""
         self.expire()
         conversation_id = os.urandom(16)
-        admitted = self._admit(conversation_id, source, 0)
+        admitted = self._admit(conversation_id, source, source, 0)
         if isinstance(admitted, Failure):
             return conversation_id, admitted
         return conversation_id, admitted.start()
 
     def step(
-        self, conversation_id: bytes | None, eap: bytes, room: int | None = None
+        self,
+        conversation_id: bytes | None,
+        eap: bytes,
+        room: int | None = None,
+        station: str | None = None,
     ) -> defer.Deferred[tuple[bytes, Result]]:
         """Feed one EAP Response; ``None`` starts a conversation (a NAS's first packet,
-        RFC 3579 §2.1; the NAS is trusted by its secret, so no per-source cap). ``room``:
-        the most octets the next EAP Request may take (RADIUS: what the reply's other
+        RFC 3579 §2.1; the NAS is trusted by its secret, so no per-source cap) for a user
+        at ``station`` (where the NAS says the user is, for the lockout). ``room``: the
+        most octets the next EAP Request may take (RADIUS: what the reply's other
         attributes leave)."""
         self.expire()
         if conversation_id is None:
             conversation_id = os.urandom(16)
-            admitted = self._admit(conversation_id, None, _identifier(eap))
+            admitted = self._admit(conversation_id, None, station, _identifier(eap))
             if isinstance(admitted, Failure):
                 return defer.succeed((conversation_id, admitted))
             conversation = admitted
@@ -138,12 +143,17 @@ class EapEngine:
         return dropped
 
     def _admit(
-        self, conversation_id: bytes, source: str | None, identifier: int
+        self,
+        conversation_id: bytes,
+        source: str | None,
+        station: str | None,
+        identifier: int,
     ) -> Conversation | Failure:
-        """A new conversation in the table, or the EAP-Failure refusing it."""
+        """A new conversation in the table (counted against ``source``'s cap, if any,
+        with its peer at ``station``), or the EAP-Failure refusing it."""
         refusal = self._live.refusal(source)
         if refusal is None:
-            conversation = Conversation(self.methods)
+            conversation = Conversation(self.methods, station)
             self._live.add(conversation_id, conversation, source)
             return conversation
         self._refusals.emit(

@@ -40,12 +40,16 @@ def _message(opcode: int, ms_id: int, body: bytes) -> bytes:
 
 
 class MsChapV2:
-    """One EAP-MSCHAPv2 exchange against a :class:`~vpnaaa.eap.method.Directory`."""
+    """One EAP-MSCHAPv2 exchange against a :class:`~vpnaaa.eap.method.Directory`, with a
+    peer at ``source`` (whose wrong passwords the lockout counts)."""
 
     type = Type.MSCHAPV2
 
-    def __init__(self, directory: Directory, server_name: str = "vpnaaa") -> None:
+    def __init__(
+        self, directory: Directory, server_name: str = "vpnaaa", source: str | None = None
+    ) -> None:
         self.directory = directory
+        self.source = source
         self.server_name = server_name.encode()
         self.challenge = os.urandom(16)
         self.state = "challenge"
@@ -79,7 +83,7 @@ class MsChapV2:
             raise MethodError("EAP-MSCHAPv2 name is not UTF-8") from None
         username = mschap.strip_domain(name)
         ms_id = data[1]
-        candidate = self.directory.candidate(username)
+        candidate = self.directory.candidate(username, self.source)
         self.state = "result"
         user = candidate.user
         if user is not None and user.nt_hash is None:

@@ -71,10 +71,11 @@ class Peap:
         inner_methods: list[tuple[int, MethodFactory]],
         fragment_size: int = 1024,
         cryptobinding: str = "optional",
+        source: str | None = None,
     ) -> None:
         self.tls = TlsServer(context)
         self.framing = Framing(fragment_size, PEAP_VERSION)
-        self.inner = Conversation(inner_methods)
+        self.inner = Conversation(inner_methods, source)
         self.inner_done: Success | Done | None = None
         self.cryptobinding = cryptobinding  # "off", "optional" or "required"
         self.binding: cryptobinding.Binding | None = None

@@ -54,11 +54,12 @@ class EapHandler:
         self.engine = engine
 
     def handle(
-        self, request: wire.Packet, secret: bytes, peer: str
+        self, request: wire.Packet, secret: bytes, peer: str, station: str | None = None
     ) -> defer.Deferred[bytes | None]:
+        """Answer ``request`` from the NAS at ``peer``, for a user at ``station``."""
         eap = b"".join(request.attributes[wire.EAP_MESSAGE])
         state = request.get(_STATE)
-        d = self.engine.step(state, eap, eap_room(request))
+        d = self.engine.step(state, eap, eap_room(request), station)
         return d.addCallback(self._fitted, request, secret, peer)
 
     def _fitted(

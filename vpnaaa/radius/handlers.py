@@ -160,7 +160,7 @@ class AccessHandler:
         """The reply to ``request`` from ``client``; None (now or later) sends nothing."""
         secret = client.secret
         if self.eap is not None and wire.EAP_MESSAGE in request.attributes:
-            return self.eap.handle(request, secret, peer)
+            return self.eap.handle(request, secret, peer, _source(request, client))
         try:
             login = parse_login(request, secret)
         except BadRequest as e:
@@ -182,7 +182,7 @@ class AccessHandler:
                 option=legacy[0],
             )
             return reject(request, secret, login, legacy[1])
-        d = self.backend.authenticate(login.username, login.credentials)
+        d = self.backend.authenticate(login.username, login.credentials, _source(request, client))
         if d.called and not isinstance(d.result, Failure):
             # Decided already (a cached PAP check, CHAP, MS-CHAP): answer at once instead
             # of two rounds of callbacks, a seventh of a request's CPU.
@@ -212,3 +212,15 @@ class AccessHandler:
             reason=verdict.reason,
         )
         return reject(request, secret, login)
+
+
+_CALLING_STATION_ID = wire.key("Calling-Station-Id")
+
+
+def _source(request: wire.Packet, client: RadiusClient) -> str:
+    """Where a RADIUS user's password comes from, for the lockout: the NAS (its client
+    entry) and the station it reports (RFC 2865 §5.31: a phone number, a MAC address),
+    so wrong passwords typed elsewhere do not lock the user out at their own station."""
+    station = request.get(_CALLING_STATION_ID)
+    name = station.decode("utf-8", "replace")[:64] if station else "-"
+    return f"{client.name}/{name}"
