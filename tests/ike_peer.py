@@ -39,6 +39,7 @@ import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -98,7 +99,7 @@ from vpnaaa.ike.message import (
     encode_payloads,
 )
 from vpnaaa.ike.proposal import DEFAULT_ESP, DEFAULT_IKE, Policy
-from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT, Limits, Responder
+from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT, Limits, Responder, Timing
 from vpnaaa.ike.sa import Endpoint, IkeSa, Profile, ResponderContext, State
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.pki import ServerIdentity, load_server_identity
@@ -202,7 +203,11 @@ class Gateway:
         pool: ipaddress.IPv4Network = POOL,
         listen: str = GATEWAY_ADDRESS,
         limits: Limits | None = None,
+        timing: Timing | None = None,
+        **profile: Any,
     ) -> None:
+        """``profile``: Profile options of the one profile (dpd_delay, max_sessions_per_user,
+        session_limit, users). Lifetimes get a fixed jitter of one half (5% early)."""
         self.clock = task.Clock()
         self.users = _user_store()
         self.engine = EapEngine(
@@ -215,11 +220,17 @@ class Gateway:
             ike_policy=ike_policy,
             esp_policy=esp_policy,
             identity=server_identity(),
-            profiles=(Profile("default", self.pool, DNS, (), self.engine),),
+            profiles=(Profile("default", self.pool, DNS, (), self.engine, **profile),),
             next_reqid=Reqids(),
         )
         self.responder = Responder(
-            self.context, self.installer, self.clock, listen, limits or Limits()
+            self.context,
+            self.installer,
+            self.clock,
+            listen,
+            limits or Limits(),
+            timing or Timing(),
+            jitter=lambda: 0.5,
         )
 
     def leaks(self) -> list[str]:
@@ -243,11 +254,12 @@ class Gateway:
                 found.append(f"_by_initiator {key} names an SA that is gone")
             elif sa.state == State.ESTABLISHED:
                 found.append(f"_by_initiator {key} names an established SA")
-        for spi, timer in responder._timers.items():
-            if spi not in responder.sas:
-                found.append(f"timer for SPI {spi.hex()} without an SA")
-            elif not timer.active():
-                found.append(f"timer for SPI {spi.hex()} no longer active")
+        for spi, timers in responder._timers.items():
+            for name, timer in timers.items():
+                if spi not in responder.sas:
+                    found.append(f"{name} timer for SPI {spi.hex()} without an SA")
+                elif not timer.active():
+                    found.append(f"{name} timer for SPI {spi.hex()} no longer active")
         timed = set()
         for call in self.clock.getDelayedCalls():
             for arg in (*call.args, *call.kw.values()):
@@ -283,7 +295,10 @@ class Gateway:
             for sa in self.responder.sas.values()
             if sa.state != State.ESTABLISHED
         ]
-        self.responder.shutdown()
+        stopped = self.responder.shutdown()  # DELETEs nobody answers here: a bounded wait
+        self.clock.advance(self.responder.timing.shutdown_wait + 1)
+        if not stopped.called:
+            found.append("shutdown did not finish within shutdown_wait")
         responder = self.responder
         left = {
             "SAs": len(responder.sas),
@@ -616,6 +631,40 @@ class Initiator:
             return Message(message.header, decode_payloads(*done))
         return Message(message.header, decode_payloads(payload.first_payload, plaintext))
 
+    # -- requests from the gateway (§1.4, §2.2: its own message IDs) -----------------------
+
+    def gateway_requests(self) -> list[Message]:
+        """Verify and decrypt the requests the gateway sent since the last look (its
+        liveness checks and deletes), in order; they are not answered."""
+        ike = self._keys()
+        requests = []
+        for datagram, _ in self.port.take():
+            message = decode_message(datagram)
+            header = message.header
+            if header.response:
+                continue  # a late answer to one of ours
+            if header.initiator:
+                raise PeerError(f"flags {header.flags:#x} on the responder's request")
+            _, payload = message.payloads[-1]
+            if not isinstance(payload, Encrypted):
+                raise PeerError("unprotected request from the gateway")
+            try:
+                plaintext = sk.open(
+                    datagram[: len(datagram) - len(payload.raw)], payload.raw, ike.inbound
+                )
+            except sk.SkError as e:
+                raise PeerError(f"request does not verify: {e}") from None
+            requests.append(Message(header, decode_payloads(payload.first_payload, plaintext)))
+        return requests
+
+    def answer(self, request: Message, entries: Sequence[Entry] = ()) -> list[bytes]:
+        """Respond to a gateway request (same message ID, §2.1); what the gateway sent
+        back, if anything."""
+        first, plaintext = encode_payloads(list(entries))
+        flags = HeaderFlag.INITIATOR | HeaderFlag.RESPONSE
+        exchange, mid = request.header.exchange, request.header.message_id
+        return self.deliver(self.seal(exchange, first, plaintext, mid, flags))
+
     def _keys(self) -> IkeKeysInUse:
         if self.ike is None:
             raise PeerError("no IKE SA keys yet")
@@ -631,10 +680,14 @@ class Initiator:
         tsi: Sequence[TrafficSelector] = (ANY4,),
         tsr: Sequence[TrafficSelector] = (ANY4,),
         child_spi: int | None = None,
+        initial_contact: bool = False,
     ) -> list[Entry]:
-        """The IKE_AUTH #1 chain a Windows-like client sends (without AUTH: EAP)."""
+        """The IKE_AUTH #1 chain a Windows-like client sends (without AUTH: EAP), with
+        N(INITIAL_CONTACT) when asked (§2.4: the client has no other SA with us)."""
         self._first_child_spi = child_spi or _random_spi()
         entries: list[Entry] = [(PayloadType.IDi, self.idi)]
+        if initial_contact:
+            entries.append(_notify(NotifyType.INITIAL_CONTACT))
         if idr is not None:
             entries.append((PayloadType.IDr, idr))
         if cp is not None:
@@ -771,10 +824,11 @@ class Initiator:
         self._note_child(response, self._first_child_spi, self.ni, self.nr)
         return response
 
-    def connect(self, user: str = USER, password: str = PASSWORD) -> Message:
-        """IKE_SA_INIT, IKE_AUTH with EAP-MSCHAPv2: the response that establishes the SA."""
+    def connect(self, user: str = USER, password: str = PASSWORD, **options: Any) -> Message:
+        """IKE_SA_INIT, IKE_AUTH with EAP-MSCHAPv2: the response that establishes the SA.
+        ``options`` go to :meth:`auth_first_entries`."""
         self.sa_init()
-        self.auth_first()
+        self.auth_first(**options)
         self.authenticate(user, password)
         return self.auth_last()
 

@@ -9,7 +9,7 @@ from tests.support import state_dir, write_config
 from vpnaaa import config
 
 
-class ConfigTests(unittest.TestCase):
+class ConfigTestCase(unittest.TestCase):
     def setUp(self):
         self.state = state_dir(self)
         demo_secret = self.state / config.DEMO_SECRET_FILE
@@ -31,6 +31,8 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual(caught.exception.key, key)
         self.assertIn(reason, caught.exception.reason)
 
+
+class ConfigTests(ConfigTestCase):
     def test_embedded_defaults_need_the_demo_secret(self):
         (self.state / config.DEMO_SECRET_FILE).unlink()
         with self.assertRaises(config.ConfigError) as caught:
@@ -129,3 +131,29 @@ class ConfigTests(unittest.TestCase):
         self.assertConfigError(
             '[admin]\nlisten = "localhost"\n', "admin.listen", "not an IP address"
         )
+
+
+class IkeLifecycleOptionTests(ConfigTestCase):
+    def test_defaults_and_values(self):
+        ike = self.load("[ike]\n").ike
+        self.assertEqual(
+            (ike.retransmit_timeout, ike.retransmit_base, ike.retransmit_tries, ike.shutdown_wait),
+            (4.0, 1.8, 5, 2.0),
+        )
+        (default,) = ike.profiles
+        self.assertEqual(
+            (default.dpd_delay, default.max_sessions_per_user, default.session_limit),
+            (30.0, 0, "replace"),
+        )
+        ike = self.load(
+            "[ike]\nretransmit_timeout = 0.5\nretransmit_tries = 2\ndpd_delay = 0\n"
+            'max_sessions_per_user = 1\nsession_limit = "refuse"\n'
+        ).ike
+        (default,) = ike.profiles
+        self.assertEqual((ike.retransmit_timeout, ike.retransmit_tries), (0.5, 2))
+        self.assertEqual((default.dpd_delay, default.session_limit), (0.0, "refuse"))
+
+    def test_errors_name_the_key(self):
+        self.assertConfigError('[ike]\nsession_limit = "kick"\n', "ike.session_limit", "replace")
+        self.assertConfigError("[ike]\nretransmit_base = 9\n", "ike.retransmit_base", "outside")
+        self.assertConfigError("[ike]\ndpd_delay = -1\n", "ike.dpd_delay", "outside")

@@ -143,6 +143,10 @@ class IkeConfig:
     half_open_per_source: int = 5  # half-open SAs one source address may hold
     half_open_limit: int = 10_000  # half-open SAs the gateway holds at most
     init_rate_per_source: float = 20.0  # new IKE SAs a second from one source
+    retransmit_timeout: float = 4.0  # our requests: first wait, seconds (RFC 7296 §2.1)
+    retransmit_base: float = 1.8  # each further wait is this much longer
+    retransmit_tries: int = 5  # retransmissions before the peer counts as dead
+    shutdown_wait: float = 2.0  # seconds clients get to answer the DELETE on shutdown
     relay: RelayConfig | None = None  # [ike.radius]: the server backend = "radius" uses
 
 
@@ -160,6 +164,9 @@ class ProfileConfig:
     eap_methods: tuple[str, ...]
     backend: str  # "local" or "radius"
     users: frozenset[str] = frozenset()  # who may use the profile (lower case); empty: all
+    dpd_delay: float = 30.0  # seconds of silence before a liveness check; 0: none
+    max_sessions_per_user: int = 0  # 0: any number
+    session_limit: Literal["replace", "refuse"] = "replace"
 
 
 @dataclass(frozen=True)
@@ -244,6 +251,12 @@ class _Section:
         value = self.get(name, int, default)
         if not low <= value <= high:
             raise self.error(name, f"{value} is outside {low}..{high}")
+        return value
+
+    def get_float(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.get(name, float, default)
+        if not low <= value <= high:
+            raise self.error(name, f"{value:g} is outside {low:g}..{high:g}")
         return value
 
     def sub(self, name: str) -> _Section:
@@ -594,7 +607,11 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
         cookie_threshold=section.get_int("cookie_threshold", 500, 0, 1_000_000),
         half_open_per_source=section.get_int("half_open_per_source", 5, 1, 1_000_000),
         half_open_limit=section.get_int("half_open_limit", 10_000, 1, 10_000_000),
-        init_rate_per_source=float(section.get_int("init_rate_per_source", 20, 1, 1_000_000)),
+        init_rate_per_source=section.get_float("init_rate_per_source", 20.0, 0.1, 1e6),
+        retransmit_timeout=section.get_float("retransmit_timeout", 4.0, 0.1, 60.0),
+        retransmit_base=section.get_float("retransmit_base", 1.8, 1.0, 4.0),
+        retransmit_tries=section.get_int("retransmit_tries", 5, 0, 20),
+        shutdown_wait=section.get_float("shutdown_wait", 2.0, 0.0, 60.0),
         relay=_relay(section, state_dir, config_path),
     )
     if config.installer not in ("auto", "kernel", "null"):
@@ -614,6 +631,9 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
     backend = section.get("backend", str, "local")
     if backend not in ("local", "radius"):
         raise section.error("backend", f'{backend!r}: use "local" or "radius"')
+    limit = section.get("session_limit", str, "replace")
+    if limit not in ("replace", "refuse"):
+        raise section.error("session_limit", f'{limit!r}: use "replace" or "refuse"')
     return ProfileConfig(
         name=name,
         matches=matches,
@@ -623,6 +643,9 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
         eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, IKE_EAP_METHODS),
         backend=backend,
         users=frozenset(str(u).lower() for u in section.get("users", list, [])),
+        dpd_delay=section.get_float("dpd_delay", 30.0, 0.0, 86400.0),
+        max_sessions_per_user=section.get_int("max_sessions_per_user", 0, 0, 1_000_000),
+        session_limit=limit,
     )
 
 

@@ -29,7 +29,7 @@ from vpnaaa.eap.peap import Peap
 from vpnaaa.eap.tls import server_context
 from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.proposal import Policy
-from vpnaaa.ike.protocol import IkePort, Limits, Responder
+from vpnaaa.ike.protocol import IkePort, Limits, Responder, Timing
 from vpnaaa.ike.sa import Profile, ResponderContext
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
@@ -365,7 +365,18 @@ class IkeService(service.Service):
             esp_policy=Policy.from_names(ProtocolId.ESP, config.esp_proposals),
             identity=identity,
             profiles=tuple(
-                Profile(p.name, AddressPool(p.pool), p.dns, p.nbns, eap, p.matches, p.users)
+                Profile(
+                    p.name,
+                    AddressPool(p.pool),
+                    p.dns,
+                    p.nbns,
+                    eap,
+                    p.matches,
+                    p.users,
+                    p.dpd_delay,
+                    p.max_sessions_per_user,
+                    p.session_limit,
+                )
                 for p, eap in profiles
             ),
             child_lifetime=config.child_lifetime,
@@ -378,7 +389,14 @@ class IkeService(service.Service):
             config.half_open_limit,
             config.init_rate_per_source,
         )
-        self.responder = Responder(context, NullInstaller(), reactor, config.listen, limits)
+        timing = Timing(
+            config.retransmit_timeout,
+            config.retransmit_base,
+            config.retransmit_tries,
+            config.ike_lifetime,
+            config.shutdown_wait,
+        )
+        self.responder = Responder(context, NullInstaller(), reactor, config.listen, limits, timing)
         self.relay = next((eap for _, eap in profiles if isinstance(eap, RadiusRelay)), None)
         self.kernel: KernelInstaller | None = None
         self.netlink_error = ""  # why no XFRM netlink socket could be opened
@@ -494,12 +512,13 @@ class IkeService(service.Service):
         self.parent.abort(failure.getErrorMessage())
 
     def stopService(self) -> defer.Deferred[Any]:
+        """Tell every client (DELETE, a bounded wait), then close the sockets."""
         super().stopService()
-        self.responder.shutdown()
         for sock in self.sockets or ():
             sock.close()  # stopped before it started reading
         self.sockets = None
-        d = _stop_listening(self)
+        d = self.responder.shutdown()
+        d.addBoth(lambda _: _stop_listening(self))
         if self.kernel is not None:
             kernel = self.kernel
             d.addBoth(lambda _: kernel.close())

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import hmac
 import os
+import random
 import struct
 import traceback
 from collections import Counter, OrderedDict
@@ -19,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -43,10 +45,12 @@ from vpnaaa.ike.sa import (
     Endpoint,
     IkeSa,
     Outcome,
+    Profile,
     ResponderContext,
     State,
     exchange_name,
     local_address_towards,
+    user_key,
 )
 from vpnaaa.kernel.installer import ChildSaInstaller, ChildSaSpec
 from vpnaaa.kernel.xfrm_installer import ExpireEvent
@@ -105,6 +109,26 @@ class SourceRate:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """When the gateway speaks first (RFC 7296 §2.1, §2.4), charon's defaults: a request
+    of ours is sent again after ``retransmit_timeout * retransmit_base ** n`` seconds,
+    ``retransmit_tries`` times; no answer after the last ends the IKE SA (a dead peer).
+    An IKE SA lives ``ike_lifetime`` seconds at most (up to a tenth less, at random, so
+    sessions begun together do not end together); then the gateway deletes it. On
+    shutdown, clients get a DELETE and ``shutdown_wait`` seconds to answer it."""
+
+    retransmit_timeout: float = 4.0
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
+    ike_lifetime: float = 86400.0
+    shutdown_wait: float = 2.0
+
+    def timeout(self, sent: int) -> float:
+        """Seconds to wait for the answer after the ``sent``-th transmission."""
+        return self.retransmit_timeout * self.retransmit_base ** (sent - 1)
+
+
+@dataclass(frozen=True)
 class Slot:
     """What a half-open SA counts against: its source (an address, an IPv6 /64) and
     whether that source proved it receives there by returning a cookie (§2.6)."""
@@ -129,10 +153,14 @@ class Responder:
         clock: IReactorTime,
         listen: str,
         limits: Limits = Limits(),
+        timing: Timing = Timing(),
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.context = context
         self.installer = installer
         self.limits = limits
+        self.timing = timing
+        self.jitter = jitter
         self.clock = clock
         self.listen = listen
         self.sas: dict[bytes, IkeSa] = {}
@@ -140,7 +168,9 @@ class Responder:
         self._half_open_by_source: Counter[Slot] = Counter()
         # our SPI -> (the _by_initiator key, the per-source slot) of each half-open SA
         self._half_open_entries: dict[bytes, tuple[tuple[str, int, bytes], Slot]] = {}
-        self._timers: dict[bytes, Any] = {}
+        self._timers: dict[bytes, dict[str, IDelayedCall]] = {}  # our SPI -> name -> call
+        self._esp_seen: dict[bytes, int] = {}  # our SPI -> inbound ESP octets at last look
+        context.sessions_of = self.sessions_of
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
         self.drops = logs.Throttle(log, clock.seconds)
@@ -333,7 +363,7 @@ class Responder:
         self._by_initiator[key] = sa
         self._half_open_entries[sa.spi_r] = (key, slot)
         self._half_open_by_source[slot] += 1
-        self._timers[sa.spi_r] = self.clock.callLater(HALF_OPEN_TIMEOUT, self._half_open, sa)
+        self._later(sa, "half-open", HALF_OPEN_TIMEOUT, self._half_open)
         return sa
 
     def _settle(self, sa: IkeSa) -> None:
@@ -346,18 +376,14 @@ class Responder:
             self._half_open_by_source[slot] -= 1
             if self._half_open_by_source[slot] <= 0:
                 del self._half_open_by_source[slot]
-        timer = self._timers.pop(sa.spi_r, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._cancel(sa, "half-open")
 
     def _retire(self, sa: IkeSa) -> None:
         """An SA rekeyed away that its client did not delete (§1.3.2)."""
-        self._timers.pop(sa.spi_r, None)
         log.info("{sa}: removed: rekeyed, not deleted by the client", sa=sa.name)
         self._run(sa, sa.close())
 
     def _half_open(self, sa: IkeSa) -> None:
-        self._timers.pop(sa.spi_r, None)
         if sa.state != State.ESTABLISHED:
             self._drop(
                 "half-open-expired",
@@ -365,7 +391,27 @@ class Responder:
                 sa=sa.name,
                 t=HALF_OPEN_TIMEOUT,
             )
-            self._run(sa, sa.close())
+            self._run(sa, sa.close("not established in time"))
+
+    # -- timers: one set per SA, by name ----------------------------------------------------
+
+    def _later(self, sa: IkeSa, name: str, delay: float, call: Callable[[IkeSa], None]) -> None:
+        """Call ``call(sa)`` in ``delay`` seconds, instead of any earlier timer ``name``."""
+        self._cancel(sa, name)
+        timers = self._timers.setdefault(sa.spi_r, {})
+        timers[name] = self.clock.callLater(max(delay, 0.0), self._fire, sa, name, call)
+
+    def _fire(self, sa: IkeSa, name: str, call: Callable[[IkeSa], None]) -> None:
+        self._cancel(sa, name)  # gone already: only forget it
+        call(sa)
+
+    def _cancel(self, sa: IkeSa, name: str) -> None:
+        timers = self._timers.get(sa.spi_r)
+        timer = timers.pop(name, None) if timers else None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if timers is not None and not timers:
+            del self._timers[sa.spi_r]
 
     # -- effects ---------------------------------------------------------------------------
 
@@ -379,11 +425,23 @@ class Responder:
             port.send(datagram, remote)
         for spec in outcome.remove:
             self._remove_child(sa, spec)
+        if outcome.heard:
+            sa.heard_at = self.clock.seconds()
+        if outcome.request_done:
+            self._cancel(sa, "retransmit")
+        if outcome.request_sent and sa.outstanding is not None:
+            wait = self.timing.timeout(sa.outstanding.sent)
+            self._later(sa, "retransmit", wait, self._retransmit)
         if outcome.successor is not None:
-            self.sas[outcome.successor.spi_r] = outcome.successor
+            successor = outcome.successor
+            self.sas[successor.spi_r] = successor
+            self._watch(successor)
             # §1.3.2: the client deletes the old SA; one that never does loses it anyway
-            self._timers[sa.spi_r] = self.clock.callLater(HALF_OPEN_TIMEOUT, self._retire, sa)
+            for name in ("dpd", "lifetime"):
+                self._cancel(sa, name)
+            self._later(sa, "retire", HALF_OPEN_TIMEOUT, self._retire)
         if outcome.closed:
+            self._ended(sa, outcome.cause)
             self._forget(sa)
             return
         if outcome.eap is not None:
@@ -393,8 +451,113 @@ class Responder:
         elif outcome.install is not None:
             self._install(sa, outcome.install)
         if sa.state == State.ESTABLISHED and sa.spi_r in self._half_open_entries:
-            sa.established_at = self.clock.seconds()
-            self._settle(sa)
+            self._established(sa)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def _established(self, sa: IkeSa) -> None:
+        """A new session: INITIAL_CONTACT (§2.4) ends the same user's older sessions (the
+        client says it has lost them); else ``max_sessions_per_user`` may replace the
+        oldest; then its liveness checks and lifetime begin."""
+        sa.established_at = self.clock.seconds()
+        self._settle(sa)
+        user = user_key(sa.identity)
+        others = [o for o in self._sessions() if o is not sa and user_key(o.identity) == user]
+        if sa.initial_contact:
+            for old in others:
+                self._run(old, old.close("replaced: INITIAL_CONTACT from a new session"))
+        else:
+            limit = sa.profile.max_sessions_per_user
+            same = sorted((o for o in others if o.profile is sa.profile), key=_since)
+            if limit and sa.profile.session_limit == "replace" and len(same) >= limit:
+                for old in same[: len(same) - limit + 1]:
+                    self._run(old, old.delete("replaced: max_sessions_per_user"))
+        self._watch(sa)
+
+    def _watch(self, sa: IkeSa) -> None:
+        """Liveness checks and the hard lifetime of an established IKE SA."""
+        sa.heard_at = self.clock.seconds()
+        if sa.profile.dpd_delay:
+            self._later(sa, "dpd", sa.profile.dpd_delay, self._dpd)
+        lifetime = self.timing.ike_lifetime * (1 - 0.1 * self.jitter())
+        self._later(sa, "lifetime", lifetime, self._lifetime)
+
+    def _sessions(self) -> list[IkeSa]:
+        return [sa for sa in self.sas.values() if sa.state == State.ESTABLISHED and not sa.rekeyed]
+
+    def sessions_of(self, user: str, profile: Profile) -> int:
+        """Established sessions of ``user`` (a user_key) in ``profile``."""
+        return sum(
+            1 for sa in self._sessions() if sa.profile is profile and user_key(sa.identity) == user
+        )
+
+    def _ended(self, sa: IkeSa, cause: str) -> None:
+        """One line per session end: who, why, for how long."""
+        if sa.established_at is None or sa.rekeyed:
+            return
+        log.info(
+            "{sa}: session of {user} ended: {cause}; up {duration:.0f} s",
+            sa=sa.name,
+            user=logs.quoted(sa.identity),
+            cause=cause or "closed",
+            duration=self.clock.seconds() - sa.established_at,
+        )
+
+    def delete(self, sa: IkeSa, cause: str) -> None:
+        """End a session from here: a DELETE to the client (§1.4.1), everything freed
+        once it answers or gives no answer."""
+        self._run(sa, sa.delete(cause))
+
+    # -- the gateway speaks first (RFC 7296 §1.4, §2.1, §2.4) -------------------------------
+
+    def _retransmit(self, sa: IkeSa) -> None:
+        request = sa.outstanding
+        if request is None or sa.state == State.CLOSED:
+            return
+        if request.sent > self.timing.retransmit_tries:
+            self._run(sa, sa.give_up())
+            return
+        self._run(sa, sa.retransmit_request())
+
+    def _dpd(self, sa: IkeSa) -> None:
+        """Liveness (§1.4): after ``dpd_delay`` seconds without a word from the peer, an
+        empty INFORMATIONAL; inbound ESP counts as a word (as charon reads the kernel's
+        use time), so a busy tunnel is not probed."""
+        delay = sa.profile.dpd_delay
+        idle = self.clock.seconds() - (sa.heard_at or 0.0)
+        if sa.state != State.ESTABLISHED:
+            return
+        if sa.outstanding is not None or idle < delay:
+            self._later(sa, "dpd", max(delay - idle, 1.0), self._dpd)
+            return
+        counters = getattr(self.installer, "counters", None)
+        specs = [c.spec for c in sa.children.values()]
+        if counters is None or not specs:
+            self._probe(sa)
+            return
+        d = defer.gatherResults([counters(spec) for spec in specs], consumeErrors=True)
+        d.addCallbacks(self._esp_counted, lambda _: self._probe(sa), callbackArgs=(sa,))
+        d.addErrback(self._failed, sa)
+
+    def _esp_counted(self, counters: list[Any], sa: IkeSa) -> None:
+        if sa.state != State.ESTABLISHED:
+            return
+        octets = sum(c.inbound.bytes for c in counters)
+        if octets != self._esp_seen.get(sa.spi_r):
+            self._esp_seen[sa.spi_r] = octets
+            sa.heard_at = self.clock.seconds()
+            self._later(sa, "dpd", sa.profile.dpd_delay, self._dpd)
+            return
+        self._probe(sa)
+
+    def _probe(self, sa: IkeSa) -> None:
+        if sa.state == State.ESTABLISHED:
+            self._run(sa, sa.liveness())
+            self._later(sa, "dpd", sa.profile.dpd_delay, self._dpd)
+
+    def _lifetime(self, sa: IkeSa) -> None:
+        log.info("{sa}: IKE SA lifetime reached; deleting it", sa=sa.name)
+        self._run(sa, sa.delete("lifetime"))
 
     def _eap_answered(self, step: tuple[bytes, Result], sa: IkeSa) -> None:
         if sa.state == State.CLOSED:
@@ -430,6 +593,10 @@ class Responder:
     def _forget(self, sa: IkeSa) -> None:
         self.sas.pop(sa.spi_r, None)
         self._settle(sa)
+        for timer in self._timers.pop(sa.spi_r, {}).values():
+            if timer.active():
+                timer.cancel()
+        self._esp_seen.pop(sa.spi_r, None)
         if sa.eap_conversation is not None and sa.profile.eap is not None:
             sa.profile.eap.forget(sa.eap_conversation)
 
@@ -462,7 +629,8 @@ class Responder:
     def expired(self, event: ExpireEvent) -> None:
         """The kernel says a CHILD_SA reached a lifetime limit. Soft: clients rekey on
         their own schedule, so it is logged. Hard: the kernel dropped that SA; the rest of
-        the CHILD_SA (the other direction, the policies) goes too."""
+        the CHILD_SA (the other direction, the policies) goes too, and the client is told
+        with a DELETE (§1.4.1), so it does not keep sending into nothing."""
         for sa in self.sas.values():
             child = sa.children.get(event.spec.inbound_spi)
             if child is None:
@@ -476,20 +644,30 @@ class Responder:
                     direction=direction,
                 )
                 return
-            log.info(
-                "{sa}: CHILD_SA {spi:08x} {direction} hard lifetime reached; removed",
-                sa=sa.name,
-                spi=event.spec.inbound_spi,
-                direction=direction,
-            )
-            del sa.children[event.spec.inbound_spi]
-            self._remove_child(sa, child.spec)
+            cause = f"{direction} hard lifetime reached"
+            self._run(sa, sa.delete_child(event.spec.inbound_spi, cause))
             return
 
-    def shutdown(self) -> None:
-        """Remove every CHILD_SA we installed (stopping the daemon)."""
-        for sa in list(self.sas.values()):
-            self._run(sa, sa.close())
+    def shutdown(self) -> defer.Deferred[None]:
+        """Stopping the daemon: every client gets a DELETE (§1.4.1) and up to
+        ``shutdown_wait`` seconds to answer; then whatever is left is removed here, with
+        every CHILD_SA we installed. Fires when done."""
+        for sa in self._sessions():
+            self._run(sa, sa.delete("shutdown"))
+        deadline = self.clock.seconds() + self.timing.shutdown_wait
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def check() -> None:
+            waiting = any(sa.outstanding is not None for sa in self._sessions())
+            if waiting and self.clock.seconds() < deadline:
+                self.clock.callLater(0.05, check)
+                return
+            for sa in list(self.sas.values()):
+                self._run(sa, sa.close("shutdown"))
+            done.callback(None)
+
+        check()
+        return done
 
 
 class IkePort(DatagramProtocol):
@@ -522,3 +700,7 @@ class IkePort(DatagramProtocol):
         if self.nat_t:
             datagram = NON_ESP_MARKER + datagram
         self.transport.write(datagram, (remote.host, remote.port))
+
+
+def _since(sa: IkeSa) -> float:
+    return sa.established_at or 0.0

@@ -124,11 +124,20 @@ class Profile:
     eap: EapBackend | None = None
     matches: frozenset[str] = frozenset()
     users: frozenset[str] = frozenset()  # who may use it (lower case, no domain); empty: all
+    dpd_delay: float = 30.0  # seconds of silence before a liveness check (0: none)
+    max_sessions_per_user: int = 0  # 0: any number
+    session_limit: str = "replace"  # at the limit: "replace" the oldest or "refuse" the new
 
     def admits(self, identity: str) -> bool:
         """Whether the authenticated ``identity`` may use this profile (an ASA's
         group-lock): its name with any DOMAIN\\ prefix removed, in any case."""
-        return not self.users or mschap.strip_domain(identity).lower() in self.users
+        return not self.users or user_key(identity) in self.users
+
+
+def user_key(identity: str) -> str:
+    """One user however the client spells it: no DOMAIN\\ prefix, lower case (what the
+    users lists, INITIAL_CONTACT and max_sessions_per_user compare)."""
+    return mschap.strip_domain(identity).lower()
 
 
 @dataclass
@@ -142,6 +151,8 @@ class ResponderContext:
     child_lifetime: int = 28800
     fragment_size: int = 1280
     next_reqid: Callable[[], int] = field(default=lambda: 1)
+    # established sessions of a user (user_key) in a profile: the edge answers
+    sessions_of: Callable[[str, Profile], int] = field(default=lambda user, profile: 0)
 
     @property
     def pool(self) -> AddressPool:
@@ -168,9 +179,24 @@ class Outcome:
     install: ChildSaSpec | None = None  # install this CHILD_SA, then call child_installed
     remove: list[ChildSaSpec] = field(default_factory=list)
     closed: bool = False  # the IKE SA is gone: forget it, return its lease
+    cause: str = ""  # why it closed, for the session's last log line
     successor: IkeSa | None = None  # an IKE rekey made this SA: serve it from now on
     reply_to: tuple[Endpoint | None, object] | None = None  # answer elsewhere than the SA
     dropped: tuple[str, str] | None = None  # (kind, line): a drop for the edge's throttled log
+    heard: bool = False  # an integrity-checked message came from the peer (liveness, §1.4)
+    request_sent: bool = False  # a request of ours left: (re)start its retransmission timer
+    request_done: bool = False  # our request was answered: stop its retransmission timer
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request of ours (RFC 7296 §2.1-2.3, a window of one): the message ID from our own
+    counter, what it is for, its datagrams and how often they were sent."""
+
+    message_id: int
+    kind: str  # "liveness", "delete" (the IKE SA) or "delete-child"
+    datagrams: tuple[bytes, ...]
+    sent: int = 1
 
 
 @dataclass(frozen=True)
@@ -253,9 +279,16 @@ class IkeSa:
         self.ike_choice: proposal.Choice | None = None
         self.profile = context.profiles[0]  # chosen in IKE_AUTH from IDr / local address
         self.established_at: float | None = None  # set by the edge (it owns the clock)
+        self.heard_at: float | None = None  # the edge: the peer's last protected message
         self._auth_method: int | None = None  # how we signed our AUTH
         self._weak_logged = False
         self.rekeyed = False  # an IKE rekey moved everything to a successor
+        self.our_next_id = 0  # the message ID of our next request (§2.2)
+        self.outstanding: Request | None = None  # our request awaiting its response
+        self._queued: list[tuple[str, list[Entry]]] = []  # requests behind the outstanding
+        self._closing_cause = ""  # why we asked the peer to delete the IKE SA
+        self.initial_contact = False  # N(INITIAL_CONTACT) in IKE_AUTH (§2.4)
+        self._eap_rounds = 0  # EAP Responses the client sent
 
     # -- public API used by the edge ---------------------------------------------------
 
@@ -298,7 +331,7 @@ class IkeSa:
         """
         header = message.header
         if header.response:
-            return Outcome()  # we never initiate, so responses are stray (§2.1)
+            return self._response(message, raw)
         last = self.last_response
         if last is not None and header.message_id == last.message_id:
             return self._retransmit(last, raw, sender, port)
@@ -319,11 +352,17 @@ class IkeSa:
             )
             return Outcome(dropped=("integrity", reason))
         if opened is None:
-            return Outcome()  # more fragments to come
+            return Outcome(heard=True)  # more fragments to come
         if sender is not None and sender != self.remote:
             refusal = self._follow(sender, port)
             if refusal is not None:
                 return Outcome(dropped=("elsewhere", f"{self.name}: {refusal}"))
+        outcome = self._handle(header, opened)
+        outcome.heard = True  # an integrity-checked request: the peer is alive (§2.4)
+        return outcome
+
+    def _handle(self, header: Header, opened: tuple[int, bytes]) -> Outcome:
+        """Dispatch a protected request by exchange type (§1.2-1.4)."""
         try:
             inner = Message(header, decode_payloads(*opened))
         except IkeError as e:
@@ -396,7 +435,9 @@ class IkeSa:
             reason=error.reason,
         )
         outcome = self._respond(header, [_notify(error.notify, error.data)])
-        return outcome if self.state == State.ESTABLISHED else self._close(outcome)
+        if self.state == State.ESTABLISHED:
+            return outcome
+        return self._close(outcome, f"invalid IKE_AUTH: {error.reason}")
 
     def eap_result(self, conversation_id: bytes, result: Result) -> Outcome:
         """The backend answered the EAP Response of the pending IKE_AUTH request."""
@@ -427,7 +468,7 @@ class IkeSa:
             reason=result.reason,
         )
         entries.append(_notify(NotifyType.AUTHENTICATION_FAILED))
-        return self._close(self._respond(header, entries))
+        return self._close(self._respond(header, entries), f"EAP failed: {result.reason}")
 
     def _refusal(self, success: Success) -> str | None:
         """Why an EAP Success may still not authenticate this SA, or None."""
@@ -486,9 +527,98 @@ class IkeSa:
             )
         return self._respond(header, entries)
 
-    def close(self) -> Outcome:
-        """Tear down (expiry, shutdown): remove every CHILD_SA, return the lease."""
-        return self._close(Outcome())
+    def close(self, cause: str = "removed") -> Outcome:
+        """Tear down here without telling the peer (expiry, a peer that stopped answering,
+        a replaced session): remove every CHILD_SA, return the lease."""
+        return self._close(Outcome(), cause)
+
+    # -- requests of ours (RFC 7296 §1.4, §2.1-2.4) ----------------------------------------
+
+    def liveness(self) -> Outcome:
+        """An empty INFORMATIONAL (§1.4): the peer must answer it if it is alive."""
+        return self._request("liveness", [])
+
+    def delete(self, cause: str) -> Outcome:
+        """Ask the peer to delete this IKE SA (§1.4.1); it goes when the peer answers or
+        stops answering. ``cause`` is the session's end in the log."""
+        self._closing_cause = self._closing_cause or cause
+        return self._request("delete", [(PayloadType.DELETE, Delete(ProtocolId.IKE))])
+
+    def delete_child(self, inbound_spi: int, cause: str) -> Outcome:
+        """Remove a CHILD_SA here and tell the peer (§1.4.1: a Delete of our inbound SPI)."""
+        child = self.children.pop(inbound_spi, None)
+        if child is None:
+            return Outcome()
+        log.info(
+            "{sa}: CHILD_SA {spi:08x} deleted: {cause}", sa=self.name, spi=inbound_spi, cause=cause
+        )
+        delete = Delete(ProtocolId.ESP, (inbound_spi.to_bytes(4, "big"),))
+        outcome = self._request("delete-child", [(PayloadType.DELETE, delete)])
+        outcome.remove.append(child.spec)
+        return outcome
+
+    def retransmit_request(self) -> Outcome:
+        """Send our outstanding request again (§2.1: the same datagrams)."""
+        request = self.outstanding
+        if request is None:
+            return Outcome()
+        self.outstanding = replace(request, sent=request.sent + 1)
+        return Outcome(send=list(request.datagrams), request_sent=True)
+
+    def give_up(self) -> Outcome:
+        """The peer never answered our request (§2.4): the SA is gone, and with it
+        everything it held."""
+        request = self.outstanding
+        kind = request.kind if request is not None else "request"
+        sent = request.sent if request is not None else 0
+        cause = self._closing_cause or f"dead peer (no answer to {sent} {kind} requests)"
+        return self.close(cause)
+
+    def _request(self, kind: str, entries: list[Entry]) -> Outcome:
+        """Send a request of ours now, or after the outstanding one (a window of one)."""
+        if self.state == State.CLOSED or self.crypto is None:
+            return Outcome()
+        if self.outstanding is not None:
+            self._queued.append((kind, entries))
+            return Outcome()
+        exchange = ExchangeType.INFORMATIONAL
+        header = Header(self.spi_i, self.spi_r, exchange, 0, self.our_next_id)
+        datagrams = tuple(self._protect(header, entries))
+        self.outstanding = Request(self.our_next_id, kind, datagrams)
+        self.our_next_id += 1
+        return Outcome(send=list(datagrams), request_sent=True)
+
+    def _response(self, message: Message, raw: bytes) -> Outcome:
+        """A response to our outstanding request (§2.1); anything else is stray."""
+        request = self.outstanding
+        header = message.header
+        if request is None or header.message_id != request.message_id or self.crypto is None:
+            return Outcome()
+        payload = message.payloads[-1][1] if message.payloads else None
+        if not isinstance(payload, Encrypted):
+            return Outcome()  # our requests are small: so are the answers (no SKF)
+        try:
+            plaintext = _open(raw[: len(raw) - len(payload.raw)], payload.raw, self.crypto.inbound)
+        except IkeError as e:
+            return Outcome(dropped=("integrity", f"{self.name}: dropped response: {e.reason}"))
+        self.outstanding = None
+        if request.kind == "delete":
+            outcome = self.close(self._closing_cause)
+        else:
+            outcome = Outcome()
+            if self._queued:
+                kind, entries = self._queued.pop(0)
+                outcome = self._request(kind, entries)
+        outcome.heard = outcome.request_done = True
+        if logs.debug_enabled():
+            log.debug(
+                "{sa}: {kind} #{mid} answered ({n} octets)",
+                sa=self.name,
+                kind=request.kind,
+                mid=request.message_id,
+                n=len(plaintext),
+            )
+        return outcome
 
     # -- IKE_SA_INIT ---------------------------------------------------------------------
 
@@ -601,6 +731,7 @@ class IkeSa:
                 return self._fail(header, "IKE_AUTH without EAP payload during EAP")
             self._pending = (header.message_id, "eap")
             self._pending_header = header
+            self._eap_rounds += 1
             return Outcome(eap=eap.data)
         if self.state == State.AUTHENTICATED:
             return self._auth_last(header, inner)
@@ -622,6 +753,7 @@ class IkeSa:
             return self._fail(header, "no EAP backend configured")
         self._idi_body = idi.encode()
         self._auth_request = inner
+        self.initial_contact = inner.notify(NotifyType.INITIAL_CONTACT) is not None
         log.info(
             "{sa}: IKE_AUTH from IDi {id}, profile {profile}",
             sa=self.name,
@@ -685,6 +817,14 @@ class IkeSa:
         )
         if not _equal(expected, auth.data):
             return self._fail(header, "the client's AUTH does not match the EAP MSK")
+        profile = self.profile
+        limit = profile.max_sessions_per_user
+        if limit and profile.session_limit == "refuse" and not self.initial_contact:
+            held = self.context.sessions_of(user_key(self.identity), profile)
+            if held >= limit:
+                return self._fail(
+                    header, f"{held} sessions already (max_sessions_per_user = {limit})"
+                )
         assert self._idr is not None
         ours = keys.eap_auth(
             prf,
@@ -936,16 +1076,16 @@ class IkeSa:
         """Deletes (§1.4.1) and liveness checks (empty requests) are answered."""
         deletes = [d for d in inner.all(PayloadType.DELETE) if isinstance(d, Delete)]
         if self.state != State.ESTABLISHED and inner.notify(NotifyType.AUTHENTICATION_FAILED):
+            if self._eap_rounds:  # it took part in EAP, so it accepted our certificate
+                cause = f"the client ended EAP after {self._eap_rounds} rounds"
+            else:
+                cause = "the client rejected our certificate (does it trust our CA and name?)"
             log.info(
-                "{sa}: the client rejected our authentication (AUTHENTICATION_FAILED; "
-                "does it trust our CA and name?)",
-                sa=self.name,
+                "{sa}: AUTHENTICATION_FAILED from the client: {cause}", sa=self.name, cause=cause
             )
-            return self._close(self._respond(header, []))
+            return self._close(self._respond(header, []), cause)
         if any(d.protocol == ProtocolId.IKE for d in deletes):
-            user = logs.quoted(self.identity)
-            log.info("{sa}: deleted by the client ({user})", sa=self.name, user=user)
-            return self._close(self._respond(header, []))
+            return self._close(self._respond(header, []), "client delete")
         entries: list[Entry] = []
         removed = []
         for delete in deletes:
@@ -973,10 +1113,14 @@ class IkeSa:
 
     def _fail(self, header: Header, reason: str) -> Outcome:
         log.info("{sa}: AUTHENTICATION_FAILED: {reason}", sa=self.name, reason=reason)
-        return self._close(self._respond(header, [_notify(NotifyType.AUTHENTICATION_FAILED)]))
+        outcome = self._respond(header, [_notify(NotifyType.AUTHENTICATION_FAILED)])
+        return self._close(outcome, f"authentication failed: {reason}")
 
-    def _close(self, outcome: Outcome) -> Outcome:
+    def _close(self, outcome: Outcome, cause: str) -> Outcome:
+        """The SA ends (``cause`` for the session's last log line): its CHILD_SAs go, its
+        address returns to the pool."""
         self.state = State.CLOSED
+        outcome.cause = cause
         outcome.remove += [c.spec for c in self.children.values()]
         self.children.clear()
         if self.virtual_ip is not None:
@@ -998,10 +1142,12 @@ class IkeSa:
         )
 
     def _respond(self, request: Header, entries: list[Entry]) -> Outcome:
+        return self._remember(request, self._protect(self._header(request), entries))
+
+    def _protect(self, header: Header, entries: list[Entry]) -> list[bytes]:
         """Encrypt ``entries`` into one SK payload, or SKF fragments when they would not
         fit ``fragment_size`` and the peer supports fragmentation (RFC 7383)."""
         assert self.crypto is not None
-        header = self._header(request)
         first, plaintext = encode_payloads(entries)
         datagrams = [self._seal(header, PayloadType.SK, first, plaintext)]
         if self.fragmentation and len(datagrams[0]) > self.context.fragment_size:
@@ -1010,7 +1156,7 @@ class IkeSa:
             datagrams = [
                 self._seal(header, PayloadType.SKF, p.first_payload, p.data, p) for p in pieces
             ]
-        return self._remember(request, datagrams)
+        return datagrams
 
     def _seal(
         self,

@@ -1,0 +1,226 @@
+"""The gateway speaks first (RFC 7296 §1.4, §2.1-2.4), in-process on a fake clock with the
+scripted initiator: liveness checks and dead peers, retransmission with back-off, the IKE
+SA's lifetime, DELETEs from the gateway (a CHILD_SA at its kernel hard lifetime, the IKE
+SA, every session on shutdown), INITIAL_CONTACT and max_sessions_per_user, and the one
+log line each session's end gets. After each: nothing left that should not be."""
+
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from tests.ike_peer import PEER, Gateway, Initiator
+from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
+from vpnaaa.ike.message import Delete
+from vpnaaa.ike.protocol import Timing
+from vpnaaa.ike.sa import Endpoint
+from vpnaaa.kernel.xfrm_installer import ExpireEvent
+
+TIMING = Timing(retransmit_timeout=4.0, retransmit_base=1.8, retransmit_tries=5)
+DPD = 30.0
+OTHER = Endpoint("192.0.2.8", 4500)
+
+
+def notifies(message):
+    return [n.notify_type for n in message.all(PayloadType.NOTIFY)]
+
+
+class LifecycleTestCase(unittest.TestCase):
+    def setUp(self):
+        self.lines = []
+
+        def observe(event):
+            self.lines.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def gateway(self, **options):
+        options.setdefault("dpd_delay", DPD)
+        self.gate = Gateway(timing=options.pop("timing", TIMING), **options)
+        return self.gate
+
+    def connected(self, address=PEER, **options):
+        peer = Initiator(self.gate, address=address)
+        peer.connect(**options)
+        self.assertTrue(peer.eap_succeeded)
+        return peer
+
+    def session_ends(self):
+        return [line for line in self.lines if "session of" in line and "ended" in line]
+
+    def assertNothingLeft(self):
+        self.assertEqual(self.gate.leaks(), [])
+        self.assertEqual(self.gate.drain(), [])
+
+
+class LivenessTests(LifecycleTestCase):
+    def test_a_quiet_peer_is_asked_and_answers(self):
+        """§1.4: after dpd_delay seconds of silence an empty INFORMATIONAL with the
+        gateway's own message IDs (0, 1, ...); a peer that answers keeps its session."""
+        self.gateway()
+        peer = self.connected()
+        for expected_id in (0, 1):
+            self.gate.clock.advance(DPD)
+            (request,) = peer.gateway_requests()
+            self.assertEqual(request.header.exchange, ExchangeType.INFORMATIONAL)
+            self.assertEqual((request.header.message_id, request.payloads), (expected_id, []))
+            self.assertEqual(peer.answer(request), [])
+        self.assertEqual(len(self.gate.responder.sas), 1)
+        self.assertEqual(self.gate.pool.leased, 1)
+        self.assertEqual(self.gate.leaks(), [])
+
+    def test_a_peer_that_talks_is_not_asked(self):
+        self.gateway()
+        peer = self.connected()
+        for _ in range(3):
+            self.gate.clock.advance(DPD - 5)
+            peer.liveness()  # its own check counts as hearing from it
+        self.assertEqual(peer.gateway_requests(), [])
+
+    def test_a_dead_peer_loses_everything_after_the_retransmissions(self):
+        """No answer: sent again after 4, 7.2, 13, 23.3, 42 s (charon's 4 s x 1.8^n, five
+        times); 75.6 s after the last the IKE SA, its CHILD_SA and its lease are gone,
+        and one line says why."""
+        self.gateway()
+        peer = self.connected()
+        clock = self.gate.clock
+        clock.advance(DPD)
+        sent = [peer.gateway_requests()]
+        for wait in (4.0, 7.2, 12.96, 23.328, 41.9904, 75.58272):
+            clock.advance(wait - 0.05)  # task.Clock: timers set now count from here
+            self.assertEqual(peer.gateway_requests(), [])
+            clock.advance(0.1)
+            sent.append(peer.gateway_requests())
+        self.assertEqual([len(s) for s in sent], [1, 1, 1, 1, 1, 1, 0])
+        self.assertEqual({s[0].header.message_id for s in sent if s}, {0})
+        self.assertEqual(self.gate.responder.sas, {})
+        self.assertEqual((self.gate.pool.leased, self.gate.installer.installed), (0, {}))
+        (end,) = self.session_ends()
+        self.assertIn("dead peer (no answer to 6 liveness requests)", end)
+        self.assertNothingLeft()
+
+    def test_an_answer_to_a_retransmission_is_enough(self):
+        self.gateway()
+        peer = self.connected()
+        self.gate.clock.advance(DPD)
+        peer.gateway_requests()  # the first is lost
+        self.gate.clock.advance(4.0)
+        (again,) = peer.gateway_requests()
+        peer.answer(again)
+        self.gate.clock.advance(100)
+        self.assertEqual(len(self.gate.responder.sas), 1)
+
+
+class DeleteTests(LifecycleTestCase):
+    def test_the_lifetime_deletes_the_ike_sa(self):
+        """ike_lifetime with jitter (here 5% early): a DELETE of the IKE SA (§1.4.1);
+        when the client answers everything is gone and the line says "lifetime"."""
+        self.gateway(timing=Timing(ike_lifetime=3600.0), dpd_delay=0)
+        peer = self.connected()
+        self.gate.clock.advance(3600 * 0.95 - 1)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.gate.clock.advance(1)
+        (request,) = peer.gateway_requests()
+        (delete,) = request.all(PayloadType.DELETE)
+        self.assertEqual(delete.protocol, ProtocolId.IKE)
+        peer.answer(request)
+        self.assertEqual((self.gate.responder.sas, self.gate.pool.leased), ({}, 0))
+        (end,) = self.session_ends()
+        self.assertIn("ended: lifetime", end)
+        self.assertNothingLeft()
+
+    def test_a_client_that_ignores_our_delete_still_loses_the_sa(self):
+        self.gateway(timing=Timing(ike_lifetime=600.0, retransmit_tries=1), dpd_delay=0)
+        self.connected()
+        for step in (570, 4, 7.2):  # 5% early, then a retransmission after 4 s, 7.2 s more
+            self.gate.clock.advance(step)
+        self.assertEqual(self.gate.responder.sas, {})
+        self.assertIn("ended: lifetime", self.session_ends()[0])
+        self.assertNothingLeft()
+
+    def test_a_child_sa_at_its_hard_lifetime_is_deleted_with_the_client_told(self):
+        self.gateway()
+        peer = self.connected()
+        (spec,) = self.gate.installer.installed.values()
+        self.gate.responder.expired(ExpireEvent(spec, inbound=True, hard=True))
+        (request,) = peer.gateway_requests()
+        (delete,) = request.all(PayloadType.DELETE)
+        self.assertEqual(
+            (delete.protocol, delete.spis), (ProtocolId.ESP, (spec.inbound_spi.to_bytes(4, "big"),))
+        )
+        peer.answer(request, [(PayloadType.DELETE, Delete(ProtocolId.ESP, delete.spis))])
+        self.assertEqual(self.gate.installer.installed, {})
+        self.assertEqual(len(self.gate.responder.sas), 1)  # the IKE SA stays
+        self.assertEqual(self.gate.leaks(), [])
+
+    def test_crossing_deletes(self):
+        """§2.25 (and §1.4.1): the gateway's DELETE and the client's cross; each answers
+        the other, nothing is left twice or leaked."""
+        self.gateway(timing=Timing(ike_lifetime=600.0), dpd_delay=0)
+        peer = self.connected()
+        self.gate.clock.advance(600)
+        (ours,) = peer.gateway_requests()
+        self.assertEqual(peer.delete_ike().payloads, [])
+        peer.answer(ours)
+        self.assertEqual(self.gate.responder.sas, {})
+        self.assertEqual(len(self.session_ends()), 1)
+        self.assertNothingLeft()
+
+    def test_shutdown_tells_every_client_and_waits_a_bounded_time(self):
+        self.gateway()
+        first = self.connected()
+        self.connected(address=OTHER)
+        stopped = self.gate.responder.shutdown()
+        (request,) = first.gateway_requests()
+        self.assertEqual(request.get(PayloadType.DELETE).protocol, ProtocolId.IKE)
+        first.answer(request)
+        self.assertEqual(len(self.gate.responder.sas), 1)  # the other stays silent
+        self.assertFalse(stopped.called)
+        self.gate.clock.advance(TIMING.shutdown_wait)
+        self.assertTrue(stopped.called)
+        self.assertEqual((self.gate.responder.sas, self.gate.pool.leased), ({}, 0))
+        self.assertEqual(
+            sorted(line.split("ended: ")[1][:8] for line in self.session_ends()), ["shutdown"] * 2
+        )
+
+
+class UniquenessTests(LifecycleTestCase):
+    def test_initial_contact_replaces_the_same_users_sessions(self):
+        """§2.4: a client that says INITIAL_CONTACT has no other SA with us: alice's
+        older session (a laptop back from sleep) goes, lease and CHILD_SA with it."""
+        self.gateway()
+        old = self.connected()
+        self.connected(address=OTHER, initial_contact=True)
+        self.assertEqual(len(self.gate.responder.sas), 1)
+        (sa,) = self.gate.responder.sas.values()
+        self.assertEqual(sa.remote, OTHER)
+        self.assertEqual(self.gate.pool.leased, 1)
+        self.assertEqual(len(self.gate.installer.installed), 1)
+        self.assertEqual(old.gateway_requests(), [])  # it lost that SA already
+        self.assertIn("replaced: INITIAL_CONTACT", self.session_ends()[0])
+        self.assertEqual(self.gate.leaks(), [])
+
+    def test_max_sessions_replace_the_oldest(self):
+        self.gateway(max_sessions_per_user=1)
+        old = self.connected()
+        self.connected(address=OTHER)
+        (request,) = old.gateway_requests()
+        self.assertEqual(request.get(PayloadType.DELETE).protocol, ProtocolId.IKE)
+        old.answer(request)
+        (sa,) = self.gate.responder.sas.values()
+        self.assertEqual(sa.remote, OTHER)
+        self.assertIn("replaced: max_sessions_per_user", self.session_ends()[0])
+        self.assertEqual(self.gate.leaks(), [])
+
+    def test_max_sessions_refuse_the_new_one(self):
+        self.gateway(max_sessions_per_user=1, session_limit="refuse")
+        self.connected()
+        peer = Initiator(self.gate, address=OTHER)
+        peer.sa_init()
+        peer.auth_first()
+        peer.authenticate()
+        response = peer.request(ExchangeType.IKE_AUTH, peer.auth_last_entries())
+        self.assertEqual(notifies(response), [NotifyType.AUTHENTICATION_FAILED])
+        (sa,) = self.gate.responder.sas.values()
+        self.assertEqual(sa.remote, PEER)
+        self.assertEqual(self.gate.pool.leased, 1)
+        self.assertEqual(self.gate.leaks(), [])
