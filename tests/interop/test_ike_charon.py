@@ -14,6 +14,7 @@ from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web import client as client_agent
 
@@ -193,10 +194,21 @@ class EapMsChapV2Tests(CharonTestCase):
 
     @defer.inlineCallbacks
     def test_wrong_password(self):
+        """charon gives up with AUTHENTICATION_FAILED instead of acknowledging the MSCHAPv2
+        Failure; the line says what vpnaaa knows (a wrong password), not a guess."""
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            lines.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         self.start_gateway()
         client, result = yield self.connect(password="not-wonderland")
         self.assertFalse(result.ok)
         self.assertIn("EAP_MSCHAPV2 method failed", client.log_text())
+        self.assertTrue(any("EAP failed for 'alice': wrong password" in line for line in lines))
+        self.assertFalse(any("refused our certificate" in line for line in lines))
         self.assertEqual(self.installer.installed, {})
         self.assertEqual(self.daemon.ike.responder.context.pool.leased, 0)
         self.assertEqual(self.daemon.ike.responder.sas, {})

@@ -68,6 +68,13 @@ class Conversation:
         self.last: Challenge | None = None
         self.finished = False
 
+    def refusal(self) -> Failure | None:
+        """The failure the method decided and the peer has not acknowledged, if any."""
+        done = self.method.refusal() if self.method is not None else None
+        if done is None:
+            return None
+        return Failure(packet.failure(self.identifier).encode(), done.identity, done.reason)
+
     def start(self) -> Challenge:
         """The first Request: EAP-Request/Identity (RFC 3748 §5.1)."""
         return self._request(Type.IDENTITY, b"")

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from twisted.internet import defer
 
-from vpnaaa.eap.authenticator import Result
+from vpnaaa.eap.authenticator import Failure, Result
 
 
 class EapBackend(Protocol):
@@ -23,6 +23,11 @@ class EapBackend(Protocol):
     def step(self, conversation_id: bytes, eap: bytes) -> defer.Deferred[tuple[bytes, Result]]:
         """Feed one EAP Response of the conversation; the Deferred fires with the next
         Challenge, or the Success / Failure that ends it."""
+        ...
+
+    def refusal(self, conversation_id: bytes) -> Failure | None:
+        """The failure a live conversation's method has decided and the peer has not
+        acknowledged (it may give up first: the reason is then still known), or None."""
         ...
 
     def forget(self, conversation_id: bytes) -> None:

@@ -129,6 +129,10 @@ class EapEngine:
             self._live.pop(conversation_id)
         return defer.succeed((conversation_id, result))
 
+    def refusal(self, conversation_id: bytes) -> Failure | None:
+        conversation = self._live.get(conversation_id)
+        return conversation.refusal() if conversation is not None else None
+
     def forget(self, conversation_id: bytes) -> None:
         """The front end gave up on a conversation (its IKE SA closed or expired). The
         table held the only reference: the conversation, its method and any TLS

@@ -53,6 +53,10 @@ class Method(Protocol):
         ``room`` the most octets that Request's whole EAP packet may take (None: no limit
         beyond the method's own), for methods that fragment."""
 
+    def refusal(self) -> Done | None:
+        """The failure the method has decided and still has to deliver (a peer may give
+        up before it acknowledges it), or None."""
+
 
 class MethodError(Exception):
     """The peer sent something the method cannot accept; the conversation fails."""

@@ -55,6 +55,11 @@ class MsChapV2:
         self.state = "challenge"
         self.outcome: Done | None = None
 
+    def refusal(self) -> Done | None:
+        """RFC 2759 §6: the Failure packet is out, the peer's acknowledgment due."""
+        outcome = self.outcome
+        return outcome if outcome is not None and not outcome.success else None
+
     def start(self, identifier: int) -> bytes:
         body = bytes([VALUE_SIZE_CHALLENGE]) + self.challenge + self.server_name
         return _message(OpCode.CHALLENGE, identifier, body)

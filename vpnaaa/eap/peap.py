@@ -23,7 +23,7 @@ from OpenSSL import SSL
 
 from vpnaaa import logs
 from vpnaaa.eap import cryptobinding, packet
-from vpnaaa.eap.authenticator import Challenge, Conversation, MethodFactory, Success
+from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, MethodFactory, Success
 from vpnaaa.eap.method import Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Code, Type
 from vpnaaa.eap.tls import Framing, TlsServer
@@ -84,6 +84,13 @@ class Peap:
 
     def start(self, identifier: int) -> bytes:
         return self.framing.start()
+
+    def refusal(self) -> Done | None:
+        """The inner method's, or the inner conversation's end without success."""
+        done = self.inner_done
+        if isinstance(done, Done | Failure) and not getattr(done, "success", False):
+            return Done(False, identity=done.identity, reason=done.reason)
+        return self.inner.refusal()
 
     def process(self, data: bytes, identifier: int, room: int | None = None) -> Step:
         self.identifier = identifier

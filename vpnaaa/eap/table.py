@@ -65,6 +65,11 @@ class ConversationTable(Generic[T]):
         if source is not None:
             self._by_source[source] = self._by_source.get(source, 0) + 1
 
+    def get(self, conversation_id: bytes) -> T | None:
+        """The conversation, without marking it active; None if unknown or expired."""
+        slot = self._slots.get(conversation_id)
+        return slot.value if slot is not None else None
+
     def touch(self, conversation_id: bytes) -> T | None:
         """The conversation, marked active now; None if unknown or expired."""
         slot = self._slots.get(conversation_id)

@@ -1076,14 +1076,7 @@ class IkeSa:
         """Deletes (§1.4.1) and liveness checks (empty requests) are answered."""
         deletes = [d for d in inner.all(PayloadType.DELETE) if isinstance(d, Delete)]
         if self.state != State.ESTABLISHED and inner.notify(NotifyType.AUTHENTICATION_FAILED):
-            if self._eap_rounds:  # it took part in EAP, so it accepted our certificate
-                cause = f"the client ended EAP after {self._eap_rounds} rounds"
-            else:
-                cause = "the client rejected our certificate (does it trust our CA and name?)"
-            log.info(
-                "{sa}: AUTHENTICATION_FAILED from the client: {cause}", sa=self.name, cause=cause
-            )
-            return self._close(self._respond(header, []), cause)
+            return self._close(self._respond(header, []), self._why_the_client_gave_up())
         if any(d.protocol == ProtocolId.IKE for d in deletes):
             return self._close(self._respond(header, []), "client delete")
         entries: list[Entry] = []
@@ -1108,6 +1101,27 @@ class IkeSa:
         outcome = self._respond(header, entries)
         outcome.remove = removed
         return outcome
+
+    def _why_the_client_gave_up(self) -> str:
+        """The client sent AUTHENTICATION_FAILED before the SA was up. When our EAP
+        method had already refused it (a wrong password: the client gives up instead of
+        acknowledging the MSCHAPv2 Failure), that is the reason, with the user; when it
+        never answered EAP, it refused our certificate; else it gave up during EAP."""
+        eap = self.profile.eap
+        refused = eap.refusal(self._eap_id) if eap is not None and self._eap_id else None
+        if refused is not None:
+            user = logs.quoted(refused.identity)
+            reason = refused.reason
+            log.info(
+                "{sa}: EAP failed for {user}: {reason}", sa=self.name, user=user, reason=reason
+            )
+            return f"EAP failed: {reason}"
+        if self._eap_rounds:  # it took part in EAP, so it accepted our certificate
+            cause = f"the client gave up EAP after {self._eap_rounds} rounds"
+        else:
+            cause = "the client refused our certificate (does it trust our CA and name?)"
+        log.info("{sa}: AUTHENTICATION_FAILED from the client: {cause}", sa=self.name, cause=cause)
+        return cause
 
     # -- plumbing ------------------------------------------------------------------------
 

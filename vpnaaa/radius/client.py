@@ -163,6 +163,10 @@ class RadiusRelay(DatagramProtocol):
             self._drop(conversation_id)
             return defer.succeed((conversation_id, _failure(eap, "internal error")))
 
+    def refusal(self, conversation_id: bytes) -> Failure | None:
+        """The server decides; the relay learns it only from an Access-Reject."""
+        return None
+
     def forget(self, conversation_id: bytes) -> None:
         """Release the conversation and its queued or outstanding request: a queued one is
         never sent; an outstanding one is not retransmitted and its answer is discarded
