@@ -423,8 +423,7 @@ class Responder:
             self._drop(outcome.dropped[0], "{text}", text=outcome.dropped[1])
         for datagram in outcome.send:
             port.send(datagram, remote)
-        for spec in outcome.remove:
-            self._remove_child(sa, spec)
+        self._remove_children(sa, outcome.remove, outcome.cause if outcome.closed else None)
         if outcome.heard:
             sa.heard_at = self.clock.seconds()
         if outcome.request_done:
@@ -441,7 +440,6 @@ class Responder:
                 self._cancel(sa, name)
             self._later(sa, "retire", HALF_OPEN_TIMEOUT, self._retire)
         if outcome.closed:
-            self._ended(sa, outcome.cause)
             self._forget(sa)
             return
         if outcome.eap is not None:
@@ -491,16 +489,45 @@ class Responder:
             1 for sa in self._sessions() if sa.profile is profile and user_key(sa.identity) == user
         )
 
-    def _ended(self, sa: IkeSa, cause: str) -> None:
-        """One line per session end: who, why, for how long."""
-        if sa.established_at is None or sa.rekeyed:
+    def _remove_children(self, sa: IkeSa, specs: list[ChildSaSpec], ended: str | None) -> None:
+        """Take CHILD_SAs out of the kernel; when the session ``ended`` (its cause), read
+        their counters first, for its last log line."""
+        counters = getattr(self.installer, "counters", None)
+        session = ended is not None and sa.established_at is not None and not sa.rekeyed
+        if not session or counters is None or not specs:
+            for spec in specs:
+                self._remove_child(sa, spec)
+            if session:
+                self._ended(sa, ended or "", None)
             return
+
+        def counted(result: Any) -> None:
+            for spec in specs:
+                self._remove_child(sa, spec)
+            self._ended(sa, ended or "", result if isinstance(result, list) else None)
+
+        d = defer.gatherResults([counters(spec) for spec in specs], consumeErrors=True)
+        d.addBoth(counted).addErrback(self._failed, sa)
+
+    def _ended(self, sa: IkeSa, cause: str, counters: list[Any] | None) -> None:
+        """One line per session end: who, why, for how long, how much (kernel counters)."""
+        since = sa.established_at if sa.established_at is not None else self.clock.seconds()
+        traffic = ""
+        if counters:
+            inbound = [c.inbound for c in counters]
+            outbound = [c.outbound for c in counters]
+            traffic = (
+                f"; in {sum(c.bytes for c in inbound)} B/{sum(c.packets for c in inbound)} "
+                f"packets, out {sum(c.bytes for c in outbound)} B/"
+                f"{sum(c.packets for c in outbound)} packets"
+            )
         log.info(
-            "{sa}: session of {user} ended: {cause}; up {duration:.0f} s",
+            "{sa}: session of {user} ended: {cause}; up {duration:.0f} s{traffic}",
             sa=sa.name,
             user=logs.quoted(sa.identity),
             cause=cause or "closed",
-            duration=self.clock.seconds() - sa.established_at,
+            duration=self.clock.seconds() - since,
+            traffic=traffic,
         )
 
     def delete(self, sa: IkeSa, cause: str) -> None:
