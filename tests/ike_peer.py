@@ -260,6 +260,10 @@ class Gateway:
                     found.append(f"{name} timer for SPI {spi.hex()} without an SA")
                 elif not timer.active():
                     found.append(f"{name} timer for SPI {spi.hex()} no longer active")
+        for user, held in responder._by_user.items():
+            for sa in held:
+                if id(sa) not in live_ids:
+                    found.append(f"sessions of {user!r} list an SA that is gone")
         timed = set()
         for call in self.clock.getDelayedCalls():
             for arg in (*call.args, *call.kw.values()):

@@ -170,6 +170,7 @@ class Responder:
         self._half_open_entries: dict[bytes, tuple[tuple[str, int, bytes], Slot]] = {}
         self._timers: dict[bytes, dict[str, IDelayedCall]] = {}  # our SPI -> name -> call
         self._esp_seen: dict[bytes, int] = {}  # our SPI -> inbound ESP octets at last look
+        self._by_user: dict[str, list[IkeSa]] = {}  # user_key -> its established IKE SAs
         context.sessions_of = self.sessions_of
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
@@ -434,6 +435,7 @@ class Responder:
         if outcome.successor is not None:
             successor = outcome.successor
             self.sas[successor.spi_r] = successor
+            self._by_user.setdefault(user_key(successor.identity), []).append(successor)
             self._watch(successor)
             # §1.3.2: the client deletes the old SA; one that never does loses it anyway
             for name in ("dpd", "lifetime"):
@@ -460,7 +462,8 @@ class Responder:
         sa.established_at = self.clock.seconds()
         self._settle(sa)
         user = user_key(sa.identity)
-        others = [o for o in self._sessions() if o is not sa and user_key(o.identity) == user]
+        others = [o for o in self._sessions(user) if o is not sa]
+        self._by_user.setdefault(user, []).append(sa)
         if sa.initial_contact:
             for old in others:
                 self._run(old, old.close("replaced: INITIAL_CONTACT from a new session"))
@@ -480,14 +483,15 @@ class Responder:
         lifetime = self.timing.ike_lifetime * (1 - 0.1 * self.jitter())
         self._later(sa, "lifetime", lifetime, self._lifetime)
 
-    def _sessions(self) -> list[IkeSa]:
-        return [sa for sa in self.sas.values() if sa.state == State.ESTABLISHED and not sa.rekeyed]
+    def _sessions(self, user: str | None = None) -> list[IkeSa]:
+        """The established sessions (IKE SAs not rekeyed away), all or one user's (a
+        user_key, looked up in an index: establishing a session is not O(sessions))."""
+        candidates = self.sas.values() if user is None else self._by_user.get(user, ())
+        return [sa for sa in candidates if sa.state == State.ESTABLISHED and not sa.rekeyed]
 
     def sessions_of(self, user: str, profile: Profile) -> int:
         """Established sessions of ``user`` (a user_key) in ``profile``."""
-        return sum(
-            1 for sa in self._sessions() if sa.profile is profile and user_key(sa.identity) == user
-        )
+        return sum(1 for sa in self._sessions(user) if sa.profile is profile)
 
     def _remove_children(self, sa: IkeSa, specs: list[ChildSaSpec], ended: str | None) -> None:
         """Take CHILD_SAs out of the kernel; when the session ``ended`` (its cause), read
@@ -624,6 +628,11 @@ class Responder:
             if timer.active():
                 timer.cancel()
         self._esp_seen.pop(sa.spi_r, None)
+        held = self._by_user.get(user_key(sa.identity))
+        if held is not None and sa in held:
+            held.remove(sa)
+            if not held:
+                del self._by_user[user_key(sa.identity)]
         if sa.eap_conversation is not None and sa.profile.eap is not None:
             sa.profile.eap.forget(sa.eap_conversation)
 
