@@ -68,6 +68,23 @@ class LivenessTests(LifecycleTestCase):
         self.assertEqual(self.gate.pool.leased, 1)
         self.assertEqual(self.gate.leaks(), [])
 
+    def test_the_next_check_comes_dpd_delay_after_the_answer(self):
+        """An answer that takes half a second moves the next check by that, no more (a
+        timer set when the check left fires first and waits the rest)."""
+        self.gateway()
+        peer = self.connected()
+        clock = self.gate.clock
+        clock.advance(DPD)
+        (request,) = peer.gateway_requests()
+        clock.advance(0.5)
+        peer.answer(request)
+        clock.advance(DPD - 0.55)
+        self.assertEqual(peer.gateway_requests(), [])  # the timer set at the check fired
+        clock.advance(0.5)
+        self.assertEqual(peer.gateway_requests(), [])
+        clock.advance(0.1)  # dpd_delay after the answer
+        self.assertEqual(len(peer.gateway_requests()), 1)
+
     def test_a_peer_that_talks_is_not_asked(self):
         self.gateway()
         peer = self.connected()
@@ -210,6 +227,20 @@ class UniquenessTests(LifecycleTestCase):
         self.assertEqual(sa.remote, OTHER)
         self.assertIn("replaced: max_sessions_per_user", self.session_ends()[0])
         self.assertEqual(self.gate.leaks(), [])
+
+    def test_refuse_holds_against_initial_contact(self):
+        """session_limit = "refuse" is the administrator's word: a new connection with
+        INITIAL_CONTACT is refused too (the old session goes when found dead)."""
+        self.gateway(max_sessions_per_user=1, session_limit="refuse")
+        self.connected()
+        peer = Initiator(self.gate, address=OTHER)
+        peer.sa_init()
+        peer.auth_first(initial_contact=True)
+        peer.authenticate()
+        response = peer.request(ExchangeType.IKE_AUTH, peer.auth_last_entries())
+        self.assertEqual(notifies(response), [NotifyType.AUTHENTICATION_FAILED])
+        (sa,) = self.gate.responder.sas.values()
+        self.assertEqual(sa.remote, PEER)
 
     def test_max_sessions_refuse_the_new_one(self):
         self.gateway(max_sessions_per_user=1, session_limit="refuse")

@@ -558,8 +558,11 @@ class Responder:
         idle = self.clock.seconds() - (sa.heard_at or 0.0)
         if sa.state != State.ESTABLISHED:
             return
-        if sa.outstanding is not None or idle < delay:
-            self._later(sa, "dpd", max(delay - idle, 1.0), self._dpd)
+        if sa.outstanding is not None:  # a request of ours is out: its answer will tell
+            self._later(sa, "dpd", delay, self._dpd)
+            return
+        if idle < delay:  # heard from it meanwhile: ask dpd_delay after that, not later
+            self._later(sa, "dpd", delay - idle, self._dpd)
             return
         counters = getattr(self.installer, "counters", None)
         specs = [c.spec for c in sa.children.values()]

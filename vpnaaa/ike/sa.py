@@ -819,7 +819,7 @@ class IkeSa:
             return self._fail(header, "the client's AUTH does not match the EAP MSK")
         profile = self.profile
         limit = profile.max_sessions_per_user
-        if limit and profile.session_limit == "refuse" and not self.initial_contact:
+        if limit and profile.session_limit == "refuse":  # INITIAL_CONTACT does not bypass it
             held = self.context.sessions_of(user_key(self.identity), profile)
             if held >= limit:
                 return self._fail(
