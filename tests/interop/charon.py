@@ -14,7 +14,9 @@ The pieces:
     namespace it creates its sockets inside it (:meth:`Netns.entered`), so UDP 500/4500 are
     free whatever the machine runs; on the root side it binds the veth's address there. Names
     carry the creating pid (``vpnaaa-t<pid>-<n>``); namespaces left by a crashed earlier run
-    (pid gone) are removed, with the charons still inside them.
+    (pid gone) are removed, with the charons still inside them. :meth:`Netns.silence` drops
+    (nftables) what the client sends to the gateway; :meth:`Netns.route` lets a second client
+    namespace reach a gateway that listens on the first one's veth address.
 
 :class:`Initiator`, :class:`Responder`
     What goes into swanctl.conf: one connection, its credentials, pools.
@@ -25,8 +27,8 @@ The pieces:
     exec charon'`` so that its compiled-in pid file (``/var/run/charon.pid`` on Debian) is
     private. ``swanctl`` talks to it over the vici socket from the root namespace.
     :meth:`Charon.initiate`, :meth:`Charon.list_sas` (parsed into :class:`IkeSa`),
-    :meth:`Charon.terminate`, :meth:`Charon.stop`; :meth:`Charon.keys` reads the IKE and
-    CHILD_SA keys charon logged (``ike 4``, ``chd 4``).
+    :meth:`Charon.terminate`, :meth:`Charon.stop`, :meth:`Charon.kill` (no DELETE sent);
+    :meth:`Charon.keys` reads the IKE and CHILD_SA keys charon logged (``ike 4``, ``chd 4``).
 
 Facts this relies on (Debian bookworm's strongSwan 5.9.8):
 
@@ -75,6 +77,7 @@ from twisted.internet import defer, error, protocol, reactor, task
 from twisted.internet.utils import getProcessOutputAndValue
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
+NFT = shutil.which("nft") or "/usr/sbin/nft"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 PATH = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
 
@@ -105,6 +108,7 @@ KEY_LOGGING: Mapping[str, int] = {
     "enc": 1,
 }
 
+SILENCE = "vpnaaa_silence"  # the nftables table of Netns.silence
 START_TIMEOUT = 10.0  # seconds for charon to open its vici socket
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 POLL = 0.02
@@ -354,6 +358,25 @@ class Netns:
         """Run ``argv`` inside the client (or gateway) namespace."""
         return run(self.exec_argv(argv, gateway), check=check)
 
+    def route(self, address: str) -> defer.Deferred[tuple[str, int]]:
+        """A host route in the client namespace to ``address`` through the gateway end: a
+        second client namespace reaches a gateway listening on another namespace's veth
+        address (the root namespace delivers it locally, whichever veth it came in on)."""
+        return run(
+            [IP, "-n", self.name, "route", "add", f"{address}/32", "via", self.gateway_address]
+        )
+
+    def silence(self, address: str) -> defer.Deferred[tuple[str, int]]:
+        """Drop every packet the client namespace sends to ``address`` (nftables, in an
+        ``inet`` table of its own): a client gone without a word (lid closed, Wi-Fi lost).
+        What ``address`` sends still arrives, so the client's log shows what it got."""
+        rules = (
+            f"add table inet {SILENCE}; "
+            f"add chain inet {SILENCE} output {{ type filter hook output priority 0; }}; "
+            f"add rule inet {SILENCE} output ip daddr {address} drop"
+        )
+        return self.run([NFT, rules])
+
     @defer.inlineCallbacks
     def destroy(self) -> Generator[defer.Deferred[Any], Any, None]:
         """Kill what still runs inside, delete the namespaces (and so the veth pair) and the
@@ -546,6 +569,7 @@ class ChildProcess(protocol.ProcessProtocol):
     def __init__(self) -> None:
         self.ended: defer.Deferred[int | None] = defer.Deferred()
         self.exit_code: int | None = None
+        self.exit_signal: int | None = None  # the signal that ended it (then exit_code is None)
         self.output = bytearray()
 
     def outReceived(self, data: bytes) -> None:
@@ -556,6 +580,7 @@ class ChildProcess(protocol.ProcessProtocol):
     def processEnded(self, reason: Any) -> None:
         value = reason.value
         self.exit_code = getattr(value, "exitCode", None)
+        self.exit_signal = getattr(value, "signal", None)
         self.ended.callback(self.exit_code)
 
 
@@ -693,6 +718,17 @@ class Charon:
                 yield sleep(POLL)
             if ended.called:
                 break
+        return daemon.exit_code
+
+    @defer.inlineCallbacks
+    def kill(self) -> Generator[defer.Deferred[Any], Any, int | None]:
+        """SIGKILL: charon ends without a word to its peers (a crashed client)."""
+        daemon = self._daemon
+        if daemon is None or daemon.ended.called:
+            return daemon.exit_code if daemon else None
+        with contextlib.suppress(error.ProcessExitedAlready):
+            self._transport.signalProcess("KILL")
+        yield daemon.ended
         return daemon.exit_code
 
     # swanctl ------------------------------------------------------------------------------
