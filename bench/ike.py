@@ -336,7 +336,7 @@ LOG_CHECKS = {
             ("IKE_SAs established", re.compile(r": ESTABLISHED for '")),
             ("CHILD_SAs installed", re.compile(r": CHILD_SA [0-9a-f]{8}/[0-9a-f]{8} ")),
         ),
-        re.compile(r": deleted by the client"),
+        re.compile(r"' ended: client delete; "),
     ),
     SERVER_CHARON: LogCheck(
         (
@@ -408,6 +408,10 @@ def vpnaaa_config_text(state_dir: Path, address: str) -> str:
         "\n"
         "[radius]\n"
         "enabled = false\n"
+        "\n"
+        "[eap]\n"
+        "# every load-tester client comes from one address: a burst's EAP conversations at once\n"
+        "max_conversations_per_source = 100000\n"
         "\n"
         "[ike]\n"
         "enabled = true\n"
