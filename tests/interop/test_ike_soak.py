@@ -9,8 +9,8 @@ session must be gone with everything it held.
 
 Kernel state: this machine's kernel has no ESP, so vpnaaa runs with ``installer = "null"``,
 which records the CHILD_SAs it would install (``responder.installer.installed``); "zero
-kernel state" is asserted as that record being empty. The kernel VM tests
-(tests/kernel/) prove the same with real XFRM SAs and policies.
+kernel state" is asserted as that record being empty. Real XFRM SAs and policies are not
+covered here: that needs the kernel VM (tests/kernel/).
 """
 
 from __future__ import annotations
