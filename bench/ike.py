@@ -84,13 +84,12 @@ import pstats
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +109,6 @@ from bench.radius_pap import (
     Sample,
     Server,
     format_cpus,
-    pin_to,
     print_profile,
     require_executable,
     round_order,
@@ -119,16 +117,16 @@ from bench.radius_pap import (
     twistd_command,
     vpnaaa_cli,
 )
-from tests.interop.charon import (
-    PLUGINS,
-    UPSTREAM,
-    Responder,
-    _section,
-    _settings,
-    pid_alive,
-    quote,
-)
+from tests.interop.charon import PLUGINS, UPSTREAM, HarnessError, Responder, _section, pid_alive
 from tests.interop.freeradius import write_private
+from tests.interop.load_tester import (
+    START_TIMEOUT_S,
+    LoadTester,
+    charon_argv,
+    identities,
+    spawn,
+    strongswan_conf,
+)
 from vpnaaa import pki as vpnaaa_pki
 from vpnaaa.users import read_users, write_users
 
@@ -136,7 +134,6 @@ SERVER_CHARON = "charon"
 LABELS = {SERVER_VPNAAA: "vpnaaa", SERVER_CHARON: "charon"}
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
-UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 NETNS_PREFIX = "vpnaaa-b"  # vpnaaa-b<pid>-c (client), -v (vpnaaa), -s (strongSwan)
 
 # One /30 per gateway: (gateway address, client address).
@@ -147,7 +144,6 @@ LINKS = {
 PREFIX_LEN = 30
 POOL = "10.99.0.0/20"  # virtual IPs, both gateways (separate processes, separate leases)
 
-IDENTITY = "c%d-%d@ldt.example.test"  # load-tester initiator_id: client number, auth round
 EAP_PASSWORD = BENCH_PASSWORD
 CLI_KEY_TYPE = "rsa3072"  # what `vpnaaa pki issue` makes
 KEY_TYPES = ("rsa3072", "rsa2048")
@@ -158,17 +154,7 @@ SUITES = {
     "curve25519": "aes256-sha256-curve25519",
 }
 
-# The load-tester client: no kernel SAs (fake_kernel), load-tester before kernel-netlink so
-# it provides the kernel-ipsec part.  No vici, attr or kernel-libipsec.
-CLIENT_PLUGINS = (
-    *("random", "nonce", "x509", "revocation", "constraints", "pubkey", "pkcs1", "pkcs8"),
-    *("pem", "openssl", "gmp", "curve25519", "hmac", "kdf", "sha2", "aes", "gcm"),
-    *("load-tester", "kernel-netlink", "socket-default", "eap-identity", "eap-mschapv2"),
-)
-
-CHARON_START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
-BURST_TIMEOUT_S = 90.0  # the client gives up on an IKE_SA after about 25 s (retransmit_*)
 IDLE_WINDOW_S = 0.1  # a gateway is idle when it used less than IDLE_CPU_S in this window
 IDLE_CPU_S = 0.001
 IDLE_TIMEOUT_S = 15.0
@@ -189,26 +175,6 @@ def run(argv: Sequence[str], check: bool = True) -> str:
     if check and completed.returncode != 0:
         raise BenchError(f"{' '.join(argv)} exited with {completed.returncode}:\n{output}")
     return output
-
-
-def spawn_env(
-    argv: Sequence[str],
-    log_path: Path,
-    cpus: frozenset[int] | None,
-    env: Mapping[str, str] | None = None,
-) -> subprocess.Popen:
-    """radius_pap's ``spawn`` (own session, pinned, output to a file) with extra environment."""
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=REPO,
-            preexec_fn=pin_to(cpus),
-            env={**os.environ, "LC_ALL": "C", **(env or {})},
-        )
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -330,25 +296,6 @@ class Network:
 # --------------------------------------------------------------------------
 
 
-def strongswan_conf(
-    plugins: Sequence[str], options: Mapping[str, object], plugin_sections: list[str], log: Path
-) -> str:
-    """A ``charon`` section: plugin list, options, plugin settings and a level-1 file log."""
-    body = _settings({"load": " ".join(plugins), **options})
-    body += _section("plugins", plugin_sections)
-    log_options = {"path": log, "default": 1, "flush_line": True, "append": False}
-    body += _section("filelog", _section("charon", _settings(log_options)))
-    return "\n".join(_section("charon", body)) + "\n"
-
-
-def charon_argv(network: Network, namespace: str, run_dir: Path) -> list[str]:
-    """charon in ``namespace`` with a private mount of its compiled-in pid directory."""
-    script = 'mount --bind "$1" "$2" && exec "$3"'
-    argv = [UNSHARE, "-m", "--propagation", "private", "sh", "-c", script, "sh"]
-    argv += [str(run_dir), str(UPSTREAM.piddir), str(UPSTREAM.charon)]
-    return network.exec_argv(namespace, argv)
-
-
 @dataclass(frozen=True)
 class GatewayPki:
     """vpnaaa's CA and the gateway certificate (both gateway addresses) in its state dir."""
@@ -370,11 +317,6 @@ class GatewayPki:
         return found
 
 
-def identities(count: int) -> list[str]:
-    """The EAP identities the load-tester uses in one burst (client numbers 1..count)."""
-    return [IDENTITY % (number, 1) for number in range(1, count + 1)]
-
-
 # --------------------------------------------------------------------------
 # Gateways
 # --------------------------------------------------------------------------
@@ -394,7 +336,7 @@ LOG_CHECKS = {
             ("IKE_SAs established", re.compile(r": ESTABLISHED for '")),
             ("CHILD_SAs installed", re.compile(r": CHILD_SA [0-9a-f]{8}/[0-9a-f]{8} ")),
         ),
-        re.compile(r": deleted by the client"),
+        re.compile(r"' ended: client delete; "),
     ),
     SERVER_CHARON: LogCheck(
         (
@@ -467,6 +409,10 @@ def vpnaaa_config_text(state_dir: Path, address: str) -> str:
         "[radius]\n"
         "enabled = false\n"
         "\n"
+        "[eap]\n"
+        "# every load-tester client comes from one address: a burst's EAP conversations at once\n"
+        "max_conversations_per_source = 100000\n"
+        "\n"
         "[ike]\n"
         "enabled = true\n"
         f'listen = "{address}"\n'
@@ -514,7 +460,7 @@ def start_vpnaaa(
     profile_path = workdir / "vpnaaa.prof" if profile else None
     log_path = workdir / "vpnaaa.out"
     argv = network.exec_argv(network.gateways[SERVER_VPNAAA], twistd_command(config, profile_path))
-    process = spawn_env(argv, log_path, cpus)
+    process = spawn(argv, log_path, cpus, cwd=REPO)
     server = Server(SERVER_VPNAAA, "vpnaaa", 500, process, log_path, profile_path)
     try:
         wait_for(
@@ -569,17 +515,14 @@ def start_charon(
     )
     UPSTREAM.piddir.mkdir(parents=True, exist_ok=True)  # the bind mount's target
     env = {"STRONGSWAN_CONF": str(conf)}
-    process = spawn_env(
-        charon_argv(network, network.gateways[SERVER_CHARON], run_dir),
-        workdir / "charon.out",
-        cpus,
-        env,
+    process = spawn(
+        charon_argv(network.gateways[SERVER_CHARON], run_dir), workdir / "charon.out", cpus, env
     )
     server = Server(SERVER_CHARON, LABELS[SERVER_CHARON], 500, process, log_path)
     swanctl = [str(UPSTREAM.swanctl), "--load-all", "--noprompt", "--file", str(swanctl_conf)]
     swanctl += ["--uri", f"unix://{vici}"]
     try:
-        wait_for(vici.exists, CHARON_START_TIMEOUT_S, server, "no vici socket")
+        wait_for(vici.exists, START_TIMEOUT_S, server, "no vici socket")
         completed = subprocess.run(
             swanctl, capture_output=True, text=True, check=False, env={**os.environ, **env}
         )
@@ -592,146 +535,6 @@ def start_charon(
         server.stop()
         raise
     return server
-
-
-# --------------------------------------------------------------------------
-# The client: charon's load-tester plugin
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Burst:
-    """What the load-tester answered for one burst, and how long it took."""
-
-    marks: str
-    wall_seconds: float
-
-    @property
-    def established(self) -> int:
-        return self.marks.count("+")
-
-    @property
-    def retransmits(self) -> int:
-        return self.marks.count("*")
-
-    def problem(self, count: int) -> str | None:
-        """Why the burst does not count, or None when every IKE_SA was established."""
-        counts = {mark: self.marks.count(mark) for mark in ".+-!"}
-        if counts == {".": count, "+": count, "-": 0, "!": 0}:
-            return None
-        return (
-            f"{counts['+']} of {count} IKE_SAs established ({counts['.']} initiated, "
-            f"{counts['-']} failed, {counts['!']} not initiated)"
-        )
-
-
-class LoadTester:
-    """One client charon per burst, in the client namespace, pinned to the client CPUs."""
-
-    def __init__(
-        self, workdir: Path, network: Network, pki: GatewayPki, cpus: frozenset[int] | None
-    ):
-        self.workdir = workdir
-        self.network = network
-        self.cpus = cpus
-        self.run_dir = workdir / "run"
-        self.run_dir.mkdir()
-        self.ca_dir = workdir / "ca"
-        self.ca_dir.mkdir()
-        shutil.copyfile(pki.ca_cert, self.ca_dir / "ca.pem")
-        self.conf = workdir / "strongswan.conf"
-        self.log_path = workdir / "charon.log"
-        self.socket_path = workdir / "ldt.sock"
-        self.process: subprocess.Popen | None = None
-
-    def config_text(self, server: str, suite: str) -> str:
-        gateway = LINKS[server][0]
-        tester = {
-            "enable": True,
-            "fake_kernel": True,
-            "initiators": 0,  # initiate only when asked on the control socket
-            "responder": gateway,
-            "proposal": SUITES[suite],
-            "esp": ESP_PROPOSAL,
-            "initiator_auth": "eap-mschapv2",
-            "responder_auth": "pubkey",
-            "initiator_id": quote(IDENTITY),
-            "responder_id": gateway,
-            "eap_password": quote(EAP_PASSWORD),
-            "request_virtual_ip": True,
-            "initiator_tsr": "0.0.0.0/0",
-            "ca_dir": self.ca_dir,
-            "socket": f"unix://{self.socket_path}",
-        }
-        options = {"port": 500, "port_nat_t": 4500, "reuse_ikesa": False}
-        options |= {"install_virtual_ip": False, "install_routes": False}
-        # Give up on an IKE_SA after about 25 s (sends at 0, 4, 11 s) rather than 165 s.
-        options |= {"retransmit_tries": 2}
-        return strongswan_conf(
-            CLIENT_PLUGINS, options, _section("load-tester", _settings(tester)), self.log_path
-        )
-
-    def start(self, server: Server, suite: str) -> None:
-        """A fresh client charon aimed at ``server`` (identities start again at c1-1)."""
-        self.conf.write_text(self.config_text(server.name, suite))
-        self.socket_path.unlink(missing_ok=True)
-        UPSTREAM.piddir.mkdir(parents=True, exist_ok=True)
-        self.process = spawn_env(
-            charon_argv(self.network, self.network.client, self.run_dir),
-            self.workdir / "charon.out",
-            self.cpus,
-            {"STRONGSWAN_CONF": str(self.conf)},
-        )
-        deadline = time.monotonic() + CHARON_START_TIMEOUT_S
-        while not self.socket_path.exists():
-            if self.process.poll() is not None or time.monotonic() >= deadline:
-                raise BenchError(
-                    f"the load-tester charon did not open {self.socket_path}; log tail:\n"
-                    f"{tail(self.log_path)}\n{tail(self.workdir / 'charon.out')}"
-                )
-            time.sleep(POLL_S)
-
-    def cpu_seconds(self) -> float:
-        assert self.process is not None
-        return process_cpu_seconds(self.process.pid)
-
-    def udp_drops(self) -> int:
-        assert self.process is not None
-        return udp_receive_drops(self.process.pid)
-
-    def burst(self, count: int) -> Burst:
-        """Initiate ``count`` IKE_SAs at once; return when every one succeeded or failed."""
-        marks = bytearray()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
-            control.settimeout(BURST_TIMEOUT_S)
-            control.connect(str(self.socket_path))
-            start = time.perf_counter()
-            control.sendall(f"{count} 0\n".encode())
-            try:
-                while data := control.recv(4096):
-                    marks += data
-            except TimeoutError:
-                raise BenchError(
-                    f"load-tester: no progress for {BURST_TIMEOUT_S:g} s after "
-                    f"{marks.decode(errors='replace')!r}; log tail:\n{tail(self.log_path)}"
-                ) from None
-            wall = time.perf_counter() - start
-        return Burst(marks.decode(errors="replace").strip(), wall)
-
-    def stop(self) -> None:
-        """SIGTERM (charon deletes its IKE_SAs on the way out), SIGKILL if it lingers."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-        process.wait()
 
 
 # --------------------------------------------------------------------------
@@ -790,13 +593,13 @@ def burst_against(server: Server, client: LoadTester, suite: str, count: int, ro
     the gateway has logged every delete and gone idle.  Its RSS is read just before the
     burst and as soon as the load-tester reports every IKE_SA established.
     """
-    client.start(server, suite)
+    client.start(LINKS[server.name][0], SUITES[suite], ESP_PROPOSAL)
     try:
         wait_idle(server)
         since = (log_size(server.log_path), log_size(client.log_path))
         own = time.process_time()  # this harness, all threads
-        drops_before = udp_receive_drops(server.process.pid), client.udp_drops()
-        client_before = client.cpu_seconds()
+        drops_before = udp_receive_drops(server.process.pid), udp_receive_drops(client.pid)
+        client_before = process_cpu_seconds(client.pid)
         busy_before = busy_cpu_seconds()
         rss_before = rss_kib(server.process.pid)
         cpu_before = CpuReading.read(server)
@@ -807,10 +610,10 @@ def burst_against(server: Server, client: LoadTester, suite: str, count: int, ro
         cpu_after = CpuReading.read(server)
         window = time.perf_counter() - window
         busy = busy_cpu_seconds() - busy_before
-        client_cpu = client.cpu_seconds() - client_before + time.process_time() - own
+        client_cpu = process_cpu_seconds(client.pid) - client_before + time.process_time() - own
         drops = (
             udp_receive_drops(server.process.pid) - drops_before[0],
-            client.udp_drops() - drops_before[1],
+            udp_receive_drops(client.pid) - drops_before[1],
         )
         problem = burst.problem(count)
         if problem is not None:
@@ -1134,7 +937,9 @@ def run_benchmark(args: argparse.Namespace) -> None:
             charon = start_charon(workdir / SERVER_CHARON, network, gateway_pki, users, plan.server)
             stack.callback(charon.stop)
             servers.append(charon)
-        client = LoadTester(workdir / "client", network, gateway_pki, plan.client)
+        client = LoadTester(
+            workdir / "client", network.client, gateway_pki.ca_cert, EAP_PASSWORD, plan.client
+        )
         stack.callback(client.stop)
         if plan.client is not None:
             os.sched_setaffinity(0, plan.client)
@@ -1162,9 +967,18 @@ def run_benchmark(args: argparse.Namespace) -> None:
             print_breakdown(profiled.profile_path, handshakes)
 
 
+def run_reporting_harness_errors(args: argparse.Namespace) -> None:
+    """:func:`run_benchmark`; a load-tester failure (the test harness's error) is reported
+    as the bench's own, one line and status 1."""
+    try:
+        run_benchmark(args)
+    except HarnessError as exc:
+        raise BenchError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the process exit status."""
-    return run_main(parse_args, run_benchmark, argv)
+    return run_main(parse_args, run_reporting_harness_errors, argv)
 
 
 if __name__ == "__main__":
