@@ -37,12 +37,13 @@
 # Last, the gateway speaking first: the daemon again, with dpd_delay 6 s, retransmissions
 # after 2, 3 and 4.5 s and child_lifetime 120 s, and two clients at once (bob plain, alice
 # behind the NAT). bob's busy tunnel (pings for 4 x dpd_delay) gets no liveness request
-# (counted in charon's log); idle, it gets one within 2 x dpd_delay and charon answers;
-# silenced with nftables (nothing from vk-cl reaches the gateway, no DELETE), his session
-# ends as a dead peer within dpd_delay + retransmissions and none of his SAs and policies
-# stays, while alice's stay. alice's CHILD_SA reaches its hard lifetime in the kernel: the
-# gateway removes both SAs and its policies, charon logs the DELETE it received for it, and
-# charon's kernel drops its SAs too. The daemon stops as above.
+# (counted in charon's log) while alice's idle one gets some; once idle, bob's gets one
+# within 2 x dpd_delay and charon answers; silenced with nftables (nothing from vk-cl
+# reaches the gateway, no DELETE), his session ends as a dead peer within dpd_delay +
+# retransmissions and none of his SAs and policies stays, while alice's stay. alice's
+# CHILD_SA reaches its hard lifetime in the kernel: the gateway removes both SAs and its
+# policies, charon logs the DELETE it received for it, and charon's kernel drops its SAs
+# too. The daemon stops as above.
 set -u
 
 MODE=${1:-}
@@ -349,7 +350,8 @@ start_daemon() { # NAME: twistd vpnaaa with STATE/NAME.toml, logging to OUT/NAME
     local deadline=$((SECONDS + 300))
     until vpnaaa_log | grep -q "IKEv2 responder on"; do
         if ! kill -0 "$DAEMON" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-            fail "${label}daemon starts" "no 'IKEv2 responder on' line; see twistd-$name.out and $name.log"
+            fail "${label}daemon starts" \
+                "no 'IKEv2 responder on' line; see twistd-$name.out and $name.log"
             tail -n 30 "$OUT/twistd-$name.out" "$DAEMON_LOG" 2>/dev/null
             return 1
         fi
@@ -360,9 +362,11 @@ start_daemon() { # NAME: twistd vpnaaa with STATE/NAME.toml, logging to OUT/NAME
     local status uid
     status=$(cat "/proc/$DAEMON/status")
     uid=$(id -u vpnaaa)
-    check "${label}daemon runs as user vpnaaa ($uid), not root" "$(grep -E '^(Uid|Gid):' <<<"$status")" \
+    check "${label}daemon runs as user vpnaaa ($uid), not root" \
+        "$(grep -E '^(Uid|Gid):' <<<"$status")" \
         test "$(awk -v u="$uid" '/^Uid:/ { print ($2 == u && $3 == u && $4 == u && $5 == u) }' <<<"$status")" = 1
-    check "${label}daemon keeps CAP_NET_ADMIN only (CapEff 0x1000)" "$(grep -E '^Cap' <<<"$status")" \
+    check "${label}daemon keeps CAP_NET_ADMIN only (CapEff 0x1000)" \
+        "$(grep -E '^Cap' <<<"$status")" \
         grep -q '^CapEff:[[:space:]]*0000000000001000$' <<<"$status"
     check "${label}kernel installer in use" "the start-up line does not say 'kernel ESP'" \
         has "$(vpnaaa_log | grep 'IKEv2 responder on')" "kernel ESP"
@@ -645,7 +649,8 @@ sas_of() { gw_sas | awk -v a="$1" '$1 == a || $2 == a' | wc -l; } # ADDRESS: SAs
 policies_of() { # ADDRESS VIP: the gateway's in/out/fwd policies naming the one or the other
     ip -n vk-gw xfrm policy | awk -v a=" $1 " -v v=" $2/32 " '
         function flush() {
-            if (block ~ /[[:space:]]dir (in|out|fwd)[[:space:]]/ && (index(block, a) || index(block, v))) n++
+            if (block ~ /[[:space:]]dir (in|out|fwd)[[:space:]]/ &&
+                (index(block, a) || index(block, v))) n++
         }
         /^src / { flush(); block = "" }
         { block = block " " $0 " " }
@@ -666,32 +671,39 @@ lifecycle() { # bob (plain) busy, idle, then silenced; alice (NAT-T) until her h
 }
 
 liveness_and_expiry() {
-    # bob first: his checks then run within alice's CHILD_SA lifetime
-    connect "liveness" dpd cl || return 1
-    local vip_dpd=$VIP
+    # alice first: bob's checks run within her CHILD_SA's lifetime
     connect "hard lifetime" expiry ncl || return 1
     local vip_expiry=$VIP installed=$SECONDS
+    connect "liveness" dpd cl || return 1
+    local vip_dpd=$VIP
     local soft=$((LC_CHILD_LIFETIME * 9 / 10)) spi_in limits
-    spi_in=$(gw_sas | awk -v c=$CLIENT_NAT -v g=$GW_NAT '$1 == c && $2 == g { sub(/^0x/, "", $3); print $3 }')
-    limits=$(ip -n vk-gw -s xfrm state | grep -c "expire add: soft $soft(sec), hard $LC_CHILD_LIFETIME(sec)")
+    spi_in=$(gw_sas | awk -v c=$CLIENT_NAT -v g=$GW_NAT \
+        '$1 == c && $2 == g { sub(/^0x/, "", $3); print $3 }') # what the gateway's DELETE names
+    limits=$(ip -n vk-gw -s xfrm state |
+        grep -c "expire add: soft $soft(sec), hard $LC_CHILD_LIFETIME(sec)")
     check "lifecycle: the kernel holds soft $soft s / hard $LC_CHILD_LIFETIME s on all 4 SAs" \
         "$limits SAs with those limits: $(ip -n vk-gw -s xfrm state | grep 'expire add')" \
         test "$limits" -eq 4 -a "$(gw_sas | wc -l)" -eq 4
     dump_xfrm lifecycle-up
 
     # a busy tunnel: inbound ESP counts as heard, no liveness request in 4 x dpd_delay
-    local count=$((LC_DPD * 8)) probes
+    local count=$((LC_DPD * 8)) probes idle_probes
     say "liveness: $((count / 2)) s of pings from $vip_dpd (dpd_delay $LC_DPD s)"
     ping_lan cl "$vip_dpd" "$count" 0.5 "$OUT/dpd-busy.txt" &
     local pinger=$!
     sleep 3 # ESP flowing; a request sent just before would be in charon's log by now
     probes=$(charon_count dpd "$PROBE")
+    idle_probes=$(charon_count expiry "$PROBE")
     wait "$pinger"
+    idle_probes=$(($(charon_count expiry "$PROBE") - idle_probes))
     check "liveness: $count pings through the busy tunnel, all answered" \
         "$(tail -n 2 "$OUT/dpd-busy.txt")" grep -q " $count received" "$OUT/dpd-busy.txt"
-    local name="liveness: a busy tunnel is not probed (no request at the client in $((count / 2 - 3)) s)"
-    check "$name" "$(($(charon_count dpd "$PROBE") - probes)) in dpd/charon.log" \
+    local name="liveness: a busy tunnel is not probed"
+    check "$name (no request at the client in $((count / 2 - 3)) s)" \
+        "$(($(charon_count dpd "$PROBE") - probes)) in dpd/charon.log" \
         test "$(charon_count dpd "$PROBE")" -eq "$probes"
+    check "liveness: ... while alice's idle tunnel was probed meanwhile ($idle_probes requests)" \
+        "expiry/charon.log" test "$idle_probes" -ge 2
 
     # idle: a liveness request within 2 x dpd_delay, answered
     local answers
@@ -721,14 +733,17 @@ EOF
     waits=$(awk -v t=$LC_RT_TIMEOUT -v b=$LC_RT_BASE -v n=$LC_RT_TRIES \
         'BEGIN { for (i = 0; i <= n; i++) s += t * b ^ i; printf "%d", s + 0.999 }')
     bound=$((LC_DPD + 1 + waits + 20)) # the timer's 1 s reschedule, and TCG's slowness
-    gone() { [ "$(sas_of $CLIENT_PLAIN)" -eq 0 ] && [ "$(policies_of $CLIENT_PLAIN "$vip_dpd")" -eq 0 ]; }
+    gone() {
+        [ "$(sas_of $CLIENT_PLAIN)" -eq 0 ] && [ "$(policies_of $CLIENT_PLAIN "$vip_dpd")" -eq 0 ]
+    }
     wait_until $((bound + 60)) gone
     elapsed=$((SECONDS - silenced))
     dump_xfrm lifecycle-silenced
     check "liveness: silenced client: none of its SAs left on the gateway (src/dst $CLIENT_PLAIN)" \
         "$(gw_sas)" test "$(sas_of $CLIENT_PLAIN)" -eq 0
     check "liveness: silenced client: none of its policies left (tmpl $CLIENT_PLAIN, $vip_dpd)" \
-        "$(ip -n vk-gw xfrm policy | head -c 600)" test "$(policies_of $CLIENT_PLAIN "$vip_dpd")" -eq 0
+        "$(ip -n vk-gw xfrm policy | head -c 600)" \
+        test "$(policies_of $CLIENT_PLAIN "$vip_dpd")" -eq 0
     name="liveness: removed ${elapsed} s after the silence (dpd_delay $LC_DPD s + retransmissions"
     check "$name $waits s: at most $bound s)" "" test "$elapsed" -le "$bound"
     local end
@@ -737,8 +752,9 @@ EOF
     local cause="dead peer (no answer to $((LC_RT_TRIES + 1)) liveness requests)"
     check "liveness: the daemon logs the session's end: $cause" \
         "${end:-no line \"session of 'bob' ended\"}" has "$end" "ended: $cause"
-    check "liveness: the silenced client received the request and its retransmissions" \
-        "requests $requests -> $(charon_count dpd "$PROBE"), retransmits $retransmits -> $(charon_count dpd "$RETRANSMIT")" \
+    local seen="requests $requests -> $(charon_count dpd "$PROBE")"
+    seen="$seen, retransmits $retransmits -> $(charon_count dpd "$RETRANSMIT")"
+    check "liveness: the silenced client received the request and its retransmissions" "$seen" \
         test "$(charon_count dpd "$PROBE")" -gt "$requests" -a \
         "$(charon_count dpd "$RETRANSMIT")" -ge $((retransmits + LC_RT_TRIES))
     check "hard lifetime: alice's session untouched by bob's end (2 SAs, 3 policies)" "$(gw_sas)" \
@@ -746,13 +762,15 @@ EOF
 
     # alice's CHILD_SA reaches its hard lifetime: removed, and the client told with a DELETE
     say "hard lifetime: waiting for it ($((installed + LC_CHILD_LIFETIME - SECONDS)) s from now)"
-    deleted() { grep -q "received DELETE for ESP CHILD_SA with SPI $spi_in" "$OUT/expiry/charon.log"; }
+    deleted() {
+        grep -q "received DELETE for ESP CHILD_SA with SPI $spi_in" "$OUT/expiry/charon.log"
+    }
     check "hard lifetime: charon logs the gateway's DELETE for the CHILD_SA (SPI $spi_in)" \
         "$(grep -E 'DELETE|closing' "$OUT/expiry/charon.log" | tail -n 3 | tr '\n' ' ')" \
         wait_until $((installed + LC_CHILD_LIFETIME + 60 - SECONDS)) deleted
     elapsed=$((SECONDS - installed))
-    check "hard lifetime: ... at the hard lifetime, not the soft one ($elapsed s after connecting)" \
-        "" test "$elapsed" -ge "$soft"
+    name="hard lifetime: ... at the hard lifetime, not the soft one"
+    check "$name ($elapsed s after connecting)" "" test "$elapsed" -ge "$soft"
     alice_gone() {
         [ "$(sas_of $CLIENT_NAT)" -eq 0 ] && [ "$(policies_of $CLIENT_NAT "$vip_expiry")" -eq 0 ]
     }
@@ -786,7 +804,7 @@ run() {
         return
     fi
     pass "network namespaces, links, NAT"
-    start_daemon || return
+    start_daemon vpnaaa || return
     client_case "plain" plain cl "$GW_PLAIN" 0 gw-c c-gw "$ESP_PLAIN"
     client_case "NAT-T" nat ncl $CLIENT_NAT 1 gw-n c-n "$ESP_NAT"
     stop_daemon
