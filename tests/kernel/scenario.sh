@@ -31,8 +31,19 @@
 # and leaves two new SAs with the same reqid; `swanctl --terminate` leaves no SA and no
 # policy on the gateway. Plain case only: a second CHILD_SA whose algorithm the kernel lacks
 # (module chacha20poly1305 blocked, as on a kernel built without it) fails with a notify to
-# the client and a log line, while the first CHILD_SA keeps carrying traffic. At the end:
-# the daemon stops on SIGTERM leaving nothing in the kernel, and its log has no traceback.
+# the client and a log line, while the first CHILD_SA keeps carrying traffic. Then the
+# daemon stops on SIGTERM leaving nothing in the kernel, and its log has no traceback.
+#
+# Last, the gateway speaking first: the daemon again, with dpd_delay 6 s, retransmissions
+# after 2, 3 and 4.5 s and child_lifetime 120 s, and two clients at once (bob plain, alice
+# behind the NAT). bob's busy tunnel (pings for 4 x dpd_delay) gets no liveness request
+# (counted in charon's log) while alice's idle one gets some; once idle, bob's gets one
+# within 2 x dpd_delay and charon answers; silenced with nftables (nothing from vk-cl
+# reaches the gateway, no DELETE), his session ends as a dead peer within dpd_delay +
+# retransmissions and none of his SAs and policies stays, while alice's stay. alice's
+# CHILD_SA reaches its hard lifetime in the kernel: the gateway removes both SAs and its
+# policies, charon logs the DELETE it received for it, and charon's kernel drops its SAs
+# too. The daemon stops as above.
 set -u
 
 MODE=${1:-}
@@ -53,14 +64,21 @@ LAN_HOST=203.0.113.2
 POOL_PREFIX=10.99.1.
 REQID_BASE=$((0x76700000)) # vpnaaa.service.REQID_BASE
 REQID_END=$((REQID_BASE + 0x100000))
+# the last phase's daemon: liveness checks after LC_DPD s of silence, our requests sent
+# again after 2, 3 and 4.5 s, CHILD_SAs that live LC_CHILD_LIFETIME s (config.py's minimum)
+LC_DPD=6
+LC_RT_TIMEOUT=2
+LC_RT_BASE=1.5
+LC_RT_TRIES=2
+LC_CHILD_LIFETIME=120
 PLUGINS="random nonce x509 revocation constraints pubkey pkcs1 pkcs8 pem openssl gmp"
 PLUGINS="$PLUGINS curve25519 hmac kdf sha2 aes gcm kernel-netlink socket-default vici attr"
 PLUGINS="$PLUGINS eap-identity eap-mschapv2"
 
 # --- prepare (host) ------------------------------------------------------------------------
 
-charon_config() { # NAME GATEWAY IKE-PROPOSALS ESP-PROPOSALS [extra children lines]
-    local name=$1 gateway=$2 ike=$3 esp=$4 extra=${5:-}
+charon_config() { # NAME GATEWAY IKE-PROPOSALS ESP-PROPOSALS [extra children lines] [USER SECRET]
+    local name=$1 gateway=$2 ike=$3 esp=$4 extra=${5:-} user=${6:-alice} secret=${7:-wonderland}
     local dir=$OUT/$name
     local sub
     for sub in x509 x509ca x509ocsp x509aa x509ac x509crl pubkey private rsa ecdsa bliss pkcs8 pkcs12; do
@@ -105,7 +123,7 @@ connections {
     dpd_delay = 0
     local {
       auth = eap-mschapv2
-      eap_id = alice
+      eap_id = $user
     }
     remote {
       auth = pubkey
@@ -123,21 +141,18 @@ $extra
   }
 }
 secrets {
-  eap-alice {
-    id = alice
-    secret = wonderland
+  eap-$user {
+    id = $user
+    secret = $secret
   }
 }
 EOF
 }
 
-prepare() {
-    rm -rf "$STATE" "$OUT/plain" "$OUT/nat"
-    mkdir -p "$STATE"
-    chmod 700 "$STATE"
+vpnaaa_config() { # FILE [more [ike] lines]
     (
         umask 077
-        cat >"$STATE/vpnaaa.toml" <<EOF
+        cat >"$1" <<EOF
 [general]
 state_dir = "$STATE"
 log_level = "debug"
@@ -151,15 +166,29 @@ installer = "kernel"
 listen = "0.0.0.0"
 pool = "${POOL_PREFIX}0/24"
 eap_methods = ["mschapv2"]
-
+${2:-}
 [admin]
 socket = "$ADMIN_DIR/admin.sock"
 EOF
     )
+}
+
+prepare() {
+    rm -rf "$STATE" "$OUT/plain" "$OUT/nat" "$OUT/dpd" "$OUT/expiry"
+    mkdir -p "$STATE"
+    chmod 700 "$STATE"
+    vpnaaa_config "$STATE/vpnaaa.toml"
+    # the last phase's daemon: quick liveness checks and give-up, short CHILD_SA lifetimes
+    vpnaaa_config "$STATE/vpnaaa-lifecycle.toml" "dpd_delay = $LC_DPD
+retransmit_timeout = $LC_RT_TIMEOUT
+retransmit_base = $LC_RT_BASE
+retransmit_tries = $LC_RT_TRIES
+child_lifetime = $LC_CHILD_LIFETIME"
     local cli=("$VENV/bin/vpnaaa" --config "$STATE/vpnaaa.toml")
     "${cli[@]}" pki init >/dev/null || return 1
     "${cli[@]}" pki issue "$GW_PLAIN" --alt "$GW_NAT" >/dev/null || return 1
     printf 'wonderland\n' | "${cli[@]}" user add alice --password-stdin >/dev/null || return 1
+    printf 'looking-glass\n' | "${cli[@]}" user add bob --password-stdin >/dev/null || return 1
     # plain: AES-CBC/SHA-256/MODP2048 for IKE, AES-GCM for ESP; plus a CHILD_SA the kernel
     # will refuse (ChaCha20-Poly1305 with its module blocked in the VM)
     local bad="      bad {
@@ -170,6 +199,11 @@ EOF
     charon_config plain "$GW_PLAIN" aes256-sha256-modp2048 aes256gcm16 "$bad"
     # NAT-T: AES-GCM/Curve25519 for IKE, AES-CBC + HMAC-SHA-256 for ESP
     charon_config nat "$GW_NAT" aes128gcm16-prfsha256-curve25519 aes256-sha256
+    # the last phase: two users at once (each charon sends INITIAL_CONTACT, which would
+    # end the same user's other session); bob plain and silenced later, alice behind the
+    # NAT until her CHILD_SA's hard lifetime
+    charon_config dpd "$GW_PLAIN" aes256-sha256-modp2048 aes256gcm16 "" bob looking-glass
+    charon_config expiry "$GW_NAT" aes128gcm16-prfsha256-curve25519 aes256-sha256
     # the daemon runs as vpnaaa after start-up: the user exists on the host (the guest sees
     # its /etc), owns the state (ownership set here, not through the guest's 9p mount) and
     # can reach it through OUT
@@ -299,48 +333,56 @@ dump_xfrm() { # TAG
     } >"$OUT/xfrm-$1.txt" 2>&1
 }
 
-vpnaaa_log() { cat "$OUT"/vpnaaa.log* 2>/dev/null; }
+DAEMON_LOG=$OUT/vpnaaa.log                          # the running daemon's (twistd rotates it)
+vpnaaa_log() { cat "$DAEMON_LOG"* 2>/dev/null; }
 
-start_daemon() {
-    say "starting twistd vpnaaa in vk-gw (Python under TCG: give it a minute)"
-    rm -f "$OUT"/vpnaaa.log*
+start_daemon() { # NAME: twistd vpnaaa with STATE/NAME.toml, logging to OUT/NAME.log
+    local name=$1 label=
+    [ "$name" = vpnaaa ] || label="${name#vpnaaa-}: "
+    say "starting twistd vpnaaa ($name.toml) in vk-gw (Python under TCG: give it a minute)"
+    DAEMON_LOG=$OUT/$name.log
+    rm -f "$DAEMON_LOG"*
     install -d -m 700 -o vpnaaa -g vpnaaa "$ADMIN_DIR"
     ip netns exec vk-gw env PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-        "$VENV/bin/python" "$VENV/bin/twistd" -n --pidfile= --logfile="$OUT/vpnaaa.log" \
-        vpnaaa --config "$STATE/vpnaaa.toml" >"$OUT/twistd.out" 2>&1 &
+        "$VENV/bin/python" "$VENV/bin/twistd" -n --pidfile= --logfile="$DAEMON_LOG" \
+        vpnaaa --config "$STATE/$name.toml" >"$OUT/twistd-$name.out" 2>&1 &
     DAEMON=$!
     local deadline=$((SECONDS + 300))
     until vpnaaa_log | grep -q "IKEv2 responder on"; do
         if ! kill -0 "$DAEMON" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-            fail "daemon starts" "no 'IKEv2 responder on' line; see twistd.out and vpnaaa.log"
-            tail -n 30 "$OUT/twistd.out" "$OUT/vpnaaa.log" 2>/dev/null
+            fail "${label}daemon starts" \
+                "no 'IKEv2 responder on' line; see twistd-$name.out and $name.log"
+            tail -n 30 "$OUT/twistd-$name.out" "$DAEMON_LOG" 2>/dev/null
             return 1
         fi
         sleep 1
     done
-    pass "daemon starts ($(vpnaaa_log | grep -o 'IKEv2 responder on.*' | head -n 1))"
+    pass "${label}daemon starts ($(vpnaaa_log | grep -o 'IKEv2 responder on.*' | head -n 1))"
     # started as root, it runs as vpnaaa with CAP_NET_ADMIN only (what installs the SAs below)
     local status uid
     status=$(cat "/proc/$DAEMON/status")
     uid=$(id -u vpnaaa)
-    check "daemon runs as user vpnaaa ($uid), not root" "$(grep -E '^(Uid|Gid):' <<<"$status")" \
+    check "${label}daemon runs as user vpnaaa ($uid), not root" \
+        "$(grep -E '^(Uid|Gid):' <<<"$status")" \
         test "$(awk -v u="$uid" '/^Uid:/ { print ($2 == u && $3 == u && $4 == u && $5 == u) }' <<<"$status")" = 1
-    check "daemon keeps CAP_NET_ADMIN only (CapEff 0x1000)" "$(grep -E '^Cap' <<<"$status")" \
+    check "${label}daemon keeps CAP_NET_ADMIN only (CapEff 0x1000)" \
+        "$(grep -E '^Cap' <<<"$status")" \
         grep -q '^CapEff:[[:space:]]*0000000000001000$' <<<"$status"
-    check "kernel installer in use" "the start-up line does not say 'kernel ESP'" \
+    check "${label}kernel installer in use" "the start-up line does not say 'kernel ESP'" \
         has "$(vpnaaa_log | grep 'IKEv2 responder on')" "kernel ESP"
     # the IKE sockets bypass IPsec: per-socket policies, in and out for 500 and 4500
-    check "after start-up: only the IKE sockets' 4 bypass policies, no SA" \
+    check "${label}after start-up: only the IKE sockets' 4 bypass policies, no SA" \
         "$(ip -n vk-gw xfrm policy | head -c 300)" \
         test "$(policies socket)" -eq 4 -a "$(policies dir)" -eq 0 -a -z "$(ip -n vk-gw xfrm state)"
 }
 
-stop_daemon() {
+stop_daemon() { # [LABEL]
+    local label=${1:+$1: }
     say "stopping the daemon (SIGTERM)"
     if ! kill -0 "$DAEMON" 2>/dev/null; then
-        fail "daemon alive at the end" "it exited before SIGTERM"
+        fail "${label}daemon alive at the end" "it exited before SIGTERM"
     else
-        pass "daemon alive at the end"
+        pass "${label}daemon alive at the end"
         kill -TERM "$DAEMON"
         local i
         for i in $(seq 120); do
@@ -348,19 +390,19 @@ stop_daemon() {
             sleep 0.5
         done
         if kill -0 "$DAEMON" 2>/dev/null; then
-            fail "daemon stops on SIGTERM" "still running after 60 s"
+            fail "${label}daemon stops on SIGTERM" "still running after 60 s"
             kill -KILL "$DAEMON"
         else
-            pass "daemon stops on SIGTERM"
+            pass "${label}daemon stops on SIGTERM"
         fi
     fi
     wait "$DAEMON" 2>/dev/null
-    check "nothing left in the gateway's kernel after shutdown (no SA, no policy at all)" \
+    check "${label}nothing left in the gateway's kernel after shutdown (no SA, no policy at all)" \
         "$(ip -n vk-gw xfrm state | head -c 300) $(ip -n vk-gw xfrm policy | head -c 300)" \
         test -z "$(ip -n vk-gw xfrm state)$(ip -n vk-gw xfrm policy)"
     local bad
     bad=$(vpnaaa_log | grep -n -E 'Traceback|Unhandled [Ee]rror|internal error' | head -n 5)
-    check "daemon log has no traceback" "$bad" test -z "$bad"
+    check "${label}daemon log has no traceback" "$bad" test -z "$bad"
 }
 
 start_charon() { # NAME NS
@@ -471,26 +513,31 @@ counters_grow() { # BEFORE AFTER: every SA's bytes grew
     join <(echo "$1") <(echo "$2") | awk '$4 > $2 { n++ } END { exit !(n == 2) }'
 }
 
-client_case() { # CASE CLIENT-NAME NS REMOTE ENCAP IFACE-GW IFACE-CLIENT ESP-FILTER
-    local case=$1 name=$2 ns=$3 remote=$4 encap=$5 gwif=$6 clif=$7 esp=$8
-    start_charon "$name" "$ns" || return 1
+connect() { # CASE CLIENT-NAME NS: the CHILD_SA "net" up; VIP := the client's virtual IP
+    local case=$1 name=$2 ns=$3
+    VIP=""
     say "$case: swanctl --initiate --child net"
     sw "$name" --initiate --child net --timeout 120 >"$OUT/$name/initiate.txt" 2>&1
     if ! grep -q "initiate completed successfully" "$OUT/$name/initiate.txt"; then
         fail "$case: EAP-MSCHAPv2 connection established" \
             "$(tail -n 5 "$OUT/$name/initiate.txt" | tr '\n' ' ')"
-        stop_charon
         return 1
     fi
     pass "$case: EAP-MSCHAPv2 connection established"
-    local vip
-    vip=$(ip -n "vk-$ns" -4 -o addr show | awk -v p="$POOL_PREFIX" \
+    VIP=$(ip -n "vk-$ns" -4 -o addr show | awk -v p="$POOL_PREFIX" \
         'index($4, p) == 1 { split($4, a, "/"); print a[1]; exit }')
-    check "$case: client has a virtual IP from the pool ($vip)" "none" test -n "$vip"
-    [ -n "$vip" ] || {
+    check "$case: client has a virtual IP from the pool ($VIP)" "none" test -n "$VIP"
+    [ -n "$VIP" ]
+}
+
+client_case() { # CASE CLIENT-NAME NS REMOTE ENCAP IFACE-GW IFACE-CLIENT ESP-FILTER
+    local case=$1 name=$2 ns=$3 remote=$4 encap=$5 gwif=$6 clif=$7 esp=$8
+    start_charon "$name" "$ns" || return 1
+    connect "$case" "$name" "$ns" || {
         stop_charon
         return 1
     }
+    local vip=$VIP
     sa_pair_ok "$case" "$ns" "$encap" "$remote"
     dump_xfrm "$name-up"
 
@@ -589,6 +636,159 @@ bad_child() { # CASE NAME NS VIP: a second CHILD_SA whose algorithm the kernel l
     dump_xfrm "$name-bad"
 }
 
+# --- the gateway speaks first: liveness checks, dead peers, hard lifetimes -----------------
+
+CLIENT_PLAIN=198.51.100.2 # the plain client's address, as the gateway sees it
+CLIENT_NAT=198.51.100.130 # the NAT's outer address, where the NAT-T client appears from
+PROBE='parsed INFORMATIONAL request [0-9]+ \[ \]' # charon: an empty INFORMATIONAL arrived
+PROBE_ANSWER='generating INFORMATIONAL response [0-9]+ \[ \]'
+RETRANSMIT='received retransmit of request with ID'
+
+sas_of() { gw_sas | awk -v a="$1" '$1 == a || $2 == a' | wc -l; } # ADDRESS: SAs to/from it
+
+policies_of() { # ADDRESS VIP: the gateway's in/out/fwd policies naming the one or the other
+    ip -n vk-gw xfrm policy | awk -v a=" $1 " -v v=" $2/32 " '
+        function flush() {
+            if (block ~ /[[:space:]]dir (in|out|fwd)[[:space:]]/ &&
+                (index(block, a) || index(block, v))) n++
+        }
+        /^src / { flush(); block = "" }
+        { block = block " " $0 " " }
+        END { flush(); print n + 0 }'
+}
+
+charon_count() { grep -cE -- "$2" "$OUT/$1/charon.log"; } # NAME PATTERN
+
+lifecycle() { # bob (plain) busy, idle, then silenced; alice (NAT-T) until her hard lifetime
+    start_charon dpd cl || return 1
+    local dpd_charon=$CHARON
+    if start_charon expiry ncl; then
+        liveness_and_expiry
+        stop_charon
+    fi
+    CHARON=$dpd_charon
+    stop_charon
+}
+
+liveness_and_expiry() {
+    # alice first: bob's checks run within her CHILD_SA's lifetime
+    connect "hard lifetime" expiry ncl || return 1
+    local vip_expiry=$VIP installed=$SECONDS
+    connect "liveness" dpd cl || return 1
+    local vip_dpd=$VIP
+    local soft=$((LC_CHILD_LIFETIME * 9 / 10)) spi_in limits
+    spi_in=$(gw_sas | awk -v c=$CLIENT_NAT -v g=$GW_NAT \
+        '$1 == c && $2 == g { sub(/^0x/, "", $3); print $3 }') # what the gateway's DELETE names
+    limits=$(ip -n vk-gw -s xfrm state |
+        grep -c "expire add: soft $soft(sec), hard $LC_CHILD_LIFETIME(sec)")
+    check "lifecycle: the kernel holds soft $soft s / hard $LC_CHILD_LIFETIME s on all 4 SAs" \
+        "$limits SAs with those limits: $(ip -n vk-gw -s xfrm state | grep 'expire add')" \
+        test "$limits" -eq 4 -a "$(gw_sas | wc -l)" -eq 4
+    dump_xfrm lifecycle-up
+
+    # a busy tunnel: inbound ESP counts as heard, no liveness request in 4 x dpd_delay
+    local count=$((LC_DPD * 8)) probes idle_probes
+    say "liveness: $((count / 2)) s of pings from $vip_dpd (dpd_delay $LC_DPD s)"
+    ping_lan cl "$vip_dpd" "$count" 0.5 "$OUT/dpd-busy.txt" &
+    local pinger=$!
+    sleep 3 # ESP flowing; a request sent just before would be in charon's log by now
+    probes=$(charon_count dpd "$PROBE")
+    idle_probes=$(charon_count expiry "$PROBE")
+    wait "$pinger"
+    idle_probes=$(($(charon_count expiry "$PROBE") - idle_probes))
+    check "liveness: $count pings through the busy tunnel, all answered" \
+        "$(tail -n 2 "$OUT/dpd-busy.txt")" grep -q " $count received" "$OUT/dpd-busy.txt"
+    local name="liveness: a busy tunnel is not probed"
+    check "$name (no request at the client in $((count / 2 - 3)) s)" \
+        "$(($(charon_count dpd "$PROBE") - probes)) in dpd/charon.log" \
+        test "$(charon_count dpd "$PROBE")" -eq "$probes"
+    check "liveness: ... while alice's idle tunnel was probed meanwhile ($idle_probes requests)" \
+        "expiry/charon.log" test "$idle_probes" -ge 2
+
+    # idle: a liveness request within 2 x dpd_delay, answered
+    local answers
+    answers=$(charon_count dpd "$PROBE_ANSWER")
+    probed() { [ "$(charon_count dpd "$PROBE_ANSWER")" -gt "$answers" ]; }
+    check "liveness: the idle tunnel is probed and charon answers" \
+        "no new '$PROBE_ANSWER' in dpd/charon.log" wait_until $((2 * LC_DPD + 20)) probed
+    answered() { vpnaaa_log | grep -qE "$CLIENT_PLAIN:[0-9]+ .*liveness #[0-9]+ answered"; }
+    check "liveness: vpnaaa logs the answer" "no 'liveness #N answered' for $CLIENT_PLAIN" \
+        wait_until 15 answered
+
+    # silenced: nothing from the client reaches the gateway (no DELETE either)
+    say "liveness: silencing the client (nftables in vk-cl: drop everything to $GW_PLAIN)"
+    local requests retransmits
+    requests=$(charon_count dpd "$PROBE")
+    retransmits=$(charon_count dpd "$RETRANSMIT")
+    n cl nft -f - <<EOF || fail "liveness: nftables rule in vk-cl" "nft refused it"
+table inet vk-silence {
+  chain output {
+    type filter hook output priority filter; policy accept;
+    ip daddr $GW_PLAIN drop
+  }
+}
+EOF
+    local silenced=$SECONDS waits bound elapsed
+    # seconds from the first liveness request to the give-up: timeout * base^n, n = 0..tries
+    waits=$(awk -v t=$LC_RT_TIMEOUT -v b=$LC_RT_BASE -v n=$LC_RT_TRIES \
+        'BEGIN { for (i = 0; i <= n; i++) s += t * b ^ i; printf "%d", s + 0.999 }')
+    bound=$((LC_DPD + 1 + waits + 20)) # the timer's 1 s reschedule, and TCG's slowness
+    gone() {
+        [ "$(sas_of $CLIENT_PLAIN)" -eq 0 ] && [ "$(policies_of $CLIENT_PLAIN "$vip_dpd")" -eq 0 ]
+    }
+    wait_until $((bound + 60)) gone
+    elapsed=$((SECONDS - silenced))
+    dump_xfrm lifecycle-silenced
+    check "liveness: silenced client: none of its SAs left on the gateway (src/dst $CLIENT_PLAIN)" \
+        "$(gw_sas)" test "$(sas_of $CLIENT_PLAIN)" -eq 0
+    check "liveness: silenced client: none of its policies left (tmpl $CLIENT_PLAIN, $vip_dpd)" \
+        "$(ip -n vk-gw xfrm policy | head -c 600)" \
+        test "$(policies_of $CLIENT_PLAIN "$vip_dpd")" -eq 0
+    name="liveness: removed ${elapsed} s after the silence (dpd_delay $LC_DPD s + retransmissions"
+    check "$name $waits s: at most $bound s)" "" test "$elapsed" -le "$bound"
+    local end
+    end=$(vpnaaa_log | grep -E "$CLIENT_PLAIN:[0-9]+ .*session of 'bob' ended: " | tail -n 1)
+    [ -n "$end" ] && say "  log: ${end:0:300}"
+    local cause="dead peer (no answer to $((LC_RT_TRIES + 1)) liveness requests)"
+    check "liveness: the daemon logs the session's end: $cause" \
+        "${end:-no line \"session of 'bob' ended\"}" has "$end" "ended: $cause"
+    local seen="requests $requests -> $(charon_count dpd "$PROBE")"
+    seen="$seen, retransmits $retransmits -> $(charon_count dpd "$RETRANSMIT")"
+    check "liveness: the silenced client received the request and its retransmissions" "$seen" \
+        test "$(charon_count dpd "$PROBE")" -gt "$requests" -a \
+        "$(charon_count dpd "$RETRANSMIT")" -ge $((retransmits + LC_RT_TRIES))
+    check "hard lifetime: alice's session untouched by bob's end (2 SAs, 3 policies)" "$(gw_sas)" \
+        test "$(sas_of $CLIENT_NAT)" -eq 2 -a "$(policies_of $CLIENT_NAT "$vip_expiry")" -eq 3
+
+    # alice's CHILD_SA reaches its hard lifetime: removed, and the client told with a DELETE
+    say "hard lifetime: waiting for it ($((installed + LC_CHILD_LIFETIME - SECONDS)) s from now)"
+    deleted() {
+        grep -q "received DELETE for ESP CHILD_SA with SPI $spi_in" "$OUT/expiry/charon.log"
+    }
+    check "hard lifetime: charon logs the gateway's DELETE for the CHILD_SA (SPI $spi_in)" \
+        "$(grep -E 'DELETE|closing' "$OUT/expiry/charon.log" | tail -n 3 | tr '\n' ' ')" \
+        wait_until $((installed + LC_CHILD_LIFETIME + 60 - SECONDS)) deleted
+    elapsed=$((SECONDS - installed))
+    name="hard lifetime: ... at the hard lifetime, not the soft one"
+    check "$name ($elapsed s after connecting)" "" test "$elapsed" -ge "$soft"
+    alice_gone() {
+        [ "$(sas_of $CLIENT_NAT)" -eq 0 ] && [ "$(policies_of $CLIENT_NAT "$vip_expiry")" -eq 0 ]
+    }
+    check "hard lifetime: none of the CHILD_SA's SAs and policies left on the gateway" \
+        "$(gw_sas) $(ip -n vk-gw xfrm policy | head -c 600)" wait_until 30 alice_gone
+    check "hard lifetime: nothing left on the gateway (no SA, no in/out/fwd policy)" \
+        "$(ip -n vk-gw xfrm state | head -c 300)" gw_empty
+    dump_xfrm lifecycle-expired
+    local line
+    line=$(vpnaaa_log | grep "CHILD_SA $spi_in deleted: " | head -n 1)
+    [ -n "$line" ] && say "  log: ${line:0:300}"
+    check "hard lifetime: vpnaaa logs the deletion at the hard lifetime" "${line:-none}" \
+        has "$line" "hard lifetime reached"
+    client_clean() { [ -z "$(ip -n vk-ncl xfrm state)" ]; }
+    check "hard lifetime: the client removed the CHILD_SA too (no SA in vk-ncl)" \
+        "$(ip -n vk-ncl xfrm state | head -c 300)" wait_until 20 client_clean
+}
+
 run() {
     mkdir -p "$RUN"
     : >"$RESULTS"
@@ -604,10 +804,13 @@ run() {
         return
     fi
     pass "network namespaces, links, NAT"
-    start_daemon || return
+    start_daemon vpnaaa || return
     client_case "plain" plain cl "$GW_PLAIN" 0 gw-c c-gw "$ESP_PLAIN"
-    client_case "NAT-T" nat ncl 198.51.100.130 1 gw-n c-n "$ESP_NAT"
+    client_case "NAT-T" nat ncl $CLIENT_NAT 1 gw-n c-n "$ESP_NAT"
     stop_daemon
+    start_daemon vpnaaa-lifecycle || return
+    lifecycle
+    stop_daemon lifecycle
 }
 
 cleanup() {
