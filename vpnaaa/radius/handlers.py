@@ -141,10 +141,14 @@ def _refused(method: str) -> tuple[wire.Key, bytes]:
     return wire.value("Reply-Message", f"{method} is not allowed for this client")
 
 
-_LEGACY = {
-    "CHAP": ("allow_chap", _refused("CHAP")),
-    "MS-CHAPv1": ("allow_mschapv1", _refused("MS-CHAPv1")),
-}
+def _legacy_refusal(method: str, client: RadiusClient) -> str | None:
+    """The radius.clients option that would allow ``method`` when the client entry does
+    not (CHAP and MS-CHAPv1 are opt-ins), or None."""
+    if method == "CHAP" and not client.allow_chap:
+        return "allow_chap"
+    if method == "MS-CHAPv1" and not client.allow_mschapv1:
+        return "allow_mschapv1"
+    return None
 
 
 class AccessHandler:
@@ -171,17 +175,17 @@ class AccessHandler:
                 reason=str(e),
             )
             return reject(request, secret, None)
-        legacy = _LEGACY.get(login.method)
-        if legacy is not None and not getattr(client, legacy[0]):
+        option = _legacy_refusal(login.method, client)
+        if option is not None:
             log.info(
                 "Access-Reject {method} user {user} for {peer}: {method} is not allowed for "
                 "this client (radius.clients: {option} = false)",
                 method=login.method,
                 user=logs.quoted(login.username),
                 peer=peer,
-                option=legacy[0],
+                option=option,
             )
-            return reject(request, secret, login, legacy[1])
+            return reject(request, secret, login, _refused(login.method))
         d = self.backend.authenticate(login.username, login.credentials, _source(request, client))
         if d.called and not isinstance(d.result, Failure):
             # Decided already (a cached PAP check, CHAP, MS-CHAP): answer at once instead
