@@ -577,13 +577,13 @@ class Responder:
         if sa.state != State.ESTABLISHED:
             return
         octets = sum(c.inbound.bytes for c in counters)
-        before = self._esp_seen.get(sa.spi_r)
+        before = self._esp_seen.get(sa.spi_r, 0)  # none counted when the session began
         self._esp_seen[sa.spi_r] = octets
-        if before is not None and octets != before:  # ESP came in since the last look
+        if octets != before:  # ESP came in since the last look
             sa.heard_at = self.clock.seconds()
             self._later(sa, "dpd", sa.profile.dpd_delay, self._dpd)
             return
-        self._probe(sa)  # nothing new, or a first look with nothing to compare: ask
+        self._probe(sa)
 
     def _probe(self, sa: IkeSa) -> None:
         if sa.state == State.ESTABLISHED:
