@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import struct
 
+from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -31,7 +32,7 @@ from vpnaaa.ike.const import (
     PayloadType,
     ProtocolId,
 )
-from vpnaaa.ike.message import Delete, TrafficSelector, encode_payloads
+from vpnaaa.ike.message import Delete, Eap, TrafficSelector, encode_payloads
 from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT
 from vpnaaa.ike.sa import MAX_RETRANSMISSIONS, REASSEMBLY_HALF_OPEN, Endpoint, State
 from vpnaaa.lockout import Lockout
@@ -383,3 +384,60 @@ class FragmentTests(unittest.TestCase):
             self.assertEqual(peer.deliver(peer.seal_fragment(ExchangeType.IKE_AUTH, piece, 1)), [])
         (sa,) = gateway.responder.sas.values()
         self.assertLessEqual(sa._reassembler._size, REASSEMBLY_HALF_OPEN)
+
+
+class BrokenBackend:
+    """An EAP backend with a bug: it starts conversations but fails on the first step,
+    synchronously (as a programming error would), and on the second with a failed
+    Deferred."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.steps = 0
+
+    def begin(self, source):
+        return self.engine.begin(source)
+
+    def step(self, conversation_id, eap, room=None):
+        self.steps += 1
+        if self.steps == 1:
+            raise RuntimeError("a bug in the backend")
+        return defer.fail(RuntimeError("a bug behind a Deferred"))
+
+    def refusal(self, conversation_id):
+        return None
+
+    def forget(self, conversation_id):
+        self.engine.forget(conversation_id)
+
+    def expire(self):
+        return 0
+
+
+class InternalErrorTests(unittest.TestCase):
+    """A bug on one SA's path removes that SA with one log line; nothing escapes
+    Responder.receive, nothing is left behind (lease, EAP conversation, timers)."""
+
+    def test_a_backend_bug_costs_one_sa(self):
+        gateway = Gateway()
+        backend = BrokenBackend(gateway.engine)
+        gateway.context.profiles[0].eap = backend
+        lines = []
+
+        def observe(event):
+            lines.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        for _ in range(2):  # raised, then failed
+            peer = Initiator(gateway)
+            peer.sa_init()
+            peer.auth_first()
+            peer.request(ExchangeType.IKE_AUTH, [(PayloadType.EAP, Eap(b"\x02\x01\x00\x05\x01"))])
+            self.assertEqual(gateway.responder.sas, {})
+            gateway.clock.advance(11)  # past the log throttle's interval
+        self.assertEqual(backend.steps, 2)
+        errors = [line for line in lines if "internal error RuntimeError" in line]
+        self.assertEqual(len(errors), 2, errors)
+        self.assertEqual(gateway.leaks(), [])
+        self.assertEqual(len(gateway.engine), 0)

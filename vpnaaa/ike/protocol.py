@@ -228,11 +228,9 @@ class Responder:
             if sa is None:
                 return
         try:
-            outcome = sa.receive(message, data, remote, port)
+            self._run(sa, sa.receive(message, data, remote, port))
         except Exception as e:  # a bug, not the peer's fault: lose this SA, not the daemon
             self._internal_error(sa, e)
-            return
-        self._run(sa, outcome)
 
     # -- admission of new SAs (§2.6) ------------------------------------------------------
 
@@ -650,20 +648,21 @@ class Responder:
         where = f" at {frame[0].filename.rsplit('/', 1)[-1]}:{frame[0].lineno}" if frame else ""
         self._drop(
             "internal-error",
-            "{sa}: internal error {kind}: {error}{where}; IKE SA removed",
+            "{sa}: internal error {error_type}: {error}{where}; IKE SA removed",
             sa=sa.name,
-            kind=type(error).__name__,
+            error_type=type(error).__name__,
             error=str(error),
             where=where,
             level=LogLevel.error,
         )
         try:
-            outcome = sa.close()
-        except Exception:
-            outcome = Outcome(closed=True)
-        self._run(sa, outcome)
+            self._run(sa, sa.close("internal error"))
+        except Exception:  # the bug is in the way out too: at least forget the SA
+            self._forget(sa)
 
-    def _drop(self, kind: str, format: str, level: LogLevel = LogLevel.info, **fields: Any) -> None:
+    def _drop(
+        self, kind: str, format: str, /, level: LogLevel = LogLevel.info, **fields: Any
+    ) -> None:
         self.drops.emit(kind, level, format, **fields)
 
     def expired(self, event: ExpireEvent) -> None:
