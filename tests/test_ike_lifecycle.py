@@ -242,6 +242,32 @@ class UniquenessTests(LifecycleTestCase):
         (sa,) = self.gate.responder.sas.values()
         self.assertEqual(sa.remote, PEER)
 
+    def test_a_session_being_deleted_no_longer_counts(self):
+        """Limit 2, the first session silent: the third replaces it; the fourth then
+        replaces the second, not the first again (a session whose DELETE is out does not
+        count, and is asked once)."""
+        self.gateway(max_sessions_per_user=2)
+        peers = [self.connected(address=Endpoint(f"192.0.2.{20 + n}", 500)) for n in range(4)]
+        delivered = [len(p.gateway_requests()) for p in peers]
+        self.assertEqual(delivered, [1, 1, 0, 0])
+        (first,) = [sa for sa in self.gate.responder.sas.values() if sa.remote == peers[0].address]
+        self.assertEqual(len(first._queued), 0)
+
+    def test_a_session_being_deleted_cannot_rekey_away(self):
+        """§2.25: the client answers our DELETE with an IKE rekey first; it gets
+        TEMPORARY_FAILURE, so the session cannot outlive its replacement."""
+        self.gateway(max_sessions_per_user=1)
+        old = self.connected()
+        self.connected(address=OTHER)
+        (request,) = old.gateway_requests()
+        response = old.rekey_ike()
+        self.assertEqual(notifies(response), [NotifyType.TEMPORARY_FAILURE])
+        old.answer(request)
+        (sa,) = self.gate.responder.sas.values()
+        self.assertEqual(sa.remote, OTHER)
+        self.assertEqual(self.gate.pool.leased, 1)
+        self.assertEqual(self.gate.leaks(), [])
+
     def test_max_sessions_refuse_the_new_one(self):
         self.gateway(max_sessions_per_user=1, session_limit="refuse")
         self.connected()

@@ -482,10 +482,15 @@ class Responder:
         self._later(sa, "lifetime", lifetime, self._lifetime)
 
     def _sessions(self, user: str | None = None) -> list[IkeSa]:
-        """The established sessions (IKE SAs not rekeyed away), all or one user's (a
-        user_key, looked up in an index: establishing a session is not O(sessions))."""
+        """The established sessions (IKE SAs neither rekeyed away nor being deleted), all
+        or one user's (a user_key, looked up in an index: establishing a session is not
+        O(sessions))."""
         candidates = self.sas.values() if user is None else self._by_user.get(user, ())
-        return [sa for sa in candidates if sa.state == State.ESTABLISHED and not sa.rekeyed]
+        return [
+            sa
+            for sa in candidates
+            if sa.state == State.ESTABLISHED and not sa.rekeyed and not sa.closing
+        ]
 
     def sessions_of(self, user: str, profile: Profile) -> int:
         """Established sessions of ``user`` (a user_key) in ``profile``."""
@@ -697,7 +702,7 @@ class Responder:
         done: defer.Deferred[None] = defer.Deferred()
 
         def check() -> None:
-            waiting = any(sa.outstanding is not None for sa in self._sessions())
+            waiting = any(sa.outstanding is not None for sa in self.sas.values())
             if waiting and self.clock.seconds() < deadline:
                 self.clock.callLater(0.05, check)
                 return

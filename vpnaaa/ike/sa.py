@@ -540,9 +540,17 @@ class IkeSa:
 
     def delete(self, cause: str) -> Outcome:
         """Ask the peer to delete this IKE SA (§1.4.1); it goes when the peer answers or
-        stops answering. ``cause`` is the session's end in the log."""
-        self._closing_cause = self._closing_cause or cause
+        stops answering. ``cause`` is the session's end in the log. Asked once: a second
+        call while the first is out or queued does nothing."""
+        if self._closing_cause:
+            return Outcome()
+        self._closing_cause = cause
         return self._request("delete", [(PayloadType.DELETE, Delete(ProtocolId.IKE))])
+
+    @property
+    def closing(self) -> bool:
+        """We asked the peer to delete this IKE SA and wait for its answer."""
+        return bool(self._closing_cause)
 
     def delete_child(self, inbound_spi: int, cause: str) -> Outcome:
         """Remove a CHILD_SA here and tell the peer (§1.4.1: a Delete of our inbound SPI)."""
@@ -990,6 +998,8 @@ class IkeSa:
             return self._respond(header, [_notify(NotifyType.INVALID_SYNTAX)])
         if self.rekeyed:  # §1.3.2: its successor holds everything; only a Delete is due
             return self._respond(header, [_notify(NotifyType.NO_ADDITIONAL_SAS)])
+        if self.closing:  # §2.25: we are deleting it; a rekey must not carry it on
+            return self._respond(header, [_notify(NotifyType.TEMPORARY_FAILURE)])
         sa = inner.get(PayloadType.SA)
         if isinstance(sa, Sa) and any(p.protocol == ProtocolId.IKE for p in sa.proposals):
             return self._rekey_ike(header, inner, sa)
