@@ -17,6 +17,7 @@ import os
 import re
 import struct
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -41,6 +42,19 @@ USERS = {"alice": "wonderland"}
 EAP_FAILURE = re.compile(r"parsed IKE_AUTH response \d+ \[ EAP/FAIL N\(AUTH_FAILED\) \]")
 
 
+def start_radius(case: unittest.TestCase, state: Path) -> defer.Deferred[freeradius.FreeRadius]:
+    """A private FreeRADIUS for the relay: EAP-MSCHAPv2, no reject delay, an auth log."""
+    return freeradius.start_freeradius(
+        case,
+        state / "freeradius",
+        SECRET,
+        USERS,
+        default_eap_type="mschapv2",
+        reject_delay=0,
+        auth_log=True,
+    )
+
+
 class RelayTestCase(unittest.TestCase):
     timeout = 60
 
@@ -63,15 +77,7 @@ class RelayTestCase(unittest.TestCase):
         self.ca = self.state / "ca" / "ca.pem"
 
     def start_radius(self) -> defer.Deferred[freeradius.FreeRadius]:
-        return freeradius.start_freeradius(
-            self,
-            self.state / "freeradius",
-            SECRET,
-            USERS,
-            default_eap_type="mschapv2",
-            reject_delay=0,
-            auth_log=True,
-        )
+        return start_radius(self, self.state)
 
     def start_gateway(self, port: int, timeout: float = 2.0, tries: int = 3) -> None:
         text = (
@@ -240,15 +246,7 @@ class RelayConcurrencyTests(unittest.TestCase):
         if reason:
             raise unittest.SkipTest(reason)
         self.state = state_dir(self)
-        self.radius = yield freeradius.start_freeradius(
-            self,
-            self.state / "freeradius",
-            SECRET,
-            USERS,
-            default_eap_type="mschapv2",
-            reject_delay=0,
-            auth_log=True,
-        )
+        self.radius = yield start_radius(self, self.state)
 
     def relay(self, **options: Any) -> RadiusRelay:
         server = (freeradius.LOOPBACK, self.radius.port)
