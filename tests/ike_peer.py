@@ -291,6 +291,12 @@ class Gateway:
             found.append(f"CHILD_SAs {sorted(installed - children)} installed, no SA has them")
         if children - installed:
             found.append(f"CHILD_SAs {sorted(children - installed)} known, not installed")
+        sending = {spi for sa in live for spi, c in sa.children.items() if c.outbound}
+        if sending != self.installer.outbound & children:
+            found.append(
+                f"outbound SAs of {sorted(sending)} meant, of "
+                f"{sorted(self.installer.outbound & children)} installed"
+            )
         return found
 
     def drain(self) -> list[str]:
