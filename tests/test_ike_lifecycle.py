@@ -4,10 +4,13 @@ SA's lifetime, DELETEs from the gateway (a CHILD_SA at its kernel hard lifetime,
 SA, every session on shutdown), INITIAL_CONTACT and max_sessions_per_user, and the one
 log line each session's end gets. After each: nothing left that should not be."""
 
+import dataclasses
+
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.ike_peer import PEER, Gateway, Initiator
+from vpnaaa.eap.authenticator import Success
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnaaa.ike.message import Delete
 from vpnaaa.ike.protocol import Timing
@@ -17,6 +20,29 @@ from vpnaaa.kernel.xfrm_installer import ExpireEvent
 TIMING = Timing(retransmit_timeout=4.0, retransmit_base=1.8, retransmit_tries=5)
 DPD = 30.0
 OTHER = Endpoint("192.0.2.8", 4500)
+
+
+class Unvouched:
+    """The EAP engine as a RADIUS relay whose server sent no User-Name in its Accept:
+    the same Success, with an identity the method did not vouch for."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def begin(self, source):
+        return self.engine.begin(source)
+
+    def step(self, conversation, response):
+        def unvouched(step):
+            conversation, result = step
+            if isinstance(result, Success):
+                result = dataclasses.replace(result, verified=False)
+            return conversation, result
+
+        return self.engine.step(conversation, response).addCallback(unvouched)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
 
 
 def notifies(message):
@@ -214,6 +240,32 @@ class UniquenessTests(LifecycleTestCase):
         self.assertEqual(len(self.gate.installer.installed), 1)
         self.assertEqual(old.gateway_requests(), [])  # it lost that SA already
         self.assertIn("replaced: INITIAL_CONTACT", self.session_ends()[0])
+        self.assertEqual(self.gate.leaks(), [])
+
+    def test_an_identity_nobody_vouched_for_replaces_and_counts_nothing(self):
+        """A relay's Access-Accept without User-Name leaves the client's own outer EAP
+        identity (RFC 2865 §5.1): with it a client must not end alice's sessions
+        (INITIAL_CONTACT, max_sessions_per_user) nor pass a profile's users list."""
+        self.gateway(max_sessions_per_user=1)
+        self.connected()
+        profile = self.gate.context.profiles[0]
+        profile.eap = Unvouched(self.gate.engine)
+        self.connected(address=OTHER, initial_contact=True)
+        self.assertEqual(len(self.gate.responder.sas), 2)
+        self.assertEqual(self.session_ends(), [])
+        self.assertTrue(
+            any(
+                "INITIAL_CONTACT and max_sessions_per_user do not apply" in line
+                for line in self.lines
+            )
+        )
+        profile.users = frozenset({"alice"})
+        refused = Initiator(self.gate, address=Endpoint("192.0.2.9", 500))
+        refused.sa_init()
+        refused.auth_first()
+        refused.authenticate()
+        self.assertFalse(refused.eap_succeeded)
+        self.assertTrue(any("did not name the user" in line for line in self.lines))
         self.assertEqual(self.gate.leaks(), [])
 
     def test_max_sessions_replace_the_oldest(self):

@@ -207,7 +207,7 @@ class ReplyTests(RelayTestCase):
         self.assertEqual(len(self.lines), 1)
         self.assertIn("bad Response Authenticator or Message-Authenticator", self.lines[0])
 
-    def accept(self, recv: bytes, send: bytes | None):
+    def accept(self, recv: bytes, send: bytes | None, *extra):
         keys = [
             (
                 wire.key("MS-MPPE-Recv-Key"),
@@ -221,7 +221,7 @@ class ReplyTests(RelayTestCase):
                     hiding.salt_encrypt(send, SECRET, self.request.authenticator),
                 )
             )
-        attributes = [(wire.EAP_MESSAGE, b"\x03\x02\x00\x04"), *keys]
+        attributes = [(wire.EAP_MESSAGE, b"\x03\x02\x00\x04"), *keys, *extra]
         self.reply(0, self.request, wire.Code.ACCESS_ACCEPT, attributes)
         return self.successResultOf(self.step)[1]
 
@@ -241,6 +241,17 @@ class ReplyTests(RelayTestCase):
         result = self.accept(b"r" * 32, b"s" * 32)
         self.assertIsInstance(result, Success)
         self.assertEqual(result.msk, b"r" * 32 + b"s" * 32)
+
+    def test_the_identity_is_verified_only_when_the_server_names_the_user(self):
+        """RFC 2865 §5.1: the Accept's User-Name is the user the server authenticated;
+        without it the identity is only what the client said (the outer EAP identity),
+        which must not end or count against another user's sessions."""
+        result = self.accept(b"r" * 32, b"s" * 32)
+        self.assertFalse(result.verified)
+        self.conversation, self.step = self.start(self.relay_)  # another user's turn
+        (_, self.request) = self.sent()[-1]
+        result = self.accept(b"r" * 32, b"s" * 32, (wire.USER_NAME, b"bob"))
+        self.assertEqual((result.identity, result.verified), ("bob", True))
 
     def test_missing_send_key(self):
         result = self.accept(b"r" * 32, None)

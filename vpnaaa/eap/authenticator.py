@@ -29,12 +29,15 @@ class Challenge:
 
 @dataclass(frozen=True)
 class Success:
-    """Authenticated: send ``eap`` (EAP-Success); ``msk`` keys the link (RFC 3748 §7.10)."""
+    """Authenticated: send ``eap`` (EAP-Success); ``msk`` keys the link (RFC 3748 §7.10).
+    ``verified``: the method authenticated ``identity`` itself; False when it is only the
+    client's own EAP identity (a RADIUS server's Access-Accept without User-Name)."""
 
     eap: bytes
     identity: str
     msk: bytes = field(repr=False)
     method: str
+    verified: bool = True
 
 
 @dataclass(frozen=True)

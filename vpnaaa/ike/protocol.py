@@ -521,7 +521,8 @@ class Responder:
         rekey timers move; ``old`` goes when deleted, or after HALF_OPEN_TIMEOUT."""
         old, successor = effect.old, effect.successor
         self.sas[successor.spi] = successor
-        self._by_user.setdefault(user_key(successor.identity), []).append(successor)
+        if successor.identity_verified:
+            self._by_user.setdefault(user_key(successor.identity), []).append(successor)
         now = self.clock.seconds()
         for name, timer in list(self._timers.get(old.spi, {}).items()):
             if name.startswith("child "):
@@ -585,9 +586,21 @@ class Responder:
     def _established(self, sa: IkeSa) -> None:
         """A new session: INITIAL_CONTACT (§2.4) ends the same user's older sessions (the
         client says it has lost them); else ``max_sessions_per_user`` may replace the
-        oldest; then its liveness checks and lifetime begin."""
+        oldest; then its liveness checks and lifetime begin. A session whose user the EAP
+        method did not vouch for (a relay's Accept without User-Name) neither replaces nor
+        counts: its name is only what the client said."""
         sa.established_at = self.clock.seconds()
         self._settle(sa)
+        if not sa.identity_verified:
+            self._drop(
+                "unverified-identity",
+                "{sa}: {user} is the client's own EAP identity (the RADIUS server sent no "
+                "User-Name): INITIAL_CONTACT and max_sessions_per_user do not apply to it",
+                sa=sa.name,
+                user=logs.quoted(sa.identity),
+            )
+            self._watch(sa)
+            return
         user = user_key(sa.identity)
         others = [o for o in self._sessions(user) if o is not sa]
         self._by_user.setdefault(user, []).append(sa)

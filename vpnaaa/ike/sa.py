@@ -155,6 +155,9 @@ class IkeSa:
         self.fragmentation = False
         self.profile = context.profiles[0]  # chosen in IKE_AUTH from IDr / local address
         self.identity = ""  # the EAP identity once authenticated
+        # whether the EAP method vouched for it (not a relay's Accept without User-Name):
+        # only then may it replace or count against the same user's other sessions
+        self.identity_verified = True
         self.virtual_ip = None
         self.children: dict[int, Child] = {}  # by our inbound SPI
         self.auth = ike_auth.IkeAuth()  # IKE_AUTH's own state (§1.2, §2.16)
@@ -498,7 +501,7 @@ class IkeSa:
         """Inherit an established SA's peer, identity, lease and CHILD_SAs (IKE rekey)."""
         self.transition(Event.REKEYED_IN)
         self.port = old.port
-        self.identity = old.identity
+        self.identity, self.identity_verified = old.identity, old.identity_verified
         self.profile = old.profile
         self.initial_contact = False
         self.established_at = old.established_at

@@ -293,7 +293,9 @@ class RadiusRelay(DatagramProtocol):
             name = response.get(wire.USER_NAME)
             identity = name.decode("utf-8", "replace") if name else conversation.identity
             success = eap_reply or packet.success(eap[1] if len(eap) > 1 else 0).encode()
-            return conversation_id, Success(success, identity, msk, "RADIUS")
+            # RFC 2865 §5.1: a User-Name in the Accept is the name the server authenticated;
+            # without one, ours is only what the client said (an outer identity)
+            return conversation_id, Success(success, identity, msk, "RADIUS", name is not None)
         reason = f"{_code_name(response.code)} from {self.server[0]}"
         return conversation_id, _failure(eap, reason, eap_reply, conversation.identity)
 

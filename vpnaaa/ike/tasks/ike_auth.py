@@ -156,6 +156,7 @@ def eap_result(sa: IkeSa, result: Result) -> Effects:
         if refusal is None:
             sa.transition(Event.EAP_SUCCEEDED)
             sa.identity, auth.msk = result.identity, result.msk
+            sa.identity_verified = result.verified
             log.info(
                 "{sa}: EAP-{method} succeeded for {user}",
                 sa=sa.name,
@@ -182,6 +183,11 @@ def _refusal(sa: IkeSa, success: Success) -> str | None:
         # §2.16 would fall back to SK_p, but every method offered here derives an MSK:
         # a Success without one is a broken backend, not a reason to skip the binding.
         return f"EAP-{success.method} succeeded without a usable MSK ({len(success.msk)} octets)"
+    if sa.profile.users and not success.verified:
+        return (
+            f"profile {sa.profile.name} has a users list and the RADIUS server did not name "
+            "the user it authenticated (no User-Name in its Access-Accept)"
+        )
     if not sa.profile.admits(success.identity):
         return f"not in the users list of profile {sa.profile.name}"
     return None
@@ -204,7 +210,8 @@ def last(sa: IkeSa, header: Header, inner: Message) -> Effects:
         return fail(sa, header, "the client's AUTH does not match the EAP MSK")
     profile = sa.profile
     limit = profile.max_sessions_per_user
-    if limit and profile.session_limit == "refuse":  # INITIAL_CONTACT does not bypass it
+    if limit and profile.session_limit == "refuse" and sa.identity_verified:
+        # INITIAL_CONTACT does not bypass it
         held = sa.context.sessions_of(user_key(sa.identity), profile)
         if held >= limit:
             return fail(sa, header, f"{held} sessions already (max_sessions_per_user = {limit})")
