@@ -85,6 +85,14 @@ class ChildUp:
 
 
 @dataclass(frozen=True)
+class RetryRekey:
+    """Our rekey was refused: try again later (§2.25: not at once), before the hard
+    lifetime; ``child``: the CHILD_SA's inbound SPI, None for the IKE SA."""
+
+    child: int | None = None
+
+
+@dataclass(frozen=True)
 class Remove:
     """Take CHILD_SAs out of the kernel (and their timers)."""
 
@@ -133,6 +141,7 @@ Effect = (
     | Install
     | InstallOutbound
     | ChildUp
+    | RetryRekey
     | Remove
     | Established
     | Rekeyed

@@ -43,6 +43,7 @@ from vpnaaa.ike.effects import (
     InstallOutbound,
     Rekeyed,
     Remove,
+    RetryRekey,
     RunEap,
     Send,
     Spawn,
@@ -508,6 +509,16 @@ class Responder:
                 sa, _child_timer(spi), effect.spec.soft_lifetime, partial(self._rekey_child, spi)
             )
 
+    def _retry_rekey(self, sa: IkeSa, effect: RetryRekey) -> None:
+        """Our rekey was refused: again in 10 to 30 s (§2.25: not at once); the hard
+        lifetime still ends the SA if it never succeeds."""
+        delay = 10.0 + 20.0 * self.context.jitter()
+        if effect.child is None:
+            self._later(sa, "rekey", delay, self._rekey)
+        else:
+            spi = effect.child
+            self._later(sa, _child_timer(spi), delay, partial(self._rekey_child, spi))
+
     def _remove(self, sa: IkeSa, effect: Remove) -> None:
         for spec in effect.specs:
             self._cancel(sa, _child_timer(spec.inbound_spi))
@@ -531,8 +542,10 @@ class Responder:
             if name != "retransmit":
                 self._cancel(old, name)
         self._esp_seen.pop(old.spi, None)
-        self._later(old, "retire", HALF_OPEN_TIMEOUT, self._retire)
+        if self._serving(old):
+            self._later(old, "retire", HALF_OPEN_TIMEOUT, self._retire)
         self._watch(successor)
+        self._run(successor, successor.resume())
 
     def _spawn(self, sa: IkeSa, effect: Spawn) -> None:
         self.sas[effect.sa.spi] = effect.sa
@@ -835,6 +848,7 @@ _EFFECTS: dict[type, Callable[[Responder, IkeSa, Any], None]] = {
     Install: Responder._install,
     InstallOutbound: Responder._install_outbound,
     ChildUp: Responder._child_up,
+    RetryRekey: Responder._retry_rekey,
     Remove: Responder._remove,
     Established: Responder._established_effect,
     Rekeyed: Responder._rekeyed,

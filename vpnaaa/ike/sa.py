@@ -164,6 +164,7 @@ class IkeSa:
         self.established_at: float | None = None  # the edge's clock, at Established
         self.heard_at: float | None = None  # the edge: the peer's last protected message
         self.rekeyed = False  # an IKE rekey moved everything to a successor (§1.3.2)
+        self.predecessor: IkeSa | None = None  # the SA this one took over, until it goes
         self.initial_contact = False  # N(INITIAL_CONTACT) in IKE_AUTH (§2.4)
         # the responder's window (§2.3): the next request we expect, the last answered
         self.next_message_id = 0
@@ -462,9 +463,11 @@ class IkeSa:
             inner = Message(header, [])
         if logs.debug_enabled():
             log.debug(
-                "{sa}: {kind} answered: {what}",
+                "{sa}: {kind} #{mid} answered ({n} octets): {what}",
                 sa=self.name,
                 kind=request.task.kind,
+                mid=request.message_id,
+                n=len(plaintext),
                 what=describe(inner),
             )
         effects = request.task.answered(self, inner)
@@ -509,7 +512,19 @@ class IkeSa:
         self.auth.method = old.auth.method
         self.virtual_ip, old.virtual_ip = old.virtual_ip, None
         self.children, old.children = old.children, {}
+        for moved in self.children.values():
+            moved.rekeying = False  # a rekey of ours on the old SA is void
+        # §1.4: requests about CHILD_SAs go on the successor; §2.8: the old SA's last
+        # request is its Delete
+        self._queued = [t for t in old._queued if t.kind in ("delete-child", "rekey-child")]
+        old._queued = [t for t in old._queued if t not in self._queued]
+        self.predecessor, old.predecessor = old, None
         old.rekeyed = True
+
+    def resume(self) -> Effects:
+        """Send what waits in our queue, if nothing of ours is out (a successor's
+        inherited requests)."""
+        return self._next() if self.outstanding is None else ()
 
     def log_weak(self) -> None:
         """Once per SA: the weak algorithms it uses (accepted for Windows' defaults)."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from vpnaaa.ike import keys, proposal, transforms
 from vpnaaa.ike.common import Child, describe_proposal, log, notify, valid_nonce
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
-from vpnaaa.ike.effects import ChildUp, Effects, Install, InstallOutbound
+from vpnaaa.ike.effects import ChildUp, Effects, Install, InstallOutbound, RetryRekey
 from vpnaaa.ike.message import (
     Entry,
     Header,
@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from vpnaaa.ike.sa import IkeSa
 
 ERROR_TYPES = 16384  # notify types below this are errors (§3.10.1)
+# CHILD_SAs one IKE SA may hold (rekeyed ones until their predecessor goes included):
+# clients use one or two; each costs two kernel SAs and three policies (§3.10.1:
+# NO_ADDITIONAL_SAS past it)
+MAX_CHILD_SAS = 16
 
 
 def create_child_sa(sa: IkeSa, header: Header, inner: Message) -> Effects:
@@ -61,6 +65,13 @@ def create_child_sa(sa: IkeSa, header: Header, inner: Message) -> Effects:
         old = next((c for c in sa.children.values() if c.spec.outbound_spi == spi), None)
         if old is None:
             return sa.respond(header, [notify(NotifyType.CHILD_SA_NOT_FOUND)])
+        if old.successor is not None or sa.installing:  # rekeyed already, or being so
+            return sa.respond(header, [notify(NotifyType.TEMPORARY_FAILURE)])
+    if len(sa.children) >= MAX_CHILD_SAS:
+        log.info(
+            "{sa}: CREATE_CHILD_SA refused: {n} CHILD_SAs already", sa=sa.name, n=len(sa.children)
+        )
+        return sa.respond(header, [notify(NotifyType.NO_ADDITIONAL_SAS)])
     nonce = inner.get(PayloadType.NONCE)
     if not isinstance(nonce, Nonce) or not valid_nonce(nonce.data):
         return sa.respond(header, [notify(NotifyType.INVALID_SYNTAX)])
@@ -114,7 +125,7 @@ def negotiate(
         return sa.respond(header, [*entries, notify(NotifyType.TS_UNACCEPTABLE)])
     theirs, ours = narrowed
     peer_spi = choice.proposal.spi
-    if len(peer_spi) != 4:
+    if not valid_esp_spi(peer_spi):
         return sa.respond(header, [*entries, notify(NotifyType.INVALID_SYNTAX)])
     shared = b""
     if ke is not None:
@@ -191,6 +202,7 @@ class RekeyChild:
     spi: int = 0
     ni: bytes = field(default=b"", repr=False)
     private: object = field(default=None, repr=False)
+    offered: proposal.Choice | None = None  # the old CHILD_SA's, offered again
     # the client's rekey of the same CHILD_SA answered meanwhile (§2.8.1): its new
     # CHILD_SA's inbound SPI, and that exchange's nonces
     collision: tuple[int, bytes, bytes] | None = None
@@ -201,6 +213,7 @@ class RekeyChild:
             return None  # deleted, or the client rekeyed it first
         old.rekeying = True
         context = sa.context
+        self.offered = old.choice
         self.spi, self.ni = context.child_spi(), context.nonce()
         offer = proposal.accepted(old.choice, self.spi.to_bytes(4, "big"))
         spi = old.spec.inbound_spi.to_bytes(4, "big")
@@ -231,7 +244,11 @@ class RekeyChild:
                 spi=self.old,
                 reason=str(e),
             )
-            return ()
+            if old is None:
+                return ()
+            if e.notify == NotifyType.CHILD_SA_NOT_FOUND:  # the client has it no longer
+                return sa.delete_child(self.old, "the client no longer has it")
+            return (RetryRekey(self.old),)  # §2.25: not at once; before the hard lifetime
         peer_spi = int.from_bytes(choice.proposal.spi, "big")
         if old is None:  # the client deleted it meanwhile (§2.25): the new one replaces nothing
             return self._redundant(sa, peer_spi, "its predecessor was deleted during the rekey")
@@ -267,27 +284,26 @@ class RekeyChild:
         """The client's answer: its choice from our one proposal, Nr, g^ir (PFS)."""
         errors = [n for n in response.all(PayloadType.NOTIFY) if n.notify_type < ERROR_TYPES]
         if errors:
-            raise _Refused(_notify_name(errors[0].notify_type))
+            raise _Refused(_notify_name(errors[0].notify_type), errors[0].notify_type)
         accepted, nonce = response.get(PayloadType.SA), response.get(PayloadType.NONCE)
         if not isinstance(accepted, Sa) or not isinstance(nonce, Nonce):
             raise _Refused("SA or Nr missing")
         if not valid_nonce(nonce.data):
             raise _Refused("bad nonce size")
-        old = sa.children.get(self.old)
-        policy_choice = old.choice if old is not None else None
         ke = response.get(PayloadType.KE)
         group = ke.group if isinstance(ke, Ke) else None
         choice = proposal.select(accepted.proposals, sa.context.esp_policy, group)
-        if choice is None or len(choice.proposal.spi) != 4:
-            raise _Refused("the accepted proposal is not one we offered")
-        if policy_choice is not None and proposal.accepted(choice, b"") != proposal.accepted(
-            policy_choice, b""
+        if (
+            choice is None
+            or self.offered is None
+            or proposal.accepted(choice, b"") != proposal.accepted(self.offered, b"")
         ):
             raise _Refused("the accepted proposal is not the one we offered")
+        if not valid_esp_spi(choice.proposal.spi):
+            raise _Refused(f"ESP SPI {choice.proposal.spi.hex()} is reserved or malformed")
         shared = b""
         if self.private is not None:
-            assert choice.dh is not None
-            if group != choice.dh.id:
+            if choice.dh is None or group != choice.dh.id or not isinstance(ke, Ke):
                 raise _Refused("no KE of the CHILD_SA's group")
             try:
                 shared = transforms.group_for(group).shared_secret(self.private, ke.data)
@@ -308,7 +324,17 @@ class RekeyChild:
 
 
 class _Refused(Exception):
-    """The client's answer to our rekey does not give us a CHILD_SA."""
+    """The client's answer to our rekey does not give us a CHILD_SA (``notify``: the
+    error it said, if any)."""
+
+    def __init__(self, reason: str, notify: int | None = None) -> None:
+        super().__init__(reason)
+        self.notify = notify
+
+
+def valid_esp_spi(spi: bytes) -> bool:
+    """Four octets, not one of the reserved values 0..255 (RFC 4303 §2.1)."""
+    return len(spi) == 4 and int.from_bytes(spi, "big") > 255
 
 
 def _collide(sa: IkeSa, old: Child, new: Child, ni: bytes, nr: bytes) -> None:

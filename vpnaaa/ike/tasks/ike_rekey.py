@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vpnaaa.ike import keys, proposal, transforms
-from vpnaaa.ike.common import Event, derive, log, notify, valid_nonce
+from vpnaaa.ike.common import Event, State, derive, log, notify, valid_nonce
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
-from vpnaaa.ike.effects import Effects, Rekeyed, Spawn
+from vpnaaa.ike.effects import Effects, Rekeyed, RetryRekey, Spawn
 from vpnaaa.ike.message import Entry, Header, Ke, Message, Nonce, Sa
 
 if TYPE_CHECKING:
@@ -42,8 +42,12 @@ def respond(sa: IkeSa, header: Header, inner: Message, offer: Sa) -> Effects:
     if choice.dh.id != ke.group:
         data = struct.pack("!H", choice.dh.id)
         return sa.respond(header, [notify(NotifyType.INVALID_KE_PAYLOAD, data)])
-    if len(choice.proposal.spi) != 8:
+    if not valid_ike_spi(choice.proposal.spi):
         return sa.respond(header, [notify(NotifyType.INVALID_SYNTAX)])
+    busy = _busy(sa)
+    if busy is not None:  # §2.25: a temporary condition, such as a rekeying operation
+        log.info("{sa}: IKE rekey refused for now: {why}", sa=sa.name, why=busy)
+        return sa.respond(header, [notify(NotifyType.TEMPORARY_FAILURE)])
     try:
         public, shared = sa.context.diffie_hellman(ke.group, ke.data)
     except transforms.InvalidPublicValue:
@@ -64,6 +68,23 @@ def respond(sa: IkeSa, header: Header, inner: Message, offer: Sa) -> Effects:
         (PayloadType.KE, Ke(ke.group, public)),
     ]
     return (*sa.respond(header, entries), Rekeyed(sa, successor))
+
+
+def _busy(sa: IkeSa) -> str | None:
+    """Why the IKE SA cannot be rekeyed right now, or None: a CHILD_SA of ours is being
+    rekeyed or installed (it would be left behind on this SA), or this SA's predecessor
+    is not gone yet (a client rekeying in a loop would pile up SAs)."""
+    request = sa.outstanding
+    if (request is not None and request.task.kind == "rekey-child") or sa.installing:
+        return "a CHILD_SA of it is being rekeyed"
+    if sa.predecessor is not None and sa.predecessor.state != State.CLOSED:
+        return "the IKE SA it replaced is not deleted yet"
+    return None
+
+
+def valid_ike_spi(spi: bytes) -> bool:
+    """Eight octets, not zero (§3.1)."""
+    return len(spi) == 8 and spi != bytes(8)
 
 
 @dataclass
@@ -102,7 +123,7 @@ class RekeyIke:
         reason = _refusal(sa, errors, accepted, nonce, ke)
         if reason is not None:
             log.info("{sa}: our IKE rekey failed: {reason}", sa=sa.name, reason=reason)
-            return ()
+            return (RetryRekey(),)  # §2.25: not at once; before the hard lifetime
         assert isinstance(accepted, Sa) and isinstance(nonce, Nonce) and isinstance(ke, Ke)
         assert sa.crypto is not None and sa.ike_choice is not None
         choice = proposal.select(accepted.proposals, sa.context.ike_policy, ke.group)
@@ -111,7 +132,7 @@ class RekeyIke:
             shared = transforms.group_for(ke.group).shared_secret(self.private, ke.data)
         except transforms.InvalidPublicValue as e:
             log.info("{sa}: our IKE rekey failed: KE: {error}", sa=sa.name, error=str(e))
-            return ()
+            return (RetryRekey(),)
         peer_spi = choice.proposal.spi
         new = type(sa)(sa.context, self.spi, sa.local, sa.remote, spi_r=peer_spi, initiator=True)
         seed = keys.rekeyed_skeyseed(
@@ -119,20 +140,27 @@ class RekeyIke:
         )
         new.crypto = derive(choice, seed, self.ni, nonce.data, self.spi, peer_spi, initiator=True)
         new.ike_choice, new.port = choice, sa.port
+        if sa.closing:  # §2.25.2: we are deleting it; the session must not move on
+            return _unwanted(new, f"the session is being deleted ({sa.closing_cause})")
         if self.collision is None:
             new.take_over(sa)
             _rekeyed(sa, new, choice)
             return (Rekeyed(sa, new), *sa.delete("rekeyed by the gateway"))
         theirs, their_ni, our_nr = self.collision
         if min(self.ni, nonce.data, their_ni, our_nr) in (self.ni, nonce.data):
-            new.transition(Event.REKEYED_IN)
-            new.rekeyed = True  # holds no session
-            why = "redundant: the client's simultaneous IKE rekey won (§2.8.1)"
-            log.info("{sa}: {why}", sa=new.name, why=why)
-            return (Spawn(new, new.delete(why)),)
+            return _unwanted(new, "redundant: the client's simultaneous IKE rekey won (§2.8.1)")
         new.take_over(theirs)  # ours won: the client deletes its redundant one
         _rekeyed(sa, new, choice)
         return (Rekeyed(theirs, new), *sa.delete("rekeyed by the gateway"))
+
+
+def _unwanted(new: IkeSa, why: str) -> Effects:
+    """The IKE SA our rekey made holds no session: serve it until the client answers
+    our Delete of it."""
+    new.transition(Event.REKEYED_IN)
+    new.rekeyed = True  # holds no session
+    log.info("{sa}: {why}", sa=new.name, why=why)
+    return (Spawn(new, new.delete(why)),)
 
 
 def _refusal(sa: IkeSa, errors, accepted, nonce, ke) -> str | None:
@@ -152,7 +180,7 @@ def _refusal(sa: IkeSa, errors, accepted, nonce, ke) -> str | None:
         choice is None
         or ours is None
         or choice.proposal.protocol != ProtocolId.IKE
-        or len(choice.proposal.spi) != 8
+        or not valid_ike_spi(choice.proposal.spi)
         or proposal.accepted(choice, b"") != proposal.accepted(ours, b"")
         or choice.dh is None
         or choice.dh.id != ke.group
