@@ -289,6 +289,14 @@ class ResourceTests(AttackTestCase):
         for HALF_OPEN_TIMEOUT (30 s), at whatever rate the client sends."""
         self.gateway()
         peer = self.connected()
-        for _ in range(200):
-            self.assertIsInstance(peer.rekey_ike().get(PayloadType.KE), Ke)
-        self.assertLess(len(self.gate.responder.sas), 50)
+        self.assertIsInstance(peer.rekey_ike().get(PayloadType.KE), Ke)
+        for _ in range(200):  # §2.25: the rekeyed SA waits until its predecessor is gone
+            refused = peer.rekey_ike()
+            self.assertEqual(
+                [n.notify_type for n in refused.all(PayloadType.NOTIFY)],
+                [NotifyType.TEMPORARY_FAILURE],
+            )
+        self.assertEqual(len(self.gate.responder.sas), 2)
+        peer.delete_previous_ike()
+        self.assertIsInstance(peer.rekey_ike().get(PayloadType.KE), Ke)
+        self.assertEqual(len(self.gate.responder.sas), 2)
