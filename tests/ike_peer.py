@@ -434,7 +434,8 @@ class ChildPair:
     exchange initiator's outbound keys first: ``initiated`` says whether that was the
     peer (``outbound``/``inbound`` pick the right half either way). ``nonces`` are the
     (Ni, Nr) of the exchange that created it, ``replaces`` the ``ours`` of the CHILD_SA
-    it rekeyed, ``proposal`` the accepted one (§2.8: a rekey keeps the transforms)."""
+    it rekeyed, ``proposal`` the accepted one (§2.8: a rekey keeps the transforms),
+    ``selectors`` (the peer's side, the gateway's side) whoever was TSi."""
 
     ours: int
     theirs: int
@@ -904,7 +905,7 @@ class Initiator:
             nonces=(ni, nr),
             replaces=old.ours,
             proposal=accepted,
-            selectors=(tsi.selectors, tsr.selectors),
+            selectors=(tsr.selectors, tsi.selectors),  # TSi was the gateway's side
         )
         return self.respond(request, entries)
 

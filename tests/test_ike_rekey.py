@@ -30,7 +30,7 @@ CHILD = 1200.0  # child_lifetime: the gateway rekeys at 1020 s
 IKE = 3600.0  # ike_lifetime: the gateway rekeys at 3060 s, deletes at 3420 s
 TIMING = Timing(retransmit_timeout=4.0, retransmit_base=1.8, retransmit_tries=5)
 RETRANSMITS = (4.0, 7.2, 12.96, 23.328, 41.9904)  # 4 s x 1.8^n, five times
-GIVE_UP = 75.58272  # the wait after the last one
+GIVE_UP = 75.59  # the wait after the last one (75.58272 s), rounded up
 LOW = bytes(32)  # the lowest nonce there is (§2.8.1: octet by octet)
 HIGH = b"\xff" * 32
 
@@ -89,6 +89,13 @@ class RekeyTestCase(unittest.TestCase):
         self.assertEqual(request.header.exchange, exchange)
         return request
 
+    def answer_delete(self, peer):
+        """The one request the gateway sent since the last look is a Delete: answered as
+        a client does (§1.4.1); its Delete payload."""
+        request = self.request(peer, ExchangeType.INFORMATIONAL)
+        peer.answer_delete(request)
+        return request.get(PayloadType.DELETE)
+
     def settle(self, peer):
         """Answer the gateway as a plain client would until it asks nothing more."""
         while peer.answer_all():
@@ -135,8 +142,7 @@ class ChildRekeyTests(RekeyTestCase):
         (new,) = [c for c in peer.children.values() if c.replaces == old.ours]
         self.assertFalse(new.initiated)
         self.assertEqual(new.nonces[0], request.get(PayloadType.NONCE).data)  # Ni: the gateway's
-        self.assertEqual(len(self.gate.installer.installed), 2)  # the old one until deleted
-        delete = self.request(peer, ExchangeType.INFORMATIONAL).get(PayloadType.DELETE)
+        delete = self.answer_delete(peer)
         self.assertEqual((delete.protocol, delete.spis), (ProtocolId.ESP, (rekey.spi,)))
         self.settle(peer)
         self.assertNotIn(old.ours, peer.children)
@@ -157,6 +163,22 @@ class ChildRekeyTests(RekeyTestCase):
         self.assertEqual(peer.liveness().payloads, [])  # the IKE SA is untouched
         self.assertEqual((len(self.gate.responder.sas), self.gate.pool.leased), (1, 1))
         self.assertEqual(self.session_ends(), [])
+        self.assertNothingLeft()
+
+    def test_the_old_child_sa_receives_until_its_delete_is_answered(self):
+        """§2.8: the new CHILD_SA is installed when the rekey completes, and the old one
+        is deleted after it: the client, which may send on the old SA until it has our
+        Delete, is still received on it until it answers (§1.4.1: each end closes its
+        incoming SA when the pair is closed, the Delete's sender on the answer)."""
+        self.gateway()
+        peer = self.connected()
+        (old,) = peer.children.values()
+        self.clock.advance(CHILD * 0.85)
+        peer.answer_rekey(self.request(peer))
+        (new,) = [c for c in peer.children.values() if c.replaces == old.ours]
+        self.assertEqual(sorted(self.gate.installer.installed), sorted((old.theirs, new.theirs)))
+        self.answer_delete(peer)
+        self.assertEqual(list(self.gate.installer.installed), [new.theirs])
         self.assertNothingLeft()
 
     def test_the_gateways_message_ids_count_on(self):
@@ -386,7 +408,7 @@ class ChildCollisionTests(RekeyTestCase):
         self.gateway()
         peer = self.connected()
         old, redundant, survivor = self.collide(peer, LOW, os.urandom(32))
-        delete = self.request(peer, ExchangeType.INFORMATIONAL).get(PayloadType.DELETE)
+        delete = self.answer_delete(peer)
         self.assertEqual(delete.spis, (redundant.theirs.to_bytes(4, "big"),))
         self.settle(peer)
         peer.delete_child(old.ours)
@@ -403,7 +425,7 @@ class ChildCollisionTests(RekeyTestCase):
         peer = self.connected()
         old, survivor, redundant = self.collide(peer, HIGH, LOW)
         peer.delete_child(redundant.ours)
-        delete = self.request(peer, ExchangeType.INFORMATIONAL).get(PayloadType.DELETE)
+        delete = self.answer_delete(peer)
         self.assertEqual(delete.spis, (old.theirs.to_bytes(4, "big"),))
         self.settle(peer)
         self.assertEqual(list(peer.children), [survivor.ours])
@@ -523,7 +545,7 @@ class DeleteDuringRekeyTests(RekeyTestCase):
         response = peer.delete_child(old.ours)
         self.assertEqual(response.get(PayloadType.DELETE).spis, (old.theirs.to_bytes(4, "big"),))
         peer.deliver(answer)
-        delete = self.request(peer, ExchangeType.INFORMATIONAL).get(PayloadType.DELETE)
+        delete = self.answer_delete(peer)
         self.assertEqual(delete.spis, (new.theirs.to_bytes(4, "big"),))
         self.settle(peer)
         self.assertEqual((peer.children, self.gate.installer.installed), ({}, {}))
