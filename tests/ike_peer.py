@@ -13,6 +13,16 @@
                  delete_child, delete_ike, liveness     INFORMATIONAL (§1.4, §2.4)
                and ``request`` / ``send_inner`` for any payload chain (or any plaintext)
                sealed with the SA's valid keys, which is what a fuzzer needs.
+               When the gateway speaks first it is a client answering:
+                 gateway_requests  the gateway's requests, on whichever IKE SA
+                 answer_rekey      its CHILD_SA rekey (§1.3.3) or IKE SA rekey (§1.3.2,
+                                   §2.18: the peer then is the new SA's original responder)
+                 answer_delete     its Delete of CHILD_SAs or of an IKE SA (§1.4.1)
+                 answer, answer_all  anything (a liveness check), everything as a client
+               each with a ``*_response`` twin that seals without delivering, and
+               ``begin_*`` / ``send`` / ``complete`` to hold a request of ours or the
+               gateway's answer to it: the §2.8.1 collisions, crossed in either order,
+               with nonces the test chooses.
     World      both, forkable: ``fork()`` is a deep copy that shares only what never
                changes (keys, policies, the user store), so a test reaches a state once
                and starts each input from its own copy in well under a millisecond.
@@ -392,7 +402,13 @@ def esp_proposal(spi: int, group: int | None = None, *, aead: bool = True) -> Pr
 
 @dataclass
 class IkeKeysInUse:
-    """One IKE SA as the initiator holds it."""
+    """One IKE SA as the peer holds it. ``initiator``: the peer is this SA's original
+    initiator (it sent IKE_SA_INIT, or the CREATE_CHILD_SA request that rekeyed the SA it
+    replaces, §2.18) and sets the Initiator flag on all its messages (§3.1); after the
+    gateway rekeys the IKE SA the peer is the original responder of the new one.
+    ``next_id``: the message ID of the peer's next request on it (§2.2). ``nonces``:
+    (Ni, Nr) of the exchange that created it, for §2.8.1's lowest nonce; ``replaces``
+    the SPIs of the IKE SA it rekeyed."""
 
     spi_i: bytes
     spi_r: bytes
@@ -402,16 +418,71 @@ class IkeKeysInUse:
     inbound: sk.SkCrypto
     cipher: transforms.AnyCipher
     integrity: transforms.Integrity | None
+    initiator: bool = True
+    next_id: int = 0
+    nonces: tuple[bytes, bytes] = (b"", b"")
+    replaces: tuple[bytes, bytes] | None = None
+
+    @property
+    def spis(self) -> tuple[bytes, bytes]:
+        return self.spi_i, self.spi_r
+
+    @property
+    def flags(self) -> int:
+        """The Initiator flag of the peer's messages on this SA (§3.1)."""
+        return HeaderFlag.INITIATOR if self.initiator else 0
 
 
 @dataclass
 class ChildPair:
-    """A CHILD_SA from the initiator's side: ``ours`` is the SPI it receives on (sent in
-    its proposal), ``theirs`` the responder's (from the accepted proposal)."""
+    """A CHILD_SA from the peer's side: ``ours`` is the SPI it receives on (in its SA
+    payload), ``theirs`` the gateway's. ``keymat`` is split as §2.17 takes it, the
+    exchange initiator's outbound keys first: ``initiated`` says whether that was the
+    peer (``outbound``/``inbound`` pick the right half either way). ``nonces`` are the
+    (Ni, Nr) of the exchange that created it, ``replaces`` the ``ours`` of the CHILD_SA
+    it rekeyed, ``proposal`` the accepted one (§2.8: a rekey keeps the transforms),
+    ``selectors`` (the peer's side, the gateway's side) whoever was TSi."""
 
     ours: int
     theirs: int
     keymat: keys.ChildKeys = field(repr=False)
+    initiated: bool = True
+    nonces: tuple[bytes, bytes] = (b"", b"")
+    replaces: int | None = None
+    proposal: Proposal | None = None
+    selectors: tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]] = ((), ())
+
+    @property
+    def outbound(self) -> tuple[bytes, bytes]:
+        """(encryption, integrity) keys of what the peer sends on it."""
+        k = self.keymat
+        return (k.encr_i, k.integ_i) if self.initiated else (k.encr_r, k.integ_r)
+
+    @property
+    def inbound(self) -> tuple[bytes, bytes]:
+        """(encryption, integrity) keys of what the peer receives on it."""
+        k = self.keymat
+        return (k.encr_r, k.integ_r) if self.initiated else (k.encr_i, k.integ_i)
+
+
+@dataclass
+class Pending:
+    """A request of the peer's in flight (§2.1): sealed on ``ike`` with ``message_id``,
+    delivered or not yet (``sent``), the gateway's answer kept unread in ``replies``
+    until :meth:`Initiator.complete`, which hands it to ``finish``."""
+
+    ike: IkeKeysInUse
+    message_id: int
+    datagram: bytes = field(repr=False)
+    finish: Callable[[Message], None] | None = field(default=None, repr=False)
+    sent: bool = False
+    replies: list[bytes] = field(default_factory=list, repr=False)
+
+
+def lowest_nonce(*nonces: bytes) -> bytes:
+    """§2.8.1: "lowest" is an octet-by-octet comparison, a nonce that is a prefix of
+    another being the lower one: exactly how Python orders bytes."""
+    return min(nonces)
 
 
 class MsChapV2Peer:
@@ -465,9 +536,11 @@ class Initiator:
         self.port = RecordingPort(500)
         self.suite = suite
         self.fragmentation = fragmentation
-        self.ike: IkeKeysInUse | None = None
+        self.ike: IkeKeysInUse | None = None  # the SA the peer's own requests go on
+        self.ike_sas: dict[tuple[bytes, bytes], IkeKeysInUse] = {}  # every SA it holds
+        self.known: dict[tuple[bytes, bytes], IkeKeysInUse] = {}  # and every one it held
+        self.previous: tuple[IkeKeysInUse, int] | None = None  # the SA a rekey replaced
         self.spi_i = os.urandom(8)
-        self.next_id = 0
         self.init_request = self.init_response = b""
         self.ni = self.nr = b""
         self.idi = Identification(IdType.RFC822_ADDR, b"alice@example.test")
@@ -480,16 +553,40 @@ class Initiator:
         self.children: dict[int, ChildPair] = {}  # by ``ours``
         self._first_child_spi = 0
         self._reassembler = fragments.Reassembler()
+        self.inbox: list[bytes] = []  # the gateway's requests, not yet looked at
+        self.stray: list[bytes] = []  # its requests on an IKE SA the peer no longer has
+        self._closing: set[int] = set()  # ``ours`` of CHILD_SAs our Delete is out for
+
+    @property
+    def next_id(self) -> int:
+        """The message ID of the peer's next request on the current IKE SA (§2.2)."""
+        return self.ike.next_id if self.ike is not None else 0
+
+    @next_id.setter
+    def next_id(self, value: int) -> None:
+        self._keys().next_id = value
 
     # -- transport ---------------------------------------------------------------------
 
     def deliver(self, datagram: bytes, source: Endpoint | None = None) -> list[bytes]:
         """Hand ``datagram`` to the responder as if it came from ``source`` (default:
-        our address); return the datagrams it sent back to that address."""
+        our address); return the responses it sent back to that address. Requests of
+        the gateway's own, whenever sent, wait in ``inbox`` for :meth:`gateway_requests`."""
         source = source or self.address
-        self.port.sent.clear()
+        self._collect()
         self.gateway.responder.receive(datagram, source, self.port)
-        return [d for d, to in self.port.take() if to == source]
+        return [d for d, to in self._collect() if to == source]
+
+    def _collect(self) -> list[tuple[bytes, Endpoint]]:
+        """What the gateway sent since the last look: its requests (no Response flag,
+        §3.1) go to ``inbox``, the responses are returned."""
+        responses = []
+        for datagram, to in self.port.take():
+            if len(datagram) > 19 and datagram[19] & HeaderFlag.RESPONSE:
+                responses.append((datagram, to))
+            else:
+                self.inbox.append(datagram)
+        return responses
 
     # -- IKE_SA_INIT (§1.2) ------------------------------------------------------------
 
@@ -540,14 +637,34 @@ class Initiator:
         self.nr = nr.data
         prf, cipher, integrity = _negotiated(sa.proposals[0])
         seed = keys.skeyseed(prf, self.ni, self.nr, dh.shared_secret(private, ke.data))
-        self._set_ike(prf, cipher, integrity, seed, self.spi_i, response.header.spi_r)
+        self.ike = self._new_ike(prf, cipher, integrity, seed, self.spi_i, response.header.spi_r)
         self.next_id = 1
         return response
 
-    def _set_ike(self, prf, cipher, integrity, seed, spi_i, spi_r) -> None:
-        ike_keys = keys.ike_keys(prf, cipher, integrity, seed, self.ni, self.nr, spi_i, spi_r)
-        outbound, inbound = sk.directions(ike_keys, cipher, integrity, initiator=True)
-        self.ike = IkeKeysInUse(spi_i, spi_r, prf, ike_keys, outbound, inbound, cipher, integrity)
+    def _new_ike(
+        self,
+        prf,
+        cipher,
+        integrity,
+        seed: bytes,
+        spi_i: bytes,
+        spi_r: bytes,
+        nonces: tuple[bytes, bytes] | None = None,
+        *,
+        initiator: bool = True,
+    ) -> IkeKeysInUse:
+        """The keys of a new IKE SA (§2.14), from the (Ni, Nr) of the exchange that made
+        it (default: IKE_SA_INIT's); the peer sends with SK_ei/SK_ai as its original
+        initiator, with SK_er/SK_ar as its original responder."""
+        ni, nr = nonces or (self.ni, self.nr)
+        ike_keys = keys.ike_keys(prf, cipher, integrity, seed, ni, nr, spi_i, spi_r)
+        outbound, inbound = sk.directions(ike_keys, cipher, integrity, initiator=initiator)
+        ike = IkeKeysInUse(
+            spi_i, spi_r, prf, ike_keys, outbound, inbound, cipher, integrity, initiator
+        )
+        ike.nonces = (ni, nr)
+        self.ike_sas[ike.spis] = self.known[ike.spis] = ike
+        return ike
 
     # -- protected exchanges -----------------------------------------------------------
 
@@ -557,12 +674,16 @@ class Initiator:
         first_payload: int,
         plaintext: bytes,
         message_id: int | None = None,
-        flags: int = HeaderFlag.INITIATOR,
+        flags: int | None = None,
+        ike: IkeKeysInUse | None = None,
     ) -> bytes:
         """One SK message (§3.14) around ``plaintext``, any octets at all: a valid ICV
-        makes the responder decode whatever is inside."""
-        ike = self._keys()
-        mid = self.next_id if message_id is None else message_id
+        makes the responder decode whatever is inside. A request on the current SA by
+        default; ``flags`` default to a request's (Initiator when we are the SA's
+        original initiator)."""
+        ike = ike or self._keys()
+        mid = ike.next_id if message_id is None else message_id
+        flags = ike.flags if flags is None else flags
         body_length = sk.sealed_length(len(plaintext), ike.outbound)
         total = 28 + 4 + body_length
         header = Header(ike.spi_i, ike.spi_r, exchange, flags, mid, PayloadType.SK, length=total)
@@ -582,7 +703,7 @@ class Initiator:
         numbers = struct.pack("!HH", piece.number, piece.total)
         total = 28 + 4 + len(numbers) + body_length
         header = Header(
-            ike.spi_i, ike.spi_r, exchange, HeaderFlag.INITIATOR, mid, PayloadType.SKF, length=total
+            ike.spi_i, ike.spi_r, exchange, ike.flags, mid, PayloadType.SKF, length=total
         )
         generic = struct.pack("!BBH", piece.first_payload, 0, 4 + len(numbers) + body_length)
         prefix = header.encode() + generic + numbers
@@ -621,13 +742,15 @@ class Initiator:
         return response
 
     def open(self, datagram: bytes) -> Message | None:
-        """Verify and decrypt a response; None for a fragment that completes nothing."""
-        ike = self._keys()
+        """Verify and decrypt a response on any IKE SA the peer holds; None for a
+        fragment that completes nothing. The gateway sets the Initiator flag exactly on
+        the SAs it is the original initiator of (§3.1)."""
         message = decode_message(datagram)
-        if not message.header.response or message.header.initiator:
-            raise PeerError(f"flags {message.header.flags:#x} on a response")
-        if (message.header.spi_i, message.header.spi_r) != (ike.spi_i, ike.spi_r):
+        ike = self.known.get((message.header.spi_i, message.header.spi_r))
+        if ike is None:
             raise PeerError("response for another IKE SA")
+        if not message.header.response or message.header.initiator == ike.initiator:
+            raise PeerError(f"flags {message.header.flags:#x} on a response")
         _, payload = message.payloads[-1]
         body = payload.raw if isinstance(payload, Encrypted | EncryptedFragment) else None
         if body is None:
@@ -650,16 +773,21 @@ class Initiator:
 
     def gateway_requests(self) -> list[Message]:
         """Verify and decrypt the requests the gateway sent since the last look (its
-        liveness checks and deletes), in order; they are not answered."""
-        ike = self._keys()
+        liveness checks, deletes and rekeys), in order, on whichever IKE SA; they are
+        not answered. A request on an IKE SA the peer no longer holds goes to ``stray``
+        (a real peer drops it, §2.21)."""
+        self._collect()
         requests = []
-        for datagram, _ in self.port.take():
+        inbox, self.inbox = self.inbox, []
+        for datagram in inbox:
             message = decode_message(datagram)
             header = message.header
-            if header.response:
-                continue  # a late answer to one of ours
-            if header.initiator:
-                raise PeerError(f"flags {header.flags:#x} on the responder's request")
+            ike = self.ike_sas.get((header.spi_i, header.spi_r))
+            if ike is None:
+                self.stray.append(datagram)
+                continue
+            if header.initiator == ike.initiator:
+                raise PeerError(f"flags {header.flags:#x} on the gateway's request")
             _, payload = message.payloads[-1]
             if not isinstance(payload, Encrypted):
                 raise PeerError("unprotected request from the gateway")
@@ -672,13 +800,222 @@ class Initiator:
             requests.append(Message(header, decode_payloads(payload.first_payload, plaintext)))
         return requests
 
-    def answer(self, request: Message, entries: Sequence[Entry] = ()) -> list[bytes]:
-        """Respond to a gateway request (same message ID, §2.1); what the gateway sent
-        back, if anything."""
+    def respond(self, request: Message, entries: Sequence[Entry] = ()) -> bytes:
+        """Our response to a gateway request, sealed on the IKE SA it came on with its
+        message ID (§2.1), not delivered: ``deliver`` it when the test wants."""
+        ike = self.known.get((request.header.spi_i, request.header.spi_r))
+        if ike is None:
+            raise PeerError("a request on an IKE SA the peer never had")
         first, plaintext = encode_payloads(list(entries))
-        flags = HeaderFlag.INITIATOR | HeaderFlag.RESPONSE
+        flags = ike.flags | HeaderFlag.RESPONSE
         exchange, mid = request.header.exchange, request.header.message_id
-        return self.deliver(self.seal(exchange, first, plaintext, mid, flags))
+        return self.seal(exchange, first, plaintext, mid, flags, ike)
+
+    def answer(self, request: Message, entries: Sequence[Entry] = ()) -> list[bytes]:
+        """Respond to a gateway request and deliver the response; what the gateway sent
+        back to it (nothing: its own requests wait in ``inbox``)."""
+        return self.deliver(self.respond(request, entries))
+
+    def answer_all(self) -> list[Message]:
+        """Answer every request the gateway sent since the last look, as a plain client
+        would (:meth:`handle`); returns them."""
+        requests = self.gateway_requests()
+        for request in requests:
+            self.deliver(self.handle(request))
+        return requests
+
+    def handle(self, request: Message) -> bytes:
+        """The response a client gives to a gateway request (not delivered): a rekey
+        (CREATE_CHILD_SA) answered by :meth:`rekey_response`, a Delete by
+        :meth:`delete_response`, anything else (a liveness check) answered empty."""
+        if request.header.exchange == ExchangeType.CREATE_CHILD_SA:
+            return self.rekey_response(request)
+        if request.get(PayloadType.DELETE) is not None:
+            return self.delete_response(request)
+        return self.respond(request)
+
+    # -- the gateway's CREATE_CHILD_SA (§1.3.2, §1.3.3, §2.8, §2.17, §2.18) ---------------
+
+    def answer_rekey(self, request: Message, **options: Any) -> bytes:
+        """:meth:`rekey_response`, delivered; returns the response sent."""
+        datagram = self.rekey_response(request, **options)
+        self.deliver(datagram)
+        return datagram
+
+    def rekey_response(
+        self,
+        request: Message,
+        *,
+        nonce: bytes | None = None,
+        spi: bytes | int | None = None,
+        refuse: int | None = None,
+    ) -> bytes:
+        """Our response to the gateway's CREATE_CHILD_SA rekey, sealed, not delivered
+        (the new SA exists on our side from here, as once a real peer sent it). ``nonce``
+        is our Nr (default random); ``spi`` our new SPI (4 octets for ESP, 8 for IKE);
+        ``refuse`` a notify type to answer with instead (§2.25: TEMPORARY_FAILURE for an
+        SA we are closing). A rekey of a CHILD_SA we do not have gets
+        CHILD_SA_NOT_FOUND, of one we are deleting TEMPORARY_FAILURE (§2.25.1)."""
+        if refuse is not None:
+            return self.respond(request, [_notify(refuse)])
+        sa, ni = request.get(PayloadType.SA), request.get(PayloadType.NONCE)
+        if not (isinstance(sa, Sa) and isinstance(ni, Nonce)):
+            raise PeerError("the gateway's CREATE_CHILD_SA lacks SA or Ni")
+        if len(ni.data) < 16:
+            raise PeerError(f"a {len(ni.data)}-octet nonce (§2.10: at least 128 bits)")
+        nonce = nonce or os.urandom(32)
+        if sa.proposals[0].protocol == ProtocolId.IKE:
+            return self._ike_rekey_response(request, sa, ni.data, nonce, spi)
+        return self._child_rekey_response(request, sa, ni.data, nonce, spi)
+
+    def _child_rekey_response(
+        self, request: Message, sa: Sa, ni: bytes, nr: bytes, spi: bytes | int | None
+    ) -> bytes:
+        """§1.3.3: N(REKEY_SA) names the gateway's inbound SPI of the old CHILD_SA, which
+        is ours to send on (``theirs``). Our answer: SA (the first proposal, one transform
+        of each type, our new SPI), Nr, [KEr], TSi, TSr as the gateway sent them (TSi is
+        the exchange initiator's side: the gateway's). KEYMAT = prf+(SK_d, [g^ir] | Ni |
+        Nr) with Ni the gateway's, its outbound keys first (§2.17)."""
+        rekey = request.notify(NotifyType.REKEY_SA)
+        if rekey is None or rekey.protocol != ProtocolId.ESP or len(rekey.spi) != 4:
+            raise PeerError(f"a CHILD_SA rekey without N(REKEY_SA) for ESP: {rekey}")
+        old = next(
+            (c for c in self.children.values() if c.theirs == int.from_bytes(rekey.spi, "big")),
+            None,
+        )
+        if old is None:
+            return self.respond(request, [_notify(NotifyType.CHILD_SA_NOT_FOUND)])
+        if old.ours in self._closing:
+            return self.respond(request, [_notify(NotifyType.TEMPORARY_FAILURE)])
+        offered = sa.proposals[0]
+        if offered.protocol != ProtocolId.ESP or len(offered.spi) != 4:
+            raise PeerError(f"a CHILD_SA rekey proposing {offered}")
+        chosen = _choose(offered)
+        ours = int.from_bytes(spi, "big") if isinstance(spi, bytes) else spi or _random_spi()
+        accepted = Proposal(offered.number, ProtocolId.ESP, ours.to_bytes(4, "big"), chosen)
+        entries: list[Entry] = [(PayloadType.SA, Sa((accepted,))), (PayloadType.NONCE, Nonce(nr))]
+        shared = self._answer_ke(request, accepted, entries)
+        tsi, tsr = request.get(PayloadType.TSi), request.get(PayloadType.TSr)
+        if not (isinstance(tsi, TrafficSelectors) and isinstance(tsr, TrafficSelectors)):
+            raise PeerError("a CHILD_SA rekey without TSi and TSr")
+        entries += [(PayloadType.TSi, tsi), (PayloadType.TSr, tsr)]
+        cipher, integrity = _esp_transforms(accepted)
+        ike = self.ike_sas[(request.header.spi_i, request.header.spi_r)]
+        keymat = keys.child_keys(ike.prf, ike.keys.sk_d, cipher, integrity, ni, nr, shared)
+        theirs = int.from_bytes(offered.spi, "big")
+        self.children[ours] = ChildPair(
+            ours,
+            theirs,
+            keymat,
+            initiated=False,
+            nonces=(ni, nr),
+            replaces=old.ours,
+            proposal=accepted,
+            selectors=(tsr.selectors, tsi.selectors),  # TSi was the gateway's side
+        )
+        return self.respond(request, entries)
+
+    def _ike_rekey_response(
+        self, request: Message, sa: Sa, ni: bytes, nr: bytes, spi: bytes | int | None
+    ) -> bytes:
+        """§1.3.2, §2.18: the gateway's SPI in its SA is SPIi of the new IKE SA, ours in
+        the answer SPIr; SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr) with Ni the
+        gateway's, the new keys from it with the new SA's PRF. The gateway is the new
+        SA's original initiator: we continue on it as the original responder (§2.18),
+        with its message IDs from zero in both directions; CHILD_SAs move with it."""
+        offered = sa.proposals[0]
+        if len(offered.spi) != 8:
+            raise PeerError(f"an IKE rekey with a {len(offered.spi)}-octet SPI")
+        old = self.ike_sas[(request.header.spi_i, request.header.spi_r)]
+        chosen = _choose(offered)
+        ours = spi if isinstance(spi, bytes) else os.urandom(8)
+        accepted = Proposal(offered.number, ProtocolId.IKE, ours, chosen)
+        entries: list[Entry] = [(PayloadType.SA, Sa((accepted,))), (PayloadType.NONCE, Nonce(nr))]
+        shared = self._answer_ke(request, accepted, entries)
+        if not shared:
+            raise PeerError("an IKE rekey without KE (§1.3.2: it is required)")
+        response = self.respond(request, entries)
+        prf, cipher, integrity = _negotiated(accepted)
+        seed = keys.rekeyed_skeyseed(old.prf, old.keys.sk_d, shared, ni, nr)
+        new = self._new_ike(
+            prf, cipher, integrity, seed, offered.spi, ours, (ni, nr), initiator=False
+        )
+        new.replaces = old.spis
+        self.previous = (old, old.next_id)
+        self.ike = new
+        return response
+
+    def _answer_ke(self, request: Message, accepted: Proposal, entries: list[Entry]) -> bytes:
+        """KEr for the request's KEi when the accepted proposal has a D-H group (§1.3);
+        the new g^ir, empty without one. A KEi of another group than the one accepted
+        is a gateway error here (a real peer answers INVALID_KE_PAYLOAD, §1.3)."""
+        group = next((t.id for t in accepted.transforms if t.type == TransformType.DH), None)
+        ke = request.get(PayloadType.KE)
+        if group is None or group == 0:
+            if ke is not None:
+                raise PeerError("KEi without a D-H group in the proposal")
+            return b""
+        if not isinstance(ke, Ke) or ke.group != group:
+            raise PeerError(f"KEi {ke} for the proposed group {group}")
+        private, public = transforms.group_for(group).generate()
+        entries.append((PayloadType.KE, Ke(group, public)))
+        return transforms.group_for(group).shared_secret(private, ke.data)
+
+    # -- the gateway's INFORMATIONAL Delete (§1.4.1, §2.25) ----------------------------
+
+    def answer_delete(self, request: Message) -> bytes:
+        """:meth:`delete_response`, delivered; returns the response sent."""
+        datagram = self.delete_response(request)
+        self.deliver(datagram)
+        return datagram
+
+    def delete_response(self, request: Message) -> bytes:
+        """§1.4.1: a Delete of CHILD_SAs names the gateway's inbound SPIs (ours to send
+        on): we drop them and answer with Delete of our inbound SPIs of the same pairs,
+        except those our own Delete is out for (crossing deletes: none in the answer), and
+        an empty answer for SPIs we do not know (§2.25.1). A Delete of the IKE SA: an
+        empty answer, and the SA is gone; its CHILD_SAs with it unless another IKE SA
+        (a rekeyed one, §2.18) holds them. Sealed, not delivered."""
+        ike = self.ike_sas.get((request.header.spi_i, request.header.spi_r))
+        ours: list[bytes] = []
+        for delete in request.all(PayloadType.DELETE):
+            if delete.protocol == ProtocolId.IKE:
+                response = self.respond(request)
+                self._forget(ike)
+                return response
+            for spi in delete.spis:
+                theirs = int.from_bytes(spi, "big")
+                child = next((c for c in self.children.values() if c.theirs == theirs), None)
+                if child is None:
+                    continue
+                del self.children[child.ours]
+                if child.ours not in self._closing:
+                    ours.append(child.ours.to_bytes(4, "big"))
+        entries = [(PayloadType.DELETE, Delete(ProtocolId.ESP, tuple(ours)))] if ours else []
+        return self.respond(request, entries)
+
+    def _forget(self, ike: IkeKeysInUse | None) -> None:
+        """An IKE SA is deleted, and its CHILD_SAs with it (§1.4.1), unless a rekey
+        moved them: to its successor (§2.18), or in a §2.8.2 collision to the other new
+        SA replacing the same one. The peer carries on on that one."""
+        if ike is None:
+            return
+        self.ike_sas.pop(ike.spis, None)
+        heirs = [
+            other
+            for other in self.ike_sas.values()
+            if other.replaces == ike.spis
+            or (ike.replaces is not None and other.replaces == ike.replaces)
+        ]
+        if not heirs:
+            self.children.clear()
+        elif self.ike is ike:
+            self.ike = heirs[-1]
+
+    def use(self, ike: IkeKeysInUse) -> None:
+        """Send the peer's next requests on ``ike`` (after a §2.8.2 collision, on the
+        surviving new IKE SA)."""
+        self.ike = ike
 
     def _keys(self) -> IkeKeysInUse:
         if self.ike is None:
@@ -847,16 +1184,33 @@ class Initiator:
         self.authenticate(user, password)
         return self.auth_last()
 
-    def _note_child(self, response: Message, ours: int, ni: bytes, nr: bytes, shared=b"") -> None:
+    def _note_child(
+        self,
+        response: Message,
+        ours: int,
+        ni: bytes,
+        nr: bytes,
+        shared: bytes = b"",
+        replaces: int | None = None,
+    ) -> None:
+        """A CHILD_SA the peer initiated: KEYMAT = prf+(SK_d, [g^ir] | Ni | Nr), our
+        outbound keys first (§2.17)."""
         sa = response.get(PayloadType.SA)
         if not isinstance(sa, Sa) or sa.proposals[0].protocol != ProtocolId.ESP:
             return
         accepted = sa.proposals[0]
         cipher, integrity = _esp_transforms(accepted)
-        ike = self._keys()
+        ike = self.ike_sas.get((response.header.spi_i, response.header.spi_r)) or self._keys()
         keymat = keys.child_keys(ike.prf, ike.keys.sk_d, cipher, integrity, ni, nr, shared)
         theirs = int.from_bytes(accepted.spi, "big")
-        self.children[ours] = ChildPair(ours, theirs, keymat)
+        tsi, tsr = response.get(PayloadType.TSi), response.get(PayloadType.TSr)
+        selectors = (
+            tsi.selectors if isinstance(tsi, TrafficSelectors) else (),
+            tsr.selectors if isinstance(tsr, TrafficSelectors) else (),
+        )
+        self.children[ours] = ChildPair(
+            ours, theirs, keymat, True, (ni, nr), replaces, accepted, selectors
+        )
 
     # -- CREATE_CHILD_SA (§1.3) ---------------------------------------------------------
 
@@ -868,9 +1222,10 @@ class Initiator:
         group: int | None = None,
         rekey: int | None = None,
         spi: int | None = None,
+        nonce: bytes | None = None,
     ) -> tuple[list[Entry], int, bytes, object]:
         spi = spi or _random_spi()
-        ni = os.urandom(32)
+        ni = nonce or os.urandom(32)
         own = self.virtual_ip or ipaddress.IPv4Address(self.address.host)
         tsi = tsi if tsi is not None else (TrafficSelector(own, own),)
         entries: list[Entry] = []
@@ -898,73 +1253,162 @@ class Initiator:
     def create_child(self, *, group: int | None = None, rekey: int | None = None, **ts) -> Message:
         """A new CHILD_SA, with PFS when ``group`` is given; ``rekey`` names the SPI (ours)
         of the CHILD_SA it replaces (N(REKEY_SA), §1.3.3)."""
-        entries, spi, ni, private = self.create_child_entries(group=group, rekey=rekey, **ts)
-        response = self.must(ExchangeType.CREATE_CHILD_SA, entries)
-        nr, ke = response.get(PayloadType.NONCE), response.get(PayloadType.KE)
-        shared = b""
-        if group is not None and isinstance(ke, Ke):
-            shared = transforms.group_for(group).shared_secret(private, ke.data)
-        if isinstance(nr, Nonce):
-            self._note_child(response, spi, ni, nr.data, shared)
-        return response
+        return self.complete(self.begin_child(group=group, rekey=rekey, **ts))
 
-    def rekey_child(self, ours: int, group: int | None = None) -> Message:
-        """§2.8: a successor CHILD_SA, then the old one deleted by us (as charon does)."""
-        return self.create_child(group=group, rekey=ours)
+    def begin_child(
+        self, *, group: int | None = None, rekey: int | None = None, send: bool = True, **options
+    ) -> Pending:
+        """:meth:`create_child`'s request, sent now (``send``) or when the test says
+        (:meth:`send`); its response waits for :meth:`complete`. ``options``: ``tsi``,
+        ``tsr``, ``spi``, ``nonce`` (our Ni)."""
+        entries, spi, ni, private = self.create_child_entries(group=group, rekey=rekey, **options)
 
-    def rekey_ike(self, group: int | None = None) -> Message:
+        def finish(response: Message) -> None:
+            nr, ke = response.get(PayloadType.NONCE), response.get(PayloadType.KE)
+            shared = b""
+            if group is not None and isinstance(ke, Ke):
+                shared = transforms.group_for(group).shared_secret(private, ke.data)
+            if isinstance(nr, Nonce):
+                self._note_child(response, spi, ni, nr.data, shared, rekey)
+
+        return self.begin(ExchangeType.CREATE_CHILD_SA, entries, finish, send=send)
+
+    def rekey_child(self, ours: int, group: int | None = None, **options) -> Message:
+        """§2.8: a successor CHILD_SA, then the old one deleted by us (as charon does).
+        ``options`` as for :meth:`begin_child`."""
+        return self.create_child(group=group, rekey=ours, **options)
+
+    def rekey_ike(self, group: int | None = None, **options) -> Message:
         """§1.3.2: a new IKE SA from SK_d; on success the initiator continues on it (the
         old one must then be deleted: ``delete_ike(old)``). Returns the response."""
-        ike = self._keys()
+        return self.complete(self.begin_rekey_ike(group, **options))
+
+    def begin_rekey_ike(
+        self,
+        group: int | None = None,
+        *,
+        nonce: bytes | None = None,
+        spi: bytes | None = None,
+        send: bool = True,
+    ) -> Pending:
+        """:meth:`rekey_ike`'s request on the current IKE SA (we are the new SA's
+        initiator, §2.18: our SPI is its SPIi), sent now or later (``send``); on the
+        response the peer moves to the new SA, the old one kept in ``previous``."""
+        old = self._keys()
         group = group or self.suite.group
-        new_spi = os.urandom(8)
+        new_spi = spi or os.urandom(8)
         private, public = transforms.group_for(group).generate()
-        ni = os.urandom(32)
+        ni = nonce or os.urandom(32)
         entries: list[Entry] = [
             (PayloadType.SA, Sa((self.suite.proposal(new_spi, group),))),
             (PayloadType.NONCE, Nonce(ni)),
             (PayloadType.KE, Ke(group, public)),
         ]
-        response = self.must(ExchangeType.CREATE_CHILD_SA, entries)
-        sa, nr, ke = (
-            response.get(PayloadType.SA),
-            response.get(PayloadType.NONCE),
-            response.get(PayloadType.KE),
-        )
-        if not (isinstance(sa, Sa) and isinstance(nr, Nonce) and isinstance(ke, Ke)):
-            return response
-        shared = transforms.group_for(group).shared_secret(private, ke.data)
-        prf, cipher, integrity = _negotiated(sa.proposals[0])
-        seed = keys.rekeyed_skeyseed(ike.prf, ike.keys.sk_d, shared, ni, nr.data)
-        self.previous = (self.ike, self.next_id)
-        self.ni, self.nr = ni, nr.data
-        self._set_ike(prf, cipher, integrity, seed, new_spi, sa.proposals[0].spi)
-        self.next_id = 0
+
+        def finish(response: Message) -> None:
+            sa, nr, ke = (
+                response.get(PayloadType.SA),
+                response.get(PayloadType.NONCE),
+                response.get(PayloadType.KE),
+            )
+            if not (isinstance(sa, Sa) and isinstance(nr, Nonce) and isinstance(ke, Ke)):
+                return
+            shared = transforms.group_for(group).shared_secret(private, ke.data)
+            prf, cipher, integrity = _negotiated(sa.proposals[0])
+            seed = keys.rekeyed_skeyseed(old.prf, old.keys.sk_d, shared, ni, nr.data)
+            self.previous = (old, old.next_id)
+            self.ni, self.nr = ni, nr.data
+            self.ike = self._new_ike(
+                prf, cipher, integrity, seed, new_spi, sa.proposals[0].spi, (ni, nr.data)
+            )
+            self.ike.replaces = old.spis
+
+        return self.begin(ExchangeType.CREATE_CHILD_SA, entries, finish, send=send)
+
+    # -- requests of ours held in flight (§2.8.1 collisions) -----------------------------
+
+    def begin(
+        self,
+        exchange: int,
+        entries: Sequence[Entry],
+        finish: Callable[[Message], None] | None = None,
+        *,
+        send: bool = True,
+    ) -> Pending:
+        """Seal a request of ours on the current IKE SA with its next message ID (taken
+        now) and, with ``send``, deliver it; the response stays unread until
+        :meth:`complete`. This is how a test lets the gateway's request and ours cross."""
+        ike = self._keys()
+        first, plaintext = encode_payloads(list(entries))
+        pending = Pending(ike, ike.next_id, self.seal(exchange, first, plaintext, ike=ike), finish)
+        ike.next_id += 1
+        if send:
+            self.send(pending)
+        return pending
+
+    def send(self, pending: Pending) -> None:
+        """Deliver a request begun with ``send=False`` (or again: a retransmission)."""
+        pending.sent = True
+        pending.replies += self.deliver(pending.datagram)
+
+    def complete(self, pending: Pending) -> Message:
+        """Read the gateway's response to ``pending`` and act on it (a new CHILD_SA or
+        IKE SA, a CHILD_SA deleted); the decrypted response."""
+        response = None
+        for datagram in pending.replies:
+            response = self.open(datagram) or response
+        if response is None or response.header.message_id != pending.message_id:
+            raise PeerError(f"no answer to our request #{pending.message_id}")
+        if pending.finish is not None:
+            pending.finish(response)
         return response
 
     # -- INFORMATIONAL (§1.4) -----------------------------------------------------------
 
     def delete_child(self, ours: int) -> Message:
         """Delete the CHILD_SA we receive on with SPI ``ours`` (§1.4.1)."""
+        return self.complete(self.begin_delete_child(ours))
+
+    def begin_delete_child(self, ours: int, *, send: bool = True) -> Pending:
+        """:meth:`delete_child`'s request; until its response the CHILD_SA is one we are
+        closing (§2.25.1)."""
+        self._closing.add(ours)
+
+        def finish(response: Message) -> None:
+            self._closing.discard(ours)
+            self.children.pop(ours, None)
+
         delete = Delete(ProtocolId.ESP, (ours.to_bytes(4, "big"),))
-        response = self.must(ExchangeType.INFORMATIONAL, [(PayloadType.DELETE, delete)])
-        self.children.pop(ours, None)
-        return response
+        return self.begin(
+            ExchangeType.INFORMATIONAL, [(PayloadType.DELETE, delete)], finish, send=send
+        )
 
     def delete_ike(self) -> Message:
-        """Delete the IKE SA and with it every CHILD_SA (§1.4.1)."""
-        response = self.must(ExchangeType.INFORMATIONAL, [(PayloadType.DELETE, Delete(1))])
-        self.children.clear()
-        return response
+        """Delete the current IKE SA and with it every CHILD_SA it holds (§1.4.1)."""
+        return self.complete(self.begin_delete_ike())
+
+    def begin_delete_ike(self, *, send: bool = True) -> Pending:
+        """:meth:`delete_ike`'s request on the current IKE SA, sent now or later."""
+        ike = self._keys()
+        return self.begin(
+            ExchangeType.INFORMATIONAL,
+            [(PayloadType.DELETE, Delete(ProtocolId.IKE))],
+            lambda response: self._forget(ike),
+            send=send,
+        )
 
     def delete_previous_ike(self) -> Message:
         """After ``rekey_ike``: delete the old IKE SA on its own keys and message IDs."""
-        current = (self.ike, self.next_id)
+        if self.previous is None:
+            raise PeerError("no IKE SA was rekeyed")
+        current = self.ike
         self.ike, self.next_id = self.previous
+        old = self.ike
         try:
             return self.must(ExchangeType.INFORMATIONAL, [(PayloadType.DELETE, Delete(1))])
         finally:
-            self.ike, self.next_id = current
+            self.ike = current
+            self.ike_sas.pop(old.spis, None)
 
     def liveness(self) -> Message:
         """An empty INFORMATIONAL request (§1.4): the responder must answer it."""
@@ -1060,6 +1504,15 @@ def _negotiated(accepted: Proposal):
     integ = by_type.get(TransformType.INTEG)
     integrity = transforms.integrity_for(integ.id) if integ and integ.id else None
     return prf, cipher, integrity
+
+
+def _choose(offered: Proposal) -> tuple[Transform, ...]:
+    """A responder's choice within one proposal: the first transform of each type, in
+    the order offered (§3.3.6: exactly one of each type it contains)."""
+    chosen: dict[int, Transform] = {}
+    for transform in offered.transforms:
+        chosen.setdefault(transform.type, transform)
+    return tuple(chosen.values())
 
 
 def _esp_transforms(accepted: Proposal):
