@@ -295,17 +295,18 @@ class Gateway:
         in_eap = sum(1 for sa in live if sa.state == State.EAP)
         if len(self.engine) > in_eap:
             found.append(f"{len(self.engine)} EAP conversations, {in_eap} SAs in EAP")
-        children = {spi for sa in live for spi in sa.children}
+        children = {spi for sa in live for spi in (*sa.children, *sa.deleting)}
         installed = set(self.installer.installed)
         if installed - children:
             found.append(f"CHILD_SAs {sorted(installed - children)} installed, no SA has them")
         if children - installed:
             found.append(f"CHILD_SAs {sorted(children - installed)} known, not installed")
+        in_use = {spi for sa in live for spi in sa.children}
         sending = {spi for sa in live for spi, c in sa.children.items() if c.outbound}
-        if sending != self.installer.outbound & children:
+        if sending != self.installer.outbound & in_use:
             found.append(
                 f"outbound SAs of {sorted(sending)} meant, of "
-                f"{sorted(self.installer.outbound & children)} installed"
+                f"{sorted(self.installer.outbound & in_use)} installed"
             )
         return found
 

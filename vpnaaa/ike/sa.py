@@ -160,6 +160,7 @@ class IkeSa:
         self.identity_verified = True
         self.virtual_ip = None
         self.children: dict[int, Child] = {}  # by our inbound SPI
+        self.deleting: dict[int, ChildSaSpec] = {}  # ours deleted, until the peer answers
         self.auth = ike_auth.IkeAuth()  # IKE_AUTH's own state (§1.2, §2.16)
         self.established_at: float | None = None  # the edge's clock, at Established
         self.heard_at: float | None = None  # the edge: the peer's last protected message
@@ -389,15 +390,23 @@ class IkeSa:
         return self.start(informational.DeleteIke())
 
     def delete_child(self, inbound_spi: int, cause: str) -> Effects:
-        """Remove a CHILD_SA here and tell the peer (§1.4.1: a Delete of our inbound SPI)."""
-        gone = self.forget_child(inbound_spi, cause)
-        if not gone:
+        """Delete a CHILD_SA and tell the peer (§1.4.1: a Delete of our inbound SPI). It
+        stops counting at once; its SAs leave the kernel when the peer answers (§1.4.1:
+        each end closes its incoming SA when the pair is closed): the peer may send on it
+        until it has our Delete."""
+        gone = self.children.pop(inbound_spi, None)
+        if gone is None:
             return ()
-        return (*gone, *self.start(informational.DeleteChild(inbound_spi)))
+        log.info(
+            "{sa}: CHILD_SA {spi:08x} deleted: {cause}", sa=self.name, spi=inbound_spi, cause=cause
+        )
+        self.deleting[inbound_spi] = gone.spec
+        activated = child.activate_successor(self, gone)
+        return (*activated, *self.start(informational.DeleteChild(inbound_spi)))
 
     def forget_child(self, inbound_spi: int, cause: str) -> Effects:
-        """Take a CHILD_SA out of this SA and the kernel; a successor that rekeyed it at
-        the client's request starts sending now (§2.8: the old one is gone)."""
+        """Take a CHILD_SA out of this SA and the kernel at once (the peer deleted it); a
+        successor that rekeyed it at the client's request starts sending now (§2.8)."""
         gone = self.children.pop(inbound_spi, None)
         if gone is None:
             return ()
@@ -405,6 +414,11 @@ class IkeSa:
             "{sa}: CHILD_SA {spi:08x} deleted: {cause}", sa=self.name, spi=inbound_spi, cause=cause
         )
         return (*child.activate_successor(self, gone), Remove((gone.spec,)))
+
+    def deleted(self, inbound_spi: int) -> Effects:
+        """The peer answered our Delete of a CHILD_SA: its SAs leave the kernel now."""
+        spec = self.deleting.pop(inbound_spi, None)
+        return (Remove((spec,)),) if spec is not None else ()
 
     def rekey_child(self, inbound_spi: int) -> Effects:
         """Rekey a CHILD_SA from here (§1.3.3), unless it is going or already rekeyed."""
@@ -490,8 +504,9 @@ class IkeSa:
         """The SA ends (``cause`` for the session's last log line) after ``effects``: its
         CHILD_SAs go, its address returns to the pool."""
         self.transition(Event.CLOSED)
-        specs = tuple(c.spec for c in self.children.values())
+        specs = (*(c.spec for c in self.children.values()), *self.deleting.values())
         self.children.clear()
+        self.deleting.clear()
         self.installing.clear()
         self.working = None
         self.outstanding, self._queued = None, []
@@ -512,6 +527,7 @@ class IkeSa:
         self.auth.method = old.auth.method
         self.virtual_ip, old.virtual_ip = old.virtual_ip, None
         self.children, old.children = old.children, {}
+        self.deleting, old.deleting = old.deleting, {}
         for moved in self.children.values():
             moved.rekeying = False  # a rekey of ours on the old SA is void
         # §1.4: requests about CHILD_SAs go on the successor; §2.8: the old SA's last

@@ -50,10 +50,10 @@ MAX_CHILD_SAS = 16
 def create_child_sa(sa: IkeSa, header: Header, inner: Message) -> Effects:
     """CREATE_CHILD_SA from the client (§1.3): a new or rekeyed (REKEY_SA) CHILD_SA, or a
     rekey of the IKE SA itself."""
+    if sa.closing:  # §2.25.2: we are deleting it; a rekey must not carry it on
+        return sa.respond(header, [notify(NotifyType.TEMPORARY_FAILURE)])
     if sa.rekeyed:  # §1.3.2: its successor holds everything; only a Delete is due
         return sa.respond(header, [notify(NotifyType.NO_ADDITIONAL_SAS)])
-    if sa.closing:  # §2.25: we are deleting it; a rekey must not carry it on
-        return sa.respond(header, [notify(NotifyType.TEMPORARY_FAILURE)])
     offer = inner.get(PayloadType.SA)
     if isinstance(offer, Sa) and any(p.protocol == ProtocolId.IKE for p in offer.proposals):
         return ike_rekey.respond(sa, header, inner, offer)

@@ -95,7 +95,8 @@ class DeleteIke:
 
 @dataclass(frozen=True)
 class DeleteChild:
-    """Delete(ESP, our inbound SPI) (§1.4.1), for a CHILD_SA already gone here."""
+    """Delete(ESP, our inbound SPI) (§1.4.1) of a CHILD_SA we no longer use (or never
+    installed); the answer lets its SAs leave the kernel."""
 
     spi: int
     kind: str = "delete-child"
@@ -105,4 +106,4 @@ class DeleteChild:
         return [(PayloadType.DELETE, Delete(ProtocolId.ESP, (self.spi.to_bytes(4, "big"),)))]
 
     def answered(self, sa: IkeSa, response: Message) -> Effects:
-        return ()
+        return sa.deleted(self.spi)
