@@ -36,7 +36,7 @@ import shutil
 import struct
 import tempfile
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,10 +204,14 @@ class Gateway:
         listen: str = GATEWAY_ADDRESS,
         limits: Limits | None = None,
         timing: Timing | None = None,
+        child_lifetime: int = 28800,
+        random_bytes: Callable[[int], bytes] = os.urandom,
         **profile: Any,
     ) -> None:
         """``profile``: Profile options of the one profile (dpd_delay, max_sessions_per_user,
-        session_limit, users). Lifetimes get a fixed jitter of one half (5% early)."""
+        session_limit, users, rekey). Lifetimes get a fixed jitter of one half: soft at 85 %,
+        hard at 95 %. ``random_bytes`` gives the gateway's SPIs and nonces."""
+        context = {"child_lifetime": child_lifetime, "random_bytes": random_bytes}
         self.clock = task.Clock()
         self.users = _user_store()
         self.engine = EapEngine(
@@ -222,6 +226,8 @@ class Gateway:
             identity=server_identity(),
             profiles=(Profile("default", self.pool, DNS, (), self.engine, **profile),),
             next_reqid=Reqids(),
+            jitter=lambda: 0.5,
+            **context,
         )
         self.responder = Responder(
             self.context,
@@ -230,7 +236,6 @@ class Gateway:
             listen,
             limits or Limits(),
             timing or Timing(),
-            jitter=lambda: 0.5,
         )
 
     def leaks(self) -> list[str]:
@@ -245,10 +250,10 @@ class Gateway:
         for spi, sa in responder.sas.items():
             if sa.state == State.CLOSED:
                 found.append(f"closed SA {sa.name} still in sas")
-            if spi != sa.spi_r:
-                found.append(f"SA {sa.name} filed under SPI {spi.hex()}")
-            if getattr(sa, "_pending", None) is not None:
-                found.append(f"SA {sa.name} stuck waiting for {sa._pending}")
+            if sa.working is not None or sa.installing:
+                found.append(f"SA {sa.name} stuck waiting for the edge ({sa.working})")
+            if spi != sa.spi:
+                found.append(f"SA {sa.name} filed under SPI {spi.hex()}, not its own")
         for key, sa in responder._by_initiator.items():
             if id(sa) not in live_ids:
                 found.append(f"_by_initiator {key} names an SA that is gone")

@@ -31,19 +31,20 @@ from typing import NamedTuple
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from vpnaaa.ike import transforms
 from vpnaaa.ike.const import EncrId, IntegId
 from vpnaaa.kernel import xfrm
-from vpnaaa.kernel.installer import ChildSaSpec, Selector
+from vpnaaa.kernel.installer import ChildSaSpec, InstallError, NullInstaller, Selector
 from vpnaaa.kernel.netlink import NetlinkSocket
 from vpnaaa.kernel.xfrm import NetlinkError, NetlinkMessage, NlmFlag
 from vpnaaa.kernel.xfrm_installer import (
     UDP_ENCAP,
     ExpireEvent,
-    InstallError,
     KernelInstaller,
+    SaCounters,
     bypass_ipsec,
     child_policies,
     child_sas,
@@ -970,3 +971,335 @@ class KernelTests(unittest.TestCase):
                 bypass_ipsec(udp6)
                 self.assertIn("src ::/0 dst ::/0", ip("xfrm", "policy"))
         self.assertEqual(await self.dump_policies(), [])
+
+
+# --- the responder of a CHILD_SA rekey: the outbound SA later (RFC 7296 §1.3.3, §2.8) ----------
+
+OLD = replace(SPEC, esn=False, soft_lifetime=0, hard_lifetime=0)
+NEW = replace(
+    OLD,
+    inbound_spi=0xC1000003,
+    outbound_spi=0xC2000004,
+    inbound_encr_key=key(0x10),
+    inbound_integ_key=key(0x30),
+    outbound_encr_key=key(0x50),
+    outbound_integ_key=key(0x70),
+)  # the same reqid and selectors, as vpnaaa's rekeys keep them
+ZERO = SaCounters(0, 0, 0, 0, 0, 0, 0)
+
+
+def inbound_sa(spec: ChildSaSpec) -> tuple[str, int]:
+    return (spec.local_address, spec.inbound_spi)
+
+
+def outbound_sa(spec: ChildSaSpec) -> tuple[str, int]:
+    return (spec.remote_address, spec.outbound_spi)
+
+
+async def policies(netlink: NetlinkSocket) -> list[tuple[str, int]]:
+    """(direction, reqid) of each policy in the kernel."""
+    dumped = [xfrm.decode(m) for m in await netlink.request(xfrm.dump_policy())]
+    return sorted(
+        (xfrm.Dir(p.info.dir).name.lower(), p.templates[0].reqid)
+        for p in dumped
+        if isinstance(p, xfrm.Policy)
+    )
+
+
+class StandInSad:
+    """The SA database of a kernel with ESP, for this host whose kernel refuses ESP SAs:
+    NEWSA, DELSA and GETSA are answered from a dict as the kernel answers them (EEXIST,
+    ESRCH; the change made before the answer, as the kernel makes it inside sendmsg), and
+    NEWSA answers can be held back to order a race. Every other request (the policies)
+    goes to the real kernel. :class:`RekeyResponderEspTests` runs the same phases on a
+    real SAD with traffic, where the kernel has ESP (the VM)."""
+
+    def __init__(self, kernel: NetlinkSocket) -> None:
+        self.kernel = kernel
+        self.sas: dict[tuple[str, int], xfrm.Sa] = {}
+        self.sent: list[tuple[str, int]] = []  # (request, SPI) of the SA requests
+        self.held: list[defer.Deferred[list[NetlinkMessage]]] | None = None
+
+    def request(self, request: xfrm.Request) -> defer.Deferred[list[NetlinkMessage]]:
+        if request.type == xfrm.MsgType.NEWSA:
+            sa = xfrm.Sa.decode(request.body)
+            key = (str(sa.info.daddr), sa.info.spi)
+            self.sent.append(("NEWSA", sa.info.spi))
+            if key in self.sas:
+                return defer.fail(NetlinkError(errno.EEXIST, "XFRM_MSG_NEWSA"))
+            self.sas[key] = sa
+            if self.held is None:
+                return defer.succeed([])
+            answer: defer.Deferred[list[NetlinkMessage]] = defer.Deferred()
+            self.held.append(answer)
+            return answer
+        if request.type in (xfrm.MsgType.DELSA, xfrm.MsgType.GETSA):
+            id = xfrm.SaId.decode(request.body)
+            key = (str(id.daddr), id.spi)
+            name = xfrm.MsgType(request.type).name
+            self.sent.append((name, id.spi))
+            if key not in self.sas:
+                return defer.fail(NetlinkError(errno.ESRCH, f"XFRM_MSG_{name}"))
+            if request.type == xfrm.MsgType.DELSA:
+                del self.sas[key]
+                return defer.succeed([])
+            return defer.succeed(
+                [NetlinkMessage(xfrm.MsgType.NEWSA, 0, 0, 0, self.sas[key].encode())]
+            )
+        return self.kernel.request(request)
+
+    def close(self) -> None:
+        self.kernel.close()
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for answer in held:
+            answer.callback([])
+
+
+class RekeyResponderTests(unittest.TestCase):
+    """install(spec, outbound=False), install_outbound(spec) and remove(spec) in every order
+    the IKE layer can call them: the SAs in a stand-in SAD, the policies in the host
+    kernel (a private namespace)."""
+
+    def setUp(self):
+        private_netns(self)
+        self.installer = KernelInstaller(reactor)
+        self.addCleanup(self.installer.close)
+        self.sad = StandInSad(self.installer.netlink)
+        self.installer.netlink = self.sad  # type: ignore[assignment]
+
+    async def policies(self) -> list[tuple[str, int]]:
+        return await policies(self.sad.kernel)
+
+    async def test_phases(self):
+        """Phase one adds the new inbound SA only, and the policies (the same as the old
+        CHILD_SA's); counters() reads the inbound SA and gives zeros for the outbound one.
+        Phase two adds the outbound SA, once however often it is asked; the old CHILD_SA
+        then goes and the new one keeps the policies."""
+        await self.installer.install(OLD)
+        await self.installer.install(NEW, outbound=False)
+        self.assertEqual(set(self.sad.sas), {inbound_sa(OLD), outbound_sa(OLD), inbound_sa(NEW)})
+        self.assertEqual(await self.policies(), [("fwd", 7), ("in", 7), ("out", 7)])
+        counters = await self.installer.counters(NEW)
+        self.assertEqual(counters.outbound, ZERO)
+        self.assertNotIn(("GETSA", NEW.outbound_spi), self.sad.sent)
+
+        await self.installer.install_outbound(NEW)
+        await self.installer.install_outbound(NEW)
+        self.assertEqual(self.sad.sent.count(("NEWSA", NEW.outbound_spi)), 1)
+        self.assertEqual(len(self.sad.sas), 4)
+        added = self.sad.sas[outbound_sa(NEW)]
+        self.assertEqual(added, child_sas(NEW)[1])
+        await self.installer.counters(NEW)
+        self.assertIn(("GETSA", NEW.outbound_spi), self.sad.sent)
+
+        await self.installer.remove(OLD)
+        self.assertEqual(set(self.sad.sas), {inbound_sa(NEW), outbound_sa(NEW)})
+        self.assertEqual(await self.policies(), [("fwd", 7), ("in", 7), ("out", 7)])
+        await self.installer.remove(NEW)
+        await self.installer.remove(NEW)  # idempotent
+        self.assertEqual((self.sad.sas, await self.policies()), ({}, []))
+
+    async def test_removed_in_phase_one(self):
+        """The new CHILD_SA removed before its outbound SA went in (the IKE_SA ends):
+        the old one keeps its SAs and policies; no DELSA is sent for an outbound SA never
+        added; install_outbound() then fails; removing the old leaves nothing."""
+        await self.installer.install(OLD)
+        await self.installer.install(NEW, outbound=False)
+        await self.installer.remove(NEW)
+        self.assertNotIn(("DELSA", NEW.outbound_spi), self.sad.sent)
+        self.assertEqual(set(self.sad.sas), {inbound_sa(OLD), outbound_sa(OLD)})
+        self.assertEqual(await self.policies(), [("fwd", 7), ("in", 7), ("out", 7)])
+        with self.assertRaises(InstallError) as caught:
+            await self.installer.install_outbound(NEW)
+        self.assertEqual(
+            str(caught.exception),
+            "CHILD_SA reqid 7: outbound SA c2000004: inbound SA c1000003 is not installed",
+        )
+        await self.installer.remove(OLD)
+        self.assertEqual((self.sad.sas, await self.policies()), ({}, []))
+
+    async def test_first_child_sa_in_two_phases(self):
+        """Without an older CHILD_SA the out policy is there from phase one (its template
+        finds no SA: the kernel holds such traffic back, it never leaves in clear)."""
+        await self.installer.install(OLD, outbound=False)
+        self.assertEqual(set(self.sad.sas), {inbound_sa(OLD)})
+        self.assertEqual(await self.policies(), [("fwd", 7), ("in", 7), ("out", 7)])
+        await self.installer.remove(OLD)
+        self.assertEqual((self.sad.sas, await self.policies()), ({}, []))
+
+    async def test_outbound_refused(self):
+        """The kernel refuses the outbound SA (an SA with the same destination and SPI, of
+        another CHILD_SA, is there): install_outbound() fails with the kernel's reason, the
+        CHILD_SA stays inbound-only and remove() leaves the other SA alone."""
+        other = replace(NEW, reqid=9, inbound_spi=0xC1000009)
+        await self.installer.install(other)
+        await self.installer.install(OLD)
+        await self.installer.install(NEW, outbound=False)
+        with self.assertRaises(InstallError) as caught:
+            await self.installer.install_outbound(NEW)
+        self.assertEqual(caught.exception.errno, errno.EEXIST)
+        self.assertTrue(str(caught.exception).startswith("CHILD_SA reqid 7: outbound SA c2000004"))
+        self.assertEqual((await self.installer.counters(NEW)).outbound, ZERO)
+        await self.installer.remove(NEW)
+        await self.installer.remove(OLD)
+        self.assertEqual(set(self.sad.sas), {inbound_sa(other), outbound_sa(other)})
+
+    async def test_removed_while_outbound_goes_in(self):
+        """remove() while the kernel's answer to the outbound SA is still on its way: the
+        SA is taken out again and install_outbound() fails."""
+        await self.installer.install(NEW, outbound=False)
+        self.sad.held = []
+        adding = self.installer.install_outbound(NEW)
+        again = self.installer.install_outbound(NEW)  # waits for the first
+        self.assertEqual(self.sad.sent.count(("NEWSA", NEW.outbound_spi)), 1)
+        await self.installer.remove(NEW)
+        self.assertEqual(set(self.sad.sas), {outbound_sa(NEW)})  # added, not yet answered
+        self.sad.release()
+        with self.assertRaises(InstallError) as caught:
+            await adding
+        self.assertEqual(
+            str(caught.exception),
+            "CHILD_SA reqid 7: removed while its outbound SA was added",
+        )
+        with self.assertRaises(InstallError):
+            await again  # not installed any more
+        self.assertEqual((self.sad.sas, await self.policies()), ({}, []))
+
+    async def test_expire_of_an_outbound_sa_not_installed(self):
+        """An expiry for the destination and SPI of an outbound SA not installed yet is
+        another CHILD_SA's, not this one's; the old CHILD_SA's own still arrives (larval
+        SAs from ALLOCSPI expire after net.core.xfrm_acq_expires, in the real kernel)."""
+        sysctl("net.core.xfrm_acq_expires", "1")
+        events: list[ExpireEvent] = []
+        arrived: defer.Deferred[None] = defer.Deferred()
+
+        def expired(event: ExpireEvent) -> None:
+            events.append(event)
+            if event.spec == OLD:
+                arrived.callback(None)
+
+        self.installer.expired = expired
+        await self.installer.install(OLD)
+        await self.installer.install(NEW, outbound=False)
+        for spec in (NEW, OLD):  # the first to expire is NEW's
+            spi = spec.outbound_spi
+            request = xfrm.alloc_spi(LOCAL, REMOTE, spec.reqid, spi_min=spi, spi_max=spi)
+            await self.sad.kernel.request(request)
+            await deferLater(reactor, 0.2, lambda: None)
+        await arrived.addTimeout(15, reactor)
+        self.assertEqual(events, [ExpireEvent(OLD, inbound=False, hard=True)])
+        await self.installer.remove(NEW)
+
+
+class NullInstallerTests(unittest.TestCase):
+    def test_outbound_later(self):
+        """The null installer records which CHILD_SAs have their outbound SA in."""
+        installer = NullInstaller()
+        installer.install(OLD)
+        installer.install(NEW, outbound=False)
+        self.assertEqual(
+            (set(installer.installed), installer.outbound),
+            ({OLD.inbound_spi, NEW.inbound_spi}, {OLD.inbound_spi}),
+        )
+        installer.install_outbound(NEW)
+        installer.install_outbound(NEW)
+        installer.remove(OLD)
+        self.assertEqual(
+            (set(installer.installed), installer.outbound), ({NEW.inbound_spi}, {NEW.inbound_spi})
+        )
+        installer.remove(NEW)
+        self.failureResultOf(installer.install_outbound(NEW), InstallError)
+        self.assertEqual((installer.installed, installer.outbound), ({}, set()))
+
+
+def esp_or_skip() -> None:
+    """Skip unless this kernel (this namespace) takes an ESP SA: the host here does not, the
+    VM does (``scripts/kernel-vm --run '.venv/bin/trial tests.test_kernel_xfrm'``)."""
+    inbound, _ = child_sas(OLD)
+    added = subprocess.run(["ip", *ip_sa_add(inbound)], capture_output=True, text=True)
+    if added.returncode != 0:
+        raise unittest.SkipTest(f"no ESP in this kernel: {added.stderr.strip()}")
+    ip("xfrm", "state", "flush")
+
+
+class RekeyResponderEspTests(unittest.TestCase):
+    """The same phases in a kernel with ESP: the SAs really in its SAD, and UDP datagrams
+    from 203.0.113.1 to 198.51.100.7 (both on lo) sent through the out policy, counted on
+    whichever outbound SA the kernel picked. The outer packets go to 198.51.100.1:31337,
+    where no socket decapsulates them: only the sending side counts them."""
+
+    def setUp(self):
+        private_netns(self)
+        esp_or_skip()
+        sysctl("net.ipv4.conf.lo.disable_xfrm", "0")
+        for address in ("192.0.2.1/24", "198.51.100.1/24", "203.0.113.1/24"):
+            ip("addr", "add", address, "dev", "lo")
+        self.netlink = NetlinkSocket(reactor)
+        self.addCleanup(self.netlink.close)
+        self.installer = KernelInstaller(reactor)
+        self.addCleanup(self.installer.close)
+
+    async def sas(self) -> set[tuple[str, int]]:
+        """(destination, SPI) of each SA in the kernel."""
+        dumped = [xfrm.decode(m) for m in await self.netlink.request(xfrm.dump_sa())]
+        return {(str(sa.info.daddr), sa.info.spi) for sa in dumped if isinstance(sa, xfrm.Sa)}
+
+    def send(self, count: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("203.0.113.1", 0))
+            for _ in range(count):
+                udp.sendto(b"x", ("198.51.100.7", 9))
+
+    async def sent(self, spec: ChildSaSpec) -> int:
+        return (await self.installer.counters(spec)).outbound.packets
+
+    async def test_new_outbound_sa_carries_traffic_once_the_old_goes(self):
+        """Phase one: the new inbound SA only, traffic on the old outbound SA. Phase two:
+        both outbound SAs, then the old CHILD_SA removed: traffic on the new outbound SA,
+        the policies unchanged; then nothing left."""
+        await self.installer.install(OLD)
+        await self.installer.install(NEW, outbound=False)
+        self.assertEqual(await self.sas(), {inbound_sa(OLD), outbound_sa(OLD), inbound_sa(NEW)})
+        self.send(5)
+        self.assertEqual(await self.sent(OLD), 5)
+        self.assertEqual((await self.installer.counters(NEW)).outbound, ZERO)
+
+        await self.installer.install_outbound(NEW)
+        await self.installer.install_outbound(NEW)
+        self.assertEqual(len(await self.sas()), 4)
+        await self.installer.remove(OLD)
+        self.assertEqual(await self.sas(), {inbound_sa(NEW), outbound_sa(NEW)})
+        self.assertEqual(await policies(self.netlink), [("fwd", 7), ("in", 7), ("out", 7)])
+        before = await self.sent(NEW)  # 0 unless the kernel already preferred the newer SA
+        self.send(7)
+        self.assertEqual(await self.sent(NEW), before + 7)
+
+        await self.installer.remove(NEW)
+        self.assertEqual((await self.sas(), await policies(self.netlink)), (set(), []))
+
+    async def test_remove_in_either_phase(self):
+        """remove() of a CHILD_SA in phase one or phase two, and of the old one, leaves no
+        SA and no policy; the old CHILD_SA keeps carrying traffic when the new one goes in
+        phase one."""
+        await self.installer.install(OLD)
+        await self.installer.install(NEW, outbound=False)
+        await self.installer.remove(NEW)
+        self.assertEqual(await self.sas(), {inbound_sa(OLD), outbound_sa(OLD)})
+        self.send(3)
+        self.assertEqual(await self.sent(OLD), 3)
+        await self.installer.remove(OLD)
+        self.assertEqual((await self.sas(), await policies(self.netlink)), (set(), []))
+
+        await self.installer.install(OLD)
+        await self.installer.install(NEW, outbound=False)
+        await self.installer.install_outbound(NEW)
+        await self.installer.remove(NEW)
+        await self.installer.remove(OLD)
+        self.assertEqual((await self.sas(), await policies(self.netlink)), (set(), []))
+
+        await self.installer.install(NEW, outbound=False)
+        await self.installer.remove(NEW)
+        await self.installer.remove(NEW)
+        self.assertEqual((await self.sas(), await policies(self.netlink)), (set(), []))

@@ -12,12 +12,12 @@ import errno
 import hashlib
 import hmac
 import os
-import random
 import struct
 import traceback
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet import defer
@@ -28,7 +28,25 @@ from twisted.python.failure import Failure
 
 from vpnaaa import logs
 from vpnaaa.eap.authenticator import Result
+from vpnaaa.ike.common import exchange_name, local_address_towards
 from vpnaaa.ike.const import DhGroup, ExchangeType, HeaderFlag, NotifyType, PayloadType
+from vpnaaa.ike.effects import (
+    Answered,
+    Await,
+    ChildUp,
+    Closed,
+    Drop,
+    Effects,
+    Established,
+    Heard,
+    Install,
+    InstallOutbound,
+    Rekeyed,
+    Remove,
+    RunEap,
+    Send,
+    Spawn,
+)
 from vpnaaa.ike.message import (
     HEADER,
     Header,
@@ -44,12 +62,9 @@ from vpnaaa.ike.sa import (
     ZERO_SPI,
     Endpoint,
     IkeSa,
-    Outcome,
     Profile,
     ResponderContext,
     State,
-    exchange_name,
-    local_address_towards,
     user_key,
 )
 from vpnaaa.kernel.installer import ChildSaInstaller, ChildSaSpec
@@ -114,7 +129,8 @@ class Timing:
     of ours is sent again after ``retransmit_timeout * retransmit_base ** n`` seconds,
     ``retransmit_tries`` times; no answer after the last ends the IKE SA (a dead peer).
     An IKE SA lives ``ike_lifetime`` seconds at most (up to a tenth less, at random, so
-    sessions begun together do not end together); then the gateway deletes it. On
+    sessions begun together do not end together); then the gateway deletes it (with
+    ``rekey = "gateway"`` it rekeys it a tenth of ``ike_lifetime`` earlier). On
     shutdown, clients get a DELETE and ``shutdown_wait`` seconds to answer it."""
 
     retransmit_timeout: float = 4.0
@@ -154,13 +170,11 @@ class Responder:
         listen: str,
         limits: Limits = Limits(),
         timing: Timing = Timing(),
-        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.context = context
         self.installer = installer
         self.limits = limits
         self.timing = timing
-        self.jitter = jitter
         self.clock = clock
         self.listen = listen
         self.sas: dict[bytes, IkeSa] = {}
@@ -169,6 +183,7 @@ class Responder:
         # our SPI -> (the _by_initiator key, the per-source slot) of each half-open SA
         self._half_open_entries: dict[bytes, tuple[tuple[str, int, bytes], Slot]] = {}
         self._timers: dict[bytes, dict[str, IDelayedCall]] = {}  # our SPI -> name -> call
+        self._in_flight: set[defer.Deferred[Any]] = set()  # CHILD_SA removals under way
         self._esp_seen: dict[bytes, int] = {}  # our SPI -> inbound ESP octets at last look
         self._by_user: dict[str, list[IkeSa]] = {}  # user_key -> its established IKE SAs
         context.sessions_of = self.sessions_of
@@ -333,12 +348,18 @@ class Responder:
         port.send(encode_message(reply, [(PayloadType.NOTIFY, notify)]), remote)
 
     def _find(self, header: Header, remote: Endpoint) -> IkeSa | None:
+        """The SA a message belongs to: by our SPI, which is SPIr unless we are the SA's
+        original initiator (an IKE rekey of ours made it, §2.18; no Initiator flag on the
+        peer's messages then); both SPIs must match (§2.1)."""
         if header.spi_r == ZERO_SPI:
             if header.exchange != ExchangeType.IKE_SA_INIT:
                 return None
             return self._by_initiator.get((remote.host, remote.port, header.spi_i))
-        sa = self.sas.get(header.spi_r)
-        return sa if sa is not None and sa.spi_i == header.spi_i else None
+        ours = header.spi_r if header.initiator else header.spi_i
+        sa = self.sas.get(ours)
+        return (
+            sa if sa is not None and (sa.spi_i, sa.spi_r) == (header.spi_i, header.spi_r) else None
+        )
 
     def _new_sa(self, header: Header, remote: Endpoint, port: IkePort, slot: Slot) -> IkeSa | None:
         local_host = self.listen
@@ -358,9 +379,9 @@ class Responder:
             sa.ike_policy = self._cheap_policy
         sa.port = port
         key = (remote.host, remote.port, header.spi_i)
-        self.sas[sa.spi_r] = sa
+        self.sas[sa.spi] = sa
         self._by_initiator[key] = sa
-        self._half_open_entries[sa.spi_r] = (key, slot)
+        self._half_open_entries[sa.spi] = (key, slot)
         self._half_open_by_source[slot] += 1
         self._later(sa, "half-open", HALF_OPEN_TIMEOUT, self._half_open)
         return sa
@@ -368,7 +389,7 @@ class Responder:
     def _settle(self, sa: IkeSa) -> None:
         """The SA is no longer half-open (established or gone): drop its index entries
         and its expiry timer, in constant time."""
-        entry = self._half_open_entries.pop(sa.spi_r, None)
+        entry = self._half_open_entries.pop(sa.spi, None)
         if entry is not None:
             key, slot = entry
             self._by_initiator.pop(key, None)
@@ -392,12 +413,16 @@ class Responder:
             )
             self._run(sa, sa.close("not established in time"))
 
+    def _serving(self, sa: IkeSa) -> bool:
+        """Whether ``sa`` is still one of ours (not closed while the edge worked)."""
+        return self.sas.get(sa.spi) is sa
+
     # -- timers: one set per SA, by name ----------------------------------------------------
 
     def _later(self, sa: IkeSa, name: str, delay: float, call: Callable[[IkeSa], None]) -> None:
         """Call ``call(sa)`` in ``delay`` seconds, instead of any earlier timer ``name``."""
         self._cancel(sa, name)
-        timers = self._timers.setdefault(sa.spi_r, {})
+        timers = self._timers.setdefault(sa.spi, {})
         timers[name] = self.clock.callLater(max(delay, 0.0), self._fire, sa, name, call)
 
     def _fire(self, sa: IkeSa, name: str, call: Callable[[IkeSa], None]) -> None:
@@ -405,51 +430,155 @@ class Responder:
         call(sa)
 
     def _cancel(self, sa: IkeSa, name: str) -> None:
-        timers = self._timers.get(sa.spi_r)
+        timers = self._timers.get(sa.spi)
         timer = timers.pop(name, None) if timers else None
         if timer is not None and timer.active():
             timer.cancel()
         if timers is not None and not timers:
-            del self._timers[sa.spi_r]
+            del self._timers[sa.spi]
 
-    # -- effects ---------------------------------------------------------------------------
+    # -- effects (vpnaaa.ike.effects), in the order the SA gives them ------------------------
 
-    def _run(self, sa: IkeSa, outcome: Outcome) -> None:
+    def _run(self, sa: IkeSa, effects: Effects) -> None:
+        for effect in effects:
+            _EFFECTS[type(effect)](self, sa, effect)
+
+    def _send(self, sa: IkeSa, effect: Send) -> None:
         port, remote = sa.port, sa.remote
-        if outcome.reply_to is not None:
-            remote, port = outcome.reply_to
-        if outcome.dropped is not None:
-            self._drop(outcome.dropped[0], "{text}", text=outcome.dropped[1])
-        for datagram in outcome.send:
+        if effect.to is not None:
+            remote, port = effect.to
+        for datagram in effect.datagrams:
             port.send(datagram, remote)
-        self._remove_children(sa, outcome.remove, outcome.cause if outcome.closed else None)
-        if outcome.heard:
-            sa.heard_at = self.clock.seconds()
-        if outcome.request_done:
-            self._cancel(sa, "retransmit")
-        if outcome.request_sent and sa.outstanding is not None:
-            wait = self.timing.timeout(sa.outstanding.sent)
-            self._later(sa, "retransmit", wait, self._retransmit)
-        if outcome.successor is not None:
-            successor = outcome.successor
-            self.sas[successor.spi_r] = successor
-            self._by_user.setdefault(user_key(successor.identity), []).append(successor)
-            self._watch(successor)
-            # §1.3.2: the client deletes the old SA; one that never does loses it anyway
-            for name in ("dpd", "lifetime"):
-                self._cancel(sa, name)
-            self._later(sa, "retire", HALF_OPEN_TIMEOUT, self._retire)
-        if outcome.closed:
-            self._forget(sa)
+
+    def _dropped(self, sa: IkeSa, effect: Drop) -> None:
+        self._drop(effect.kind, "{text}", text=effect.line)
+
+    def _heard(self, sa: IkeSa, effect: Heard) -> None:
+        sa.heard_at = self.clock.seconds()
+
+    def _await(self, sa: IkeSa, effect: Await) -> None:
+        self._later(sa, "retransmit", self.timing.timeout(effect.sent), self._retransmit)
+
+    def _answered(self, sa: IkeSa, effect: Answered) -> None:
+        self._cancel(sa, "retransmit")
+
+    def _run_eap(self, sa: IkeSa, effect: RunEap) -> None:
+        assert sa.profile.eap is not None
+        d = sa.profile.eap.step(effect.conversation, effect.response)
+        d.addCallback(self._eap_answered, sa)
+        d.addErrback(self._failed, sa)
+
+    def _eap_answered(self, step: tuple[bytes, Result], sa: IkeSa) -> None:
+        if self._serving(sa):  # else it expired or was deleted while the backend worked
+            self._run(sa, sa.eap_result(*step))
+
+    def _install(self, sa: IkeSa, effect: Install) -> None:
+        spec = effect.spec
+
+        def done(_: object) -> None:
+            if not self._serving(sa):  # gone while the kernel worked: take it out again
+                self._track(self.installer.remove(spec), sa, spec)
+                return
+            self._run(sa, sa.child_installed(spec, None))
+
+        def failed(failure: Failure) -> None:
+            if self._serving(sa):
+                transient = getattr(failure.value, "errno", None) in TRANSIENT_ERRORS
+                self._run(sa, sa.child_installed(spec, failure.getErrorMessage(), transient))
+
+        d = self.installer.install(spec, outbound=effect.outbound)
+        d.addCallbacks(done, failed).addErrback(self._failed, sa)
+
+    def _install_outbound(self, sa: IkeSa, effect: InstallOutbound) -> None:
+        def failed(failure: Failure) -> None:
+            log.error(
+                "{sa}: outbound SA of CHILD_SA {spi:08x} not installed: {error}",
+                sa=sa.name,
+                spi=effect.spec.inbound_spi,
+                error=failure.getErrorMessage(),
+            )
+
+        self.installer.install_outbound(effect.spec).addErrback(failed)
+
+    def _child_up(self, sa: IkeSa, effect: ChildUp) -> None:
+        """With ``rekey = "gateway"`` we rekey the CHILD_SA at its soft lifetime (§2.8)."""
+        if sa.profile.rekey == "gateway":
+            spi = effect.spec.inbound_spi
+            self._later(
+                sa, _child_timer(spi), effect.spec.soft_lifetime, partial(self._rekey_child, spi)
+            )
+
+    def _remove(self, sa: IkeSa, effect: Remove) -> None:
+        for spec in effect.specs:
+            self._cancel(sa, _child_timer(spec.inbound_spi))
+            self._track(self.installer.remove(spec), sa, spec)
+
+    def _established_effect(self, sa: IkeSa, effect: Established) -> None:
+        self._established(sa)
+
+    def _rekeyed(self, sa: IkeSa, effect: Rekeyed) -> None:
+        """``old`` hands over to ``successor`` (§1.3.2): its session timers and CHILD_SA
+        rekey timers move; ``old`` goes when deleted, or after HALF_OPEN_TIMEOUT."""
+        old, successor = effect.old, effect.successor
+        self.sas[successor.spi] = successor
+        self._by_user.setdefault(user_key(successor.identity), []).append(successor)
+        now = self.clock.seconds()
+        for name, timer in list(self._timers.get(old.spi, {}).items()):
+            if name.startswith("child "):
+                spi = int(name.split()[1], 16)
+                self._later(successor, name, timer.getTime() - now, partial(self._rekey_child, spi))
+            if name != "retransmit":
+                self._cancel(old, name)
+        self._esp_seen.pop(old.spi, None)
+        self._later(old, "retire", HALF_OPEN_TIMEOUT, self._retire)
+        self._watch(successor)
+
+    def _spawn(self, sa: IkeSa, effect: Spawn) -> None:
+        self.sas[effect.sa.spi] = effect.sa
+        self._run(effect.sa, effect.effects)
+
+    def _closed(self, sa: IkeSa, effect: Closed) -> None:
+        """The SA is gone: forget it; its CHILD_SAs leave the kernel, their counters read
+        first when a session ended, for its last log line."""
+        self._forget(sa)
+        specs = effect.children
+        session = sa.established_at is not None and not sa.rekeyed
+        counters = getattr(self.installer, "counters", None)
+        if not session or counters is None or not specs:
+            for spec in specs:
+                self._track(self.installer.remove(spec), sa, spec)
+            if session:
+                self._ended(sa, effect.cause, None)
             return
-        if outcome.eap is not None:
-            d = sa.profile.eap.step(sa.eap_conversation, outcome.eap)
-            d.addCallback(self._eap_answered, sa)
-            d.addErrback(self._failed, sa)
-        elif outcome.install is not None:
-            self._install(sa, outcome.install)
-        if sa.state == State.ESTABLISHED and sa.spi_r in self._half_open_entries:
-            self._established(sa)
+
+        def counted(result: Any) -> defer.Deferred[Any]:
+            self._ended(sa, effect.cause, result if isinstance(result, list) else None)
+            return defer.gatherResults(
+                [self._track(self.installer.remove(spec), sa, spec) for spec in specs],
+                consumeErrors=True,
+            )
+
+        d = defer.gatherResults([counters(spec) for spec in specs], consumeErrors=True)
+        self._pending(d.addBoth(counted).addErrback(self._failed, sa))
+
+    def _track(self, d: defer.Deferred[Any], sa: IkeSa, spec: ChildSaSpec) -> defer.Deferred[Any]:
+        """A CHILD_SA removal in flight: logged if it fails, awaited by shutdown."""
+
+        def failed(failure: Failure) -> None:
+            log.error(
+                "{sa}: CHILD_SA {spi:08x} not removed: {error}",
+                sa=sa.name,
+                spi=spec.inbound_spi,
+                error=failure.getErrorMessage(),
+            )
+
+        return self._pending(d.addErrback(failed))
+
+    def _pending(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        if not d.called:
+            self._in_flight.add(d)
+            d.addBoth(lambda result: (self._in_flight.discard(d), result)[1])
+        return d
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -474,12 +603,15 @@ class Responder:
         self._watch(sa)
 
     def _watch(self, sa: IkeSa) -> None:
-        """Liveness checks and the hard lifetime of an established IKE SA."""
+        """Liveness checks and the lifetimes of an established IKE SA: with ``rekey =
+        "gateway"`` we rekey it at the soft one; at the hard one we delete it."""
         sa.heard_at = self.clock.seconds()
         if sa.profile.dpd_delay:
             self._later(sa, "dpd", sa.profile.dpd_delay, self._dpd)
-        lifetime = self.timing.ike_lifetime * (1 - 0.1 * self.jitter())
-        self._later(sa, "lifetime", lifetime, self._lifetime)
+        soft, hard = self.context.lifetimes(self.timing.ike_lifetime)
+        if sa.profile.rekey == "gateway":
+            self._later(sa, "rekey", soft, self._rekey)
+        self._later(sa, "lifetime", hard, self._lifetime)
 
     def _sessions(self, user: str | None = None) -> list[IkeSa]:
         """The established sessions (IKE SAs neither rekeyed away nor being deleted), all
@@ -495,26 +627,6 @@ class Responder:
     def sessions_of(self, user: str, profile: Profile) -> int:
         """Established sessions of ``user`` (a user_key) in ``profile``."""
         return sum(1 for sa in self._sessions(user) if sa.profile is profile)
-
-    def _remove_children(self, sa: IkeSa, specs: list[ChildSaSpec], ended: str | None) -> None:
-        """Take CHILD_SAs out of the kernel; when the session ``ended`` (its cause), read
-        their counters first, for its last log line."""
-        counters = getattr(self.installer, "counters", None)
-        session = ended is not None and sa.established_at is not None and not sa.rekeyed
-        if not session or counters is None or not specs:
-            for spec in specs:
-                self._remove_child(sa, spec)
-            if session:
-                self._ended(sa, ended or "", None)
-            return
-
-        def counted(result: Any) -> None:
-            for spec in specs:
-                self._remove_child(sa, spec)
-            self._ended(sa, ended or "", result if isinstance(result, list) else None)
-
-        d = defer.gatherResults([counters(spec) for spec in specs], consumeErrors=True)
-        d.addBoth(counted).addErrback(self._failed, sa)
 
     def _ended(self, sa: IkeSa, cause: str, counters: list[Any] | None) -> None:
         """One line per session end: who, why, for how long, how much (kernel counters)."""
@@ -546,7 +658,7 @@ class Responder:
 
     def _retransmit(self, sa: IkeSa) -> None:
         request = sa.outstanding
-        if request is None or sa.state == State.CLOSED:
+        if request is None or not self._serving(sa):
             return
         if request.sent > self.timing.retransmit_tries:
             self._run(sa, sa.give_up())
@@ -559,8 +671,6 @@ class Responder:
         use time), so a busy tunnel is not probed."""
         delay = sa.profile.dpd_delay
         idle = self.clock.seconds() - (sa.heard_at or 0.0)
-        if sa.state != State.ESTABLISHED:
-            return
         if sa.outstanding is not None:  # a request of ours is out: its answer will tell
             self._later(sa, "dpd", delay, self._dpd)
             return
@@ -577,11 +687,11 @@ class Responder:
         d.addErrback(self._failed, sa)
 
     def _esp_counted(self, counters: list[Any], sa: IkeSa) -> None:
-        if sa.state != State.ESTABLISHED:
+        if not self._serving(sa):
             return
         octets = sum(c.inbound.bytes for c in counters)
-        before = self._esp_seen.get(sa.spi_r, 0)  # none counted when the session began
-        self._esp_seen[sa.spi_r] = octets
+        before = self._esp_seen.get(sa.spi, 0)  # none counted when the session began
+        self._esp_seen[sa.spi] = octets
         if octets != before:  # ESP came in since the last look
             sa.heard_at = self.clock.seconds()
             self._later(sa, "dpd", sa.profile.dpd_delay, self._dpd)
@@ -589,52 +699,29 @@ class Responder:
         self._probe(sa)
 
     def _probe(self, sa: IkeSa) -> None:
-        if sa.state == State.ESTABLISHED:
+        if self._serving(sa):
             self._run(sa, sa.liveness())
             self._later(sa, "dpd", sa.profile.dpd_delay, self._dpd)
+
+    def _rekey(self, sa: IkeSa) -> None:
+        log.info("{sa}: IKE SA soft lifetime reached; rekeying it", sa=sa.name)
+        self._run(sa, sa.rekey())
+
+    def _rekey_child(self, spi: int, sa: IkeSa) -> None:
+        self._run(sa, sa.rekey_child(spi))
 
     def _lifetime(self, sa: IkeSa) -> None:
         log.info("{sa}: IKE SA lifetime reached; deleting it", sa=sa.name)
         self._run(sa, sa.delete("lifetime"))
 
-    def _eap_answered(self, step: tuple[bytes, Result], sa: IkeSa) -> None:
-        if sa.state == State.CLOSED:
-            return  # the SA expired or was deleted while the backend worked
-        self._run(sa, sa.eap_result(*step))
-
-    def _install(self, sa: IkeSa, spec: ChildSaSpec) -> None:
-        def done(_: object) -> None:
-            if sa.state == State.CLOSED:  # gone while the kernel worked: take it out again
-                self._remove_child(sa, spec)
-                return
-            self._run(sa, sa.child_installed(spec, None))
-
-        def failed(failure: Failure) -> None:
-            if sa.state == State.CLOSED:
-                return
-            transient = getattr(failure.value, "errno", None) in TRANSIENT_ERRORS
-            self._run(sa, sa.child_installed(spec, failure.getErrorMessage(), transient))
-
-        self.installer.install(spec).addCallbacks(done, failed).addErrback(self._failed, sa)
-
-    def _remove_child(self, sa: IkeSa, spec: ChildSaSpec) -> None:
-        def failed(failure: Failure) -> None:
-            log.error(
-                "{sa}: CHILD_SA {spi:08x} not removed: {error}",
-                sa=sa.name,
-                spi=spec.inbound_spi,
-                error=failure.getErrorMessage(),
-            )
-
-        self.installer.remove(spec).addErrback(failed)
-
     def _forget(self, sa: IkeSa) -> None:
-        self.sas.pop(sa.spi_r, None)
+        if self._serving(sa):
+            del self.sas[sa.spi]
         self._settle(sa)
-        for timer in self._timers.pop(sa.spi_r, {}).values():
+        for timer in self._timers.pop(sa.spi, {}).values():
             if timer.active():
                 timer.cancel()
-        self._esp_seen.pop(sa.spi_r, None)
+        self._esp_seen.pop(sa.spi, None)
         held = self._by_user.get(user_key(sa.identity))
         if held is not None and sa in held:
             held.remove(sa)
@@ -671,10 +758,11 @@ class Responder:
         self.drops.emit(kind, level, format, **fields)
 
     def expired(self, event: ExpireEvent) -> None:
-        """The kernel says a CHILD_SA reached a lifetime limit. Soft: clients rekey on
-        their own schedule, so it is logged. Hard: the kernel dropped that SA; the rest of
-        the CHILD_SA (the other direction, the policies) goes too, and the client is told
-        with a DELETE (§1.4.1), so it does not keep sending into nothing."""
+        """The kernel says a CHILD_SA reached a lifetime limit. Soft: the client rekeys on
+        its own schedule, or we do on ours (``rekey = "gateway"``), so it is logged. Hard:
+        the kernel dropped that SA; the rest of the CHILD_SA (the other direction, the
+        policies) goes too, and the client is told with a DELETE (§1.4.1), so it does
+        not keep sending into nothing."""
         for sa in self.sas.values():
             child = sa.children.get(event.spec.inbound_spi)
             if child is None:
@@ -695,9 +783,14 @@ class Responder:
     def shutdown(self) -> defer.Deferred[None]:
         """Stopping the daemon: every client gets a DELETE (§1.4.1) and up to
         ``shutdown_wait`` seconds to answer; then whatever is left is removed here, with
-        every CHILD_SA we installed. Fires when done."""
+        every CHILD_SA we installed. Fires when the kernel has them all out.
+
+        A request of ours already out (a liveness check) is sent again at once: the
+        DELETE waits for its answer (a window of one, §2.3)."""
         for sa in self._sessions():
             self._run(sa, sa.delete("shutdown"))
+            if sa.outstanding is not None and sa.outstanding.task.kind != "delete":
+                self._run(sa, sa.retransmit_request())
         deadline = self.clock.seconds() + self.timing.shutdown_wait
         done: defer.Deferred[None] = defer.Deferred()
 
@@ -708,10 +801,33 @@ class Responder:
                 return
             for sa in list(self.sas.values()):
                 self._run(sa, sa.close("shutdown"))
-            done.callback(None)
+            removals = defer.DeferredList(list(self._in_flight), consumeErrors=True)
+            removals.addCallback(lambda _: done.callback(None))
 
         check()
         return done
+
+
+def _child_timer(spi: int) -> str:
+    return f"child {spi:08x}"
+
+
+_EFFECTS: dict[type, Callable[[Responder, IkeSa, Any], None]] = {
+    Send: Responder._send,
+    Drop: Responder._dropped,
+    Heard: Responder._heard,
+    Await: Responder._await,
+    Answered: Responder._answered,
+    RunEap: Responder._run_eap,
+    Install: Responder._install,
+    InstallOutbound: Responder._install_outbound,
+    ChildUp: Responder._child_up,
+    Remove: Responder._remove,
+    Established: Responder._established_effect,
+    Rekeyed: Responder._rekeyed,
+    Spawn: Responder._spawn,
+    Closed: Responder._closed,
+}
 
 
 class IkePort(DatagramProtocol):

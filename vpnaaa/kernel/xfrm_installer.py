@@ -12,6 +12,13 @@ leaves them alone (a rekey that keeps the reqid, as strongSwan does, keeps every
 the old SA acceptable during the overlap; with a new reqid the inbound template check
 accepts only the new SA once its policies are in).
 
+The responder of a rekey installs the new CHILD_SA in two steps (see
+:mod:`vpnaaa.kernel.installer`): inbound SA and policies first, the outbound SA when the old
+CHILD_SA goes. Meanwhile the out policy's template (by reqid) finds only the old outbound
+SA; once both are in, the kernel's state lookup (xfrm_state_find) takes the valid SA that is
+not soft-expired and was added last, and once the old one is deleted, bundles that still
+point to it are stale and the next packet is sent on the new one.
+
 Also here: the per-socket setup of the IKE sockets (a bypass policy each, ESP-in-UDP
 decapsulation on port 4500), a probe for ESP in the kernel, and counters and expiry
 events for the IKE layer.
@@ -32,7 +39,7 @@ from twisted.python.failure import Failure
 
 from vpnaaa import logs
 from vpnaaa.kernel import xfrm
-from vpnaaa.kernel.installer import ChildSaSpec, Selector
+from vpnaaa.kernel.installer import ChildSaSpec, InstallError, Selector
 from vpnaaa.kernel.netlink import NetlinkSocket
 from vpnaaa.kernel.xfrm import NetlinkError, NetlinkMessage
 
@@ -44,14 +51,6 @@ UDP_ENCAP = 100  # linux/udp.h
 PRIORITY_BASE = 10000  # lower is preferred; more specific selectors get lower numbers
 MAX_POLICIES = 256  # per direction and CHILD_SA, after splitting port ranges
 ICMP = (1, 58)
-
-
-class InstallError(Exception):
-    """The kernel refused part of a CHILD_SA; ``errno`` is the kernel's."""
-
-    def __init__(self, message: str, code: int = 0) -> None:
-        super().__init__(message)
-        self.errno = code
 
 
 # --- building the SAs and policies of a CHILD_SA (pure) --------------------------------------
@@ -340,6 +339,8 @@ class KernelInstaller:
         self.netlink = NetlinkSocket(reactor)
         self.events = NetlinkSocket(reactor, [xfrm.Group.EXPIRE], self._event)
         self.installed: dict[int, ChildSaSpec] = {}  # by inbound SPI
+        self._inbound_only: set[int] = set()  # inbound SPIs whose outbound SA is not in yet
+        self._outbound_lock = defer.DeferredLock()  # one install_outbound() at a time
         self._owners: dict[PolicyKey, list[ChildSaSpec]] = {}  # latest owner last
 
     def close(self) -> None:
@@ -348,24 +349,33 @@ class KernelInstaller:
 
     # --- ChildSaInstaller ---------------------------------------------------------
 
-    def install(self, spec: ChildSaSpec) -> defer.Deferred[None]:
-        return defer.Deferred.fromCoroutine(self._install(spec))
+    def install(self, spec: ChildSaSpec, outbound: bool = True) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._install(spec, outbound))
+
+    def install_outbound(self, spec: ChildSaSpec) -> defer.Deferred[None]:
+        def run() -> defer.Deferred[None]:
+            return defer.Deferred.fromCoroutine(self._install_outbound(spec))
+
+        return self._outbound_lock.run(run)
 
     def remove(self, spec: ChildSaSpec) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._remove(spec))
 
-    async def _install(self, spec: ChildSaSpec) -> None:
+    async def _install(self, spec: ChildSaSpec, with_outbound: bool) -> None:
         try:  # everything that can be refused without asking the kernel
             inbound, outbound = child_sas(spec, self.replay_window, self.mark, self.if_id)
             child_policies(spec, self.priority_base, self.mark, self.if_id)
         except (xfrm.UnsupportedAlgorithm, InstallError) as e:
             raise InstallError(f"CHILD_SA reqid {spec.reqid}: {e}") from None
         await self._call(xfrm.new_sa(inbound), spec, f"inbound SA {spec.inbound_spi:08x}")
-        try:
-            await self._call(xfrm.new_sa(outbound), spec, f"outbound SA {spec.outbound_spi:08x}")
-        except InstallError:
-            await self._delete_sas(spec, outbound=False)
-            raise
+        if with_outbound:
+            try:
+                await self._call(xfrm.new_sa(outbound), spec, _outbound(spec))
+            except InstallError:
+                await self._delete_sas(spec, outbound=False)
+                raise
+        else:
+            self._inbound_only.add(spec.inbound_spi)
         self.installed[spec.inbound_spi] = spec
         try:
             await self.add_policies(spec)
@@ -373,9 +383,29 @@ class KernelInstaller:
             await self._remove(spec)
             raise
         log.info(
-            "CHILD_SA reqid {reqid} installed: SPIs {i:08x} in, {o:08x} out",
+            "CHILD_SA reqid {reqid} installed: SPIs {i:08x} in, {o:08x} out{later}",
             reqid=spec.reqid,
             i=spec.inbound_spi,
+            o=spec.outbound_spi,
+            later="" if with_outbound else " (outbound SA later)",
+        )
+
+    async def _install_outbound(self, spec: ChildSaSpec) -> None:
+        installed = self.installed.get(spec.inbound_spi)
+        if installed is None:
+            raise InstallError.not_installed(spec)
+        if spec.inbound_spi not in self._inbound_only:
+            return
+        _, outbound = child_sas(installed, self.replay_window, self.mark, self.if_id)
+        await self._call(xfrm.new_sa(outbound), spec, _outbound(spec))
+        if spec.inbound_spi not in self._inbound_only:  # remove() came meanwhile
+            errors = await self._delete_sas(spec, inbound=False)
+            what = f"CHILD_SA reqid {spec.reqid}: removed while its outbound SA was added"
+            raise InstallError("; ".join([what, *errors]))
+        self._inbound_only.discard(spec.inbound_spi)
+        log.info(
+            "CHILD_SA reqid {reqid}: outbound SA {o:08x} installed",
+            reqid=spec.reqid,
             o=spec.outbound_spi,
         )
 
@@ -386,13 +416,19 @@ class KernelInstaller:
         except InstallError as e:
             errors.append(str(e))
         self.installed.pop(spec.inbound_spi, None)
-        errors += await self._delete_sas(spec)
+        outbound = spec.inbound_spi not in self._inbound_only
+        self._inbound_only.discard(spec.inbound_spi)
+        errors += await self._delete_sas(spec, outbound=outbound)
         if errors:
             raise InstallError("; ".join(errors))
 
-    async def _delete_sas(self, spec: ChildSaSpec, outbound: bool = True) -> list[str]:
+    async def _delete_sas(
+        self, spec: ChildSaSpec, inbound: bool = True, outbound: bool = True
+    ) -> list[str]:
         local, remote = _ip(spec.local_address), _ip(spec.remote_address)
-        targets = [(xfrm.SaId(local, spec.inbound_spi), remote, "inbound")]
+        targets = []
+        if inbound:
+            targets.append((xfrm.SaId(local, spec.inbound_spi), remote, "inbound"))
         if outbound:
             targets.append((xfrm.SaId(remote, spec.outbound_spi), local, "outbound"))
         errors = []
@@ -467,21 +503,24 @@ class KernelInstaller:
     # --- counters, flush, events ------------------------------------------------------
 
     def counters(self, spec: ChildSaSpec) -> defer.Deferred[ChildSaCounters]:
-        """Bytes, packets, times and replay/integrity failures of both SAs (GETSA)."""
+        """Bytes, packets, times and replay/integrity failures of both SAs (GETSA); all
+        zero for an outbound SA not installed yet."""
 
         async def get() -> ChildSaCounters:
             local, remote = _ip(spec.local_address), _ip(spec.remote_address)
+            sas = [(local, remote, spec.inbound_spi)]
+            if spec.inbound_spi not in self._inbound_only:
+                sas.append((remote, local, spec.outbound_spi))
             replies = []
-            for daddr, saddr, spi in (
-                (local, remote, spec.inbound_spi),
-                (remote, local, spec.outbound_spi),
-            ):
+            for daddr, saddr, spi in sas:
                 answer = await self.netlink.request(
                     xfrm.get_sa(xfrm.SaId(daddr, spi), saddr, self.mark)
                 )
                 sa = xfrm.decode(answer[0])
                 assert isinstance(sa, xfrm.Sa)
                 replies.append(SaCounters.of(sa))
+            if len(replies) == 1:
+                replies.append(SaCounters(0, 0, 0, 0, 0, 0, 0))
             return ChildSaCounters(*replies)
 
         return defer.Deferred.fromCoroutine(get())
@@ -538,7 +577,9 @@ class KernelInstaller:
                 (
                     s
                     for s in self.installed.values()
-                    if s.outbound_spi == info.spi and _ip(s.remote_address) == info.daddr
+                    if s.outbound_spi == info.spi
+                    and _ip(s.remote_address) == info.daddr
+                    and s.inbound_spi not in self._inbound_only
                 ),
                 None,
             )
@@ -553,6 +594,7 @@ class KernelInstaller:
         )
         if event.hard:
             self.installed.pop(spec.inbound_spi, None)
+            self._inbound_only.discard(spec.inbound_spi)
         if self.expired is not None:
             self.expired(ExpireEvent(spec, inbound, event.hard))
 
@@ -600,6 +642,10 @@ class KernelInstaller:
             return result
 
         return d.addBoth(close)
+
+
+def _outbound(spec: ChildSaSpec) -> str:
+    return f"outbound SA {spec.outbound_spi:08x}"
 
 
 def _describe(policy: xfrm.Policy) -> str:

@@ -1,0 +1,142 @@
+"""What one step of an IKE SA asks the edge to do: a tuple of frozen effects.
+
+The SA core and its tasks (:mod:`vpnaaa.ike.sa`) never do I/O, read a clock or touch the
+kernel. Each step returns :data:`Effects`, which :class:`vpnaaa.ike.protocol.Responder`
+executes in order: datagrams to send, an EAP Response for the backend, a CHILD_SA to
+install or remove, a session that began or ended. Results of the edge's work come back
+through :meth:`IkeSa.eap_result` and :meth:`IkeSa.child_installed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vpnaaa.kernel.installer import ChildSaSpec
+
+if TYPE_CHECKING:
+    from vpnaaa.ike.sa import Endpoint, IkeSa
+
+
+@dataclass(frozen=True)
+class Send:
+    """Datagrams for the peer; ``to`` (address, port object) answers a retransmission
+    where it came from instead of where the SA is (§2.1)."""
+
+    datagrams: tuple[bytes, ...]
+    to: tuple[Endpoint | None, object] | None = None
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A message dropped unanswered: ``line`` for the edge's throttled log, by ``kind``."""
+
+    kind: str
+    line: str
+
+
+@dataclass(frozen=True)
+class Heard:
+    """An integrity-checked message came from the peer: it is alive (§1.4, §2.4)."""
+
+
+@dataclass(frozen=True)
+class Await:
+    """A request of ours left for the ``sent``-th time: time its answer (§2.1, §2.4)."""
+
+    sent: int
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Our outstanding request was answered: stop its retransmission timer."""
+
+
+@dataclass(frozen=True)
+class RunEap:
+    """Run this EAP Response through the profile's backend (§2.16)."""
+
+    conversation: bytes
+    response: bytes
+
+
+@dataclass(frozen=True)
+class Install:
+    """Install a CHILD_SA, then call :meth:`IkeSa.child_installed`. Without ``outbound``
+    only its inbound SA goes in: the responder of a rekey sends on the old SA until the
+    initiator, which installs after our response, deletes it."""
+
+    spec: ChildSaSpec
+    outbound: bool = True
+
+
+@dataclass(frozen=True)
+class InstallOutbound:
+    """Add the outbound SA of a CHILD_SA installed without it."""
+
+    spec: ChildSaSpec
+
+
+@dataclass(frozen=True)
+class ChildUp:
+    """A CHILD_SA is in place: its lifetime starts (the gateway's rekey timer)."""
+
+    spec: ChildSaSpec
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Take CHILD_SAs out of the kernel (and their timers)."""
+
+    specs: tuple[ChildSaSpec, ...]
+
+
+@dataclass(frozen=True)
+class Established:
+    """IKE_AUTH finished: a session began (INITIAL_CONTACT, uniqueness, lifetimes)."""
+
+
+@dataclass(frozen=True)
+class Rekeyed:
+    """``old`` handed its session to ``successor`` (§1.3.2, §2.8.1): serve the successor
+    from now on, and let ``old`` go (its peer or we delete it)."""
+
+    old: IkeSa
+    successor: IkeSa
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Serve ``sa``, an IKE SA of ours that holds no session (the redundant SA of an IKE
+    rekey collision, §2.8.1), and run ``effects`` on it."""
+
+    sa: IkeSa
+    effects: tuple[Effect, ...]
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The IKE SA is gone with its ``children`` (out of the kernel, counters read first):
+    forget it; ``cause`` is the session's end in the log."""
+
+    cause: str
+    children: tuple[ChildSaSpec, ...] = ()
+
+
+Effect = (
+    Send
+    | Drop
+    | Heard
+    | Await
+    | Answered
+    | RunEap
+    | Install
+    | InstallOutbound
+    | ChildUp
+    | Remove
+    | Established
+    | Rekeyed
+    | Spawn
+    | Closed
+)
+Effects = tuple[Effect, ...]
