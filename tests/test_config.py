@@ -142,18 +142,26 @@ class IkeLifecycleOptionTests(ConfigTestCase):
         )
         (default,) = ike.profiles
         self.assertEqual(
-            (default.dpd_delay, default.max_sessions_per_user, default.session_limit),
-            (30.0, 0, "replace"),
+            (
+                default.dpd_delay,
+                default.max_sessions_per_user,
+                default.session_limit,
+                default.rekey,
+            ),
+            (30.0, 0, "replace", "client"),
         )
         ike = self.load(
             "[ike]\nretransmit_timeout = 0.5\nretransmit_tries = 2\ndpd_delay = 0\n"
-            'max_sessions_per_user = 1\nsession_limit = "refuse"\n'
+            'max_sessions_per_user = 1\nsession_limit = "refuse"\nrekey = "gateway"\n'
         ).ike
         (default,) = ike.profiles
         self.assertEqual((ike.retransmit_timeout, ike.retransmit_tries), (0.5, 2))
-        self.assertEqual((default.dpd_delay, default.session_limit), (0.0, "refuse"))
+        self.assertEqual(
+            (default.dpd_delay, default.session_limit, default.rekey), (0.0, "refuse", "gateway")
+        )
 
     def test_errors_name_the_key(self):
         self.assertConfigError('[ike]\nsession_limit = "kick"\n', "ike.session_limit", "replace")
+        self.assertConfigError('[ike]\nrekey = "both"\n', "ike.rekey", "gateway")
         self.assertConfigError("[ike]\nretransmit_base = 9\n", "ike.retransmit_base", "outside")
         self.assertConfigError("[ike]\ndpd_delay = -1\n", "ike.dpd_delay", "outside")

@@ -75,6 +75,29 @@ class UserFileTests(unittest.TestCase):
             read_users(self.path)
         self.assertIn("'eve'", str(caught.exception))
 
+    def test_names_that_differ_only_in_case_are_refused(self):
+        """The gateway counts a user's sessions in any case (user_key): a file holding
+        "Alice" and "alice" would let one end the other's sessions; it is refused, and so
+        is `vpnaaa user add` of the second."""
+        write_users(self.path, {n: User.create(n, "x") for n in ("alice", "Alice")})
+        with self.assertRaises(UserStoreError) as caught:
+            read_users(self.path)
+        self.assertIn("differ only in case", str(caught.exception))
+        state = self.path.parent
+        write_users(self.path, {"alice": User.create("alice", "x")})
+        write_config(state / "radius-secret", "demo\n")  # the embedded defaults need it
+        cli = [str(Path(sys.executable).parent / "vpnaaa"), "--state-dir", str(state)]
+        add = subprocess.run(
+            [*cli, "user", "add", "ALICE", "--password-stdin"],
+            input="pw\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertNotEqual(add.returncode, 0)
+        self.assertIn("'alice' exists", add.stderr)
+        self.assertEqual(list(read_users(self.path)), ["alice"])
+
     def test_failed_reload_keeps_the_users_in_force(self):
         write_users(self.path, {"alice": User.create("alice", "x")})
         store = UserStore(self.path)

@@ -15,7 +15,7 @@ from pathlib import Path
 from vpnaaa import config as configuration
 from vpnaaa import pki, private
 from vpnaaa.ike.proposal import PolicyError
-from vpnaaa.users import User, UserStoreError, locked, read_users, write_users
+from vpnaaa.users import User, UserStoreError, locked, read_users, same_user, write_users
 
 DEMO_USER = "demo"
 DEMO_CREDENTIALS = "demo-credentials.txt"
@@ -50,6 +50,9 @@ def user_add(args: argparse.Namespace) -> str:
         users = _existing(path, owners)
         if args.name in users:
             raise SystemExit(f"vpnaaa: user {args.name!r} exists; use `vpnaaa user passwd`")
+        twin = same_user(users, args.name)
+        if twin is not None:
+            raise SystemExit(f"vpnaaa: user {twin!r} exists (names are one user in any case)")
         users[args.name] = User.create(
             args.name, password, mschap=not args.no_mschap, chap=args.chap
         )

@@ -167,6 +167,7 @@ class ProfileConfig:
     dpd_delay: float = 30.0  # seconds of silence before a liveness check; 0: none
     max_sessions_per_user: int = 0  # 0: any number
     session_limit: Literal["replace", "refuse"] = "replace"
+    rekey: Literal["client", "gateway"] = "client"  # who rekeys at the soft lifetimes
 
 
 @dataclass(frozen=True)
@@ -634,6 +635,9 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
     limit = section.get("session_limit", str, "replace")
     if limit not in ("replace", "refuse"):
         raise section.error("session_limit", f'{limit!r}: use "replace" or "refuse"')
+    rekey = section.get("rekey", str, "client")
+    if rekey not in ("client", "gateway"):
+        raise section.error("rekey", f'{rekey!r}: use "client" or "gateway"')
     return ProfileConfig(
         name=name,
         matches=matches,
@@ -646,6 +650,7 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
         dpd_delay=section.get_float("dpd_delay", 30.0, 0.0, 86400.0),
         max_sessions_per_user=section.get_int("max_sessions_per_user", 0, 0, 1_000_000),
         session_limit=limit,
+        rekey=rekey,
     )
 
 

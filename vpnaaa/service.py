@@ -376,6 +376,7 @@ class IkeService(service.Service):
                     p.dpd_delay,
                     p.max_sessions_per_user,
                     p.session_limit,
+                    p.rekey,
                 )
                 for p, eap in profiles
             ),

@@ -126,13 +126,27 @@ def read_users(path: Path, owners: Collection[int] | None = None) -> dict[str, U
     users = data.get("users")
     if not isinstance(users, dict):
         raise UserStoreError(f"{path}: 'users' must be an object")
-    result = {}
+    result: dict[str, User] = {}
     for name, record in users.items():
         try:
             result[name] = User.from_json(name, record)
         except ValueError as e:
             raise UserStoreError(f"{path}: user {name!r}: {e}") from None
+        twin = same_user(result, name)
+        if twin is not None:
+            raise UserStoreError(
+                f"{path}: users {twin!r} and {name!r} differ only in case; the gateway "
+                "counts sessions per user in any case (max_sessions_per_user, "
+                "INITIAL_CONTACT): keep one"
+            )
     return result
+
+
+def same_user(users: dict[str, User], name: str) -> str | None:
+    """Another name in ``users`` that is ``name`` in a different case, or None: one user
+    to the gateway (its sessions are counted by name in any case)."""
+    folded = name.casefold()
+    return next((n for n in users if n != name and n.casefold() == folded), None)
 
 
 def write_users(path: Path, users: dict[str, User]) -> None:
