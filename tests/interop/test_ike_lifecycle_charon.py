@@ -180,7 +180,7 @@ class DeleteTests(LifecycleCase):
     def test_the_lifetime_ends_in_a_delete_charon_answers(self):
         """§1.4.1: at ike_lifetime (up to a tenth early) the gateway sends a DELETE for the
         IKE SA; charon deletes its IKE_SA and answers, and nothing is left on either side.
-        The configuration allows 300 s at least, so the responder's timing is shortened
+        The configuration allows 30 s at least, so the responder's timing is shortened
         here, before the session starts."""
         self.start_gateway()
         lifetime = 3.0
@@ -246,10 +246,10 @@ class GatewayRekeyTests(LifecycleCase):
 
         # every rekey was the gateway's, two of each, each 0.8-0.9 x 30 s after the last
         self.assertNotIn("generating CREATE_CHILD_SA request", log)
-        ike, child = self.rekey_requests(log)
-        self.assertEqual((len(ike), len(child)), (2, 2), client.tail(80))
+        ike_rekeys, child_rekeys = self.rekey_requests(log)
+        self.assertEqual((len(ike_rekeys), len(child_rekeys)), (2, 2), client.tail(80))
         ((established, _),) = log_times(log, "IKE_SA vpnaaa[1] established between")
-        for kind, times in (("IKE", ike), ("CHILD", child)):
+        for kind, times in (("IKE", ike_rekeys), ("CHILD", child_rekeys)):
             gaps = [b - a for a, b in zip([established, *times], times, strict=False)]
             within = all(0.8 * self.LIFETIME - 0.5 < gap < soft_max + SLACK for gap in gaps)
             self.assertTrue(within, f"{kind} rekeys {gaps} s after the last")
