@@ -8,6 +8,8 @@ holds (its IKE SAs, leases, CHILD_SAs) and logs (the one line a session's end ge
 - liveness: charon answers the gateway's empty INFORMATIONALs and keeps its session; a client
   silenced with nftables is asked again on the retransmission schedule and then torn down;
 - the IKE SA's lifetime ends in a DELETE that charon receives and answers;
+- rekey = "gateway": the gateway rekeys the CHILD_SA and the IKE SA at their soft lifetimes,
+  twice each, and charon (which never rekeys itself) follows;
 - a client that lost its SA (killed) reconnects with N(INITIAL_CONTACT): the old session goes;
 - max_sessions_per_user = 1 replaces the older session with a DELETE, or refuses the new one
   with AUTHENTICATION_FAILED;
@@ -178,7 +180,7 @@ class DeleteTests(LifecycleCase):
     def test_the_lifetime_ends_in_a_delete_charon_answers(self):
         """§1.4.1: at ike_lifetime (up to a tenth early) the gateway sends a DELETE for the
         IKE SA; charon deletes its IKE_SA and answers, and nothing is left on either side.
-        The configuration allows 300 s at least, so the responder's timing is shortened
+        The configuration allows 30 s at least, so the responder's timing is shortened
         here, before the session starts."""
         self.start_gateway()
         lifetime = 3.0
@@ -194,6 +196,103 @@ class DeleteTests(LifecycleCase):
         self.assertIn("received DELETE for IKE_SA vpnaaa[1]", log, client.tail())
         self.assertIn("IKE_SA deleted", log)
         self.assertEqual((yield client.list_sas()), [])
+
+
+class GatewayRekeyTests(LifecycleCase):
+    """rekey = "gateway" at the shortest lifetimes the configuration allows (30 s)."""
+
+    timeout = 100
+    LIFETIME = 30  # ike_lifetime and child_lifetime: config.py's minimum
+    JITTER = 0.9  # the responder's jitter, fixed: rekeys at 0.81 L, hard lifetimes at 0.91 L
+
+    def rekey_requests(self, log: str) -> tuple[list[float], list[float]]:
+        """When charon parsed the gateway's CREATE_CHILD_SA requests: (IKE rekeys, CHILD_SA
+        rekeys); a CHILD_SA rekey carries N(REKEY_SA) (RFC 7296 §1.3.3), an IKE rekey a KE
+        and no TSi/TSr (§1.3.2)."""
+        requests = log_times(log, "parsed CREATE_CHILD_SA request")
+        ike = [when for when, line in requests if "N(REKEY_SA)" not in line and " KE " in line]
+        child = [when for when, line in requests if "N(REKEY_SA)" in line]
+        return ike, child
+
+    @defer.inlineCallbacks
+    def test_the_gateway_rekeys_ike_and_child_sas_and_charon_follows(self):
+        """§1.3.2, §1.3.3, §2.8, §2.18: charon never rekeys (rekey_time = 0 for its IKE_SA
+        and CHILD_SA, no hard lifetime either); the gateway, with both lifetimes at 30 s,
+        sends a CREATE_CHILD_SA for each 0.8-0.9 x 30 s after it came up, then deletes the
+        old one. Two rounds: charon's log shows the gateway's requests, each rekey and each
+        DELETE of an old SA. At the end charon's IKE_SA is the third (the gateway its
+        initiator: §2.18), with new SPIs, the same virtual IP and one CHILD_SA whose SPIs and
+        keys (§2.17, the gateway's nonce first) the gateway holds; the session never ended.
+        charon's disconnect then leaves nothing."""
+        lifetimes = options(rekey='"gateway"', ike_lifetime=self.LIFETIME)
+        self.start_gateway(lifetimes + options(child_lifetime=self.LIFETIME))
+        self.responder.context.jitter = lambda: self.JITTER
+        client = yield self.client(
+            "charon", child={"rekey_time": 0, "life_time": 3600}, connection={"reauth_time": 0}
+        )
+        (first,) = yield client.list_sas()
+        (first_child,) = first.children
+
+        def rekeyed_twice() -> bool:
+            log = client.log_text()
+            return (
+                "received DELETE for IKE_SA vpnaaa[2]" in log
+                and log.count("received DELETE for ESP CHILD_SA") >= 2
+            )
+
+        soft_max = 0.9 * self.LIFETIME
+        yield self.until(rekeyed_twice, 2 * soft_max + 3 * SLACK, "two rekeys of each SA")
+        log = client.log_text()
+
+        # every rekey was the gateway's, two of each, each 0.8-0.9 x 30 s after the last
+        self.assertNotIn("generating CREATE_CHILD_SA request", log)
+        ike_rekeys, child_rekeys = self.rekey_requests(log)
+        self.assertEqual((len(ike_rekeys), len(child_rekeys)), (2, 2), client.tail(80))
+        ((established, _),) = log_times(log, "IKE_SA vpnaaa[1] established between")
+        for kind, times in (("IKE", ike_rekeys), ("CHILD", child_rekeys)):
+            gaps = [b - a for a, b in zip([established, *times], times, strict=False)]
+            within = all(0.8 * self.LIFETIME - 0.5 < gap < soft_max + SLACK for gap in gaps)
+            self.assertTrue(within, f"{kind} rekeys {gaps} s after the last")
+        for new in ("vpnaaa[2]", "vpnaaa[3]"):
+            self.assertIn(f"IKE_SA {new} rekeyed between", log)
+        for old in ("vpnaaa[1]", "vpnaaa[2]"):
+            self.assertIn(f"received DELETE for IKE_SA {old}", log)
+        self.assertIn(f"received DELETE for ESP CHILD_SA with SPI {first_child.spi_out:08x}", log)
+
+        # charon and the gateway agree: one IKE SA, one CHILD_SA, one lease, and the keys
+        (sa,) = yield client.list_sas()
+        self.assertEqual((sa.state, sa.uniqueid, sa.initiator), ("ESTABLISHED", 3, False))
+        self.assertNotIn(sa.spi_i, (first.spi_i, first.spi_r))
+        self.assertNotIn(sa.spi_r, (first.spi_i, first.spi_r))
+        self.assertEqual(sa.local_vips, first.local_vips)
+        # charon keeps a CHILD_SA it saw rekeyed a few seconds more for late inbound ESP
+        # (DELETED, its delete_rekeyed_delay); the gateway holds the new one only
+        (now,) = [child for child in sa.children if child.state == "INSTALLED"]
+        self.assertEqual(now.uniqueid, 3)
+        self.assertTrue(all(child.state == "DELETED" for child in sa.children if child != now))
+        self.assertNotIn(now.spi_in, (first_child.spi_in, first_child.spi_out))
+        self.assertEqual(list(self.responder.sas), [sa.spi_i])  # the gateway's own SPI
+        self.assertEqual(self.responder.context.pool.leased, 1)
+        (spec,) = self.installer.installed.values()
+        self.assertEqual((spec.inbound_spi, spec.outbound_spi), (now.spi_out, now.spi_in))
+        keys = client.keys().children()[-1]  # the gateway initiated: its outbound keys first
+        self.assertEqual(
+            (spec.outbound_encr_key, spec.outbound_integ_key),
+            (keys.encr_i, keys.integ_i),
+        )
+        self.assertEqual(
+            (spec.inbound_encr_key, spec.inbound_integ_key), (keys.encr_r, keys.integ_r)
+        )
+        self.assertEqual(self.session_ends(), [])
+
+        # charon disconnects: nothing left on either side, one session end
+        result = yield client.terminate()
+        self.assertTrue(result.ok, result.output + client.tail())
+        self.assertEqual((yield client.list_sas()), [])
+        yield self.until(lambda: not self.responder.sas, SLACK, "the session ends")
+        self.assertNothingLeft()
+        (end,) = self.session_ends()
+        self.assertIn("session of 'alice' ended: client delete", end)
 
 
 class UniquenessTests(LifecycleCase):

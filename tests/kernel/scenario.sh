@@ -44,6 +44,13 @@
 # CHILD_SA reaches its hard lifetime in the kernel: the gateway removes both SAs and its
 # policies, charon logs the DELETE it received for it, and charon's kernel drops its SAs
 # too. The daemon stops as above.
+#
+# Then the gateway rekeys (rekey = "gateway", ike_lifetime = child_lifetime = 30 s, the
+# minimums; the client never rekeys): a third daemon, and alice plain again. The gateway
+# starts a CHILD_SA rekey (and an IKE rekey) 24-27 s after the CHILD_SA came up, while a ping
+# runs: no ping is lost, charon logs the gateway's CREATE_CHILD_SA with N(REKEY_SA) and the
+# IKE_SA rekeyed, the new SAs replace both old ones with the same reqid, the session did not
+# end; `swanctl --terminate` then leaves no SA and no policy. The daemon stops as above.
 set -u
 
 MODE=${1:-}
@@ -71,6 +78,9 @@ LC_RT_TIMEOUT=2
 LC_RT_BASE=1.5
 LC_RT_TRIES=2
 LC_CHILD_LIFETIME=120
+# the rekey phase's daemon: rekey = "gateway", IKE SAs and CHILD_SAs that live RK_LIFETIME s
+# (config.py's minimum): the gateway rekeys both 0.8-0.9 x RK_LIFETIME s after they came up
+RK_LIFETIME=30
 PLUGINS="random nonce x509 revocation constraints pubkey pkcs1 pkcs8 pem openssl gmp"
 PLUGINS="$PLUGINS curve25519 hmac kdf sha2 aes gcm kernel-netlink socket-default vici attr"
 PLUGINS="$PLUGINS eap-identity eap-mschapv2"
@@ -174,7 +184,7 @@ EOF
 }
 
 prepare() {
-    rm -rf "$STATE" "$OUT/plain" "$OUT/nat" "$OUT/dpd" "$OUT/expiry"
+    rm -rf "$STATE" "$OUT/plain" "$OUT/nat" "$OUT/dpd" "$OUT/expiry" "$OUT/rekey"
     mkdir -p "$STATE"
     chmod 700 "$STATE"
     vpnaaa_config "$STATE/vpnaaa.toml"
@@ -184,6 +194,10 @@ retransmit_timeout = $LC_RT_TIMEOUT
 retransmit_base = $LC_RT_BASE
 retransmit_tries = $LC_RT_TRIES
 child_lifetime = $LC_CHILD_LIFETIME"
+    # the rekey phase's daemon: the gateway rekeys, at the shortest lifetimes
+    vpnaaa_config "$STATE/vpnaaa-rekey.toml" "rekey = \"gateway\"
+ike_lifetime = $RK_LIFETIME
+child_lifetime = $RK_LIFETIME"
     local cli=("$VENV/bin/vpnaaa" --config "$STATE/vpnaaa.toml")
     "${cli[@]}" pki init >/dev/null || return 1
     "${cli[@]}" pki issue "$GW_PLAIN" --alt "$GW_NAT" >/dev/null || return 1
@@ -204,6 +218,9 @@ child_lifetime = $LC_CHILD_LIFETIME"
     # NAT until her CHILD_SA's hard lifetime
     charon_config dpd "$GW_PLAIN" aes256-sha256-modp2048 aes256gcm16 "" bob looking-glass
     charon_config expiry "$GW_NAT" aes128gcm16-prfsha256-curve25519 aes256-sha256
+    # the rekey phase: alice plain; charon's own rekeys are off (rekey_time = 0 for the IKE_SA
+    # and the CHILD_SA, and so no hard lifetime either), every rekey is the gateway's
+    charon_config rekey "$GW_PLAIN" aes256-sha256-modp2048 aes256gcm16
     # the daemon runs as vpnaaa after start-up: the user exists on the host (the guest sees
     # its /etc), owns the state (ownership set here, not through the guest's 9p mount) and
     # can reach it through OUT
@@ -507,6 +524,13 @@ sa_pair_ok() { # CASE CLIENT-NS ENCAP(0/1) REMOTE: two SAs, our reqid, the clien
         test "$(policies dir)" -eq 3
 }
 
+replaced() { # OLD-SPIS: the gateway holds two SAs again and none of these
+    local now
+    now=$(spis gw)
+    [ "$(echo "$now" | wc -w)" -eq 2 ] && [ -z "$(comm -12 <(echo "$1" | tr ' ' '\n' |
+        sort) <(echo "$now" | tr ' ' '\n' | sort) | grep .)" ]
+}
+
 bytes_by_spi() { gw_sas | awk '{ print $3, $5, $6 }' | sort; }
 
 counters_grow() { # BEFORE AFTER: every SA's bytes grew
@@ -570,13 +594,8 @@ client_case() { # CASE CLIENT-NAME NS REMOTE ENCAP IFACE-GW IFACE-CLIENT ESP-FIL
     local pinger=$!
     sleep 2
     sw "$name" --rekey --child net >"$OUT/$name/rekey.txt" 2>&1
-    rekeyed() {
-        local now
-        now=$(spis gw)
-        [ "$(echo "$now" | wc -w)" -eq 2 ] && [ -z "$(comm -12 <(echo "$old_spis" | tr ' ' '\n' |
-            sort) <(echo "$now" | tr ' ' '\n' | sort) | grep .)" ]
-    }
-    check "$case: rekey replaced both SAs (old: $old_spis)" "now: $(spis gw)" wait_until 60 rekeyed
+    check "$case: rekey replaced both SAs (old: $old_spis)" "now: $(spis gw)" \
+        wait_until 60 replaced "$old_spis"
     wait "$pinger"
     check "$case: no ping lost across the rekey" "$(tail -n 2 "$OUT/$name-ping-rekey.txt")" \
         grep -q " 60 received" "$OUT/$name-ping-rekey.txt"
@@ -658,6 +677,11 @@ policies_of() { # ADDRESS VIP: the gateway's in/out/fwd policies naming the one 
 }
 
 charon_count() { grep -cE -- "$2" "$OUT/$1/charon.log"; } # NAME PATTERN
+
+log_seconds() { # NAME PATTERN: the second of the day of charon's first line matching PATTERN
+    grep -m 1 -E -- "$2" "$OUT/$1/charon.log" |
+        awk '{ split($1, t, ":"); print t[1] * 3600 + t[2] * 60 + t[3] }'
+}
 
 lifecycle() { # bob (plain) busy, idle, then silenced; alice (NAT-T) until her hard lifetime
     start_charon dpd cl || return 1
@@ -789,6 +813,80 @@ EOF
         "$(ip -n vk-ncl xfrm state | head -c 300)" wait_until 20 client_clean
 }
 
+# --- the gateway rekeys: rekey = "gateway", both lifetimes at their minimum ----------------
+
+CHILD_REKEY='parsed CREATE_CHILD_SA request [0-9]+ \[ N\(REKEY_SA\)' # charon: a CHILD_SA rekey asked
+IKE_REKEYED='IKE_SA vpnaaa\[[0-9]+\] rekeyed between'                 # charon: its IKE_SA rekeyed
+OWN_REQUEST='generating CREATE_CHILD_SA request'                       # charon rekeying itself
+
+gateway_rekeys() { # alice plain: the gateway rekeys her CHILD_SA and IKE SA under a ping
+    start_charon rekey cl || return 1
+    if connect "gateway rekey" rekey cl; then
+        rekey_under_ping
+    fi
+    stop_charon
+}
+
+rekey_under_ping() {
+    local case="gateway rekey" installed=$SECONDS vip=$VIP
+    local soft_min=$((RK_LIFETIME * 8 / 10)) soft_max=$((RK_LIFETIME * 9 / 10))
+    sa_pair_ok "$case" cl 0 "$GW_PLAIN"
+    dump_xfrm rekey-up
+    local old_spis old_reqid
+    old_spis=$(spis gw)
+    old_reqid=$(gw_sas | awk '{ print $4 }' | sort -u)
+    # a ping every 0.25 s from now until 12 s after the latest soft lifetime (charon keeps the
+    # old inbound SA 5 s after the rekey: gone by then)
+    local count=$(((installed + soft_max + 12 - SECONDS) * 4))
+    say "$case: $count pings from $vip; the gateway rekeys $soft_min-$soft_max s after connecting"
+    ping_lan cl "$vip" "$count" 0.25 "$OUT/rekey-ping.txt" &
+    local pinger=$!
+    check "$case: the gateway replaced both SAs (old: $old_spis)" "now: $(spis gw)" \
+        wait_until $((soft_max + 40)) replaced "$old_spis"
+    check "$case: ... while the ping ran" "the ping had ended ($(tail -n 2 "$OUT/rekey-ping.txt"))" \
+        kill -0 "$pinger"
+    # charon's clock: from its CHILD_SA's start to the gateway's request (whole seconds)
+    local up asked at
+    up=$(log_seconds rekey 'CHILD_SA net\{1\} established with SPIs')
+    asked=$(log_seconds rekey "$CHILD_REKEY")
+    at=$(((${asked:-0} - ${up:-0} + 86400) % 86400))
+    check "$case: ... at the soft lifetime ($at s after the CHILD_SA came up: $soft_min-$soft_max)" \
+        "established at ${up:-?}, rekey asked at ${asked:-?} (seconds of the day)" \
+        test -n "$up" -a -n "$asked" -a "$at" -ge $((soft_min - 1)) -a "$at" -le $((soft_max + 2))
+    wait "$pinger"
+    check "$case: no ping lost across the gateway's rekeys" "$(tail -n 2 "$OUT/rekey-ping.txt")" \
+        grep -q " $count received" "$OUT/rekey-ping.txt"
+    dump_xfrm rekey-rekeyed
+    check "$case: the new CHILD_SA keeps its reqid ($old_reqid)" "$(gw_sas)" \
+        test "$(gw_sas | awk '{ print $4 }' | sort -u)" = "$old_reqid"
+    sa_pair_ok "$case: after the rekey" cl 0 "$GW_PLAIN"
+    check "$case: both new SAs carried pings" "$(gw_sas)" \
+        test "$(gw_sas | awk '$6 > 0' | wc -l)" -eq 2
+    check "$case: charon received the gateway's CREATE_CHILD_SA with N(REKEY_SA)" \
+        "none in rekey/charon.log" test "$(charon_count rekey "$CHILD_REKEY")" -ge 1
+    check "$case: charon's IKE_SA was rekeyed too (ike_lifetime $RK_LIFETIME s)" \
+        "no '$IKE_REKEYED' in rekey/charon.log" test "$(charon_count rekey "$IKE_REKEYED")" -ge 1
+    check "$case: ... every rekey the gateway's (charon sent no CREATE_CHILD_SA request)" \
+        "$(grep -c "$OWN_REQUEST" "$OUT/rekey/charon.log")" \
+        test "$(charon_count rekey "$OWN_REQUEST")" -eq 0
+    local ends
+    ends=$(vpnaaa_log | grep -E "session of 'alice' ended: ")
+    check "$case: the session did not end across the rekeys" "$ends" test -z "$ends"
+
+    say "$case: swanctl --terminate --ike vpnaaa"
+    sw rekey --terminate --ike vpnaaa --timeout 60 >"$OUT/rekey/terminate.txt" 2>&1
+    check "$case: terminate completed" "$(tail -n 3 "$OUT/rekey/terminate.txt" | tr '\n' ' ')" \
+        grep -q "terminate completed successfully" "$OUT/rekey/terminate.txt"
+    check "$case: no SA and no policy left on the gateway" \
+        "$(ip -n vk-gw xfrm state | head -c 200) $(ip -n vk-gw xfrm policy | head -c 300)" \
+        wait_until 30 gw_empty
+    dump_xfrm rekey-terminated
+    ends=$(vpnaaa_log | grep -E "session of 'alice' ended: ")
+    [ -n "$ends" ] && say "  log: ${ends:0:300}"
+    check "$case: one session end, by the client's delete" "$ends" \
+        test "$(grep -c . <<<"$ends")" -eq 1 -a -n "$(grep "ended: client delete" <<<"$ends")"
+}
+
 run() {
     mkdir -p "$RUN"
     : >"$RESULTS"
@@ -811,6 +909,9 @@ run() {
     start_daemon vpnaaa-lifecycle || return
     lifecycle
     stop_daemon lifecycle
+    start_daemon vpnaaa-rekey || return
+    gateway_rekeys
+    stop_daemon rekey
 }
 
 cleanup() {
