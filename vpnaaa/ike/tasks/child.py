@@ -64,7 +64,10 @@ def create_child_sa(sa: IkeSa, header: Header, inner: Message) -> Effects:
         spi = int.from_bytes(rekey.spi, "big")
         old = next((c for c in sa.children.values() if c.spec.outbound_spi == spi), None)
         if old is None:
-            return sa.respond(header, [notify(NotifyType.CHILD_SA_NOT_FOUND)])
+            # §2.25.1: one we are deleting (our Delete unanswered) is a temporary condition
+            closing = any(spec.outbound_spi == spi for spec in sa.deleting.values())
+            kind = NotifyType.TEMPORARY_FAILURE if closing else NotifyType.CHILD_SA_NOT_FOUND
+            return sa.respond(header, [notify(kind)])
         if old.successor is not None or sa.installing:  # rekeyed already, or being so
             return sa.respond(header, [notify(NotifyType.TEMPORARY_FAILURE)])
     if len(sa.children) >= MAX_CHILD_SAS:
