@@ -106,7 +106,7 @@ class Established:
 
 @dataclass(frozen=True)
 class Rekeyed:
-    """``old`` handed its session to ``successor`` (§1.3.2, §2.8.1): serve the successor
+    """``old`` handed its session to ``successor`` (§1.3.2, §2.8.2): serve the successor
     from now on, and let ``old`` go (its peer or we delete it)."""
 
     old: IkeSa
@@ -116,7 +116,7 @@ class Rekeyed:
 @dataclass(frozen=True)
 class Spawn:
     """Serve ``sa``, an IKE SA of ours that holds no session (the redundant SA of an IKE
-    rekey collision, §2.8.1), and run ``effects`` on it."""
+    rekey collision, §2.8.2), and run ``effects`` on it."""
 
     sa: IkeSa
     effects: tuple[Effect, ...]

@@ -1,4 +1,4 @@
-"""Rekeying the IKE SA, at the client's request or ours (RFC 7296 §1.3.2, §2.8, §2.8.1,
+"""Rekeying the IKE SA, at the client's request or ours (RFC 7296 §1.3.2, §2.8, §2.8.2,
 §2.18).
 
     SA(IKE proposal, new SPI), Ni, KEi -> SA(IKE proposal, new SPI), Nr, KEr
@@ -6,7 +6,7 @@
 SKEYSEED of the new SA = prf(SK_d (old), g^ir (new) | Ni | Nr). The new SA takes over the
 old one's CHILD_SAs, lease and identity; the exchange's initiator then deletes the old
 one, and becomes the new SA's original initiator (its SPI first, the Initiator flag on its
-messages). Simultaneous rekeys (§2.8.1): both exchanges complete; the new SA made with the
+messages). Simultaneous rekeys (§2.8.2): both exchanges complete; the new SA made with the
 lowest of the four nonces is redundant and deleted by the side that initiated its
 exchange; the other side deletes the old SA.
 """
@@ -97,7 +97,7 @@ class RekeyIke:
     spi: bytes = b""
     ni: bytes = field(default=b"", repr=False)
     private: object = field(default=None, repr=False)
-    # the client's rekey answered meanwhile (§2.8.1): the SA it made, that exchange's nonces
+    # the client's rekey answered meanwhile (§2.8.2): the SA it made, that exchange's nonces
     collision: tuple[IkeSa, bytes, bytes] | None = None
 
     def request(self, sa: IkeSa) -> list[Entry] | None:
@@ -148,7 +148,7 @@ class RekeyIke:
             return (Rekeyed(sa, new), *sa.delete("rekeyed by the gateway"))
         theirs, their_ni, our_nr = self.collision
         if min(self.ni, nonce.data, their_ni, our_nr) in (self.ni, nonce.data):
-            return _unwanted(new, "redundant: the client's simultaneous IKE rekey won (§2.8.1)")
+            return _unwanted(new, "redundant: the client's simultaneous IKE rekey won (§2.8.2)")
         new.take_over(theirs)  # ours won: the client deletes its redundant one
         _rekeyed(sa, new, choice)
         return (Rekeyed(theirs, new), *sa.delete("rekeyed by the gateway"))
