@@ -785,6 +785,7 @@ EOF
     check "liveness: the silenced client received the request and its retransmissions" "$seen" \
         test "$(charon_count dpd "$PROBE")" -gt "$requests" -a \
         "$(charon_count dpd "$RETRANSMIT")" -ge $((retransmits + LC_RT_TRIES))
+    n cl nft delete table inet vk-silence # vk-cl speaks again (the gateway rekey phase)
     check "hard lifetime: alice's session untouched by bob's end (2 SAs, 3 policies)" "$(gw_sas)" \
         test "$(sas_of $CLIENT_NAT)" -eq 2 -a "$(policies_of $CLIENT_NAT "$vip_expiry")" -eq 3
 
