@@ -73,7 +73,9 @@ def snapshot(responder: Responder) -> defer.Deferred[list[dict[str, Any]]]:
 
     async def collect() -> list[dict[str, Any]]:
         now = responder.clock.seconds()
-        established = [sa for sa in responder.sas.values() if sa.state == State.ESTABLISHED]
+        established = [  # an SA rekeyed away (or a redundant one) is not a session of its own
+            sa for sa in responder.sas.values() if sa.state == State.ESTABLISHED and not sa.rekeyed
+        ]
         return [await _session(responder, sa, now) for sa in established]
 
     return defer.Deferred.fromCoroutine(collect())
