@@ -9,6 +9,7 @@ from twisted.trial import unittest
 
 from tests.ike_peer import Gateway, Initiator, _negotiated, _random_spi
 from vpnaaa.ike import keys, sk, transforms
+from vpnaaa.ike.common import EndCause, Ending
 from vpnaaa.ike.const import (
     DhGroup,
     EncrId,
@@ -130,7 +131,8 @@ class GatewayIkeRekeyTests(AttackTestCase):
         self.gate.clock.advance(850)  # soft lifetime (jitter 1/2): our IKE rekey leaves
         (rekey,) = peer.gateway_requests()
         self.assertEqual(rekey.get(PayloadType.SA).proposals[0].protocol, ProtocolId.IKE)
-        self.gate.responder.delete(self.the_sa(), "deleted by the administrator")
+        cause = Ending(EndCause.ADMIN_RESET, "deleted by the administrator")
+        self.gate.responder.delete(self.the_sa(), cause)
         _, replies = answer_ike_rekey(peer, rekey)
         old = peer._keys()
         (delete_old,) = requests_on(replies, (old.spi_i, old.spi_r), old.inbound)

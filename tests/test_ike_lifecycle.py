@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from tests.ike_peer import PEER, Gateway, Initiator
 from vpnaaa.eap.authenticator import Success
+from vpnaaa.ike.common import EndCause
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnaaa.ike.message import Delete
 from vpnaaa.ike.protocol import Timing
@@ -224,6 +225,72 @@ class DeleteTests(LifecycleTestCase):
         self.assertEqual(
             sorted(line.split("ended: ")[1][:8] for line in self.session_ends()), ["shutdown"] * 2
         )
+
+
+class AdministratorTests(LifecycleTestCase):
+    def test_find_and_disconnect(self):
+        """Sessions are found by Acct-Session-Id, user (any case, DOMAIN\\ or not) and
+        virtual IP together (RFC 5176 §3); a disconnect is a DELETE (Admin-Reset)."""
+        self.gateway()
+        self.connected()
+        self.connected(address=OTHER)
+        responder = self.gate.responder
+        first, second = responder.find(user="EXAMPLE\\Alice")
+        self.assertNotEqual(first.session_id, second.session_id)
+        self.assertEqual(responder.find(session_id=second.session_id.lower()), [second])
+        self.assertEqual(
+            responder.find(user="alice", framed_ip=second.virtual_ip, session_id=first.session_id),
+            [],
+        )
+        self.assertEqual(responder.find(user="bob"), [])
+        responder.disconnect(first)
+        self.assertEqual(responder.find(user="alice"), [second])  # being deleted: not listed
+        for _ in range(170):  # no answer: gone after the retransmissions (4 s x 1.8^n, 5 tries)
+            self.gate.clock.advance(1)
+        self.assertIn("disconnected by the administrator", self.session_ends()[0])
+        self.assertEqual(self.gate.leaks(), [])
+
+    def test_observers_see_each_session_begin_and_end_once(self):
+        """Accounting and metrics hear of a session twice: when IKE_AUTH ends and at its
+        real end with the cause, not at the IKE rekey in between."""
+        self.gateway(dpd_delay=0)
+        seen = []
+
+        class Observer:
+            def session_started(self, sa):
+                seen.append(("start", sa.session_id))
+
+            def session_ended(self, sa, ending, counters):
+                seen.append(("end", sa.session_id, ending.cause))
+
+        self.gate.responder.observers.append(Observer())
+        peer = self.connected()
+        (sa,) = self.gate.responder.sas.values()
+        peer.rekey_ike()
+        peer.delete_previous_ike()
+        peer.delete_ike()
+        self.assertEqual(
+            seen, [("start", sa.session_id), ("end", sa.session_id, EndCause.CLIENT_DELETE)]
+        )
+
+    def test_a_session_timeout_holds_across_ike_rekeys(self):
+        """RFC 2865 §5.27 Session-Timeout (or a CoA-Request's): the session ends then, even
+        though the client rekeyed its IKE SA meanwhile (the session goes on, its limit too)."""
+        self.gateway(dpd_delay=0)
+        peer = self.connected()
+        (sa,) = self.gate.responder.sas.values()
+        self.gate.responder.limit(sa, 100)
+        self.gate.clock.advance(50)
+        peer.rekey_ike()
+        peer.delete_previous_ike()
+        (successor,) = self.gate.responder.sas.values()
+        self.assertEqual(successor.session_id, sa.session_id)
+        self.gate.clock.advance(50)
+        (request,) = peer.gateway_requests()
+        self.assertEqual(request.get(PayloadType.DELETE).protocol, ProtocolId.IKE)
+        peer.answer(request)
+        self.assertIn("ended: session timeout", self.session_ends()[0])
+        self.assertNothingLeft()
 
 
 class UniquenessTests(LifecycleTestCase):

@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 import sys
+import urllib.parse
 from collections.abc import Collection
 from pathlib import Path
 
@@ -202,12 +203,21 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def show_sessions(args: argparse.Namespace) -> str:
-    """Ask the running daemon's admin API for its live sessions: on its UNIX socket, or on
-    TCP with the bearer token when ``[admin]`` has no socket."""
+    """Ask the running daemon's admin API for its live sessions."""
+    return _admin(args, "GET", "/sessions" if args.json else "/sessions.txt")
+
+
+def disconnect(args: argparse.Namespace) -> str:
+    """End a user's sessions, or one session by its id, in the running daemon."""
+    return _admin(args, "POST", "/disconnect?" + urllib.parse.urlencode({"who": args.who}))
+
+
+def _admin(args: argparse.Namespace, method: str, target: str) -> str:
+    """One request to the running daemon's admin API: on its UNIX socket, or on TCP with
+    the bearer token when ``[admin]`` has no socket; the body, or exit with the reason."""
     admin = configuration.load(args.config, args.state_dir).admin
     if not admin.enabled:
         raise SystemExit("vpnaaa: the admin API is disabled ([admin] enabled = false)")
-    target = "/sessions" if args.json else "/sessions.txt"
     headers = {}
     connection: http.client.HTTPConnection
     if admin.socket is not None:
@@ -219,7 +229,7 @@ def show_sessions(args: argparse.Namespace) -> str:
         connection = http.client.HTTPConnection(admin.listen, admin.port, timeout=10)
         headers["Authorization"] = f"Bearer {admin.token.decode()}"
     try:
-        connection.request("GET", target, headers=headers)
+        connection.request(method, target, headers=headers)
         response = connection.getresponse()
         body = response.read().decode()
     except OSError as e:
@@ -304,6 +314,11 @@ def parser() -> argparse.ArgumentParser:
     shown = sub.add_parser("sessions", help="live VPN sessions of the running daemon")
     shown.add_argument("--json", action="store_true", help="machine-readable output")
     shown.set_defaults(func=show_sessions)
+    ended = sub.add_parser(
+        "disconnect", help="end a user's sessions (or one, by session id) with a DELETE"
+    )
+    ended.add_argument("who", help="a user name, or a session id as `vpnaaa sessions` shows")
+    ended.set_defaults(func=disconnect)
     sub.add_parser(
         "admin-token", help="create the bearer token the admin API needs on TCP"
     ).set_defaults(func=admin_token)

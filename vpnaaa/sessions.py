@@ -50,6 +50,7 @@ async def _session(responder: Responder, sa: IkeSa, now: float) -> dict[str, Any
         entry["integrity"] = child.choice.integ.name if child.choice.integ else None
         children.append(entry)
     return {
+        "session_id": sa.session_id,
         "username": sa.identity,
         "profile": sa.profile.name,
         "peer": f"{sa.remote.host}:{sa.remote.port}",
@@ -90,7 +91,8 @@ def render(sessions: list[dict[str, Any]]) -> str:
         lines = [
             f"Session {n}: {s['username']} ({s['profile']}) from {s['peer']}, "
             f"assigned {s['virtual_ip']}",
-            f"  IKE SPIs {s['ike_spis']}, up {s['duration']} s, NAT-T {s['nat_t']}",
+            f"  session {s['session_id']}, IKE SPIs {s['ike_spis']}, up {s['duration']} s, "
+            f"NAT-T {s['nat_t']}",
             "  IKE " + "/".join(str(v) for v in s["ike"].values() if v),
         ]
         if s["weak_algorithms"]:

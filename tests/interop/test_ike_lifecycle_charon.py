@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, error, reactor
+from twisted.internet import defer, error, reactor, utils
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.interop import charon
@@ -176,6 +177,40 @@ class LivenessTests(LifecycleCase):
 
 
 class DeleteTests(LifecycleCase):
+    @defer.inlineCallbacks
+    def test_vpnaaa_disconnect_ends_the_users_session(self):
+        """`vpnaaa disconnect alice` (the CLI, over the admin socket): the gateway sends a
+        DELETE for her IKE SA (§1.4.1), charon deletes it and answers, nothing is left,
+        and the session's end says who ended it. `vpnaaa sessions` showed its session id
+        first (the Acct-Session-Id of later accounting)."""
+        self.start_gateway()
+        client = yield self.client("charon")
+        (sa,) = self.responder.sas.values()
+        shown = yield self.cli("sessions", "--json")
+        (session,) = json.loads(shown)
+        self.assertEqual(session["session_id"], sa.session_id)
+        self.assertRegex(sa.session_id, "^[0-9A-F]{16}$")
+        said = yield self.cli("disconnect", "ALICE")
+        self.assertIn(sa.session_id, said)
+        yield self.until(lambda: not self.responder.sas, 2 * SLACK, "the IKE SA ends")
+        self.assertNothingLeft()
+        (end,) = self.session_ends()
+        self.assertIn("ended: disconnected by the administrator (admin API)", end)
+        self.assertIn("received DELETE for IKE_SA vpnaaa[1]", client.log_text(), client.tail())
+        refused = yield self.cli("disconnect", "alice", status=1)
+        self.assertIn("no live session of alice", refused)
+
+    @defer.inlineCallbacks
+    def cli(self, *args: str, status: int = 0) -> Generator[defer.Deferred[Any], Any, str]:
+        """`vpnaaa` with this case's configuration, run without blocking the reactor the
+        daemon runs on; its output (stderr when it fails), after checking its status."""
+        config = str(self.state / "vpnaaa.toml")
+        out, err, code = yield utils.getProcessOutputAndValue(
+            str(BIN / "vpnaaa"), ["--config", config, *args]
+        )
+        self.assertEqual(code, status, (out, err))
+        return (out if status == 0 else err).decode()
+
     @defer.inlineCallbacks
     def test_the_lifetime_ends_in_a_delete_charon_answers(self):
         """§1.4.1: at ike_lifetime (up to a tenth early) the gateway sends a DELETE for the

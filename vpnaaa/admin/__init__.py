@@ -2,6 +2,7 @@
 
 GET /sessions      JSON list of live sessions (vpnaaa.sessions)
 GET /sessions.txt  the same for people (`vpnaaa sessions`)
+POST /disconnect  end a user's sessions or one session (`vpnaaa disconnect`)
 GET /metrics       Prometheus text format: sessions, pool use, live EAP conversations
 
 It listens on a UNIX socket in the state directory, mode 0600 and owned by the daemon user,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Any
 
 from twisted.application import internet, service
@@ -57,6 +59,39 @@ class _Sessions(resource.Resource):
             )
         )
         return NOT_DONE_YET
+
+
+class _Disconnect(resource.Resource):
+    """POST /disconnect?who=USER-OR-SESSION-ID: end those sessions (Admin-Reset): each
+    client gets a DELETE (RFC 7296 §1.4.1). A session id is 16 hex digits (Acct-Session-Id);
+    anything else names a user, in any case, with or without a DOMAIN\\ prefix."""
+
+    isLeaf = True
+
+    def __init__(self, daemon: Any) -> None:
+        super().__init__()
+        self.daemon = daemon
+
+    def render_POST(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        who = (request.args.get(b"who") or [b""])[0].decode("utf-8", "replace").strip()
+        ike = self.daemon.ike
+        if not who or ike is None:
+            request.setResponseCode(400)
+            return b"name a user or a session id (who=...)\n" if who else b"no IKE service\n"
+        responder = ike.responder
+        found = responder.find(session_id=who) if _SESSION_ID.fullmatch(who) else []
+        found = found or responder.find(user=who)
+        if not found:
+            request.setResponseCode(404)
+            return f"no live session of {who}\n".encode()
+        for sa in found:
+            responder.disconnect(sa, "by the administrator (admin API)")
+        names = ", ".join(f"{sa.session_id} ({sa.identity})" for sa in found)
+        return f"disconnecting {len(found)} session(s): {names}\n".encode()
+
+
+_SESSION_ID = re.compile(r"[0-9A-Fa-f]{16}")
 
 
 class _Metrics(resource.Resource):
@@ -120,6 +155,7 @@ def admin_services(daemon: Any, config: AdminConfig) -> list[service.Service]:
     root.putChild(b"sessions", _Sessions(daemon, text=False))
     root.putChild(b"sessions.txt", _Sessions(daemon, text=True))
     root.putChild(b"metrics", _Metrics(daemon))
+    root.putChild(b"disconnect", _Disconnect(daemon))
     found: list[service.Service] = []
     if config.socket is not None:
         unix = internet.UNIXServer(str(config.socket), _site(root), mode=0o600, wantPID=True)

@@ -62,6 +62,33 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 }
 
 
+class EndCause(Enum):
+    """Why an IKE SA ended, as accounting (RFC 2866 §5.10 Acct-Terminate-Cause) and the
+    metrics count it; the log line says more (:class:`Ending`)."""
+
+    CLIENT_DELETE = "client delete"  # the client sent Delete(IKE) (§1.4.1)
+    DEAD_PEER = "dead peer"  # no answer to our requests (§2.4)
+    LIFETIME = "lifetime"  # ike_lifetime reached
+    SESSION_TIMEOUT = "session timeout"  # a time limit set for the session (RADIUS, CoA)
+    REPLACED = "replaced"  # INITIAL_CONTACT or max_sessions_per_user
+    ADMIN_RESET = "disconnected"  # an administrator (admin socket, DAE, user change)
+    SHUTDOWN = "shutdown"  # the daemon stopped
+    INTERNAL_ERROR = "internal error"  # a bug met on its path
+    REFUSED = "refused"  # never established: authentication or negotiation failed
+    GONE = "gone"  # no session of its own: rekeyed away, redundant, removed
+
+
+@dataclass(frozen=True)
+class Ending:
+    """An IKE SA's end: its :class:`EndCause` and the text its last log line says."""
+
+    cause: EndCause
+    text: str = ""
+
+    def __str__(self) -> str:
+        return self.text or self.cause.value
+
+
 @dataclass(frozen=True)
 class Endpoint:
     host: str

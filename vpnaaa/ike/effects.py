@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from vpnaaa.kernel.installer import ChildSaSpec
 
 if TYPE_CHECKING:
+    from vpnaaa.ike.common import Ending
     from vpnaaa.ike.sa import Endpoint, IkeSa
 
 
@@ -127,7 +128,7 @@ class Closed:
     """The IKE SA is gone with its ``children`` (out of the kernel, counters read first):
     forget it; ``cause`` is the session's end in the log."""
 
-    cause: str
+    cause: Ending
     children: tuple[ChildSaSpec, ...] = ()
 
 

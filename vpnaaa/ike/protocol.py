@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import ipaddress
 import os
 import struct
 import traceback
@@ -18,7 +19,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -28,7 +29,7 @@ from twisted.python.failure import Failure
 
 from vpnaaa import logs
 from vpnaaa.eap.authenticator import Result
-from vpnaaa.ike.common import exchange_name, local_address_towards
+from vpnaaa.ike.common import EndCause, Ending, exchange_name, local_address_towards
 from vpnaaa.ike.const import DhGroup, ExchangeType, HeaderFlag, NotifyType, PayloadType
 from vpnaaa.ike.effects import (
     Answered,
@@ -81,6 +82,7 @@ HALF_OPEN_TIMEOUT = 30.0  # seconds an SA may take to finish IKE_AUTH (EAP inclu
 COOKIE_SECRET_LIFETIME = 60.0  # seconds one COOKIE secret is used (§2.6); then the next
 # DH groups refused while half-open SAs are above the cookie threshold: each costs the
 # responder over a millisecond of CPU (MODP4096 2.5 ms here) that an attacker picks for us.
+SHUTDOWN = Ending(EndCause.SHUTDOWN, "shutdown")
 EXPENSIVE_GROUPS = frozenset(
     {DhGroup.MODP3072, DhGroup.MODP4096, DhGroup.MODP6144, DhGroup.MODP8192}
 )
@@ -145,6 +147,16 @@ class Timing:
         return self.retransmit_timeout * self.retransmit_base ** (sent - 1)
 
 
+class SessionObserver(Protocol):
+    """Told when a session begins and ends (accounting, metrics): a session is an IKE SA
+    from IKE_AUTH's end to its last one (IKE rekeys carry it on, ``sa.session_id`` kept)."""
+
+    def session_started(self, sa: IkeSa) -> None: ...
+
+    def session_ended(self, sa: IkeSa, ending: Ending, counters: list[Any] | None) -> None:
+        """``counters``: the kernel's, per CHILD_SA, read as it ended (None without)."""
+
+
 @dataclass(frozen=True)
 class Slot:
     """What a half-open SA counts against: its source (an address, an IPv6 /64) and
@@ -187,6 +199,7 @@ class Responder:
         self._in_flight: set[defer.Deferred[Any]] = set()  # CHILD_SA removals under way
         self._esp_seen: dict[bytes, int] = {}  # our SPI -> inbound ESP octets at last look
         self._by_user: dict[str, list[IkeSa]] = {}  # user_key -> its established IKE SAs
+        self.observers: list[SessionObserver] = []
         context.sessions_of = self.sessions_of
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
@@ -412,7 +425,7 @@ class Responder:
                 sa=sa.name,
                 t=HALF_OPEN_TIMEOUT,
             )
-            self._run(sa, sa.close("not established in time"))
+            self._run(sa, sa.close(Ending(EndCause.REFUSED, "not established in time")))
 
     def _serving(self, sa: IkeSa) -> bool:
         """Whether ``sa`` is still one of ours (not closed while the edge worked)."""
@@ -539,6 +552,8 @@ class Responder:
             if name.startswith("child "):
                 spi = int(name.split()[1], 16)
                 self._later(successor, name, timer.getTime() - now, partial(self._rekey_child, spi))
+            elif name == "session-timeout":
+                self._later(successor, name, timer.getTime() - now, self._timed_out)
             if name != "retransmit":
                 self._cancel(old, name)
         self._esp_seen.pop(old.spi, None)
@@ -612,21 +627,28 @@ class Responder:
                 sa=sa.name,
                 user=logs.quoted(sa.identity),
             )
-            self._watch(sa)
+            self._begun(sa)
             return
         user = user_key(sa.identity)
         others = [o for o in self._sessions(user) if o is not sa]
         self._by_user.setdefault(user, []).append(sa)
         if sa.initial_contact:
             for old in others:
-                self._run(old, old.close("replaced: INITIAL_CONTACT from a new session"))
+                replaced = Ending(EndCause.REPLACED, "replaced: INITIAL_CONTACT from a new session")
+                self._run(old, old.close(replaced))
         else:
             limit = sa.profile.max_sessions_per_user
             same = sorted((o for o in others if o.profile is sa.profile), key=_since)
             if limit and sa.profile.session_limit == "replace" and len(same) >= limit:
                 for old in same[: len(same) - limit + 1]:
-                    self._run(old, old.delete("replaced: max_sessions_per_user"))
+                    replaced = Ending(EndCause.REPLACED, "replaced: max_sessions_per_user")
+                    self._run(old, old.delete(replaced))
+        self._begun(sa)
+
+    def _begun(self, sa: IkeSa) -> None:
         self._watch(sa)
+        for observer in self.observers:
+            observer.session_started(sa)
 
     def _watch(self, sa: IkeSa) -> None:
         """Liveness checks and the lifetimes of an established IKE SA: with ``rekey =
@@ -654,7 +676,43 @@ class Responder:
         """Established sessions of ``user`` (a user_key) in ``profile``."""
         return sum(1 for sa in self._sessions(user) if sa.profile is profile)
 
-    def _ended(self, sa: IkeSa, cause: str, counters: list[Any] | None) -> None:
+    def find(
+        self,
+        *,
+        session_id: str | None = None,
+        user: str | None = None,
+        framed_ip: ipaddress.IPv4Address | None = None,
+    ) -> list[IkeSa]:
+        """The live sessions that match every key given (as RFC 5176 §3 identifies one):
+        an Acct-Session-Id (any case), a user (any case, no DOMAIN\\ prefix), a virtual IP."""
+        found = self._sessions(user_key(user) if user is not None else None)
+        if user is not None:  # names the EAP method did not vouch for are not in the index
+            found += [
+                sa
+                for sa in self._sessions()
+                if not sa.identity_verified and user_key(sa.identity) == user_key(user)
+            ]
+        if session_id is not None:
+            found = [sa for sa in found if sa.session_id == session_id.upper()]
+        if framed_ip is not None:
+            found = [sa for sa in found if sa.virtual_ip == framed_ip]
+        return found
+
+    def disconnect(self, sa: IkeSa, by: str = "by the administrator") -> None:
+        """End a session for an administrator (RFC 2866 Admin-Reset): a DELETE to the
+        client, everything freed once it answers or gives no answer."""
+        self.delete(sa, Ending(EndCause.ADMIN_RESET, f"disconnected {by}"))
+
+    def limit(self, sa: IkeSa, seconds: float) -> None:
+        """The session ends ``seconds`` from now (RFC 2865 §5.27 Session-Timeout, or a
+        CoA-Request's, RFC 5176 §3.1), whatever its IKE rekeys; a later call replaces it."""
+        self._later(sa, "session-timeout", seconds, self._timed_out)
+
+    def _timed_out(self, sa: IkeSa) -> None:
+        log.info("{sa}: session timeout reached; deleting it", sa=sa.name)
+        self.delete(sa, Ending(EndCause.SESSION_TIMEOUT, "session timeout"))
+
+    def _ended(self, sa: IkeSa, cause: Ending, counters: list[Any] | None) -> None:
         """One line per session end: who, why, for how long, how much (kernel counters)."""
         since = sa.established_at if sa.established_at is not None else self.clock.seconds()
         traffic = ""
@@ -670,12 +728,14 @@ class Responder:
             "{sa}: session of {user} ended: {cause}; up {duration:.0f} s{traffic}",
             sa=sa.name,
             user=logs.quoted(sa.identity),
-            cause=cause or "closed",
+            cause=str(cause),
             duration=self.clock.seconds() - since,
             traffic=traffic,
         )
+        for observer in self.observers:
+            observer.session_ended(sa, cause, counters)
 
-    def delete(self, sa: IkeSa, cause: str) -> None:
+    def delete(self, sa: IkeSa, cause: Ending) -> None:
         """End a session from here: a DELETE to the client (§1.4.1), everything freed
         once it answers or gives no answer."""
         self._run(sa, sa.delete(cause))
@@ -738,7 +798,7 @@ class Responder:
 
     def _lifetime(self, sa: IkeSa) -> None:
         log.info("{sa}: IKE SA lifetime reached; deleting it", sa=sa.name)
-        self._run(sa, sa.delete("lifetime"))
+        self._run(sa, sa.delete(Ending(EndCause.LIFETIME, "lifetime")))
 
     def _forget(self, sa: IkeSa) -> None:
         if self._serving(sa):
@@ -774,7 +834,7 @@ class Responder:
             level=LogLevel.error,
         )
         try:
-            self._run(sa, sa.close("internal error"))
+            self._run(sa, sa.close(Ending(EndCause.INTERNAL_ERROR, "internal error")))
         except Exception:  # the bug is in the way out too: at least forget the SA
             self._forget(sa)
 
@@ -814,7 +874,7 @@ class Responder:
         A request of ours already out (a liveness check) is sent again at once: the
         DELETE waits for its answer (a window of one, §2.3)."""
         for sa in self._sessions():
-            self._run(sa, sa.delete("shutdown"))
+            self._run(sa, sa.delete(SHUTDOWN))
             if sa.outstanding is not None and sa.outstanding.task.kind != "delete":
                 self._run(sa, sa.retransmit_request())
         deadline = self.clock.seconds() + self.timing.shutdown_wait
@@ -826,7 +886,7 @@ class Responder:
                 self.clock.callLater(0.05, check)
                 return
             for sa in list(self.sas.values()):
-                self._run(sa, sa.close("shutdown"))
+                self._run(sa, sa.close(SHUTDOWN))
             removals = defer.DeferredList(list(self._in_flight), consumeErrors=True)
             removals.addCallback(lambda _: done.callback(None))
 

@@ -30,6 +30,8 @@ from vpnaaa.ike.common import (
     ZERO_SPI,
     Child,
     Crypto,
+    EndCause,
+    Ending,
     Endpoint,
     Event,
     Profile,
@@ -84,6 +86,7 @@ __all__ = [
 MAX_RETRANSMISSIONS = 8
 REASSEMBLY_HALF_OPEN = 16 * 1024  # octets of fragments an SA may hold before ESTABLISHED
 REASSEMBLY_ESTABLISHED = 64 * 1024  # and after
+REMOVED = Ending(EndCause.GONE, "removed")
 
 Responder = Callable[["IkeSa", Header, Message], Effects]
 
@@ -167,6 +170,9 @@ class IkeSa:
         self.rekeyed = False  # an IKE rekey moved everything to a successor (§1.3.2)
         self.predecessor: IkeSa | None = None  # the SA this one took over, until it goes
         self.initial_contact = False  # N(INITIAL_CONTACT) in IKE_AUTH (§2.4)
+        # the session's name once established (RADIUS Acct-Session-Id, RFC 2866 §5.5):
+        # 16 hex digits, kept across IKE rekeys
+        self.session_id = ""
         # the responder's window (§2.3): the next request we expect, the last answered
         self.next_message_id = 0
         self.last_response: _Answered | None = None
@@ -179,7 +185,7 @@ class IkeSa:
         self.our_next_id = 0
         self.outstanding: Request | None = None
         self._queued: list[Task] = []
-        self._closing_cause = ""  # why we asked the peer to delete this IKE SA
+        self._closing: Ending | None = None  # why we asked the peer to delete this IKE SA
         self._weak_logged = False
 
     # -- what the edge and the session view read -------------------------------------------
@@ -201,7 +207,7 @@ class IkeSa:
     @property
     def closing(self) -> bool:
         """We asked the peer to delete this IKE SA and wait for its answer."""
-        return bool(self._closing_cause)
+        return self._closing is not None
 
     @property
     def weak_algorithms(self) -> tuple[str, ...]:
@@ -334,7 +340,7 @@ class IkeSa:
         effects = self.respond(header, [notify(error.notify, error.data)])
         if self.state == State.ESTABLISHED:
             return effects
-        return self.end(effects, f"invalid IKE_AUTH: {error.reason}")
+        return self.end(effects, Ending(EndCause.REFUSED, f"invalid IKE_AUTH: {error.reason}"))
 
     # -- results of the edge's work ----------------------------------------------------------
 
@@ -380,13 +386,13 @@ class IkeSa:
         """An empty INFORMATIONAL (§1.4): the peer must answer it if it is alive."""
         return self.start(informational.Liveness())
 
-    def delete(self, cause: str) -> Effects:
+    def delete(self, cause: Ending) -> Effects:
         """Ask the peer to delete this IKE SA (§1.4.1); it goes when the peer answers or
         stops answering. ``cause`` is the session's end in the log. Asked once: a second
         call while the first is out or queued does nothing."""
-        if self._closing_cause or self.state == State.CLOSED:
+        if self._closing is not None or self.state == State.CLOSED:
             return ()
-        self._closing_cause = cause
+        self._closing = cause
         return self.start(informational.DeleteIke())
 
     def delete_child(self, inbound_spi: int, cause: str) -> Effects:
@@ -447,8 +453,8 @@ class IkeSa:
         request = self.outstanding
         kind = request.task.kind if request is not None else "request"
         sent = request.sent if request is not None else 0
-        cause = self._closing_cause or f"dead peer (no answer to {sent} {kind} requests)"
-        return self.close(cause)
+        dead = Ending(EndCause.DEAD_PEER, f"dead peer (no answer to {sent} {kind} requests)")
+        return self.close(self._closing or dead)
 
     def _response(self, message: Message, raw: bytes) -> Effects:
         """A response to our outstanding request (§2.1); anything else is stray."""
@@ -491,16 +497,16 @@ class IkeSa:
 
     # -- the end ---------------------------------------------------------------------------
 
-    def close(self, cause: str = "removed") -> Effects:
+    def close(self, cause: Ending = REMOVED) -> Effects:
         """Tear down here without telling the peer (expiry, a peer that stopped answering,
         a replaced session): remove every CHILD_SA, return the lease."""
         return self.end((), cause)
 
     @property
-    def closing_cause(self) -> str:
-        return self._closing_cause
+    def closing_cause(self) -> Ending | None:
+        return self._closing
 
-    def end(self, effects: Effects, cause: str) -> Effects:
+    def end(self, effects: Effects, cause: Ending) -> Effects:
         """The SA ends (``cause`` for the session's last log line) after ``effects``: its
         CHILD_SAs go, its address returns to the pool."""
         self.transition(Event.CLOSED)
@@ -520,6 +526,7 @@ class IkeSa:
         self.transition(Event.REKEYED_IN)
         self.port = old.port
         self.identity, self.identity_verified = old.identity, old.identity_verified
+        self.session_id = old.session_id
         self.profile = old.profile
         self.initial_contact = False
         self.established_at = old.established_at

@@ -26,7 +26,7 @@ from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Result, Success
 from vpnaaa.eap.authenticator import Failure as EapFailure
 from vpnaaa.ike import keys
-from vpnaaa.ike.common import Event, log, notify, user_key
+from vpnaaa.ike.common import EndCause, Ending, Event, log, notify, user_key
 from vpnaaa.ike.const import (
     AuthMethod,
     CertEncoding,
@@ -174,7 +174,8 @@ def eap_result(sa: IkeSa, result: Result) -> Effects:
         reason=result.reason,
     )
     entries.append(notify(NotifyType.AUTHENTICATION_FAILED))
-    return sa.end(sa.respond(header, entries), f"EAP failed: {result.reason}")
+    refused = Ending(EndCause.REFUSED, f"EAP failed: {result.reason}")
+    return sa.end(sa.respond(header, entries), refused)
 
 
 def _refusal(sa: IkeSa, success: Success) -> str | None:
@@ -218,6 +219,7 @@ def last(sa: IkeSa, header: Header, inner: Message) -> Effects:
     assert auth.idr is not None
     ours = keys.signed_octets(prf, exchange.response, exchange.ni, sk_pr, auth.idr.encode())
     sa.transition(Event.AUTHENTICATED)
+    sa.session_id = sa.context.random_bytes(8).hex().upper()
     log.info(
         "{sa}: ESTABLISHED for {user} with {suite}{nat}",
         sa=sa.name,
@@ -267,7 +269,7 @@ def fail(sa: IkeSa, header: Header, reason: str) -> Effects:
     """AUTHENTICATION_FAILED in the response, and the SA ends (§2.21.2)."""
     log.info("{sa}: AUTHENTICATION_FAILED: {reason}", sa=sa.name, reason=reason)
     effects = sa.respond(header, [notify(NotifyType.AUTHENTICATION_FAILED)])
-    return sa.end(effects, f"authentication failed: {reason}")
+    return sa.end(effects, Ending(EndCause.REFUSED, f"authentication failed: {reason}"))
 
 
 def _sign(identity: ServerIdentity, announced: frozenset[int], octets: bytes) -> tuple[int, bytes]:

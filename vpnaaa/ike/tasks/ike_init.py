@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from vpnaaa.ike import keys, proposal, transforms
 from vpnaaa.ike.common import (
     ZERO_SPI,
+    EndCause,
+    Ending,
     derive,
     describe_proposal,
     log,
@@ -118,7 +120,10 @@ def _refuse(sa: IkeSa, header: Header, entry: Entry, reason: str) -> Effects:
     Anyone can cause one, so the line goes through the edge's throttled log."""
     response = encode_message(replace(sa.response_header(header), spi_r=ZERO_SPI), [entry])
     line = f"{sa.remote.host}:{sa.remote.port}: IKE_SA_INIT refused: {reason}"
-    return sa.end((Send((response,)), Drop("init-refused", line)), "IKE_SA_INIT refused")
+    return sa.end(
+        (Send((response,)), Drop("init-refused", line)),
+        Ending(EndCause.REFUSED, "IKE_SA_INIT refused"),
+    )
 
 
 def _nat_detected(sa: IkeSa, message: Message) -> bool:

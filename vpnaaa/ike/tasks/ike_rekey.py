@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vpnaaa.ike import keys, proposal, transforms
-from vpnaaa.ike.common import Event, State, derive, log, notify, valid_nonce
+from vpnaaa.ike.common import EndCause, Ending, Event, State, derive, log, notify, valid_nonce
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnaaa.ike.effects import Effects, Rekeyed, RetryRekey, Spawn
 from vpnaaa.ike.message import Entry, Header, Ke, Message, Nonce, Sa
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from vpnaaa.ike.sa import IkeSa
 
 ERROR_TYPES = 16384  # notify types below this are errors (§3.10.1)
+REKEYED = Ending(EndCause.GONE, "rekeyed by the gateway")
 
 
 def respond(sa: IkeSa, header: Header, inner: Message, offer: Sa) -> Effects:
@@ -145,13 +146,13 @@ class RekeyIke:
         if self.collision is None:
             new.take_over(sa)
             _rekeyed(sa, new, choice)
-            return (Rekeyed(sa, new), *sa.delete("rekeyed by the gateway"))
+            return (Rekeyed(sa, new), *sa.delete(REKEYED))
         theirs, their_ni, our_nr = self.collision
         if min(self.ni, nonce.data, their_ni, our_nr) in (self.ni, nonce.data):
             return _unwanted(new, "redundant: the client's simultaneous IKE rekey won (§2.8.2)")
         new.take_over(theirs)  # ours won: the client deletes its redundant one
         _rekeyed(sa, new, choice)
-        return (Rekeyed(theirs, new), *sa.delete("rekeyed by the gateway"))
+        return (Rekeyed(theirs, new), *sa.delete(REKEYED))
 
 
 def _unwanted(new: IkeSa, why: str) -> Effects:
@@ -160,7 +161,7 @@ def _unwanted(new: IkeSa, why: str) -> Effects:
     new.transition(Event.REKEYED_IN)
     new.rekeyed = True  # holds no session
     log.info("{sa}: {why}", sa=new.name, why=why)
-    return (Spawn(new, new.delete(why)),)
+    return (Spawn(new, new.delete(Ending(EndCause.GONE, why))),)
 
 
 def _refusal(sa: IkeSa, errors, accepted, nonce, ke) -> str | None:

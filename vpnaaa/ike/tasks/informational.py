@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vpnaaa import logs
-from vpnaaa.ike.common import State, log
+from vpnaaa.ike.common import EndCause, Ending, State, log
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnaaa.ike.effects import Effects
 from vpnaaa.ike.message import Delete, Entry, Header, Message
@@ -26,9 +26,10 @@ def respond(sa: IkeSa, header: Header, inner: Message) -> Effects:
     gives up authenticating says AUTHENTICATION_FAILED (§2.21.2)."""
     deletes = [d for d in inner.all(PayloadType.DELETE) if isinstance(d, Delete)]
     if sa.state != State.ESTABLISHED and inner.notify(NotifyType.AUTHENTICATION_FAILED):
-        return sa.end(sa.respond(header, []), why_the_client_gave_up(sa))
+        refused = Ending(EndCause.REFUSED, why_the_client_gave_up(sa))
+        return sa.end(sa.respond(header, []), refused)
     if any(d.protocol == ProtocolId.IKE for d in deletes):
-        return sa.end(sa.respond(header, []), "client delete")
+        return sa.end(sa.respond(header, []), Ending(EndCause.CLIENT_DELETE, "client delete"))
     entries: list[Entry] = []
     effects: Effects = ()
     for delete in deletes:
@@ -90,7 +91,7 @@ class DeleteIke:
         return [(PayloadType.DELETE, Delete(ProtocolId.IKE))]
 
     def answered(self, sa: IkeSa, response: Message) -> Effects:
-        return sa.close(sa.closing_cause)
+        return sa.close(sa.closing_cause or Ending(EndCause.GONE, "deleted"))
 
 
 @dataclass(frozen=True)
