@@ -87,6 +87,7 @@ class UsersConfig:
     file: Path = Path("users.json")
     verified_cache_size: int = 10000
     lockout: LockoutConfig = LockoutConfig()
+    disconnect_on_change: bool = False  # a reload ends deleted or changed users' sessions
 
 
 EAP_METHODS = ("peap", "mschapv2")
@@ -478,6 +479,7 @@ def _load(
         file=state / users_section.get("file", str, "users.json"),
         verified_cache_size=users_section.get_int("verified_cache_size", 10000, 0, 10_000_000),
         lockout=_lockout(users_section.sub("lockout")),
+        disconnect_on_change=users_section.get("disconnect_on_change", bool, False),
     )
     users_section.finish()
     eap = _eap(root.sub("eap"), state)

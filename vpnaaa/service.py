@@ -277,12 +277,19 @@ class VpnaaaService(service.MultiService):
         a broken user file keeps the users in force."""
         if self.radius is not None:
             self.radius.accounting.reopen()
+        before = {user.name: user for user in self.users}
         try:
             count = self.users.load()
         except UserStoreError as e:
             log.error("reload failed, keeping the previous users: {error}", error=str(e))
             return
         log.info("reloaded {n} users from {path}", n=count, path=str(self.users.path))
+        if self.config.users.disconnect_on_change and self.ike is not None:
+            for name, old in before.items():
+                new = self.users.get(name)
+                change = "deleted" if new is None else "password changed" if new != old else ""
+                for sa in self.ike.responder.find(user=name) if change else ():
+                    self.ike.responder.disconnect(sa, f"by a user change ({name} {change})")
 
     def install_sighup(self) -> None:
         def on_hup(signum: int, frame: object) -> None:

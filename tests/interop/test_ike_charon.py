@@ -80,11 +80,12 @@ class CharonTestCase(unittest.TestCase):
         pki.issue_server(self.state / "ca", self.state / "pki", gateway, ["staff.example.test"])
         self.ca = self.state / "ca" / "ca.pem"
 
-    def start_gateway(self, extra: str = "", eap: str = "") -> None:
-        """vpnaaa as IKEv2 gateway only; ``extra`` goes into [ike], ``eap`` into [eap]."""
+    def start_gateway(self, extra: str = "", eap: str = "", users: str = "") -> None:
+        """vpnaaa as IKEv2 gateway only; ``extra`` goes into [ike], ``eap`` into [eap],
+        ``users`` into [users]."""
         text = (
             f'[general]\nstate_dir = "{self.state}"\nlog_level = "debug"\n'
-            f"[radius]\nenabled = false\n[admin]\nport = 0\n"
+            f"[radius]\nenabled = false\n[admin]\nport = 0\n[users]\n{users}\n"
             f"[eap]\n{eap}\n"
             f'[ike]\nenabled = true\ninstaller = "null"\nlisten = "{self.netns.gateway_address}"\n'
             f'pool = "{POOL}"\ndns = ["10.99.7.53"]\n{extra}\n'

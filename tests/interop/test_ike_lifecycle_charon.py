@@ -34,7 +34,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from tests.interop import charon
 from tests.interop.test_ike_charon import CharonTestCase
 from tests.support import add_users, write_config
-from vpnaaa.users import User
+from vpnaaa.users import User, read_users, write_users
 
 BIN = Path(sys.executable).parent
 DPD = 2.0  # seconds of silence before the gateway's liveness check
@@ -199,6 +199,23 @@ class DeleteTests(LifecycleCase):
         self.assertIn("received DELETE for IKE_SA vpnaaa[1]", client.log_text(), client.tail())
         refused = yield self.cli("disconnect", "alice", status=1)
         self.assertIn("no live session of alice", refused)
+
+    @defer.inlineCallbacks
+    def test_a_changed_password_ends_the_users_sessions_on_reload(self):
+        """[users] disconnect_on_change: after `vpnaaa user passwd` (here: the file
+        rewritten) and SIGHUP (reload), alice's session ends with a DELETE that charon
+        receives."""
+        self.start_gateway(users="disconnect_on_change = true")
+        alice = yield self.client("charon")
+        users = read_users(self.state / "users.json")
+        users["alice"] = User.create("alice", "a new password")
+        write_users(self.state / "users.json", users)
+        self.daemon.reload()
+        yield self.until(lambda: not self.responder.sas, 2 * SLACK, "alice's IKE SA ends")
+        self.assertNothingLeft()
+        (end,) = self.session_ends()
+        self.assertIn("disconnected by a user change (alice password changed)", end)
+        self.assertIn("received DELETE for IKE_SA vpnaaa[1]", alice.log_text(), alice.tail())
 
     @defer.inlineCallbacks
     def cli(self, *args: str, status: int = 0) -> Generator[defer.Deferred[Any], Any, str]:
