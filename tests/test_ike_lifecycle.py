@@ -10,7 +10,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.ike_peer import PEER, Gateway, Initiator
-from vpnaaa.eap.authenticator import Success
+from vpnaaa.eap.authenticator import Authorization, Success
 from vpnaaa.ike.common import EndCause
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnaaa.ike.message import Delete
@@ -44,6 +44,23 @@ class Unvouched:
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
+
+
+class Granted(Unvouched):
+    """The EAP engine as a RADIUS relay whose server's Accept grants ``authorization``."""
+
+    def __init__(self, engine, authorization):
+        super().__init__(engine)
+        self.authorization = authorization
+
+    def step(self, conversation, response):
+        def granted(step):
+            conversation, result = step
+            if isinstance(result, Success):
+                result = dataclasses.replace(result, authorization=self.authorization)
+            return conversation, result
+
+        return self.engine.step(conversation, response).addCallback(granted)
 
 
 def notifies(message):
@@ -272,6 +289,23 @@ class AdministratorTests(LifecycleTestCase):
         self.assertEqual(
             seen, [("start", sa.session_id), ("end", sa.session_id, EndCause.CLIENT_DELETE)]
         )
+
+    def test_the_radius_session_timeout_ends_the_session(self):
+        """RFC 2865 §5.27: an Access-Accept's Session-Timeout is the most the session may
+        last; then the client gets a DELETE."""
+        self.gateway(dpd_delay=0)
+        self.gate.context.profiles[0].eap = Granted(
+            self.gate.engine, Authorization(session_timeout=300)
+        )
+        peer = self.connected()
+        self.gate.clock.advance(299)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.gate.clock.advance(1)
+        (request,) = peer.gateway_requests()
+        self.assertEqual(request.get(PayloadType.DELETE).protocol, ProtocolId.IKE)
+        peer.answer(request)
+        self.assertIn("ended: session timeout", self.session_ends()[0])
+        self.assertNothingLeft()
 
     def test_a_session_timeout_holds_across_ike_rekeys(self):
         """RFC 2865 §5.27 Session-Timeout (or a CoA-Request's): the session ends then, even

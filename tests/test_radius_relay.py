@@ -253,6 +253,36 @@ class ReplyTests(RelayTestCase):
         result = self.accept(b"r" * 32, b"s" * 32, (wire.USER_NAME, b"bob"))
         self.assertEqual((result.identity, result.verified), ("bob", True))
 
+    def test_what_the_accept_grants(self):
+        """RFC 2865 §5.8/§5.25/§5.27, RFC 2869 §5.16/§5.18: Framed-IP-Address,
+        Framed-Pool, Session-Timeout, Acct-Interim-Interval and every Class come with the
+        Success; 0xFFFFFFFE (the NAS picks from its pool) is no address."""
+        result = self.accept(
+            b"r" * 32,
+            b"s" * 32,
+            (wire.key("Framed-IP-Address"), bytes([10, 99, 0, 77])),
+            (wire.key("Framed-Pool"), b"staff"),
+            (wire.key("Session-Timeout"), (3600).to_bytes(4, "big")),
+            (wire.key("Acct-Interim-Interval"), (600).to_bytes(4, "big")),
+            (wire.key("Class"), b"CACS:0a0b0c0d"),
+            (wire.key("Class"), b"second"),
+        )
+        granted = result.authorization
+        self.assertEqual(
+            (
+                str(granted.framed_ip),
+                granted.framed_pool,
+                granted.session_timeout,
+                granted.interim_interval,
+                granted.classes,
+            ),
+            ("10.99.0.77", "staff", 3600, 600, (b"CACS:0a0b0c0d", b"second")),
+        )
+        self.conversation, self.step = self.start(self.relay_)
+        (_, self.request) = self.sent()[-1]
+        pick = (wire.key("Framed-IP-Address"), b"\xff\xff\xff\xfe")
+        self.assertIsNone(self.accept(b"r" * 32, b"s" * 32, pick).authorization.framed_ip)
+
     def test_missing_send_key(self):
         result = self.accept(b"r" * 32, None)
         self.assertIsInstance(result, Failure)

@@ -6,6 +6,7 @@ are offered, in which order, is the caller's choice (a list of method factories)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,21 @@ class Challenge:
 
 
 @dataclass(frozen=True)
+class Authorization:
+    """What the AAA server granted with its Access-Accept: an address instead of the
+    pool's (Framed-IP-Address, RFC 2865 §5.8), a pool by name (Framed-Pool, RFC 2869
+    §5.18), a hard end for the session (Session-Timeout, RFC 2865 §5.27), the accounting
+    interval (Acct-Interim-Interval, RFC 2869 §5.16), and the Class values accounting must
+    echo (RFC 2865 §5.25)."""
+
+    framed_ip: ipaddress.IPv4Address | None = None
+    framed_pool: str | None = None
+    session_timeout: int | None = None  # seconds
+    interim_interval: int | None = None  # seconds
+    classes: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
 class Success:
     """Authenticated: send ``eap`` (EAP-Success); ``msk`` keys the link (RFC 3748 §7.10).
     ``verified``: the method authenticated ``identity`` itself; False when it is only the
@@ -38,6 +54,7 @@ class Success:
     msk: bytes = field(repr=False)
     method: str
     verified: bool = True
+    authorization: Authorization = Authorization()
 
 
 @dataclass(frozen=True)

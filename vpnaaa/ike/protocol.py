@@ -647,6 +647,10 @@ class Responder:
 
     def _begun(self, sa: IkeSa) -> None:
         self._watch(sa)
+        timeout = sa.authorization.session_timeout
+        if timeout:  # RFC 2865 §5.27: the most the session may last
+            log.info("{sa}: session timeout {t} s (RADIUS)", sa=sa.name, t=timeout)
+            self.limit(sa, timeout)
         for observer in self.observers:
             observer.session_started(sa)
 

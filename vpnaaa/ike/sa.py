@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from vpnaaa import logs
-from vpnaaa.eap.authenticator import Result
+from vpnaaa.eap.authenticator import Authorization, Result
 from vpnaaa.ike import fragments, proposal, sk
 from vpnaaa.ike.common import (
     TRANSITIONS,
@@ -161,6 +161,7 @@ class IkeSa:
         # whether the EAP method vouched for it (not a relay's Accept without User-Name):
         # only then may it replace or count against the same user's other sessions
         self.identity_verified = True
+        self.authorization = Authorization()  # what the AAA server granted (RADIUS Accept)
         self.virtual_ip = None
         self.children: dict[int, Child] = {}  # by our inbound SPI
         self.deleting: dict[int, ChildSaSpec] = {}  # ours deleted, until the peer answers
@@ -526,7 +527,7 @@ class IkeSa:
         self.transition(Event.REKEYED_IN)
         self.port = old.port
         self.identity, self.identity_verified = old.identity, old.identity_verified
-        self.session_id = old.session_id
+        self.session_id, self.authorization = old.session_id, old.authorization
         self.profile = old.profile
         self.initial_contact = False
         self.established_at = old.established_at

@@ -26,6 +26,7 @@ conversation gets EAP-Failure and the refusal a throttled log line. Nothing rais
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 from collections import deque
@@ -39,7 +40,7 @@ from twisted.logger import LogLevel
 
 from vpnaaa import logs
 from vpnaaa.eap import packet
-from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
+from vpnaaa.eap.authenticator import Authorization, Challenge, Failure, Result, Success
 from vpnaaa.eap.packet import Code, Type
 from vpnaaa.eap.table import ConversationTable
 from vpnaaa.net import MIB, large_receive_buffer
@@ -295,7 +296,10 @@ class RadiusRelay(DatagramProtocol):
             success = eap_reply or packet.success(eap[1] if len(eap) > 1 else 0).encode()
             # RFC 2865 §5.1: a User-Name in the Accept is the name the server authenticated;
             # without one, ours is only what the client said (an outer identity)
-            return conversation_id, Success(success, identity, msk, "RADIUS", name is not None)
+            granted = authorization(response)
+            return conversation_id, Success(
+                success, identity, msk, "RADIUS", name is not None, granted
+            )
         reason = f"{_code_name(response.code)} from {self.server[0]}"
         return conversation_id, _failure(eap, reason, eap_reply, conversation.identity)
 
@@ -490,3 +494,36 @@ def _failure(eap: bytes, reason: str, eap_reply: bytes = b"", identity: str = ""
     if not eap_reply:
         eap_reply = packet.failure(eap[1] if len(eap) > 1 else 0).encode()
     return Failure(eap_reply, identity, reason)
+
+
+_FRAMED_IP = wire.key("Framed-IP-Address")
+_FRAMED_POOL = wire.key("Framed-Pool")
+_SESSION_TIMEOUT = wire.key("Session-Timeout")
+_INTERIM = wire.key("Acct-Interim-Interval")
+_CLASS = wire.key("Class")
+# RFC 2865 §5.8: 0xFFFFFFFF lets the user choose, 0xFFFFFFFE has the NAS pick from a pool
+_NO_ADDRESS = (b"\xff\xff\xff\xff", b"\xff\xff\xff\xfe")
+
+
+def authorization(accept: wire.Packet) -> Authorization:
+    """What an Access-Accept grants the session (see :class:`Authorization`); a value of
+    the wrong size is ignored, as if absent (RFC 2865 §5: four octets for an address or
+    an integer)."""
+
+    def integer(kind: wire.Key) -> int | None:
+        data = accept.get(kind)
+        return int.from_bytes(data, "big") if data is not None and len(data) == 4 else None
+
+    address = accept.get(_FRAMED_IP)
+    pool = accept.get(_FRAMED_POOL)
+    return Authorization(
+        framed_ip=(
+            ipaddress.IPv4Address(address)
+            if address is not None and len(address) == 4 and address not in _NO_ADDRESS
+            else None
+        ),
+        framed_pool=pool.decode("utf-8", "replace") if pool else None,
+        session_timeout=integer(_SESSION_TIMEOUT) or None,
+        interim_interval=integer(_INTERIM) or None,
+        classes=tuple(accept.attributes.get(_CLASS, ())),
+    )

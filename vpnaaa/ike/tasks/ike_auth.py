@@ -157,6 +157,7 @@ def eap_result(sa: IkeSa, result: Result) -> Effects:
             sa.transition(Event.EAP_SUCCEEDED)
             sa.identity, auth.msk = result.identity, result.msk
             sa.identity_verified = result.verified
+            sa.authorization = result.authorization
             log.info(
                 "{sa}: EAP-{method} succeeded for {user}",
                 sa=sa.name,
