@@ -200,10 +200,13 @@ def clients_text(secret: str) -> str:
     )
 
 
-def users_text(users: Mapping[str, str]) -> str:
-    """The users file: a Cleartext-Password per user (PAP, MS-CHAP, EAP-MSCHAPv2)."""
+def users_text(users: Mapping[str, str], replies: Mapping[str, Sequence[str]] = {}) -> str:
+    """The users file: a Cleartext-Password per user (PAP, MS-CHAP, EAP-MSCHAPv2), and the
+    reply items (``Session-Timeout = 30``) its Access-Accept carries."""
     return "".join(
         f"{_quoted(name)}\tCleartext-Password := {_quoted(password)}\n"
+        + ",\n".join(f"\t{item}" for item in replies.get(name, ()))
+        + ("\n" if replies.get(name) else "")
         for name, password in users.items()
     )
 
@@ -217,6 +220,7 @@ def write_freeradius_config(
     default_eap_type: str | None = None,
     reject_delay: float | None = None,
     auth_log: bool = False,
+    replies: Mapping[str, Sequence[str]] = {},
 ) -> None:
     """Create a private FreeRADIUS configuration in ``raddb`` listening on 127.0.0.1:``port``.
 
@@ -241,7 +245,7 @@ def write_freeradius_config(
     conf_path.write_text(drop_user_and_group(text))
     rewrite_sites(raddb, port)
     write_private(raddb / "clients.conf", clients_text(secret))
-    write_private(raddb / "mods-config" / "files" / "authorize", users_text(users))
+    write_private(raddb / "mods-config" / "files" / "authorize", users_text(users, replies))
     if default_eap_type is not None:
         edit_module(raddb, "eap", {EAP_DEFAULT_TYPE: default_eap_type})
 
@@ -285,8 +289,10 @@ class FreeRadius:
         reject_delay: float | None = 0,
         auth_log: bool = True,
         options: Sequence[str] = (),
+        replies: Mapping[str, Sequence[str]] = {},
     ) -> None:
         self.directory = Path(directory)
+        self.replies = dict(replies)  # reply items per user (users_text)
         self.secret = secret
         self.users = dict(users)
         self.port = port
@@ -327,6 +333,7 @@ class FreeRadius:
             default_eap_type=self.default_eap_type,
             reject_delay=self.reject_delay,
             auth_log=self.auth_log,
+            replies=self.replies,
         )
 
     def _spawn(self) -> None:

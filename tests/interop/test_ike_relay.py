@@ -42,7 +42,9 @@ USERS = {"alice": "wonderland"}
 EAP_FAILURE = re.compile(r"parsed IKE_AUTH response \d+ \[ EAP/FAIL N\(AUTH_FAILED\) \]")
 
 
-def start_radius(case: unittest.TestCase, state: Path) -> defer.Deferred[freeradius.FreeRadius]:
+def start_radius(
+    case: unittest.TestCase, state: Path, **options: Any
+) -> defer.Deferred[freeradius.FreeRadius]:
     """A private FreeRADIUS for the relay: EAP-MSCHAPv2, no reject delay, an auth log."""
     return freeradius.start_freeradius(
         case,
@@ -52,6 +54,7 @@ def start_radius(case: unittest.TestCase, state: Path) -> defer.Deferred[freerad
         default_eap_type="mschapv2",
         reject_delay=0,
         auth_log=True,
+        **options,
     )
 
 
@@ -76,8 +79,8 @@ class RelayTestCase(unittest.TestCase):
         pki.issue_server(self.state / "ca", self.state / "pki", gateway)
         self.ca = self.state / "ca" / "ca.pem"
 
-    def start_radius(self) -> defer.Deferred[freeradius.FreeRadius]:
-        return start_radius(self, self.state)
+    def start_radius(self, **options: Any) -> defer.Deferred[freeradius.FreeRadius]:
+        return start_radius(self, self.state, **options)
 
     def start_gateway(self, port: int, timeout: float = 2.0, tries: int = 3) -> None:
         text = (
@@ -143,6 +146,31 @@ class RelayTests(RelayTestCase):
         self.assertEqual(len(self.daemon.ike.relay), 0)  # the conversation is over
         sa_lines = [text for _, text in self.log_lines("vpnaaa.ike")]
         self.assertIn("EAP-RADIUS succeeded for 'alice'", "\n".join(sa_lines))
+
+    @defer.inlineCallbacks
+    def test_session_timeout_and_class_from_freeradius(self):
+        """FreeRADIUS's Access-Accept carries Session-Timeout (RFC 2865 §5.27) and Class
+        (§5.25): the session keeps the Class (for accounting to echo) and ends at the
+        timeout with a DELETE charon receives."""
+        radius = yield self.start_radius(
+            replies={"alice": ["Session-Timeout = 3", 'Class = "ise-session-7"']}
+        )
+        self.start_gateway(radius.port)
+        client, result = yield self.connect()
+        if not result.ok:
+            self.fail(result.output + client.tail() + "\nFreeRADIUS:\n" + radius.tail())
+        (sa,) = self.responder.sas.values()
+        self.assertEqual(
+            (sa.authorization.session_timeout, sa.authorization.classes), (3, (b"ise-session-7",))
+        )
+        for _ in range(200):  # 3 s, the DELETE's round trip, a loaded machine
+            if not self.responder.sas:
+                break
+            yield charon.sleep(0.05)
+        self.assertEqual(self.responder.sas, {})
+        ends = [text for _, text in self.log_lines("vpnaaa.ike") if " ended: " in text]
+        self.assertIn("ended: session timeout", ends[0])
+        self.assertIn("received DELETE for IKE_SA vpnaaa[1]", client.log_text(), client.tail())
 
     @defer.inlineCallbacks
     def test_wrong_password(self):
