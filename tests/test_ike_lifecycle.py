@@ -10,7 +10,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.ike_peer import PEER, Gateway, Initiator
-from vpnaaa.eap.authenticator import Authorization, Success
+from vpnaaa.authorization import Authorization
+from vpnaaa.eap.authenticator import Success
 from vpnaaa.ike.common import EndCause
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnaaa.ike.message import Delete
@@ -303,6 +304,21 @@ class AdministratorTests(LifecycleTestCase):
         self.gate.clock.advance(1)
         (request,) = peer.gateway_requests()
         self.assertEqual(request.get(PayloadType.DELETE).protocol, ProtocolId.IKE)
+        peer.answer(request)
+        self.assertIn("ended: session timeout", self.session_ends()[0])
+        self.assertNothingLeft()
+
+    def test_a_local_users_grant_ends_the_session_too(self):
+        """The user store grants what an Access-Accept would (`vpnaaa user grant`): its
+        session timeout ends alice's session."""
+        self.gateway(dpd_delay=0)
+        users = self.gate.users  # shared by the test gateways (tests/ike_peer.py): restored
+        self.addCleanup(users.use, {user.name: user for user in users})
+        granted = Authorization(session_timeout=60)
+        users.use({"alice": dataclasses.replace(users.get("alice"), authorization=granted)})
+        peer = self.connected()
+        self.gate.clock.advance(60)
+        (request,) = peer.gateway_requests()
         peer.answer(request)
         self.assertIn("ended: session timeout", self.session_ends()[0])
         self.assertNothingLeft()

@@ -98,6 +98,39 @@ class UserFileTests(unittest.TestCase):
         self.assertIn("'alice' exists", add.stderr)
         self.assertEqual(list(read_users(self.path)), ["alice"])
 
+    def test_grants_round_trip_through_the_cli_and_the_file(self):
+        """`vpnaaa user grant`: what the user's sessions get, as an Access-Accept would
+        say it (Framed-IP-Address, Framed-Pool, Session-Timeout, Acct-Interim-Interval,
+        Class); kept in the file, refused when malformed."""
+        state = self.path.parent
+        write_users(self.path, {"alice": User.create("alice", "x")})
+        write_config(state / "radius-secret", "demo\n")  # the embedded defaults need it
+        cli = [str(Path(sys.executable).parent / "vpnaaa"), "--state-dir", str(state)]
+        grant = [*cli, "user", "grant", "alice"]
+        done = subprocess.run(
+            [*grant, "--framed-ip", "10.99.0.7", "--session-timeout", "3600", "--class", "a"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        granted = read_users(self.path)["alice"].authorization
+        self.assertEqual(
+            (str(granted.framed_ip), granted.session_timeout, granted.classes),
+            ("10.99.0.7", 3600, (b"a",)),
+        )
+        bad = subprocess.run(
+            [*grant, "--framed-ip", "10.99.0.300"], capture_output=True, text=True, timeout=30
+        )
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("framed_ip '10.99.0.300' is not an IPv4 address", bad.stderr)
+        record = json.loads(self.path.read_text())
+        record["users"]["alice"]["grants"] = {"session_timeout": -5}
+        self.path.write_text(json.dumps(record))
+        with self.assertRaises(UserStoreError) as caught:
+            read_users(self.path)
+        self.assertIn("'alice': session_timeout must be a positive number", str(caught.exception))
+
     def test_failed_reload_keeps_the_users_in_force(self):
         write_users(self.path, {"alice": User.create("alice", "x")})
         store = UserStore(self.path)

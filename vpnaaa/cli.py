@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import http.client
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from vpnaaa import config as configuration
 from vpnaaa import pki, private
+from vpnaaa.authorization import Authorization
 from vpnaaa.ike.proposal import PolicyError
 from vpnaaa.users import User, UserStoreError, locked, read_users, same_user, write_users
 
@@ -77,6 +79,34 @@ def user_passwd(args: argparse.Namespace) -> str:
         )
         write_users(path, users)
     return f"changed the password of {args.name} in {path}"
+
+
+def user_grant(args: argparse.Namespace) -> str:
+    """Set what a user's sessions are granted (as a RADIUS server's Access-Accept would):
+    a fixed virtual IP, a pool, a session timeout, an accounting interval, Class values."""
+    path, owners = _users_file(args)
+    with locked(path):
+        users = _existing(path, owners)
+        user = users.get(args.name)
+        if user is None:
+            raise SystemExit(f"vpnaaa: no user {args.name!r} in {path}")
+        record = {} if args.clear else user.authorization.to_json()
+        given = {
+            "framed_ip": args.framed_ip,
+            "framed_pool": args.pool,
+            "session_timeout": args.session_timeout,
+            "interim_interval": args.interim,
+            "class": args.classes,
+        }
+        record.update({k: v for k, v in given.items() if v is not None})
+        try:
+            granted = Authorization.from_json(record)
+        except ValueError as e:
+            raise SystemExit(f"vpnaaa: {e}") from None
+        users[args.name] = dataclasses.replace(user, authorization=granted)
+        write_users(path, users)
+    shown = ", ".join(f"{k} {v}" for k, v in granted.to_json().items()) or "nothing"
+    return f"{args.name} is granted {shown} (in {path}; the daemon reads it on SIGHUP)"
 
 
 def user_del(args: argparse.Namespace) -> str:
@@ -286,6 +316,19 @@ def parser() -> argparse.ArgumentParser:
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true")
     passwd.set_defaults(func=user_passwd)
+    grant = user.add_parser(
+        "grant", help="what a user's VPN sessions get (address, pool, timeouts, Class)"
+    )
+    grant.add_argument("name")
+    grant.add_argument("--framed-ip", help="this virtual IP instead of one from the pool")
+    grant.add_argument("--pool", help="the pool of the profile with this name")
+    grant.add_argument("--session-timeout", type=int, help="seconds a session may last")
+    grant.add_argument("--interim", type=int, help="seconds between accounting updates")
+    grant.add_argument(
+        "--class", dest="classes", action="append", help="a Class for accounting to echo"
+    )
+    grant.add_argument("--clear", action="store_true", help="forget what was granted before")
+    grant.set_defaults(func=user_grant)
     delete = user.add_parser("del", help="delete a user")
     delete.add_argument("name")
     delete.set_defaults(func=user_del)

@@ -35,6 +35,7 @@ from pathlib import Path
 from passlib.context import CryptContext
 
 from vpnaaa import mschap, private
+from vpnaaa.authorization import NOTHING, Authorization
 from vpnaaa.lockout import Lockout
 
 FORMAT_VERSION = 1
@@ -56,6 +57,7 @@ class User:
     password_hash: str = field(repr=False)
     nt_hash: bytes | None = field(default=None, repr=False)
     chap_password: str | None = field(default=None, repr=False)
+    authorization: Authorization = NOTHING  # what a session of this user is granted
 
     @classmethod
     def create(cls, name: str, password: str, *, mschap: bool = True, chap: bool = False) -> User:
@@ -76,12 +78,15 @@ class User:
             found.append("mschap")
         return found
 
-    def to_json(self) -> dict[str, str]:
-        record = {"password_hash": self.password_hash}
+    def to_json(self) -> dict[str, object]:
+        record: dict[str, object] = {"password_hash": self.password_hash}
         if self.nt_hash is not None:
             record["nt_hash"] = self.nt_hash.hex()
         if self.chap_password is not None:
             record["chap_password"] = self.chap_password
+        granted = self.authorization.to_json()
+        if granted:
+            record["grants"] = granted
         return record
 
     @classmethod
@@ -98,7 +103,11 @@ class User:
             raise ValueError("chap_password must be a string")
         if not pap_context.identify(record["password_hash"], required=False):
             raise ValueError("password_hash is not a hash passlib knows")
-        return cls(name, record["password_hash"], nt_hash, chap_password)
+        grants = record.get("grants", {})
+        if not isinstance(grants, dict):
+            raise ValueError("grants must be an object")
+        granted = Authorization.from_json(grants)
+        return cls(name, record["password_hash"], nt_hash, chap_password, granted)
 
 
 def mschap_hash(password: str) -> bytes:

@@ -6,11 +6,11 @@ are offered, in which order, is the caller's choice (a list of method factories)
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from vpnaaa.authorization import NOTHING, Authorization
 from vpnaaa.eap import packet
 from vpnaaa.eap.method import Done, Method, MethodError, Send
 from vpnaaa.eap.packet import Code, EapError, Type
@@ -29,21 +29,6 @@ class Challenge:
 
 
 @dataclass(frozen=True)
-class Authorization:
-    """What the AAA server granted with its Access-Accept: an address instead of the
-    pool's (Framed-IP-Address, RFC 2865 §5.8), a pool by name (Framed-Pool, RFC 2869
-    §5.18), a hard end for the session (Session-Timeout, RFC 2865 §5.27), the accounting
-    interval (Acct-Interim-Interval, RFC 2869 §5.16), and the Class values accounting must
-    echo (RFC 2865 §5.25)."""
-
-    framed_ip: ipaddress.IPv4Address | None = None
-    framed_pool: str | None = None
-    session_timeout: int | None = None  # seconds
-    interim_interval: int | None = None  # seconds
-    classes: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True)
 class Success:
     """Authenticated: send ``eap`` (EAP-Success); ``msk`` keys the link (RFC 3748 §7.10).
     ``verified``: the method authenticated ``identity`` itself; False when it is only the
@@ -54,7 +39,7 @@ class Success:
     msk: bytes = field(repr=False)
     method: str
     verified: bool = True
-    authorization: Authorization = Authorization()
+    authorization: Authorization = NOTHING
 
 
 @dataclass(frozen=True)
@@ -169,7 +154,10 @@ class Conversation:
         method = Type(self.method.type).name if self.method is not None else ""
         if done.success:
             self.identity = done.identity or self.identity
-            return Success(packet.success(identifier).encode(), self.identity, done.msk, method)
+            success = packet.success(identifier).encode()
+            return Success(
+                success, self.identity, done.msk, method, authorization=done.authorization
+            )
         return Failure(
             packet.failure(identifier).encode(), done.identity or self.identity, done.reason
         )

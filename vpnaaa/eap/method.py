@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vpnaaa.authorization import NOTHING, Authorization
 from vpnaaa.users import Candidate
 
 
@@ -28,6 +29,7 @@ class Done:
     identity: str = ""
     msk: bytes = field(default=b"", repr=False)
     reason: str = ""
+    authorization: Authorization = NOTHING  # what the user's record grants
 
 
 Step = Send | Done

@@ -105,7 +105,9 @@ class MsChapV2:
         if not ok:
             return self._fail(ms_id, username, "wrong password")
         send_key, recv_key = mschap.server_mppe_keys(user.nt_hash, nt_response)
-        self.outcome = Done(True, identity=user.name, msk=recv_key + send_key)
+        self.outcome = Done(
+            True, identity=user.name, msk=recv_key + send_key, authorization=user.authorization
+        )
         proof = mschap.generate_authenticator_response(
             user.nt_hash, nt_response, peer_challenge, self.challenge, hashed_name
         )

@@ -193,7 +193,7 @@ class Peap:
                         False, identity=inner.identity, reason="cryptobinding Compound MAC mismatch"
                     )
                 msk = self.binding.msk()
-        return Done(True, identity=inner.identity, msk=msk)
+        return Done(True, identity=inner.identity, msk=msk, authorization=inner.authorization)
 
 
 # Phase -> handler, unbound: a table of bound methods on the instance would be a reference

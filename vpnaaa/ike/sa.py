@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from vpnaaa import logs
-from vpnaaa.eap.authenticator import Authorization, Result
+from vpnaaa.authorization import Authorization
+from vpnaaa.eap.authenticator import Result
 from vpnaaa.ike import fragments, proposal, sk
 from vpnaaa.ike.common import (
     TRANSITIONS,

@@ -39,8 +39,9 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import LogLevel
 
 from vpnaaa import logs
+from vpnaaa.authorization import Authorization
 from vpnaaa.eap import packet
-from vpnaaa.eap.authenticator import Authorization, Challenge, Failure, Result, Success
+from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
 from vpnaaa.eap.packet import Code, Type
 from vpnaaa.eap.table import ConversationTable
 from vpnaaa.net import MIB, large_receive_buffer
