@@ -242,6 +242,13 @@ def disconnect(args: argparse.Namespace) -> str:
     return _admin(args, "POST", "/disconnect?" + urllib.parse.urlencode({"who": args.who}))
 
 
+def keylog(args: argparse.Namespace) -> str:
+    """Switch the running daemon's keys for Wireshark on or off, or say whether they are."""
+    if args.state is None:
+        return _admin(args, "GET", "/keylog")
+    return _admin(args, "POST", "/keylog?" + urllib.parse.urlencode({"state": args.state}))
+
+
 def _admin(args: argparse.Namespace, method: str, target: str) -> str:
     """One request to the running daemon's admin API: on its UNIX socket, or on TCP with
     the bearer token when ``[admin]`` has no socket; the body, or exit with the reason."""
@@ -362,6 +369,11 @@ def parser() -> argparse.ArgumentParser:
     )
     ended.add_argument("who", help="a user name, or a session id as `vpnaaa sessions` shows")
     ended.set_defaults(func=disconnect)
+    keys = sub.add_parser(
+        "keylog", help="log keys for Wireshark (IKE, ESP, PEAP TLS): anyone with them reads it"
+    )
+    keys.add_argument("state", nargs="?", choices=("on", "off"), help="without: show the state")
+    keys.set_defaults(func=keylog)
     sub.add_parser(
         "admin-token", help="create the bearer token the admin API needs on TCP"
     ).set_defaults(func=admin_token)

@@ -208,6 +208,14 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class DebugConfig:
+    """``[debug]``: keys for Wireshark (:mod:`vpnaaa.keylog`), off unless ``keylog``."""
+
+    keylog: bool = False
+    keylog_dir: Path = Path(DEFAULT_STATE_DIR) / "keylog"
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     state_dir: Path
@@ -218,6 +226,7 @@ class Config:
     ike: IkeConfig
     admin: AdminConfig
     daemon: DaemonConfig = DaemonConfig()
+    debug: DebugConfig = DebugConfig()
 
 
 class _Section:
@@ -492,8 +501,19 @@ def _load(
     )
     ike = _ike(root.sub("ike"), state, eap.tls, config_path)
     admin = _admin(root.sub("admin"), state)
+    debug = _debug(root.sub("debug"), state)
     root.finish()
-    return Config(source, state, log_level, users, radius, eap, ike, admin, daemon)
+    return Config(source, state, log_level, users, radius, eap, ike, admin, daemon, debug)
+
+
+def _debug(section: _Section, state_dir: Path) -> DebugConfig:
+    """``[debug]``: the key log and its directory (relative to state_dir)."""
+    keylog = section.get("keylog", bool, False)
+    directory = section.get("keylog_dir", str, "keylog")
+    section.finish()
+    if not directory:
+        raise section.error("keylog_dir", "must name a directory")
+    return DebugConfig(keylog, state_dir / directory)
 
 
 def _admin(section: _Section, state_dir: Path) -> AdminConfig:

@@ -33,6 +33,7 @@ from vpnaaa.ike.protocol import IkePort, Limits, Responder, Timing
 from vpnaaa.ike.sa import Profile, ResponderContext
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
+from vpnaaa.keylog import KeyLog, KeyLogError
 from vpnaaa.lockout import Lockout
 from vpnaaa.net import large_receive_buffer
 from vpnaaa.pki import load_server_identity
@@ -145,10 +146,13 @@ class VpnaaaService(service.MultiService):
         )
         count = self.users.load()
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
+        self.keylog = KeyLog(config.debug.keylog_dir, owners)
         self.backend = auth.LocalBackend(self.users, reactor, config.radius.pap_queue)
         self.eap: EapEngine | None = None
         if config.eap.enabled and config.radius.enabled:
-            self.eap = build_eap_engine(config.eap, config.eap.methods, self.users, reactor)
+            self.eap = build_eap_engine(
+                config.eap, config.eap.methods, self.users, reactor, self.keylog
+            )
             self._expire_regularly(self.eap)
         self.radius: RadiusService | None = None
         if config.radius.enabled:
@@ -158,6 +162,7 @@ class VpnaaaService(service.MultiService):
         if config.ike.enabled is not False:
             owners = private.trusted_owners(config.daemon.user)
             self.ike = IkeService(config.ike, self._ike_profiles(config), reactor, owners)
+            self.ike.responder.keylog = self.keylog
             self.ike.setServiceParent(self)
         if config.admin.enabled:
             for admin in admin_services(self, config.admin):
@@ -191,7 +196,9 @@ class VpnaaaService(service.MultiService):
                 continue
             engine = engines.get(profile.eap_methods)
             if engine is None:
-                engine = build_eap_engine(config.eap, profile.eap_methods, self.users, self.reactor)
+                engine = build_eap_engine(
+                    config.eap, profile.eap_methods, self.users, self.reactor, self.keylog
+                )
                 engines[profile.eap_methods] = engine
                 self._expire_regularly(engine)
             chosen.append((profile, engine))
@@ -254,9 +261,31 @@ class VpnaaaService(service.MultiService):
 
     def startService(self) -> None:
         try:
+            if self.config.debug.keylog:
+                self.switch_keylog(True, "[debug] keylog = true")
             super().startService()
-        except StartupError as e:
+        except (StartupError, KeyLogError) as e:
             self.abort(str(e))
+
+    def stopService(self) -> defer.Deferred[Any]:
+        d = defer.maybeDeferred(super().stopService)
+        return d.addBoth(lambda result: (self.keylog.close(), result)[1])
+
+    def switch_keylog(self, on: bool, by: str) -> str:
+        """Keys for Wireshark on (with those of the SAs already up) or off; raises
+        :class:`KeyLogError` when the files cannot be opened. Returns where they go."""
+        if not on:
+            self.keylog.disable(by)
+            return f"Wireshark key log off; {self.keylog.directory} keeps what was logged"
+        if not self.keylog.enabled:
+            self.keylog.enable(by)
+            if self.ike is not None:
+                self.keylog.existing(list(self.ike.responder.sas.values()))
+        files = ", ".join(str(path) for path in self.keylog.paths())
+        return (
+            f"Wireshark key log on: {files}; anyone with these files and a capture reads the "
+            "traffic"
+        )
 
     def abort(self, reason: str) -> None:
         """Stop with one log line and exit status 1: never run half-configured. Outside
@@ -300,16 +329,24 @@ class VpnaaaService(service.MultiService):
 
 @functools.cache
 def peap_context(
-    key: Path, certificate: Path, chain: Path | None, owners: frozenset[int]
+    key: Path,
+    certificate: Path,
+    chain: Path | None,
+    owners: frozenset[int],
+    keylog: KeyLog | None = None,
 ) -> SSL.Context:
     """The PEAP TLS server context, made (and logged) once for the RADIUS and IKE engines."""
     identity = load_server_identity(key, certificate, chain, owners)
     log.info("PEAP server certificate: {subject}", subject=identity.cert.subject.rfc4514_string())
-    return server_context(identity)
+    return server_context(identity, keylog.tls if keylog is not None else None)
 
 
 def build_eap_engine(
-    config: EapConfig, names: Sequence[str], users: UserStore, reactor: Any
+    config: EapConfig,
+    names: Sequence[str],
+    users: UserStore,
+    reactor: Any,
+    keylog: KeyLog | None = None,
 ) -> EapEngine:
     """An EAP engine offering the methods ``names``, in that order."""
 
@@ -320,7 +357,7 @@ def build_eap_engine(
     if "peap" in names:
         tls = config.tls
         owners = frozenset(users.owners or private.trusted_owners())
-        context = peap_context(tls.key, tls.certificate, tls.chain, owners)
+        context = peap_context(tls.key, tls.certificate, tls.chain, owners, keylog)
 
         def peap(source: str | None) -> Peap:
             inner = [(Type.MSCHAPV2, mschapv2)]

@@ -26,7 +26,9 @@
 # EAP-MSCHAPv2 + virtual IP; the gateway holds exactly the CHILD_SA's two SAs (vpnaaa's reqid
 # range, the client's SPIs, espinudp 4500/4500 behind the NAT) and in/fwd/out policies; a
 # ping from the virtual IP to vk-lan gets every answer; `tcpdump -Q out` on both ends of the
-# client link sees only ESP (ESP-in-UDP), never ICMP in clear; SA counters count the pings
+# client link sees only ESP (ESP-in-UDP), never ICMP in clear, and tshark decrypts that ESP
+# to the pings with the esp_sa file of vpnaaa's key log ([debug] keylog, mode 0600, the
+# daemon user's); SA counters count the pings
 # and grow with a second ping; `swanctl --rekey --child` during a running ping loses nothing
 # and leaves two new SAs with the same reqid; `swanctl --terminate` leaves no SA and no
 # policy on the gateway. Plain case only: a second CHILD_SA whose algorithm the kernel lacks
@@ -188,6 +190,8 @@ prepare() {
     mkdir -p "$STATE"
     chmod 700 "$STATE"
     vpnaaa_config "$STATE/vpnaaa.toml"
+    # keys for Wireshark (state_dir/keylog): tshark decrypts the captured ESP below
+    printf '[debug]\nkeylog = true\n' >>"$STATE/vpnaaa.toml"
     # the last phase's daemon: quick liveness checks and give-up, short CHILD_SA lifetimes
     vpnaaa_config "$STATE/vpnaaa-lifecycle.toml" "dpd_delay = $LC_DPD
 retransmit_timeout = $LC_RT_TIMEOUT
@@ -504,6 +508,16 @@ check_capture() { # CASE FILE SIDE ESP-FILTER: only ESP, at least 5 packets, no 
         test "$esp_n" -ge 5 -a "$icmp" -eq 0 -a "$other" -eq 0
 }
 
+check_decrypted() { # CASE FILE SIDE ICMP-TYPE: tshark reads the ESP with vpnaaa's esp_sa
+    local case=$1 file=$2 side=$3 type=$4 keys=$STATE/keylog n mode
+    n=$(WIRESHARK_CONFIG_DIR="$keys" tshark -n -r "$file" -o esp.enable_encryption_decode:TRUE \
+        -Y "esp && icmp.type == $type" 2>/dev/null | wc -l)
+    check "$case: tshark decrypts the $side ESP with the key log ($n ICMP type $type)" \
+        "see $keys/esp_sa and $file" test "$n" -ge 5
+    mode=$(stat -c '%a %U' "$keys/esp_sa" "$keys/ikev2_decryption_table" | sort -u)
+    check "$case: key log files are mode 600, the daemon user's" "$mode" test "$mode" = "600 vpnaaa"
+}
+
 sa_pair_ok() { # CASE CLIENT-NS ENCAP(0/1) REMOTE: two SAs, our reqid, the client's SPIs
     local case=$1 ns=$2 encap=$3 remote=$4 lines
     lines=$(gw_sas)
@@ -574,6 +588,8 @@ client_case() { # CASE CLIENT-NAME NS REMOTE ENCAP IFACE-GW IFACE-CLIENT ESP-FIL
     capture_stop
     check_capture "$case" "$OUT/$name-gw-out.pcap" "gateway $gwif" "$esp"
     check_capture "$case" "$OUT/$name-client-out.pcap" "client $clif" "$esp"
+    check_decrypted "$case" "$OUT/$name-gw-out.pcap" "gateway's" 0      # echo replies
+    check_decrypted "$case" "$OUT/$name-client-out.pcap" "client's" 8   # echo requests
 
     local before after
     before=$(bytes_by_spi)

@@ -3,6 +3,7 @@
 GET /sessions      JSON list of live sessions (vpnaaa.sessions)
 GET /sessions.txt  the same for people (`vpnaaa sessions`)
 POST /disconnect  end a user's sessions or one session (`vpnaaa disconnect`)
+GET|POST /keylog   whether keys for Wireshark are logged; ?state=on|off switches (`vpnaaa keylog`)
 GET /metrics       Prometheus text format: sessions, pool use, live EAP conversations
 
 It listens on a UNIX socket in the state directory, mode 0600 and owned by the daemon user,
@@ -24,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from vpnaaa import sessions
 from vpnaaa.config import AdminConfig
+from vpnaaa.keylog import KeyLogError
 
 
 class _Sessions(resource.Resource):
@@ -94,6 +96,36 @@ class _Disconnect(resource.Resource):
 _SESSION_ID = re.compile(r"[0-9A-Fa-f]{16}")
 
 
+class _KeyLog(resource.Resource):
+    """GET /keylog: whether keys for Wireshark are logged (:mod:`vpnaaa.keylog`);
+    POST /keylog?state=on|off switches it (a warning in the daemon's log either way)."""
+
+    isLeaf = True
+
+    def __init__(self, daemon: Any) -> None:
+        super().__init__()
+        self.daemon = daemon
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        keylog = self.daemon.keylog
+        state = "on" if keylog.enabled else "off"
+        return f"Wireshark key log {state} ({keylog.directory})\n".encode()
+
+    def render_POST(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        state = (request.args.get(b"state") or [b""])[0]
+        if state not in (b"on", b"off"):
+            request.setResponseCode(400)
+            return b"state=on or state=off\n"
+        try:
+            text = self.daemon.switch_keylog(state == b"on", "by the administrator (admin API)")
+        except KeyLogError as e:
+            request.setResponseCode(409)
+            return f"cannot switch the key log on: {e}\n".encode()
+        return f"{text}\n".encode()
+
+
 class _Metrics(resource.Resource):
     isLeaf = True
 
@@ -156,6 +188,7 @@ def admin_services(daemon: Any, config: AdminConfig) -> list[service.Service]:
     root.putChild(b"sessions.txt", _Sessions(daemon, text=True))
     root.putChild(b"metrics", _Metrics(daemon))
     root.putChild(b"disconnect", _Disconnect(daemon))
+    root.putChild(b"keylog", _KeyLog(daemon))
     found: list[service.Service] = []
     if config.socket is not None:
         unix = internet.UNIXServer(str(config.socket), _site(root), mode=0o600, wantPID=True)

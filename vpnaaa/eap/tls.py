@@ -11,6 +11,7 @@ by an empty request; each of ours with M set waits for the peer's empty response
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from OpenSSL import SSL, crypto
 
@@ -43,11 +44,14 @@ CIPHERS = (
 )
 
 
-def server_context(identity: ServerIdentity) -> SSL.Context:
+def server_context(
+    identity: ServerIdentity, keylog: Callable[[bytes], None] | None = None
+) -> SSL.Context:
     """A TLS 1.2 server context for PEAP (TLS 1.3 needs RFC 9427, not done here): the
     :data:`CIPHERS` only, our preference over the client's, no renegotiation (a TLS
     renegotiation inside PEAP serves no peer and is attack surface, RFC 5746), no
-    tickets, no compression (CRIME), no session cache (no resumption)."""
+    tickets, no compression (CRIME), no session cache (no resumption). ``keylog`` gets
+    each handshake's secrets as an NSS key log line (:meth:`vpnaaa.keylog.KeyLog.tls`)."""
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_max_proto_version(SSL.TLS1_2_VERSION)
@@ -64,6 +68,8 @@ def server_context(identity: ServerIdentity) -> SSL.Context:
     for certificate in identity.chain:
         context.add_extra_chain_cert(crypto.X509.from_cryptography(certificate))
     context.check_privatekey()
+    if keylog is not None:
+        context.set_keylog_callback(lambda _connection, line: keylog(line))
     return context
 
 

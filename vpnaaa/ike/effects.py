@@ -9,13 +9,15 @@ through :meth:`IkeSa.eap_result` and :meth:`IkeSa.child_installed`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vpnaaa.kernel.installer import ChildSaSpec
 
 if TYPE_CHECKING:
     from vpnaaa.ike.common import Ending
+    from vpnaaa.ike.keys import IkeKeys
+    from vpnaaa.ike.proposal import Choice
     from vpnaaa.ike.sa import Endpoint, IkeSa
 
 
@@ -101,6 +103,23 @@ class Remove:
 
 
 @dataclass(frozen=True)
+class Keyed:
+    """An IKE SA's keys exist (§2.14; §2.18 for a rekey), for the Wireshark key log
+    (:mod:`vpnaaa.keylog`) when it is on. ``spi_i`` is the SA's original initiator's
+    (ours for an IKE SA our rekey made); ``keys.sk_ei`` protects that side's messages."""
+
+    spi_i: bytes
+    spi_r: bytes
+    choice: Choice
+    keys: IkeKeys = field(repr=False)
+
+    @classmethod
+    def of(cls, sa: IkeSa) -> Keyed:
+        assert sa.crypto is not None and sa.ike_choice is not None
+        return cls(sa.spi_i, sa.spi_r, sa.ike_choice, sa.crypto.keys)
+
+
+@dataclass(frozen=True)
 class Established:
     """IKE_AUTH finished: a session began (INITIAL_CONTACT, uniqueness, lifetimes)."""
 
@@ -144,6 +163,7 @@ Effect = (
     | ChildUp
     | RetryRekey
     | Remove
+    | Keyed
     | Established
     | Rekeyed
     | Spawn

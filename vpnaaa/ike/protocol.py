@@ -42,6 +42,7 @@ from vpnaaa.ike.effects import (
     Heard,
     Install,
     InstallOutbound,
+    Keyed,
     Rekeyed,
     Remove,
     RetryRekey,
@@ -71,6 +72,7 @@ from vpnaaa.ike.sa import (
 )
 from vpnaaa.kernel.installer import ChildSaInstaller, ChildSaSpec
 from vpnaaa.kernel.xfrm_installer import ExpireEvent
+from vpnaaa.keylog import KeyLog
 from vpnaaa.net import source_prefix
 
 log = logs.get("vpnaaa.ike")
@@ -200,6 +202,7 @@ class Responder:
         self._esp_seen: dict[bytes, int] = {}  # our SPI -> inbound ESP octets at last look
         self._by_user: dict[str, list[IkeSa]] = {}  # user_key -> its established IKE SAs
         self.observers: list[SessionObserver] = []
+        self.keylog: KeyLog | None = None  # keys for Wireshark, when switched on
         context.sessions_of = self.sessions_of
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
@@ -486,8 +489,14 @@ class Responder:
         if self._serving(sa):  # else it expired or was deleted while the backend worked
             self._run(sa, sa.eap_result(*step))
 
+    def _keyed(self, sa: IkeSa, effect: Keyed) -> None:
+        if self.keylog is not None:
+            self.keylog.ike_sa(effect)
+
     def _install(self, sa: IkeSa, effect: Install) -> None:
         spec = effect.spec
+        if self.keylog is not None:
+            self.keylog.esp_sa(spec)
 
         def done(_: object) -> None:
             if not self._serving(sa):  # gone while the kernel worked: take it out again
@@ -914,6 +923,7 @@ _EFFECTS: dict[type, Callable[[Responder, IkeSa, Any], None]] = {
     ChildUp: Responder._child_up,
     RetryRekey: Responder._retry_rekey,
     Remove: Responder._remove,
+    Keyed: Responder._keyed,
     Established: Responder._established_effect,
     Rekeyed: Responder._rekeyed,
     Spawn: Responder._spawn,

@@ -26,7 +26,7 @@ from vpnaaa.ike.common import (
     valid_nonce,
 )
 from vpnaaa.ike.const import HashAlgorithm, NotifyType, PayloadType
-from vpnaaa.ike.effects import Drop, Effects, Send
+from vpnaaa.ike.effects import Drop, Effects, Keyed, Send
 from vpnaaa.ike.message import Entry, Header, Ke, Message, Nonce, Sa, encode_message
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def respond(sa: IkeSa, message: Message, raw: bytes) -> Effects:
         suite=sa.suite,
         nat=", NAT detected" if sa.nat_detected else "",
     )
-    return sa.remember(header, [response])
+    return (Keyed.of(sa), *sa.remember(header, [response]))
 
 
 def _refuse(sa: IkeSa, header: Header, entry: Entry, reason: str) -> Effects:

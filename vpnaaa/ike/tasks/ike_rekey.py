@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from vpnaaa.ike import keys, proposal, transforms
 from vpnaaa.ike.common import EndCause, Ending, Event, State, derive, log, notify, valid_nonce
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
-from vpnaaa.ike.effects import Effects, Rekeyed, RetryRekey, Spawn
+from vpnaaa.ike.effects import Effects, Keyed, Rekeyed, RetryRekey, Spawn
 from vpnaaa.ike.message import Entry, Header, Ke, Message, Nonce, Sa
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def respond(sa: IkeSa, header: Header, inner: Message, offer: Sa) -> Effects:
         (PayloadType.NONCE, Nonce(nr)),
         (PayloadType.KE, Ke(ke.group, public)),
     ]
-    return (*sa.respond(header, entries), Rekeyed(sa, successor))
+    return (Keyed.of(successor), *sa.respond(header, entries), Rekeyed(sa, successor))
 
 
 def _busy(sa: IkeSa) -> str | None:
@@ -141,6 +141,13 @@ class RekeyIke:
         )
         new.crypto = derive(choice, seed, self.ni, nonce.data, self.spi, peer_spi, initiator=True)
         new.ike_choice, new.port = choice, sa.port
+        return (Keyed.of(new), *self._adopt(sa, new, nonce.data))
+
+    def _adopt(self, sa: IkeSa, new: IkeSa, nr: bytes) -> Effects:
+        """Where the IKE SA our rekey made goes: the session moves to it, or it is
+        redundant (§2.8.2) or unwanted, and deleted."""
+        choice = new.ike_choice
+        assert choice is not None
         if sa.closing:  # §2.25.2: we are deleting it; the session must not move on
             return _unwanted(new, f"the session is being deleted ({sa.closing_cause})")
         if self.collision is None:
@@ -148,7 +155,7 @@ class RekeyIke:
             _rekeyed(sa, new, choice)
             return (Rekeyed(sa, new), *sa.delete(REKEYED))
         theirs, their_ni, our_nr = self.collision
-        if min(self.ni, nonce.data, their_ni, our_nr) in (self.ni, nonce.data):
+        if min(self.ni, nr, their_ni, our_nr) in (self.ni, nr):
             return _unwanted(new, "redundant: the client's simultaneous IKE rekey won (§2.8.2)")
         new.take_over(theirs)  # ours won: the client deletes its redundant one
         _rekeyed(sa, new, choice)
