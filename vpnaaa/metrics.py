@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.python.threadable import isInIOThread
+from twisted.python import threadable
 
 from vpnaaa.ike.common import EndCause, Ending
 from vpnaaa.ike.const import ExchangeType
@@ -112,8 +112,13 @@ class Metrics:
         return iter(_in_reactor(self.reactor, self.families))
 
     def families(self) -> list[Metric]:
-        """Every metric family as it stands (call in the reactor thread)."""
-        return [*self._ike(), *self._sessions(), *self._eap(), *self._radius()]
+        """The families of the parts watched, as they stand (call in the reactor thread)."""
+        found = [*self._ike(), *self._sessions()] if self.responders else []
+        if self.eap:
+            found += self._eap()
+        if self.radius:
+            found += self._radius()
+        return found
 
     def _ike(self) -> list[Metric]:
         sas = _gauge("vpnaaa_ike_sas", "IKE SAs the gateway holds, half-open ones included")
@@ -218,6 +223,7 @@ class Metrics:
             live.add_metric([kind], n)
         for state, n in sorted(relayed.items()):
             waiting.add_metric([state], n)
+        relay = [waiting] if relayed else []
         ended = _counter(
             "vpnaaa_eap_outcomes",
             "EAP conversations finished, by backend, method (for the relay: the type of the "
@@ -225,7 +231,7 @@ class Metrics:
             outcomes,
             ["backend", "method", "result"],
         )
-        return [live, ended, waiting]
+        return [live, ended, *relay]
 
     def _radius(self) -> list[Metric]:
         requests: Counter[tuple[str, str, str]] = Counter()
@@ -306,8 +312,9 @@ def _code(code: int) -> str:
 
 
 def _in_reactor(reactor: Any, read: Callable[[], T]) -> T:
-    """``read()`` in the reactor thread (at once when already there), its result here."""
-    if isInIOThread():
+    """``read()`` in the reactor thread (at once when already there, or when no reactor
+    runs: a test on a fake clock), its result here."""
+    if threadable.ioThread is None or threadable.isInIOThread():
         return read()
     done = threading.Event()
     box: list[Any] = []
