@@ -19,7 +19,6 @@ import json
 import re
 from typing import Any
 
-from prometheus_client.twisted import MetricsResource
 from twisted.application import internet, service
 from twisted.internet import address
 from twisted.web import resource, server
@@ -137,6 +136,9 @@ def _site(root: resource.Resource, unix: bool = False) -> server.Site:
 
 def admin_services(daemon: Any, config: AdminConfig) -> list[service.Service]:
     """The admin API on the UNIX socket and, when configured, on TCP behind the token."""
+    # prometheus-client's Twisted resource imports the global reactor: only once it is chosen
+    from prometheus_client.twisted import MetricsResource
+
     root = resource.Resource()
     root.putChild(b"sessions", _Sessions(daemon, text=False))
     root.putChild(b"sessions.txt", _Sessions(daemon, text=True))
