@@ -10,6 +10,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
@@ -72,6 +73,12 @@ class AdminTests(unittest.TestCase):
         agent = client.Agent.usingEndpointFactory(reactor, UnixEndpoints(sock))
         response = yield agent.request(b"GET", b"http://localhost/metrics")
         self.assertEqual(response.code, 200)
+        # prometheus-client's MetricsResource: no IKE, no RADIUS here, so no figures
+        # (tests/test_metrics.py and the interop tests scrape a working daemon)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type")[0][:10], b"text/plain")
+        self.assertEqual(
+            list(text_string_to_metric_families((yield client.readBody(response)).decode())), []
+        )
         output, code = yield self.cli_sessions(path)
         self.assertEqual((output.strip(), code), ("[]", 0))
 
@@ -95,6 +102,14 @@ class AdminTests(unittest.TestCase):
         response = yield agent.request(b"GET", url, headers)
         self.assertEqual(response.code, 200)
         self.assertEqual((yield client.readBody(response)), b"[]")
+        metrics = url.replace(b"/sessions", b"/metrics")
+        response = yield agent.request(b"GET", metrics, client.Headers({}))
+        self.assertEqual(response.code, 401)
+        yield client.readBody(response)
+        response = yield agent.request(b"GET", metrics, headers)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type")[0][:10], b"text/plain")
+        yield client.readBody(response)
         # the CLI finds no socket in the configuration and sends the token over TCP
         text = write_config(path, path.read_text().replace("port = 0", f"port = {port}"))
         output, code = yield self.cli_sessions(text)

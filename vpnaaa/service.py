@@ -35,6 +35,7 @@ from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
 from vpnaaa.keylog import KeyLog, KeyLogError
 from vpnaaa.lockout import Lockout
+from vpnaaa.metrics import for_daemon
 from vpnaaa.net import large_receive_buffer
 from vpnaaa.pki import load_server_identity
 from vpnaaa.pool import AddressPool
@@ -164,6 +165,7 @@ class VpnaaaService(service.MultiService):
             self.ike = IkeService(config.ike, self._ike_profiles(config), reactor, owners)
             self.ike.responder.keylog = self.keylog
             self.ike.setServiceParent(self)
+        self.metrics = for_daemon(self)  # the admin API serves them
         if config.admin.enabled:
             for admin in admin_services(self, config.admin):
                 admin.setServiceParent(self)

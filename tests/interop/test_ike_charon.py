@@ -21,6 +21,7 @@ from twisted.web import client as client_agent
 from tests.interop import charon
 from tests.support import add_users, state_dir, write_config
 from tests.test_admin import UnixEndpoints
+from tests.test_metrics import Scraped
 from vpnaaa import config as configuration
 from vpnaaa import pki, sessions
 from vpnaaa.service import make_service
@@ -58,6 +59,13 @@ def assert_established(
     # kernel-libipsec makes charon fake a NAT: ESP goes in UDP, both ends on 4500 (§2.23)
     case.assertEqual(spec.encapsulation, (4500, 4500))
     return sa, child, spec
+
+
+@defer.inlineCallbacks
+def scrape(agent: Any) -> Generator[defer.Deferred[Any], Any, Scraped]:
+    """GET /metrics on the admin API, parsed by prometheus-client's parser."""
+    response = yield agent.request(b"GET", b"http://localhost/metrics")
+    return Scraped((yield client_agent.readBody(response)).decode())
 
 
 class CharonTestCase(unittest.TestCase):
@@ -164,9 +172,11 @@ class EapMsChapV2Tests(CharonTestCase):
 
     @defer.inlineCallbacks
     def test_session_view_over_the_admin_api(self):
-        """GET /sessions on the admin socket: the user, the virtual IP, the SAs charon has."""
+        """GET /sessions on the admin socket: the user, the virtual IP, the SAs charon has;
+        GET /metrics (prometheus-client's resource, read by its own parser) while the
+        session is up and after charon terminated it."""
         self.start_gateway()
-        _, sa, child = yield self.established()
+        client, sa, child = yield self.established()
         socket = UnixEndpoints(self.state / "admin.sock")
         agent = client_agent.Agent.usingEndpointFactory(reactor, socket)
         response = yield agent.request(b"GET", b"http://localhost/sessions")
@@ -178,10 +188,25 @@ class EapMsChapV2Tests(CharonTestCase):
         self.assertEqual(
             (esp["spi_in"], esp["spi_out"]), (f"{child.spi_out:08x}", f"{child.spi_in:08x}")
         )
-        response = yield agent.request(b"GET", b"http://localhost/metrics")
-        metrics = (yield client_agent.readBody(response)).decode()
-        self.assertIn("vpnaaa_sessions 1\n", metrics)
-        self.assertIn("vpnaaa_pool_leased 1\n", metrics)
+        profile = {"profile": self.daemon.ike.responder.context.profiles[0].name}
+        up = yield scrape(agent)
+        self.assertEqual(up("vpnaaa_sessions", **profile), 1)
+        self.assertEqual(up("vpnaaa_pool_leased", **profile), 1)
+        self.assertEqual(up("vpnaaa_sessions_started_total", **profile), 1)
+        self.assertEqual(up("vpnaaa_ike_exchanges_total", exchange="IKE_SA_INIT", result="ok"), 1)
+        eap = {"backend": "local", "method": "mschapv2", "result": "success"}
+        self.assertEqual(up("vpnaaa_eap_outcomes_total", **eap), 1)
+        self.assertNotIn("alice", up.text)
+        result = yield client.terminate()
+        self.assertTrue(result.ok, result.output)
+        down = yield scrape(agent)
+        self.assertEqual(down("vpnaaa_sessions", **profile), 0)
+        self.assertEqual(down("vpnaaa_pool_leased", **profile), 0)
+        ended = {"cause": "client_delete", **profile}
+        self.assertEqual(down("vpnaaa_session_ends_total", **ended), 1)
+        self.assertEqual(
+            down("vpnaaa_ike_exchanges_total", exchange="INFORMATIONAL", result="ok"), 1
+        )
 
     @defer.inlineCallbacks
     def test_terminate_removes_child_and_lease(self):

@@ -4,7 +4,8 @@ GET /sessions      JSON list of live sessions (vpnaaa.sessions)
 GET /sessions.txt  the same for people (`vpnaaa sessions`)
 POST /disconnect  end a user's sessions or one session (`vpnaaa disconnect`)
 GET|POST /keylog   whether keys for Wireshark are logged; ?state=on|off switches (`vpnaaa keylog`)
-GET /metrics       Prometheus text format: sessions, pool use, live EAP conversations
+GET /metrics       Prometheus text format (prometheus-client, vpnaaa.metrics): sessions,
+                   IKE exchanges, EAP outcomes, RADIUS requests, pools, traffic, ...
 
 It listens on a UNIX socket in the state directory, mode 0600 and owned by the daemon user,
 so only that user and root reach it (`vpnaaa sessions`); on TCP only when ``[admin] listen``
@@ -20,6 +21,7 @@ import re
 from typing import Any
 
 from twisted.application import internet, service
+from twisted.internet import address
 from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET
 
@@ -126,36 +128,19 @@ class _KeyLog(resource.Resource):
         return f"{text}\n".encode()
 
 
-class _Metrics(resource.Resource):
-    isLeaf = True
+class _UnixRequest(server.Request):
+    """A request on the UNIX socket. WSGI (prometheus-client's MetricsResource) wants the
+    peer's and our host and port (PEP 3333 REMOTE_ADDR, SERVER_PORT), which a UNIX socket
+    has not: its peers are local, so both are the loopback address."""
 
-    def __init__(self, daemon: Any) -> None:
-        super().__init__()
-        self.daemon = daemon
+    def getClientAddress(self) -> address.IPv4Address:
+        return _LOCAL
 
-    def render_GET(self, request: server.Request) -> bytes:
-        lines = []
+    def getHost(self) -> address.IPv4Address:
+        return _LOCAL
 
-        def gauge(name: str, value: int, text: str) -> None:
-            lines.extend([f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value}"])
 
-        ike = self.daemon.ike
-        if ike is not None:
-            responder = ike.responder
-            established = sum(1 for sa in responder.sas.values() if sa.established_at)
-            gauge("vpnaaa_ike_sas", len(responder.sas), "IKE SAs, half-open included")
-            gauge("vpnaaa_sessions", established, "established IKE SAs")
-            pools = [profile.pool for profile in responder.context.profiles]
-            gauge("vpnaaa_pool_leased", sum(p.leased for p in pools), "virtual IPs leased")
-            gauge("vpnaaa_pool_free", sum(p.free for p in pools), "virtual IPs free")
-        if self.daemon.eap is not None:
-            gauge(
-                "vpnaaa_eap_conversations",
-                len(self.daemon.eap),
-                "live EAP conversations of the RADIUS server",
-            )
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4")
-        return ("\n".join(lines) + "\n").encode()
+_LOCAL = address.IPv4Address("TCP", "127.0.0.1", 0)
 
 
 class _Bearer(resource.Resource):
@@ -175,23 +160,28 @@ class _Bearer(resource.Resource):
         return self.protected.getChildWithDefault(path, request)
 
 
-def _site(root: resource.Resource) -> server.Site:
-    site = server.Site(root)
+def _site(root: resource.Resource, unix: bool = False) -> server.Site:
+    site = server.Site(root, requestFactory=_UnixRequest if unix else server.Request)
     site.noisy = False
     return site
 
 
 def admin_services(daemon: Any, config: AdminConfig) -> list[service.Service]:
     """The admin API on the UNIX socket and, when configured, on TCP behind the token."""
+    # prometheus-client's Twisted resource imports the global reactor: only once it is chosen
+    from prometheus_client.twisted import MetricsResource
+
     root = resource.Resource()
     root.putChild(b"sessions", _Sessions(daemon, text=False))
     root.putChild(b"sessions.txt", _Sessions(daemon, text=True))
-    root.putChild(b"metrics", _Metrics(daemon))
+    root.putChild(b"metrics", MetricsResource(daemon.metrics.registry))
     root.putChild(b"disconnect", _Disconnect(daemon))
     root.putChild(b"keylog", _KeyLog(daemon))
     found: list[service.Service] = []
     if config.socket is not None:
-        unix = internet.UNIXServer(str(config.socket), _site(root), mode=0o600, wantPID=True)
+        unix = internet.UNIXServer(
+            str(config.socket), _site(root, unix=True), mode=0o600, wantPID=True
+        )
         unix.setName("admin")
         found.append(unix)
     if config.listen is not None:

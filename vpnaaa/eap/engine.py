@@ -26,6 +26,7 @@ throttled log line.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 
 from twisted.internet import defer
@@ -34,7 +35,14 @@ from twisted.logger import LogLevel
 
 from vpnaaa import logs
 from vpnaaa.eap import packet
-from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, MethodFactory, Result
+from vpnaaa.eap.authenticator import (
+    Challenge,
+    Conversation,
+    Failure,
+    MethodFactory,
+    Result,
+    Success,
+)
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.table import ConversationTable
 
@@ -75,6 +83,8 @@ class EapEngine:
             per_source,
         )
         self._refusals = logs.Throttle(log, clock.seconds)
+        # finished conversations by (method, "success" | "failure"), for the metrics
+        self.outcomes: Counter[tuple[str, str]] = Counter()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -127,6 +137,9 @@ class EapEngine:
         result = conversation.receive(eap, room)
         if not isinstance(result, Challenge):
             self._live.pop(conversation_id)
+            method = conversation.method
+            name = Type(method.type).name.lower() if method is not None else "none"
+            self.outcomes[name, "success" if isinstance(result, Success) else "failure"] += 1
         return defer.succeed((conversation_id, result))
 
     def refusal(self, conversation_id: bytes) -> Failure | None:
@@ -163,6 +176,7 @@ class EapEngine:
         self._refusals.emit(
             "refused", LogLevel.warn, "EAP conversation refused: {reason}", reason=refusal
         )
+        self.outcomes["none", "failure"] += 1
         return Failure(packet.failure(identifier).encode(), "", refusal)
 
 

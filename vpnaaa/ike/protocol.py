@@ -203,6 +203,9 @@ class Responder:
         self._by_user: dict[str, list[IkeSa]] = {}  # user_key -> its established IKE SAs
         self.observers: list[SessionObserver] = []
         self.keylog: KeyLog | None = None  # keys for Wireshark, when switched on
+        # metrics: told each step's effects before they run; the throttled log's events
+        self.steps: list[Callable[[IkeSa, Effects], None]] = []
+        self.drop_counts: Counter[str] = Counter()
         context.sessions_of = self.sessions_of
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
@@ -457,6 +460,8 @@ class Responder:
     # -- effects (vpnaaa.ike.effects), in the order the SA gives them ------------------------
 
     def _run(self, sa: IkeSa, effects: Effects) -> None:
+        for step in self.steps:
+            step(sa, effects)
         for effect in effects:
             _EFFECTS[type(effect)](self, sa, effect)
 
@@ -685,6 +690,10 @@ class Responder:
             if sa.state == State.ESTABLISHED and not sa.rekeyed and not sa.closing
         ]
 
+    def sessions(self) -> list[IkeSa]:
+        """The live sessions (established, neither rekeyed away nor being deleted)."""
+        return self._sessions()
+
     def sessions_of(self, user: str, profile: Profile) -> int:
         """Established sessions of ``user`` (a user_key) in ``profile``."""
         return sum(1 for sa in self._sessions(user) if sa.profile is profile)
@@ -854,6 +863,7 @@ class Responder:
     def _drop(
         self, kind: str, format: str, /, level: LogLevel = LogLevel.info, **fields: Any
     ) -> None:
+        self.drop_counts[kind] += 1
         self.drops.emit(kind, level, format, **fields)
 
     def expired(self, event: ExpireEvent) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,9 @@ class RadiusRelay(DatagramProtocol):
         self._queue_keys = itertools.count()
         self._queued_at: dict[_Request, int] = {}
         self._throttle = logs.Throttle(log, reactor.seconds)
+        # finished conversations by (method, "success" | "failure"), for the metrics: the
+        # server chooses the method; the relay names the type of the client's last Response
+        self.outcomes: Counter[tuple[str, str]] = Counter()
 
     def __len__(self) -> int:
         return len(self._conversations)
@@ -151,6 +154,7 @@ class RadiusRelay(DatagramProtocol):
         refusal = self._conversations.refusal(source)
         if refusal is not None:
             self._refuse(f"EAP conversation refused: {refusal}")
+            self.outcomes["none", "failure"] += 1
             return conversation_id, _failure(b"", refusal)
         identifier = os.urandom(1)[0]
         self._conversations.add(conversation_id, _Conversation(identifier), source)
@@ -159,11 +163,20 @@ class RadiusRelay(DatagramProtocol):
     def step(self, conversation_id: bytes, eap: bytes) -> defer.Deferred[tuple[bytes, Result]]:
         """Relay one EAP Response. Never raises: every problem is an EAP-Failure."""
         try:
-            return self._step(conversation_id, eap)
+            d = self._step(conversation_id, eap)
         except Exception:
             log.failure("EAP relay: internal error; conversation failed")
             self._drop(conversation_id)
-            return defer.succeed((conversation_id, _failure(eap, "internal error")))
+            d = defer.succeed((conversation_id, _failure(eap, "internal error")))
+        return d.addCallback(self._count, eap)
+
+    def _count(self, step: tuple[bytes, Result], eap: bytes) -> tuple[bytes, Result]:
+        result = step[1]
+        if not isinstance(result, Challenge):
+            kind = eap[4] if len(eap) > 4 and eap[0] == Code.RESPONSE else None
+            method = Type(kind).name.lower() if kind in _METHODS else "none"
+            self.outcomes[method, "success" if isinstance(result, Success) else "failure"] += 1
+        return step
 
     def refusal(self, conversation_id: bytes) -> Failure | None:
         """The server decides; the relay learns it only from an Access-Reject."""
@@ -481,6 +494,9 @@ class _ExtraPort(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         self.relay._received(self.index, data, addr)
+
+
+_METHODS = frozenset(Type) - {Type.IDENTITY, Type.NOTIFICATION, Type.NAK}
 
 
 def _code_name(code: int) -> str:

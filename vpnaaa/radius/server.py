@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import socket
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -249,6 +249,10 @@ class RadiusProtocol(DatagramProtocol):
         self._drop_log = logs.Throttle(log, duplicates.clock.seconds)
         self._delayed: dict[int, IDelayedCall] = {}
         self._tokens = itertools.count()
+        # for the metrics, by configured client name (or "unknown") and packet code
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.responses: Counter[tuple[str, int]] = Counter()
+        self.dropped: Counter[str] = Counter()
 
     def stopProtocol(self) -> None:
         """The port closed: delayed rejects are not sent any more."""
@@ -260,6 +264,7 @@ class RadiusProtocol(DatagramProtocol):
         host, port = canonical_host(addr[0]), addr[1]
         client = self.clients.lookup(host)
         if client is None:
+            self.dropped["unknown"] += 1
             self._drop_log.emit(
                 "unknown-client",
                 LogLevel.warn,
@@ -274,6 +279,7 @@ class RadiusProtocol(DatagramProtocol):
         except wire.Malformed as e:
             self._drop(client, host, port, f"malformed: {e}")
             return
+        self.requests[client.name, request.code] += 1
         handler = self.handlers.get(request.code)
         if handler is None:
             self._drop(client, host, port, f"code {request.code} is not served on this port")
@@ -298,12 +304,12 @@ class RadiusProtocol(DatagramProtocol):
             self._drop(client, host, port, f"not answered: {e}")
             return
         if result is None or isinstance(result, bytes):
-            self._send(result, addr, key, authenticator)
+            self._send(result, addr, key, authenticator, client.name)
         else:
             result.addCallbacks(
                 self._send,
                 self._failed,
-                callbackArgs=(addr, key, authenticator),
+                callbackArgs=(addr, key, authenticator, client.name),
                 errbackArgs=(client, addr, key, authenticator),
             )
 
@@ -325,11 +331,17 @@ class RadiusProtocol(DatagramProtocol):
         return None
 
     def _send(
-        self, response: bytes | None, addr: Address, key: tuple[str, int, int], authenticator: bytes
+        self,
+        response: bytes | None,
+        addr: Address,
+        key: tuple[str, int, int],
+        authenticator: bytes,
+        client: str,
     ) -> None:
         if response is None:
             self.duplicates.forget(key, authenticator)
             return
+        self.responses[client, response[0]] += 1
         if self.reject_delay and response[0] == wire.Code.ACCESS_REJECT:
             token = next(self._tokens)
             self._delayed[token] = self.duplicates.clock.callLater(
@@ -386,6 +398,7 @@ class RadiusProtocol(DatagramProtocol):
 
     def _drop(self, client: RadiusClient, host: str, port: int, reason: str) -> None:
         """One log line per client and reason every ten seconds, with the count left out."""
+        self.dropped[client.name] += 1
         self._drop_log.emit(
             (client.name, reason),
             LogLevel.warn,
