@@ -15,6 +15,7 @@ from twisted.trial import unittest
 
 from tests.ike_peer import PEER, Gateway, Initiator
 from tests.support import state_dir, write_config
+from tests.test_ike_lifecycle import Unvouched
 from vpnaaa import config as configuration
 from vpnaaa.config import ConfigError, RadiusClient
 from vpnaaa.ike.const import PayloadType, ProtocolId
@@ -141,6 +142,16 @@ class DisconnectTests(DaeTestCase):
         self.assertDeleteSent(first)
         self.assertDeleteSent(second)
         self.assertEqual(self.gate.responder.sas, {})
+
+    def test_a_relayed_session(self):
+        """A session whose user a RADIUS relay authenticated (its Access-Accept without
+        User-Name: the identity unvouched) is found and ended like a local one."""
+        self.server()
+        self.gate.context.profiles[0].eap = Unvouched(self.gate.engine)
+        peer, sa = self.connected()
+        self.assertFalse(sa.identity_verified)
+        self.assertAck(self.disconnect(**{"User-Name": "alice"}), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
 
     def test_every_key_given_must_match(self):
         """§3: User-Name, Framed-IP-Address, Acct-Session-Id, Calling-Station-Id together;

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import LogLevel
@@ -51,7 +51,9 @@ if TYPE_CHECKING:
 
 log = logs.get("vpnaaa.dae")
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPv4, IPv6 = ipaddress.IPv4Address, ipaddress.IPv6Address
+IPAddress = IPv4 | IPv6
+_A = TypeVar("_A", IPv4, IPv6)
 REMEMBERED = 65_536  # answers kept for duplicates, at most (the oldest go first)
 MIN_INTERIM = 60  # RFC 2869 §5.16: Acct-Interim-Interval SHOULD NOT be smaller
 
@@ -235,23 +237,22 @@ def _integer(request: wire.Packet, key: wire.Key, name: str) -> int | None:
     return int.from_bytes(raw, "big")
 
 
-def _address(request: wire.Packet, key: wire.Key, name: str, size: int) -> IPAddress | None:
+def _address(request: wire.Packet, key: wire.Key, name: str, kind: type[_A]) -> _A | None:
     raw = _one(request, key, name)
     if raw is None:
         return None
-    if len(raw) != size:
-        raise Refused(ErrorCause.INVALID_ATTRIBUTE_VALUE, f"{name} of {len(raw)} octets")
-    return ipaddress.ip_address(raw)
+    try:
+        return kind(raw)  # 4 or 16 octets, or AddressValueError
+    except ipaddress.AddressValueError:
+        raise Refused(ErrorCause.INVALID_ATTRIBUTE_VALUE, f"{name} of {len(raw)} octets") from None
 
 
 def identification(request: wire.Packet) -> Identification:
     """The session identification attributes (§3), checked for form."""
-    framed = _address(request, FRAMED_IP_ADDRESS, "Framed-IP-Address", 4)
-    assert framed is None or isinstance(framed, ipaddress.IPv4Address)
     return Identification(
         _text(request, ACCT_SESSION_ID, "Acct-Session-Id"),
         _text(request, USER_NAME, "User-Name"),
-        framed,
+        _address(request, FRAMED_IP_ADDRESS, "Framed-IP-Address", ipaddress.IPv4Address),
         _text(request, CALLING_STATION_ID, "Calling-Station-Id"),
     )
 
@@ -284,11 +285,11 @@ class NasIdentity:
         name = _text(request, NAS_IDENTIFIER, "NAS-Identifier")
         if name is not None and name != self.identifier:
             return f"NAS-Identifier {logs.quoted(name)} is not {self.identifier!r}"
-        for key, label, size in (
-            (NAS_IP_ADDRESS, "NAS-IP-Address", 4),
-            (NAS_IPV6_ADDRESS, "NAS-IPv6-Address", 16),
-        ):
-            address = _address(request, key, label, size)
+        addresses = (
+            ("NAS-IP-Address", _address(request, NAS_IP_ADDRESS, "NAS-IP-Address", IPv4)),
+            ("NAS-IPv6-Address", _address(request, NAS_IPV6_ADDRESS, "NAS-IPv6-Address", IPv6)),
+        )
+        for label, address in addresses:
             if address is not None and not self.is_ours(address):
                 return f"{label} {address} is not ours"
         return None
@@ -454,7 +455,9 @@ class DynamicAuthorization:
         )
         return wire.reply(request, ack, client.secret)
 
-    def _act(self, request: wire.Packet, code: Code, client: RadiusClient) -> tuple[list[Any], str]:
+    def _act(
+        self, request: wire.Packet, code: Code, client: RadiusClient
+    ) -> tuple[list[IkeSa], str]:
         """Check the whole request, then act on every matching session (§2.3: all
         attributes are mandatory and a CoA's changes are atomic; §3: a request applies to
         all matching sessions). Raises :class:`Refused` before anything changed."""
