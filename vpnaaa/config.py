@@ -200,6 +200,22 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class DaeConfig:
+    """``[dae]``: the RADIUS Dynamic Authorization server (RFC 5176) for the AAA servers in
+    ``clients`` (address and secret, as ``[[radius.clients]]``): Disconnect-Request and
+    CoA-Request for IKE sessions. ``nas_addresses`` empty: any address of this host."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    port: int = 3799
+    clients: tuple[RadiusClient, ...] = ()
+    replay_window: float = 300.0  # seconds an Event-Timestamp may be off (RFC 5176 §6.3)
+    require_event_timestamp: bool = False
+    nas_identifier: str = "vpnaaa"
+    nas_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """How the daemon runs once its ports are bound: as ``user`` with only CAP_NET_ADMIN
     (``user = "root"`` keeps every privilege)."""
@@ -227,6 +243,7 @@ class Config:
     admin: AdminConfig
     daemon: DaemonConfig = DaemonConfig()
     debug: DebugConfig = DebugConfig()
+    dae: DaeConfig = DaeConfig()
 
 
 class _Section:
@@ -331,14 +348,19 @@ def _secret(section: _Section, state_dir: Path, config_path: Path | None) -> byt
     return secret
 
 
-def _client(section: _Section, state_dir: Path, config_path: Path | None) -> RadiusClient:
+def _network(section: _Section) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A client entry's ``address``: an IP address or CIDR network."""
     if "address" not in section.table:
         raise section.error("address", "is required (an IP address or CIDR network)")
     address = section.get("address", str, "")
     try:
-        network = ipaddress.ip_network(address, strict=False)
+        return ipaddress.ip_network(address, strict=False)
     except ValueError:
         raise section.error("address", f"{address!r} is not an IP address or network") from None
+
+
+def _client(section: _Section, state_dir: Path, config_path: Path | None) -> RadiusClient:
+    network = _network(section)
     name = section.get("name", str, str(network))
     secret = _secret(section, state_dir, config_path)
     client = RadiusClient(
@@ -502,8 +524,9 @@ def _load(
     ike = _ike(root.sub("ike"), state, eap.tls, config_path)
     admin = _admin(root.sub("admin"), state)
     debug = _debug(root.sub("debug"), state)
+    dae = _dae(root.sub("dae"), state, config_path, ike)
     root.finish()
-    return Config(source, state, log_level, users, radius, eap, ike, admin, daemon, debug)
+    return Config(source, state, log_level, users, radius, eap, ike, admin, daemon, debug, dae)
 
 
 def _debug(section: _Section, state_dir: Path) -> DebugConfig:
@@ -514,6 +537,57 @@ def _debug(section: _Section, state_dir: Path) -> DebugConfig:
     if not directory:
         raise section.error("keylog_dir", "must name a directory")
     return DebugConfig(keylog, state_dir / directory)
+
+
+def _dae(section: _Section, state_dir: Path, config_path: Path | None, ike: IkeConfig) -> DaeConfig:
+    """``[dae]``: off unless enabled, and then only with clients and the IKE responder."""
+    if not section.get("enabled", bool, False):
+        section.table.clear()  # not validated, as a disabled [radius]
+        return DaeConfig()
+    if ike.enabled is False:
+        raise section.error("enabled", "acts on IKE sessions, but [ike] enabled = false")
+    listen = section.get("listen", str, DaeConfig.listen)
+    try:
+        ipaddress.ip_address(listen)
+    except ValueError:
+        raise section.error("listen", f"{listen!r} is not an IP address") from None
+    raw_clients = section.table.pop("clients", [])
+    if not isinstance(raw_clients, list) or not raw_clients:
+        raise section.error("clients", "enabled = true needs one [[dae.clients]] or more")
+    clients = []
+    for i, item in enumerate(raw_clients):
+        entry = _Section(section.source, f"{section.key('clients')}[{i}]", item)
+        network = _network(entry)
+        clients.append(
+            RadiusClient(
+                entry.get("name", str, str(network)),
+                network,
+                _secret(entry, state_dir, config_path),
+                require_message_authenticator=entry.get(
+                    "require_message_authenticator", bool, False
+                ),
+            )
+        )
+        entry.finish()
+    addresses = section.get("nas_addresses", list, [])
+    try:
+        nas_addresses = tuple(ipaddress.ip_address(str(a)) for a in addresses)
+    except ValueError:
+        reason = f"{addresses!r} is not a list of IP addresses"
+        raise section.error("nas_addresses", reason) from None
+    default_name = ike.relay.nas_identifier if ike.relay is not None else DaeConfig.nas_identifier
+    config = DaeConfig(
+        enabled=True,
+        listen=listen,
+        port=section.get_int("port", DaeConfig.port, 0, 65535),
+        clients=tuple(clients),
+        replay_window=section.get_float("replay_window", DaeConfig.replay_window, 1.0, 86400.0),
+        require_event_timestamp=section.get("require_event_timestamp", bool, False),
+        nas_identifier=section.get("nas_identifier", str, default_name),
+        nas_addresses=nas_addresses,
+    )
+    section.finish()
+    return config
 
 
 def _admin(section: _Section, state_dir: Path) -> AdminConfig:

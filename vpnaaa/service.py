@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from vpnaaa import auth, logs, private, privileges
 from vpnaaa.admin import admin_services
-from vpnaaa.config import Config, EapConfig, IkeConfig, ProfileConfig
+from vpnaaa.config import Config, DaeConfig, EapConfig, IkeConfig, ProfileConfig
 from vpnaaa.eap.authenticator import MethodFactory
 from vpnaaa.eap.engine import MIB, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
@@ -41,6 +41,7 @@ from vpnaaa.pki import load_server_identity
 from vpnaaa.pool import AddressPool
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.client import RadiusRelay
+from vpnaaa.radius.dae import DaeProtocol, DynamicAuthorization, NasIdentity, host_address
 from vpnaaa.radius.eap import EapHandler
 from vpnaaa.radius.handlers import AccessHandler
 from vpnaaa.radius.server import (
@@ -125,6 +126,56 @@ class RadiusService(service.Service):
         return _stop_listening(self)
 
 
+class DaeService(service.Service):
+    """The RADIUS Dynamic Authorization port (RFC 5176) acting on the IKE sessions."""
+
+    name = "dae"
+
+    def __init__(self, config: DaeConfig, responder: Responder, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        ours = frozenset(config.nas_addresses)
+        nas = NasIdentity(config.nas_identifier, ours.__contains__ if ours else host_address)
+        self.core = DynamicAuthorization(
+            ClientTable(config.clients),
+            responder,
+            nas,
+            reactor.seconds,
+            config.replay_window,
+            config.require_event_timestamp,
+        )
+        responder.observers.append(self.core.interim)
+        self.ports: list[IListeningPort] = []
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def _listen(self) -> None:
+        listen, port = self.config.listen, self.config.port
+        try:
+            self.ports = [listen_udp(self.reactor, port, DaeProtocol(self.core), listen)]
+        except CannotListenError as e:
+            raise StartupError(f"DAE cannot listen on {listen}: {e.socketError}") from None
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.ports:  # started without twistd: nothing was bound yet
+            self._listen()
+        log.info(
+            "RADIUS Dynamic Authorization (RFC 5176) on {listen} port {port} for {n} client "
+            "entries, as NAS {name}",
+            listen=self.config.listen,
+            port=self.ports[0].getHost().port,
+            n=len(self.config.clients),
+            name=self.config.nas_identifier,
+        )
+
+    def stopService(self) -> defer.Deferred[Any]:
+        super().stopService()
+        return _stop_listening(self)
+
+
 class VpnaaaService(service.MultiService):
     """The whole daemon: the user store plus each enabled front end."""
 
@@ -166,6 +217,10 @@ class VpnaaaService(service.MultiService):
             self.ike.responder.keylog = self.keylog
             self.ike.setServiceParent(self)
         self.metrics = for_daemon(self)  # the admin API serves them
+        self.dae: DaeService | None = None
+        if config.dae.enabled and self.ike is not None:
+            self.dae = DaeService(config.dae, self.ike.responder, reactor)
+            self.dae.setServiceParent(self)
         if config.admin.enabled:
             for admin in admin_services(self, config.admin):
                 admin.setServiceParent(self)
@@ -586,7 +641,7 @@ def bound_udp_socket(listen: str, port: int) -> socket.socket:
     return sock
 
 
-def _stop_listening(owner: RadiusService | IkeService) -> defer.Deferred[Any]:
+def _stop_listening(owner: RadiusService | IkeService | DaeService) -> defer.Deferred[Any]:
     """Close the service's sockets; fires once they are closed (and the ports reusable)."""
     ports, owner.ports = owner.ports, []
     return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])

@@ -1,0 +1,444 @@
+"""The RADIUS Dynamic Authorization server (RFC 5176) in-process: requests built and replies
+checked by pyrad (its CoAPacket: Request Authenticator §2.3, Message-Authenticator §3.4,
+Response Authenticator), sessions made by the scripted IKE initiator on a fake clock, and
+what the client sees of a Disconnect or a CoA Session-Timeout (the gateway's DELETE)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import struct
+
+from pyrad import packet as pyrad
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from tests.ike_peer import PEER, Gateway, Initiator
+from tests.support import state_dir, write_config
+from tests.test_ike_lifecycle import Unvouched
+from vpnaaa import config as configuration
+from vpnaaa.config import ConfigError, RadiusClient
+from vpnaaa.ike.const import PayloadType, ProtocolId
+from vpnaaa.ike.sa import Endpoint
+from vpnaaa.radius import wire
+from vpnaaa.radius.dae import DynamicAuthorization, NasIdentity, host_address
+from vpnaaa.radius.server import ClientTable
+
+SECRET = b"dae-secret"
+DAC = "192.0.2.50"  # the AAA server sending Disconnect/CoA
+OTHER = Endpoint("192.0.2.8", 4500)
+NOW = 1_700_000_000.0  # the fake clock's POSIX time once the case starts
+OUR_ADDRESS = ipaddress.ip_address("192.0.2.1")
+ERROR_CAUSE = 101  # RFC 5176 §3.5
+UNSUPPORTED_ATTRIBUTE, MISSING_ATTRIBUTE, NAS_MISMATCH, INVALID_REQUEST = 401, 402, 403, 404
+UNSUPPORTED_SERVICE, INVALID_VALUE, NOT_FOUND = 405, 407, 503
+AUTHORIZE_ONLY = 17  # RFC 5176 §3.2 Service-Type
+THIRD = Endpoint("192.0.2.9", 500)
+
+
+def clients(**options: object) -> ClientTable:
+    network = ipaddress.ip_network(DAC)
+    return ClientTable([RadiusClient("ise", network, SECRET, **options)])
+
+
+class DaeTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.lines: list[str] = []
+
+        def observe(event: dict) -> None:
+            self.lines.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.gate = Gateway(dpd_delay=0)
+        self.gate.clock.advance(NOW)
+        self.ident = 0
+
+    def server(self, table: ClientTable | None = None, **options: object) -> DynamicAuthorization:
+        self.dae = DynamicAuthorization(
+            table or clients(),
+            self.gate.responder,
+            NasIdentity("vpn-gw", {OUR_ADDRESS}.__contains__),
+            self.gate.clock.seconds,
+            **options,
+        )
+        self.gate.responder.observers.append(self.dae.interim)
+        return self.dae
+
+    def connected(self, address: Endpoint = PEER) -> tuple[Initiator, object]:
+        peer = Initiator(self.gate, address=address)
+        peer.connect()
+        (sa,) = [s for s in self.gate.responder.sas.values() if s.remote == address]
+        return peer, sa
+
+    def request(
+        self, code: int, attributes: dict, *, signed: bool = False, secret: bytes = SECRET
+    ) -> pyrad.CoAPacket:
+        """A request as pyrad builds one; ``attributes`` by dictionary name."""
+        self.ident = (self.ident + 1) % 256
+        request = pyrad.CoAPacket(code, self.ident, secret, dict=wire.DICTIONARY)
+        for name, value in attributes.items():
+            request[name] = value
+        if signed:
+            request.add_message_authenticator()
+        return request
+
+    def send(self, request: pyrad.CoAPacket, host: str = DAC) -> pyrad.CoAPacket | None:
+        """``request`` to the server; its reply, checked by pyrad, or None."""
+        raw = self.dae.receive(request.RequestPacket(), host, 40000)
+        if raw is None:
+            return None
+        reply = pyrad.CoAPacket(packet=raw, secret=SECRET, dict=wire.DICTIONARY)
+        self.assertTrue(request.VerifyReply(reply, raw), "Response Authenticator")
+        return reply
+
+    def disconnect(self, **attributes: object) -> pyrad.CoAPacket | None:
+        return self.send(self.request(pyrad.DisconnectRequest, attributes))
+
+    def coa(self, **attributes: object) -> pyrad.CoAPacket | None:
+        return self.send(self.request(pyrad.CoARequest, attributes))
+
+    def assertAck(self, reply: pyrad.CoAPacket | None, code: int) -> None:
+        self.assertIsNotNone(reply)
+        self.assertEqual(reply.code, code)
+        self.assertNotIn(ERROR_CAUSE, reply)
+
+    def assertNak(self, reply: pyrad.CoAPacket | None, code: int, cause: int) -> None:
+        self.assertIsNotNone(reply)
+        self.assertEqual((reply.code, reply["Error-Cause"]), (code, [cause]))
+
+    def assertDeleteSent(self, peer: Initiator) -> None:
+        """The gateway asked the client to delete its IKE SA (RFC 7296 §1.4.1)."""
+        (request,) = peer.gateway_requests()
+        self.assertEqual(request.get(PayloadType.DELETE).protocol, ProtocolId.IKE)
+        peer.answer(request)
+
+    def session_ends(self) -> list[str]:
+        return [line for line in self.lines if "session of" in line and " ended: " in line]
+
+
+class DisconnectTests(DaeTestCase):
+    def test_by_session_id(self):
+        """§2.1: the matching session ends (a DELETE to its client, Admin-Reset), the
+        other stays; Disconnect-ACK."""
+        self.server()
+        peer, sa = self.connected()
+        other, kept = self.connected(OTHER)
+        reply = self.disconnect(**{"Acct-Session-Id": sa.session_id.lower()})
+        self.assertAck(reply, pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
+        self.assertEqual(other.gateway_requests(), [])
+        self.assertEqual(list(self.gate.responder.sas.values()), [kept])
+        (end,) = self.session_ends()
+        self.assertIn("disconnected by RADIUS Disconnect-Request from ise", end)
+
+    def test_by_user_name_ends_every_matching_session(self):
+        """§3: a request applies to all the sessions it matches (user names as the
+        responder compares them: any case, DOMAIN\\ prefix or not)."""
+        self.server()
+        first, _ = self.connected()
+        second, _ = self.connected(OTHER)
+        self.assertAck(self.disconnect(**{"User-Name": "EXAMPLE\\Alice"}), pyrad.DisconnectACK)
+        self.assertDeleteSent(first)
+        self.assertDeleteSent(second)
+        self.assertEqual(self.gate.responder.sas, {})
+
+    def test_a_relayed_session(self):
+        """A session whose user a RADIUS relay authenticated (its Access-Accept without
+        User-Name: the identity unvouched) is found and ended like a local one."""
+        self.server()
+        self.gate.context.profiles[0].eap = Unvouched(self.gate.engine)
+        peer, sa = self.connected()
+        self.assertFalse(sa.identity_verified)
+        self.assertAck(self.disconnect(**{"User-Name": "alice"}), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
+
+    def test_every_key_given_must_match(self):
+        """§3: User-Name, Framed-IP-Address, Acct-Session-Id, Calling-Station-Id together;
+        no session with all of them: Session-Context-Not-Found, nothing ends."""
+        self.server()
+        peer, sa = self.connected()
+        nak = pyrad.DisconnectNAK
+        self.assertNak(self.disconnect(**{"User-Name": "bob"}), nak, NOT_FOUND)
+        wrong_ip = {"User-Name": "alice", "Framed-IP-Address": "10.77.0.14"}
+        self.assertNak(self.disconnect(**wrong_ip), nak, NOT_FOUND)
+        wrong_caller = {"User-Name": "alice", "Calling-Station-Id": "192.0.2.99"}
+        self.assertNak(self.disconnect(**wrong_caller), nak, NOT_FOUND)
+        self.assertEqual(peer.gateway_requests(), [])
+        matching = {
+            "User-Name": "alice",
+            "Framed-IP-Address": str(peer.virtual_ip),
+            "Calling-Station-Id": PEER.host,
+            "Acct-Session-Id": sa.session_id,
+        }
+        self.assertAck(self.disconnect(**matching), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
+        # being deleted, it is no longer found
+        self.assertNak(self.disconnect(**{"User-Name": "alice"}), nak, NOT_FOUND)
+
+    def test_nas_identification(self):
+        """§3: NAS-Identifier, NAS-IP-Address or NAS-IPv6-Address naming another NAS:
+        NAS-Identification-Mismatch; naming us: the request goes on."""
+        self.server()
+        peer, _ = self.connected()
+        nak = pyrad.DisconnectNAK
+        for other in (
+            {"NAS-Identifier": "another-nas"},
+            {"NAS-IP-Address": "192.0.2.2"},
+            {"NAS-IPv6-Address": "2001:db8::1"},
+        ):
+            reply = self.disconnect(**{"User-Name": "alice", **other})
+            self.assertNak(reply, nak, NAS_MISMATCH)
+        ours = {"User-Name": "alice", "NAS-Identifier": "vpn-gw", "NAS-IP-Address": "192.0.2.1"}
+        self.assertAck(self.disconnect(**ours), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
+
+    def test_what_cannot_be_done_is_refused_before_anything_happens(self):
+        """§2.3 (all attributes are mandatory), §3.2, §3.5: each NAK with its Error-Cause,
+        and the session untouched."""
+        self.server()
+        peer, _ = self.connected()
+        nak = pyrad.DisconnectNAK
+        alice = {"User-Name": "alice"}
+        # a Disconnect-Request carries identification only (§2.1)
+        self.assertNak(
+            self.disconnect(**alice, **{"Session-Timeout": 5}), nak, UNSUPPORTED_ATTRIBUTE
+        )
+        self.assertNak(self.disconnect(**alice, **{"Filter-Id": "x"}), nak, UNSUPPORTED_ATTRIBUTE)
+        self.assertNak(
+            self.disconnect(**alice, **{"Service-Type": AUTHORIZE_ONLY}), nak, UNSUPPORTED_SERVICE
+        )
+        self.assertNak(self.disconnect(**{"NAS-Identifier": "vpn-gw"}), nak, MISSING_ATTRIBUTE)
+        self.assertNak(self.disconnect(**{"User-Name": ["alice", "bob"]}), nak, INVALID_REQUEST)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.assertEqual(len(self.gate.responder.sas), 1)
+
+    def test_proxy_state_is_echoed(self):
+        """RFC 5176 §3.1 (RFC 2865 §5.33): Proxy-State back in order."""
+        self.server()
+        self.connected()
+        reply = self.disconnect(**{"User-Name": "bob", "Proxy-State": [b"one", b"two"]})
+        self.assertNak(reply, pyrad.DisconnectNAK, NOT_FOUND)
+        self.assertEqual(reply["Proxy-State"], [b"one", b"two"])
+
+
+class CoaTests(DaeTestCase):
+    def test_session_timeout_ends_the_session_then(self):
+        """§2.2 with RFC 2865 §5.27: CoA-ACK, and the session ends that many seconds
+        later (a DELETE to the client, cause "session timeout"), not before."""
+        self.server()
+        peer, sa = self.connected()
+        reply = self.coa(**{"Acct-Session-Id": sa.session_id, "Session-Timeout": 30})
+        self.assertAck(reply, pyrad.CoAACK)
+        self.gate.clock.advance(29)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.gate.clock.advance(1)
+        self.assertDeleteSent(peer)
+        self.assertIn("ended: session timeout", self.session_ends()[0])
+
+    def test_changes_are_atomic(self):
+        """§2.3: one change the NAS cannot make and none is made (CoA-NAK)."""
+        self.server()
+        peer, sa = self.connected()
+        reply = self.coa(**{"User-Name": "alice", "Session-Timeout": 30, "Filter-Id": "x"})
+        self.assertNak(reply, pyrad.CoANAK, UNSUPPORTED_ATTRIBUTE)
+        reply = self.coa(
+            **{"User-Name": "alice", "Session-Timeout": 30, "Acct-Interim-Interval": 5}
+        )
+        self.assertNak(reply, pyrad.CoANAK, INVALID_VALUE)  # RFC 2869 §5.16: 60 s at least
+        self.gate.clock.advance(3600)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.assertIsNone(self.dae.interim.get(sa.session_id))
+
+    def test_refusals(self):
+        self.server()
+        peer, _ = self.connected()
+        nak = pyrad.CoANAK
+        self.assertNak(self.coa(**{"User-Name": "alice"}), nak, MISSING_ATTRIBUTE)
+        self.assertNak(self.coa(**{"Session-Timeout": 30}), nak, MISSING_ATTRIBUTE)
+        self.assertNak(self.coa(**{"User-Name": "bob", "Session-Timeout": 30}), nak, NOT_FOUND)
+        zero = {"User-Name": "alice", "Session-Timeout": 0}
+        self.assertNak(self.coa(**zero), nak, INVALID_VALUE)
+        authorize_only = {"User-Name": "alice", "Service-Type": AUTHORIZE_ONLY, "State": b"s"}
+        self.assertNak(self.coa(**authorize_only), nak, UNSUPPORTED_SERVICE)  # §3.2
+        self.gate.clock.advance(3600)
+        self.assertEqual(peer.gateway_requests(), [])
+
+    def test_interim_interval_is_kept_for_accounting_until_the_session_ends(self):
+        """RFC 2869 §5.16 Acct-Interim-Interval by CoA: kept by Acct-Session-Id for the
+        accounting of this session only, forgotten when it ends."""
+        self.server()
+        peer, sa = self.connected()
+        _, other = self.connected(OTHER)
+        wanted = {"Acct-Session-Id": sa.session_id, "Acct-Interim-Interval": 600}
+        self.assertAck(self.coa(**wanted), pyrad.CoAACK)
+        self.assertEqual(self.dae.interim.get(sa.session_id), 600)
+        self.assertIsNone(self.dae.interim.get(other.session_id))
+        peer.delete_ike()
+        self.assertIsNone(self.dae.interim.get(sa.session_id))
+        self.assertEqual(len(self.dae.interim), 0)
+
+
+def raw_request(code: int, ident: int, attributes: bytes, secret: bytes = SECRET) -> bytes:
+    """A request with its Request Authenticator computed here (RFC 5176 §2.3), for
+    attributes pyrad will not encode (wrong lengths)."""
+    head = struct.pack("!BBH", code, ident, 20 + len(attributes))
+    authenticator = hashlib.md5(head + bytes(16) + attributes + secret).digest()
+    return head + authenticator + attributes
+
+
+class SecurityTests(DaeTestCase):
+    def test_unknown_clients_are_dropped_with_one_log_line(self):
+        self.server()
+        self.connected()
+        for _ in range(3):
+            self.assertIsNone(self.send(self.request(40, {"User-Name": "alice"}), "192.0.2.66"))
+        dropped = [line for line in self.lines if "not a configured DAE client" in line]
+        self.assertEqual(len(dropped), 1, dropped)
+        self.assertEqual(len(self.gate.responder.sas), 1)
+
+    def test_a_wrong_secret_gets_no_answer(self):
+        """§2.3: the Request Authenticator is MD5 over the packet and the secret."""
+        self.server()
+        self.connected()
+        self.assertIsNone(self.send(self.request(40, {"User-Name": "alice"}, secret=b"guess")))
+        self.assertIsNone(self.dae.receive(b"\x28\x01\x00\x10" + bytes(12), DAC, 1))  # malformed
+        access = pyrad.AuthPacket(pyrad.AccessRequest, 1, SECRET, dict=wire.DICTIONARY)
+        self.assertIsNone(self.dae.receive(access.RequestPacket(), DAC, 1))
+        self.assertEqual(len(self.gate.responder.sas), 1)
+        self.assertTrue(any("bad Request Authenticator" in line for line in self.lines))
+
+    def test_message_authenticator(self):
+        """§3.4: verified when present (computed with a zero Request Authenticator, as
+        pyrad and FreeRADIUS do); a client with require_message_authenticator must send
+        one."""
+        self.server(clients(require_message_authenticator=True))
+        peer, _ = self.connected()
+        self.assertIsNone(self.disconnect(**{"User-Name": "alice"}))
+        forged = self.request(40, {"User-Name": "alice"}, signed=True)
+        data = bytearray(forged.RequestPacket())
+        data[-1] ^= 1  # the Message-Authenticator's last octet; fix the authenticator
+        data[4:20] = hashlib.md5(bytes(data[:4]) + bytes(16) + bytes(data[20:]) + SECRET).digest()
+        self.assertIsNone(self.dae.receive(bytes(data), DAC, 1))
+        self.assertEqual(peer.gateway_requests(), [])
+        signed = self.request(40, {"User-Name": "alice"}, signed=True)
+        self.assertAck(self.send(signed), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
+
+    def test_event_timestamp_window(self):
+        """§6.3: an Event-Timestamp more than replay_window seconds off our clock and the
+        request is silently discarded; with require_event_timestamp so is one without."""
+        self.server(replay_window=300.0, require_event_timestamp=True)
+        peer, _ = self.connected()
+        now = int(self.gate.clock.seconds())
+        for stamp in (now - 301, now + 301):
+            self.assertIsNone(self.disconnect(**{"User-Name": "alice", "Event-Timestamp": stamp}))
+        self.assertIsNone(self.disconnect(**{"User-Name": "alice"}))
+        self.assertIsNone(
+            self.dae.receive(raw_request(40, 9, b"\x37\x05\x00\x00\x00" + b"\x01\x07alice"), DAC, 1)
+        )
+        self.assertEqual(peer.gateway_requests(), [])
+        current = {"User-Name": "alice", "Event-Timestamp": now - 299}
+        self.assertAck(self.disconnect(**current), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
+
+    def test_duplicates_and_replays_get_the_first_answer(self):
+        """§2.3, RFC 5080 §2.2.2: the same request again (same client, Identifier and
+        Request Authenticator) gets the same reply and is not acted on again, even from
+        another port and after the client reused the Identifier; once its Event-Timestamp
+        is stale it gets nothing."""
+        self.server(replay_window=300.0)
+        peer, _ = self.connected()
+        now = int(self.gate.clock.seconds())
+        first = self.request(40, {"User-Name": "alice", "Event-Timestamp": now})
+        data = first.RequestPacket()
+        answer = self.dae.receive(data, DAC, 40000)
+        self.assertAck(pyrad.CoAPacket(packet=answer, dict=wire.DICTIONARY), 41)
+        self.assertEqual(len(peer.gateway_requests()), 1)
+        self.gate.clock.advance(10)
+        _, newer = self.connected(THIRD)  # alice again
+        self.assertEqual(self.dae.receive(data, DAC, 40000), answer)
+        self.assertEqual(self.dae.receive(data, DAC, 40001), answer)
+        # the client reuses the Identifier for another request; the old one replayed
+        wanted = {"Acct-Session-Id": newer.session_id, "Acct-Interim-Interval": 600}
+        reused = self.request(43, {**wanted, "Event-Timestamp": now + 10})
+        reused.id = first.id
+        self.assertAck(self.send(reused), pyrad.CoAACK)
+        self.assertEqual(self.dae.receive(data, DAC, 40000), answer)
+        self.assertEqual(self.gate.responder.find(user="alice"), [newer])  # not disconnected
+        self.gate.clock.advance(300)
+        self.assertIsNone(self.dae.receive(data, DAC, 40000))
+        self.assertEqual(self.gate.responder.find(user="alice"), [newer])
+
+    def test_invalid_values(self):
+        """§3.5 Invalid-Attribute-Value: attributes of the wrong size."""
+        self.server()
+        self.connected()
+        session_timeout_of_two = b"\x1b\x04\x00\x05"
+        reply = self.dae.receive(
+            raw_request(43, 7, b"\x01\x07alice" + session_timeout_of_two), DAC, 1
+        )
+        decoded = pyrad.CoAPacket(packet=reply, dict=wire.DICTIONARY)
+        self.assertEqual((decoded.code, decoded["Error-Cause"]), (pyrad.CoANAK, [INVALID_VALUE]))
+        framed_of_three = b"\x08\x05\x0a\x4d\x00"
+        reply = self.dae.receive(raw_request(40, 8, framed_of_three), DAC, 1)
+        decoded = pyrad.CoAPacket(packet=reply, dict=wire.DICTIONARY)
+        self.assertEqual(
+            (decoded.code, decoded["Error-Cause"]), (pyrad.DisconnectNAK, [INVALID_VALUE])
+        )
+
+    def test_host_address(self):
+        """NAS-IP-Address "ours" by default: an address of this host."""
+        self.assertTrue(host_address(ipaddress.ip_address("127.0.0.1")))
+        self.assertFalse(host_address(ipaddress.ip_address("192.0.2.77")))
+
+
+class ConfigTests(unittest.TestCase):
+    def load(self, text: str, ike: str = "") -> configuration.Config:
+        state = state_dir(self)
+        path = write_config(state / "vpnaaa.toml", f"[radius]\nenabled = false\n{ike}\n{text}")
+        return configuration.load(path, str(state))
+
+    def test_off_by_default_and_unchecked_when_off(self):
+        self.assertFalse(self.load("").dae.enabled)
+        self.assertFalse(self.load('[dae]\nport = "x"\n').dae.enabled)
+
+    def test_a_full_section(self):
+        relay = '[ike.radius]\nserver = "192.0.2.9"\nsecret = "s"\nnas_identifier = "asa-1"\n'
+        config = self.load(
+            '[dae]\nenabled = true\nlisten = "0.0.0.0"\nport = 3800\nreplay_window = 60\n'
+            'require_event_timestamp = true\nnas_addresses = ["192.0.2.1", "2001:db8::1"]\n'
+            '[[dae.clients]]\nname = "ise"\naddress = "192.0.2.0/28"\nsecret = "s3cret"\n'
+            "require_message_authenticator = true\n",
+            relay,
+        ).dae
+        self.assertEqual((config.listen, config.port, config.replay_window), ("0.0.0.0", 3800, 60))
+        self.assertEqual(config.nas_identifier, "asa-1")  # the relay's, by default
+        self.assertTrue(config.require_event_timestamp)
+        self.assertEqual([str(a) for a in config.nas_addresses], ["192.0.2.1", "2001:db8::1"])
+        (client,) = config.clients
+        self.assertEqual((client.name, str(client.network)), ("ise", "192.0.2.0/28"))
+        self.assertEqual((client.secret, client.require_message_authenticator), (b"s3cret", True))
+
+    def test_errors_name_the_key(self):
+        client = '[[dae.clients]]\naddress = "192.0.2.5"\nsecret = "s"\n'
+        for text, key in (
+            ("[dae]\nenabled = true\n", "dae.clients"),
+            (f"[dae]\nenabled = true\nreplay_window = 0\n{client}", "dae.replay_window"),
+            (f'[dae]\nenabled = true\nnas_addresses = ["x"]\n{client}', "dae.nas_addresses"),
+            (
+                '[dae]\nenabled = true\n[[dae.clients]]\naddress = "nope"\n',
+                "dae.clients[0].address",
+            ),
+            (
+                '[dae]\nenabled = true\n[[dae.clients]]\naddress = "192.0.2.5"\nallow_chap = true\n'
+                'secret = "s"\n',
+                "dae.clients[0].allow_chap",
+            ),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                self.load(text)
+            self.assertEqual(caught.exception.key, key, text)
+        with self.assertRaises(ConfigError) as caught:
+            self.load(f"[dae]\nenabled = true\n{client}", "[ike]\nenabled = false\n")
+        self.assertEqual(caught.exception.key, "dae.enabled")

@@ -1,0 +1,546 @@
+"""RADIUS Dynamic Authorization server (RFC 5176): an AAA server ends or changes sessions.
+
+::
+
+    Dynamic Authorization Client (ISE, FreeRADIUS)      vpnaaa, UDP 3799
+      Disconnect-Request (40)  ------------------------>  find the sessions (§3), DELETE to
+                               <------------------------  each client; Disconnect-ACK (41)
+                                                          or Disconnect-NAK (42) + Error-Cause
+      CoA-Request (43)         ------------------------>  Session-Timeout: the session ends
+                               <------------------------  then; Acct-Interim-Interval kept
+                                                          for accounting; CoA-ACK (44) or
+                                                          CoA-NAK (45) + Error-Cause
+
+:class:`DynamicAuthorization` is the sans-IO core: a datagram, its source and the time in,
+the reply's bytes (or None: silently discarded) out; the sessions sit behind the small
+:class:`Sessions` seam, which the IKE :class:`~vpnaaa.ike.protocol.Responder` is. The
+sessions are the IKE sessions, whether a profile authenticates them locally or relays EAP
+to a RADIUS server; the RADIUS server's own 802.1X clients hold no session in vpnaaa (their
+NAS does), so there is nothing here to disconnect for them. :class:`DaeProtocol` is the
+Twisted edge.
+
+What is discarded without an answer, with one rate-limited log line: anything from an
+address that is no configured DAE client, malformed packets, codes other than 40 and 43, a
+wrong Request Authenticator (§2.3) or Message-Authenticator (§3.4), a missing one where the
+client must send it, and an Event-Timestamp outside ``replay_window`` (§6.3). A request seen
+before (same client, Identifier and Request Authenticator) within ``replay_window`` gets the
+same answer again and is not acted on twice (§2.3, RFC 5080 §2.2.2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import LogLevel
+
+from vpnaaa import logs
+from vpnaaa.config import RadiusClient
+from vpnaaa.radius import wire
+from vpnaaa.radius.server import Address, ClientTable, canonical_host
+
+if TYPE_CHECKING:
+    from vpnaaa.ike.common import Ending
+    from vpnaaa.ike.sa import IkeSa
+
+log = logs.get("vpnaaa.dae")
+
+IPv4, IPv6 = ipaddress.IPv4Address, ipaddress.IPv6Address
+IPAddress = IPv4 | IPv6
+_A = TypeVar("_A", IPv4, IPv6)
+REMEMBERED = 65_536  # answers kept for duplicates, at most (the oldest go first)
+MIN_INTERIM = 60  # RFC 2869 §5.16: Acct-Interim-Interval SHOULD NOT be smaller
+
+
+class Code(IntEnum):
+    """RFC 5176 §2.1, §2.2 packet codes."""
+
+    DISCONNECT_REQUEST = 40
+    DISCONNECT_ACK = 41
+    DISCONNECT_NAK = 42
+    COA_REQUEST = 43
+    COA_ACK = 44
+    COA_NAK = 45
+
+
+class ErrorCause(IntEnum):
+    """RFC 5176 §3.5 Error-Cause values this server sends."""
+
+    UNSUPPORTED_ATTRIBUTE = 401
+    MISSING_ATTRIBUTE = 402
+    NAS_IDENTIFICATION_MISMATCH = 403
+    INVALID_REQUEST = 404
+    UNSUPPORTED_SERVICE = 405
+    INVALID_ATTRIBUTE_VALUE = 407
+    SESSION_CONTEXT_NOT_FOUND = 503
+
+
+_ANSWERS = {
+    Code.DISCONNECT_REQUEST: (Code.DISCONNECT_ACK, Code.DISCONNECT_NAK),
+    Code.COA_REQUEST: (Code.COA_ACK, Code.COA_NAK),
+}
+_NAMES = {
+    Code.DISCONNECT_REQUEST: "Disconnect-Request",
+    Code.COA_REQUEST: "CoA-Request",
+}
+
+USER_NAME = wire.USER_NAME
+FRAMED_IP_ADDRESS = wire.key("Framed-IP-Address")
+ACCT_SESSION_ID = wire.key("Acct-Session-Id")
+CALLING_STATION_ID = wire.key("Calling-Station-Id")
+NAS_IP_ADDRESS = wire.key("NAS-IP-Address")
+NAS_IPV6_ADDRESS = wire.key("NAS-IPv6-Address")
+NAS_IDENTIFIER = wire.key("NAS-Identifier")
+SERVICE_TYPE = wire.key("Service-Type")
+SESSION_TIMEOUT = wire.key("Session-Timeout")
+ACCT_INTERIM_INTERVAL = wire.key("Acct-Interim-Interval")
+EVENT_TIMESTAMP = wire.key("Event-Timestamp")
+ERROR_CAUSE = wire.key("Error-Cause")
+
+# §3: what identifies the NAS and the session; everything else in a Disconnect-Request is
+# unsupported (§2.3: all attributes are mandatory), and a CoA-Request may add the changes
+_FRAMING = frozenset({wire.MESSAGE_AUTHENTICATOR, wire.PROXY_STATE, EVENT_TIMESTAMP})
+_NAS = frozenset({NAS_IP_ADDRESS, NAS_IPV6_ADDRESS, NAS_IDENTIFIER})
+_SESSION = frozenset({ACCT_SESSION_ID, USER_NAME, FRAMED_IP_ADDRESS, CALLING_STATION_ID})
+_CHANGES = frozenset({SESSION_TIMEOUT, ACCT_INTERIM_INTERVAL})
+_ALLOWED = {
+    Code.DISCONNECT_REQUEST: _FRAMING | _NAS | _SESSION,
+    Code.COA_REQUEST: _FRAMING | _NAS | _SESSION | _CHANGES,
+}
+
+
+class Sessions(Protocol):
+    """What the server acts on (the IKE Responder): find, end, limit a session."""
+
+    def find(
+        self,
+        *,
+        session_id: str | None = None,
+        user: str | None = None,
+        framed_ip: ipaddress.IPv4Address | None = None,
+    ) -> list[IkeSa]: ...
+
+    def disconnect(self, sa: IkeSa, by: str = ...) -> None: ...
+
+    def limit(self, sa: IkeSa, seconds: float) -> None: ...
+
+
+class InterimIntervals:
+    """Acct-Interim-Interval set by CoA-Requests, by Acct-Session-Id, for accounting to
+    read (:meth:`get`). A session observer: an entry goes when its session ends."""
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, int] = {}
+
+    def get(self, session_id: str) -> int | None:
+        """Seconds between Interim-Updates a CoA-Request asked for, or None."""
+        return self._by_session.get(session_id)
+
+    def set(self, session_id: str, seconds: int) -> None:
+        self._by_session[session_id] = seconds
+
+    def session_started(self, sa: IkeSa) -> None:
+        """Nothing to do: only a CoA-Request sets an interval."""
+
+    def session_ended(self, sa: IkeSa, ending: Ending, counters: list[Any] | None) -> None:
+        self._by_session.pop(sa.session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_session)
+
+
+class Refused(Exception):
+    """The request is answered with a NAK carrying ``cause`` (§3.5)."""
+
+    def __init__(self, cause: ErrorCause, reason: str) -> None:
+        super().__init__(reason)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The session identification of a request (§3): every key given must match."""
+
+    session_id: str | None
+    user: str | None
+    framed_ip: ipaddress.IPv4Address | None
+    calling_station: str | None
+
+    def __bool__(self) -> bool:
+        keys = (self.session_id, self.user, self.framed_ip, self.calling_station)
+        return any(key is not None for key in keys)
+
+    def __str__(self) -> str:
+        parts = [
+            ("Acct-Session-Id", self.session_id),
+            ("User-Name", self.user),
+            ("Framed-IP-Address", self.framed_ip),
+            ("Calling-Station-Id", self.calling_station),
+        ]
+        return ", ".join(f"{name} {logs.quoted(str(v))}" for name, v in parts if v is not None)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a CoA-Request changes (§2.2): a new Session-Timeout (RFC 2865 §5.27) and an
+    Acct-Interim-Interval (RFC 2869 §5.16), each None when not asked for."""
+
+    session_timeout: int | None
+    interim_interval: int | None
+
+    def __bool__(self) -> bool:
+        return self.session_timeout is not None or self.interim_interval is not None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.session_timeout is not None:
+            parts.append(f"Session-Timeout {self.session_timeout} s")
+        if self.interim_interval is not None:
+            parts.append(f"Acct-Interim-Interval {self.interim_interval} s")
+        return ", ".join(parts)
+
+
+def _one(request: wire.Packet, key: wire.Key, name: str) -> bytes | None:
+    values = request.attributes.get(key)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Refused(ErrorCause.INVALID_REQUEST, f"{len(values)} {name} attributes")
+    return values[0]
+
+
+def _text(request: wire.Packet, key: wire.Key, name: str) -> str | None:
+    raw = _one(request, key, name)
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused(ErrorCause.INVALID_ATTRIBUTE_VALUE, f"{name} is not UTF-8") from None
+    if not text:
+        raise Refused(ErrorCause.INVALID_ATTRIBUTE_VALUE, f"empty {name}")
+    return text
+
+
+def _integer(request: wire.Packet, key: wire.Key, name: str) -> int | None:
+    raw = _one(request, key, name)
+    if raw is None:
+        return None
+    if len(raw) != 4:
+        raise Refused(ErrorCause.INVALID_ATTRIBUTE_VALUE, f"{name} of {len(raw)} octets")
+    return int.from_bytes(raw, "big")
+
+
+def _address(request: wire.Packet, key: wire.Key, name: str, kind: type[_A]) -> _A | None:
+    raw = _one(request, key, name)
+    if raw is None:
+        return None
+    try:
+        return kind(raw)  # 4 or 16 octets, or AddressValueError
+    except ipaddress.AddressValueError:
+        raise Refused(ErrorCause.INVALID_ATTRIBUTE_VALUE, f"{name} of {len(raw)} octets") from None
+
+
+def identification(request: wire.Packet) -> Identification:
+    """The session identification attributes (§3), checked for form."""
+    return Identification(
+        _text(request, ACCT_SESSION_ID, "Acct-Session-Id"),
+        _text(request, USER_NAME, "User-Name"),
+        _address(request, FRAMED_IP_ADDRESS, "Framed-IP-Address", ipaddress.IPv4Address),
+        _text(request, CALLING_STATION_ID, "Calling-Station-Id"),
+    )
+
+
+def change(request: wire.Packet) -> Change:
+    """The authorization changes of a CoA-Request, checked: a Session-Timeout of at least a
+    second, an Acct-Interim-Interval of at least 60 (RFC 2869 §5.16)."""
+    timeout = _integer(request, SESSION_TIMEOUT, "Session-Timeout")
+    if timeout == 0:
+        raise Refused(ErrorCause.INVALID_ATTRIBUTE_VALUE, "Session-Timeout of 0 s")
+    interim = _integer(request, ACCT_INTERIM_INTERVAL, "Acct-Interim-Interval")
+    if interim is not None and interim < MIN_INTERIM:
+        raise Refused(
+            ErrorCause.INVALID_ATTRIBUTE_VALUE,
+            f"Acct-Interim-Interval of {interim} s (RFC 2869 §5.16: {MIN_INTERIM} at least)",
+        )
+    return Change(timeout, interim)
+
+
+@dataclass(frozen=True)
+class NasIdentity:
+    """Who this NAS is (§3): the NAS-Identifier a request may name (the one the RADIUS
+    relay sends), and which NAS-IP-Address / NAS-IPv6-Address values are ours."""
+
+    identifier: str
+    is_ours: Callable[[IPAddress], bool]
+
+    def mismatch(self, request: wire.Packet) -> str | None:
+        """Why the request's NAS identification names another NAS, or None."""
+        name = _text(request, NAS_IDENTIFIER, "NAS-Identifier")
+        if name is not None and name != self.identifier:
+            return f"NAS-Identifier {logs.quoted(name)} is not {self.identifier!r}"
+        addresses = (
+            ("NAS-IP-Address", _address(request, NAS_IP_ADDRESS, "NAS-IP-Address", IPv4)),
+            ("NAS-IPv6-Address", _address(request, NAS_IPV6_ADDRESS, "NAS-IPv6-Address", IPv6)),
+        )
+        for label, address in addresses:
+            if address is not None and not self.is_ours(address):
+                return f"{label} {address} is not ours"
+        return None
+
+
+class _Answers:
+    """Replies by (client, Identifier, Request Authenticator) for ``window`` seconds: a
+    retransmission or a replay gets the same bytes and is not acted on again (§2.3,
+    RFC 5080 §2.2.2). Unlike the RADIUS server's DuplicateCache (keyed by source port and
+    Identifier, a new authenticator replacing the old), the authenticator is part of the
+    key, so a request replayed after the client reused its Identifier is still known; the
+    window is the Event-Timestamp's, so it is known until its timestamp is stale."""
+
+    def __init__(self, clock: Callable[[], float], window: float, limit: int) -> None:
+        self.clock = clock
+        self.window = window
+        self.limit = limit
+        self._entries: OrderedDict[tuple[str, int, bytes], tuple[float, bytes]] = OrderedDict()
+
+    def get(self, key: tuple[str, int, bytes]) -> bytes | None:
+        now = self.clock()
+        horizon = now - self.window
+        entries = self._entries
+        while entries and next(iter(entries.values()))[0] <= horizon:
+            entries.popitem(last=False)
+        entry = entries.get(key)
+        return entry[1] if entry is not None else None
+
+    def put(self, key: tuple[str, int, bytes], reply: bytes) -> None:
+        self._entries[key] = (self.clock(), reply)
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class DynamicAuthorization:
+    """The Dynamic Authorization Server (RFC 5176) as a function of its input:
+    :meth:`receive` takes a datagram and its source and returns the reply, or None.
+
+    ``clock`` returns POSIX seconds (the reactor's ``seconds``): Event-Timestamps are
+    compared with it. ``replay_window`` (§6.3, default 300 s) bounds how far one may be
+    from it, and is how long answers are remembered; with ``require_event_timestamp`` a
+    request without one is discarded (§6.3: "SHOULD be configurable").
+    """
+
+    def __init__(
+        self,
+        clients: ClientTable,
+        sessions: Sessions,
+        nas: NasIdentity,
+        clock: Callable[[], float],
+        replay_window: float = 300.0,
+        require_event_timestamp: bool = False,
+        remembered: int = REMEMBERED,
+    ) -> None:
+        self.clients = clients
+        self.sessions = sessions
+        self.nas = nas
+        self.clock = clock
+        self.replay_window = replay_window
+        self.require_event_timestamp = require_event_timestamp
+        self.answers = _Answers(clock, replay_window, remembered)
+        self.interim = InterimIntervals()
+        self.throttle = logs.Throttle(log, clock)
+
+    def receive(self, data: bytes, host: str, port: int) -> bytes | None:
+        """The reply to the datagram ``data`` from ``host``:``port``, or None."""
+        client = self.clients.lookup(host)
+        if client is None:
+            self.throttle.emit(
+                "unknown-client",
+                LogLevel.warn,
+                "dropped {n}-octet datagram from {host}:{port}: not a configured DAE client",
+                n=len(data),
+                host=host,
+                port=port,
+            )
+            return None
+        try:
+            request = wire.parse(data)
+        except wire.Malformed as e:
+            self._drop(client, host, f"malformed: {e}")
+            return None
+        problem = self._authenticity(request, client)
+        if problem is not None:
+            self._drop(client, host, problem)
+            return None
+        key = (client.name, request.ident, request.authenticator)
+        answered = self.answers.get(key)
+        if answered is not None:
+            return answered
+        problem = self._freshness(request)
+        if problem is not None:
+            self._drop(client, host, problem)
+            return None
+        try:
+            reply = self._answer(request, client, host)
+        except wire.TooLarge as e:
+            self._drop(client, host, f"not answered: {e}")
+            return None
+        self.answers.put(key, reply)
+        return reply
+
+    def _authenticity(self, request: wire.Packet, client: RadiusClient) -> str | None:
+        """Why the packet cannot be trusted (§2.3 Request Authenticator, §3.4
+        Message-Authenticator, computed with a zero Authenticator field), or None."""
+        if request.code not in _ANSWERS:
+            return f"code {request.code} is not served on the DAE port"
+        # §2.3: MD5(Code+Identifier+Length+16 zero octets+attributes+secret), the
+        # Accounting-Request's Request Authenticator (RFC 2866 §3)
+        if not wire.accounting_authenticator_ok(request, client.secret):
+            return "bad Request Authenticator (wrong secret?)"
+        if request.message_authenticator_at >= 0:
+            if not wire.message_authenticator_ok(request, client.secret, wire.ZERO_VECTOR):
+                return "bad Message-Authenticator"
+        elif client.require_message_authenticator is True:
+            return "no Message-Authenticator, which this client must send"
+        return None
+
+    def _freshness(self, request: wire.Packet) -> str | None:
+        """§6.3: an Event-Timestamp not within ``replay_window`` of our clock, or none where
+        one is required, and the packet is silently discarded."""
+        raw = request.get(EVENT_TIMESTAMP)
+        if raw is None:
+            if self.require_event_timestamp:
+                return "no Event-Timestamp (require_event_timestamp)"
+            return None
+        if len(raw) != 4:
+            return f"Event-Timestamp of {len(raw)} octets"
+        off = int.from_bytes(raw, "big") - self.clock()
+        if abs(off) > self.replay_window:
+            window = self.replay_window
+            return f"Event-Timestamp {off:+.0f} s off our clock (replay_window {window:g} s)"
+        return None
+
+    def _answer(self, request: wire.Packet, client: RadiusClient, host: str) -> bytes:
+        code = Code(request.code)
+        ack, nak = _ANSWERS[code]
+        try:
+            found, what = self._act(request, code, client)
+        except Refused as e:
+            self.throttle.emit(
+                (client.name, code, e.cause),
+                LogLevel.info,
+                "{request} from {client} ({host}): NAK, Error-Cause {cause} ({reason})",
+                request=_NAMES[code],
+                client=client.name,
+                host=host,
+                cause=int(e.cause),
+                reason=str(e),
+            )
+            return wire.reply(request, nak, client.secret, [wire.value("Error-Cause", e.cause)])
+        log.info(
+            "{request} from {client} ({host}): {what} for {n} session(s): {sessions}",
+            request=_NAMES[code],
+            client=client.name,
+            host=host,
+            what=what,
+            n=len(found),
+            sessions=", ".join(f"{sa.session_id} of {logs.quoted(sa.identity)}" for sa in found),
+        )
+        return wire.reply(request, ack, client.secret)
+
+    def _act(
+        self, request: wire.Packet, code: Code, client: RadiusClient
+    ) -> tuple[list[IkeSa], str]:
+        """Check the whole request, then act on every matching session (§2.3: all
+        attributes are mandatory and a CoA's changes are atomic; §3: a request applies to
+        all matching sessions). Raises :class:`Refused` before anything changed."""
+        if SERVICE_TYPE in request.attributes:  # §3.2: no Authorize Only, no other service
+            raise Refused(ErrorCause.UNSUPPORTED_SERVICE, "Service-Type is not supported")
+        allowed = _ALLOWED[code]
+        unsupported = [k for k in request.attributes if k not in allowed]
+        if unsupported:
+            raise Refused(
+                ErrorCause.UNSUPPORTED_ATTRIBUTE,
+                "unsupported attribute(s) " + ", ".join(map(_attribute_name, unsupported)),
+            )
+        who = identification(request)
+        wanted = change(request) if code == Code.COA_REQUEST else None
+        mismatch = self.nas.mismatch(request)
+        if mismatch is not None:
+            raise Refused(ErrorCause.NAS_IDENTIFICATION_MISMATCH, mismatch)
+        if not who:
+            raise Refused(ErrorCause.MISSING_ATTRIBUTE, "no session identification (§3)")
+        if wanted is not None and not wanted:
+            raise Refused(ErrorCause.MISSING_ATTRIBUTE, "nothing to change")
+        found = self.sessions.find(
+            session_id=who.session_id, user=who.user, framed_ip=who.framed_ip
+        )
+        if who.calling_station is not None:
+            found = [sa for sa in found if sa.remote.host == who.calling_station]
+        if not found:
+            raise Refused(ErrorCause.SESSION_CONTEXT_NOT_FOUND, f"no session with {who}")
+        if wanted is None:
+            for sa in found:
+                self.sessions.disconnect(sa, f"by RADIUS Disconnect-Request from {client.name}")
+            return found, "disconnecting"
+        for sa in found:
+            if wanted.session_timeout is not None:
+                self.sessions.limit(sa, wanted.session_timeout)
+            if wanted.interim_interval is not None:
+                self.interim.set(sa.session_id, wanted.interim_interval)
+        return found, str(wanted)
+
+    def _drop(self, client: RadiusClient, host: str, reason: str) -> None:
+        self.throttle.emit(
+            (client.name, reason),
+            LogLevel.warn,
+            "dropped DAE packet from client {client} ({host}): {reason}",
+            client=client.name,
+            host=host,
+            reason=reason,
+        )
+
+
+def _attribute_name(key: wire.Key) -> str:
+    try:
+        return str(wire.DICTIONARY.attrindex.GetBackward(key))
+    except KeyError:
+        return f"{key[0]}/{key[1]}" if isinstance(key, tuple) else str(key)
+
+
+def host_address(address: IPAddress) -> bool:
+    """Whether ``address`` is one of this host's (its own NAS-IP-Address): a UDP socket
+    binds to it only then."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
+
+
+class DaeProtocol(DatagramProtocol):
+    """The DAE port: datagrams to :class:`DynamicAuthorization`, its replies back."""
+
+    noisy = False
+
+    def __init__(self, core: DynamicAuthorization) -> None:
+        self.core = core
+
+    def datagramReceived(self, data: bytes, addr: Address) -> None:
+        host = canonical_host(addr[0])
+        try:
+            reply = self.core.receive(data, host, addr[1])
+        except Exception:
+            log.failure("internal error answering DAE packet from {host}; dropped", host=host)
+            return
+        if reply is not None:
+            self.transport.write(reply, addr)
