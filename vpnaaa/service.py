@@ -48,6 +48,7 @@ from vpnaaa.radius.server import (
     auth_protocol,
     listen_udp,
 )
+from vpnaaa.radius.session_accounting import AccountingService, accounting_service
 from vpnaaa.users import UserStore, UserStoreError
 
 log = logs.get("vpnaaa")
@@ -159,6 +160,11 @@ class VpnaaaService(service.MultiService):
             owners = private.trusted_owners(config.daemon.user)
             self.ike = IkeService(config.ike, self._ike_profiles(config), reactor, owners)
             self.ike.setServiceParent(self)
+        self.accounting: AccountingService | None = None  # of the IKE sessions
+        if self.ike is not None and config.accounting.enabled:
+            shared = self.radius.accounting if self.radius is not None else None
+            self.accounting = accounting_service(config, self.ike.responder, shared, reactor)
+            self.accounting.setServiceParent(self)
         if config.admin.enabled:
             for admin in admin_services(self, config.admin):
                 admin.setServiceParent(self)
@@ -228,7 +234,7 @@ class VpnaaaService(service.MultiService):
                 privileges.code_reachable(user)
                 privileges.reachable(config.state_dir, user)
             files = [config.users.file]
-            if config.radius.enabled:
+            if config.radius.enabled or self.accounting is not None:
                 files.append(config.radius.accounting_log)
             privileges.prepare_state_dir(config.state_dir, user, files)
         except privileges.PrivilegeError as e:
@@ -277,6 +283,8 @@ class VpnaaaService(service.MultiService):
         a broken user file keeps the users in force."""
         if self.radius is not None:
             self.radius.accounting.reopen()
+        if self.accounting is not None:
+            self.accounting.reopen()
         try:
             count = self.users.load()
         except UserStoreError as e:
