@@ -10,7 +10,7 @@ local accounting log and to ``[accounting] servers``:
   the Request Authenticator, RFC 2866 §3) to ``radacct/127.0.0.1/detail-DATE``;
 - a second vpnaaa acting as the accounting server (its RADIUS server's accounting log), behind
   a first server that never answers: the records fail over to it, the later ones go to it
-  directly.
+  directly; and stopping the gateway sends it the Stop (Admin-Reboot) before the socket closes.
 """
 
 from __future__ import annotations
@@ -160,7 +160,32 @@ class FreeRadiusAccountingTests(AccountingCase):
         )
 
 
-class FailOverTests(AccountingCase):
+class SecondVpnaaaTests(AccountingCase):
+    def accounting_server(self) -> tuple[Path, int]:
+        """A second vpnaaa, RADIUS only, that accepts the gateway's records: (its
+        accounting log, its accounting port)."""
+        server_state = state_dir(self)
+        clients = (
+            f'[[radius.clients]]\nname = "gateway"\naddress = "127.0.0.1"\n'
+            f"secret = {json.dumps(SECRET)}\n"
+        )
+        add_users(server_state, {})
+        server = start_daemon(self, radius_config(server_state, clients))
+        return server_state / "accounting.log", ports(server)[1]
+
+    @defer.inlineCallbacks
+    def test_stopping_the_daemon_sends_admin_reboot(self):
+        """SIGTERM's path: the session ends with SHUTDOWN and the daemon's stop waits until
+        the server acknowledged the Stop (Admin-Reboot, RFC 2866 §5.10)."""
+        received, acct_port = self.accounting_server()
+        self.start_accounting_gateway([f"127.0.0.1:{acct_port}"])
+        _, sa = yield self.session()
+        yield self.daemon.stopService()
+        stop = local_records(received)[-1]
+        self.assertEqual(stop["Acct-Session-Id"], sa.session_id)
+        self.assertEqual(stop["Acct-Status-Type"], "Stop")
+        self.assertEqual(stop["Acct-Terminate-Cause"], "Admin-Reboot")
+
     @defer.inlineCallbacks
     def test_a_dead_first_server_fails_over_to_a_second_vpnaaa(self):
         """The first server never answers: the Start is sent there twice (0.6 s apart, a
@@ -170,14 +195,7 @@ class FailOverTests(AccountingCase):
         self.addCleanup(dead.close)
         dead.bind((freeradius.LOOPBACK, 0))
         dead.setblocking(False)
-        server_state = state_dir(self)
-        clients = (
-            f'[[radius.clients]]\nname = "gateway"\naddress = "127.0.0.1"\n'
-            f"secret = {json.dumps(SECRET)}\n"
-        )
-        add_users(server_state, {})
-        server = start_daemon(self, radius_config(server_state, clients))
-        _, acct_port = ports(server)
+        received, acct_port = self.accounting_server()
         self.start_accounting_gateway(
             [f"{freeradius.LOOPBACK}:{dead.getsockname()[1]}", f"127.0.0.1:{acct_port}"],
             timeout=0.6,
@@ -185,7 +203,6 @@ class FailOverTests(AccountingCase):
         )
         client, sa = yield self.session()
         self.virtual_ip = str(sa.virtual_ip)
-        received = server_state / "accounting.log"
         yield self.until(
             lambda: "Interim-Update" in statuses(local_records(received), sa.session_id),
             10,
