@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import types
 from pathlib import Path
 
 from pyrad.packet import AcctPacket
@@ -289,6 +290,13 @@ class ObserverTests(unittest.TestCase):
         self.assertEqual(stop["Acct-Output-Octets"], [2009])
         self.assertEqual(stop["Acct-Input-Packets"], [12])
 
+    def test_a_bug_in_the_observer_is_logged_not_raised(self):
+        """Nothing raises into the IKE responder: one logged failure instead."""
+        broken = types.SimpleNamespace(session_id="0123456789ABCDEF", profile=None)
+        self.accounting.session_started(broken)
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        self.assertTrue(any("Start of session 0123456789ABCDEF failed" in x for x in self.lines))
+
     def test_an_unwritable_log_is_one_line_not_an_error(self):
         blocker = self.path.parent / "a-file"
         blocker.write_text("")
@@ -388,3 +396,6 @@ class ClientTests(unittest.TestCase):
         self.assertTrue(any("queue full (2 records wait" in x for x in self.lines))
         client.makeConnection(FakeDatagramTransport())
         self.assertEqual((len(client.queue), len(client.outstanding)), (0, 2))
+        unqueued = self.client(max_queue=0)  # no queue: sent while Identifiers are free
+        self.assertTrue(unqueued.send(found, T0, "3"))
+        self.assertEqual(len(unqueued.outstanding), 1)

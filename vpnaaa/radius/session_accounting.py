@@ -288,6 +288,18 @@ class SessionAccounting:
     # -- SessionObserver ------------------------------------------------------------------
 
     def session_started(self, sa: IkeSa) -> None:
+        try:
+            self._started(sa)
+        except Exception:  # a bug here must not break the session
+            log.failure("accounting: the Start of session {id} failed", id=sa.session_id)
+
+    def session_ended(self, sa: IkeSa, ending: Ending, counters: list[Any] | None) -> None:
+        try:
+            self._ended(sa, ending, counters)
+        except Exception:
+            log.failure("accounting: the Stop of session {id} failed", id=sa.session_id)
+
+    def _started(self, sa: IkeSa) -> None:
         profile = sa.profile.name
         authentic = "RADIUS" if profile in self.relayed else "Local"
         facts = SessionFacts.of(sa, authentic, self.session_class(sa))
@@ -296,7 +308,7 @@ class SessionAccounting:
         self._record(live, START, None)
         self._schedule(live)
 
-    def session_ended(self, sa: IkeSa, ending: Ending, counters: list[Any] | None) -> None:
+    def _ended(self, sa: IkeSa, ending: Ending, counters: list[Any] | None) -> None:
         live = self.sessions.pop(sa.session_id, None)
         if live is None:
             return
@@ -471,8 +483,10 @@ class AccountingClient(DatagramProtocol):
         return not self.queue and not self.outstanding
 
     def send(self, found: list[tuple[wire.Key, bytes]], now: float, session_id: str) -> bool:
-        """Send a record (without Acct-Delay-Time); False if the queue is full."""
-        if len(self.queue) >= self.max_queue:
+        """Send a record (without Acct-Delay-Time); False if it must wait and the queue is
+        full."""
+        must_wait = self.queue or not self._free or self.transport is None
+        if must_wait and len(self.queue) >= self.max_queue:
             self._throttle.emit(
                 "full",
                 LogLevel.error,
