@@ -21,8 +21,10 @@ from vpnaaa.config import ConfigError, RadiusClient
 from vpnaaa.ike.const import PayloadType, ProtocolId
 from vpnaaa.ike.sa import Endpoint
 from vpnaaa.radius import wire
+from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.dae import DynamicAuthorization, NasIdentity, host_address
 from vpnaaa.radius.server import ClientTable
+from vpnaaa.radius.session_accounting import SessionAccounting
 
 SECRET = b"dae-secret"
 DAC = "192.0.2.50"  # the AAA server sending Disconnect/CoA
@@ -55,6 +57,13 @@ class DaeTestCase(unittest.TestCase):
         self.ident = 0
 
     def server(self, table: ClientTable | None = None, **options: object) -> DynamicAuthorization:
+        """The DAE core on the test gateway, its CoA intervals going to a real accounting
+        of the gateway's sessions (into a local log)."""
+        log = AccountingLog(state_dir(self) / "accounting.log")
+        self.addCleanup(log.close)
+        self.accounting = SessionAccounting(self.gate.responder, log, self.gate.clock)
+        self.gate.responder.observers.append(self.accounting)
+        options.setdefault("intervals", self.accounting)
         self.dae = DynamicAuthorization(
             table or clients(),
             self.gate.responder,
@@ -62,7 +71,6 @@ class DaeTestCase(unittest.TestCase):
             self.gate.clock.seconds,
             **options,
         )
-        self.gate.responder.observers.append(self.dae.interim)
         return self.dae
 
     def connected(self, address: Endpoint = PEER) -> tuple[Initiator, object]:
@@ -248,7 +256,7 @@ class CoaTests(DaeTestCase):
         self.assertNak(reply, pyrad.CoANAK, INVALID_VALUE)  # RFC 2869 §5.16: 60 s at least
         self.gate.clock.advance(3600)
         self.assertEqual(peer.gateway_requests(), [])
-        self.assertIsNone(self.dae.interim.get(sa.session_id))
+        self.assertEqual(self.accounting.interim_interval(sa.session_id), 0)  # unchanged
 
     def test_refusals(self):
         self.server()
@@ -264,19 +272,22 @@ class CoaTests(DaeTestCase):
         self.gate.clock.advance(3600)
         self.assertEqual(peer.gateway_requests(), [])
 
-    def test_interim_interval_is_kept_for_accounting_until_the_session_ends(self):
-        """RFC 2869 §5.16 Acct-Interim-Interval by CoA: kept by Acct-Session-Id for the
-        accounting of this session only, forgotten when it ends."""
+    def test_interim_interval_goes_to_the_sessions_accounting(self):
+        """RFC 2869 §5.16 Acct-Interim-Interval by CoA (RFC 5176 §3.1): the accounting of
+        that session only sends Interim-Updates that often from now on; with accounting
+        off, the attribute is unsupported (NAK 401, nothing changed)."""
         self.server()
         peer, sa = self.connected()
         _, other = self.connected(OTHER)
         wanted = {"Acct-Session-Id": sa.session_id, "Acct-Interim-Interval": 600}
         self.assertAck(self.coa(**wanted), pyrad.CoAACK)
-        self.assertEqual(self.dae.interim.get(sa.session_id), 600)
-        self.assertIsNone(self.dae.interim.get(other.session_id))
+        self.assertEqual(self.accounting.interim_interval(sa.session_id), 600)
+        self.assertEqual(self.accounting.interim_interval(other.session_id), 0)
         peer.delete_ike()
-        self.assertIsNone(self.dae.interim.get(sa.session_id))
-        self.assertEqual(len(self.dae.interim), 0)
+        self.assertIsNone(self.accounting.interim_interval(sa.session_id))
+        self.server(intervals=None)
+        both = {"User-Name": "alice", "Session-Timeout": 30, "Acct-Interim-Interval": 600}
+        self.assertNak(self.coa(**both), pyrad.CoANAK, UNSUPPORTED_ATTRIBUTE)
 
 
 def raw_request(code: int, ident: int, attributes: bytes, secret: bytes = SECRET) -> bytes:

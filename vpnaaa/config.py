@@ -169,6 +169,7 @@ class ProfileConfig:
     max_sessions_per_user: int = 0  # 0: any number
     session_limit: Literal["replace", "refuse"] = "replace"
     rekey: Literal["client", "gateway"] = "client"  # who rekeys at the soft lifetimes
+    acct_interim_interval: int = 0  # seconds between Interim-Updates; 0: none
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,20 @@ class RelayConfig:
     max_queue: int = 1024  # requests waiting for a free Identifier
     max_conversations: int = 4096
     max_conversations_per_source: int = 32
+
+
+@dataclass(frozen=True)
+class AccountingConfig:
+    """``[accounting]``: the IKE sessions' records (RFC 2866) go to the local accounting log
+    and, with ``servers``, to external accounting servers, tried in that order."""
+
+    enabled: bool = True
+    servers: tuple[tuple[str, int], ...] = ()  # (address, port); the first is used first
+    secret: bytes = field(default=b"", repr=False)
+    timeout: float = 3.0  # seconds per try
+    tries: int = 3  # per server, then the next one
+    max_queue: int = 1024  # records waiting for an Identifier
+    nas_identifier: str = "vpnaaa"
 
 
 @dataclass(frozen=True)
@@ -244,6 +259,7 @@ class Config:
     daemon: DaemonConfig = DaemonConfig()
     debug: DebugConfig = DebugConfig()
     dae: DaeConfig = DaeConfig()
+    accounting: AccountingConfig = AccountingConfig()
 
 
 class _Section:
@@ -519,14 +535,17 @@ def _load(
     radius = (
         _radius(radius_section, state, config_path)
         if enabled is not False
-        else _disabled(radius_section)
+        else _disabled(radius_section, state)
     )
     ike = _ike(root.sub("ike"), state, eap.tls, config_path)
     admin = _admin(root.sub("admin"), state)
     debug = _debug(root.sub("debug"), state)
     dae = _dae(root.sub("dae"), state, config_path, ike)
+    accounting = _accounting(root.sub("accounting"), state, config_path)
     root.finish()
-    return Config(source, state, log_level, users, radius, eap, ike, admin, daemon, debug, dae)
+    return Config(
+        source, state, log_level, users, radius, eap, ike, admin, daemon, debug, dae, accounting
+    )
 
 
 def _debug(section: _Section, state_dir: Path) -> DebugConfig:
@@ -588,6 +607,54 @@ def _dae(section: _Section, state_dir: Path, config_path: Path | None, ike: IkeC
     )
     section.finish()
     return config
+
+
+def _accounting(section: _Section, state_dir: Path, config_path: Path | None) -> AccountingConfig:
+    """``[accounting]``: ``servers`` as "address" or "address:port" ("[v6]:port"), one
+    address family; a secret only with servers."""
+    raw = section.get("servers", list, [])
+    servers = tuple(_server(section, str(item)) for item in raw)
+    if len({":" in host for host, _ in servers}) > 1:
+        raise section.error("servers", "mixes IPv4 and IPv6 addresses: use one family")
+    secret = b""
+    if servers:
+        secret = _secret(section, state_dir, config_path)
+    elif "secret" in section.table or "secret_file" in section.table:
+        raise section.error("secret", "set only with servers")
+    config = AccountingConfig(
+        enabled=section.get("enabled", bool, True),
+        servers=servers,
+        secret=secret,
+        timeout=section.get_float("timeout", 3.0, 0.1, 60.0),
+        tries=section.get_int("tries", 3, 1, 10),
+        max_queue=section.get_int("max_queue", 1024, 0, 1_000_000),
+        nas_identifier=section.get("nas_identifier", str, "vpnaaa"),
+    )
+    if not config.nas_identifier:
+        raise section.error("nas_identifier", "must not be empty")
+    section.finish()
+    return config
+
+
+def _server(section: _Section, text: str) -> tuple[str, int]:
+    """An accounting server: "192.0.2.1", "192.0.2.1:1813", "[2001:db8::1]:1813"."""
+    host, port = text, "1813"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port)
+        if not 1 <= number <= 65535:
+            raise ValueError(port)
+    except ValueError:
+        raise section.error(
+            "servers", f"{text!r} is not ADDRESS, ADDRESS:PORT or [IPv6]:PORT"
+        ) from None
+    return str(address), number
 
 
 def _admin(section: _Section, state_dir: Path) -> AdminConfig:
@@ -747,6 +814,7 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
         max_sessions_per_user=section.get_int("max_sessions_per_user", 0, 0, 1_000_000),
         session_limit=limit,
         rekey=rekey,
+        acct_interim_interval=section.get_int("acct_interim_interval", 0, 0, 2**31 - 1),
     )
 
 
@@ -838,7 +906,13 @@ def _cryptobinding(section: _Section) -> str:
     return value
 
 
-def _disabled(section: _Section) -> RadiusConfig:
-    """A switched-off service: its other keys are not validated against missing secrets."""
+def _disabled(section: _Section, state_dir: Path) -> RadiusConfig:
+    """A switched-off service: its other keys are not validated against missing secrets,
+    but for the accounting log, which the IKE sessions' records use as well."""
+    config = RadiusConfig(
+        enabled=False,
+        accounting_log=state_dir / section.get("accounting_log", str, "accounting.log"),
+        accounting_fsync=section.get("accounting_fsync", bool, False),
+    )
     section.table.clear()
-    return RadiusConfig(enabled=False)
+    return config

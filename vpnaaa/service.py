@@ -41,7 +41,13 @@ from vpnaaa.pki import load_server_identity
 from vpnaaa.pool import AddressPool
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.client import RadiusRelay
-from vpnaaa.radius.dae import DaeProtocol, DynamicAuthorization, NasIdentity, host_address
+from vpnaaa.radius.dae import (
+    DaeProtocol,
+    DynamicAuthorization,
+    Intervals,
+    NasIdentity,
+    host_address,
+)
 from vpnaaa.radius.eap import EapHandler
 from vpnaaa.radius.handlers import AccessHandler
 from vpnaaa.radius.server import (
@@ -51,6 +57,7 @@ from vpnaaa.radius.server import (
     auth_protocol,
     listen_udp,
 )
+from vpnaaa.radius.session_accounting import AccountingService, accounting_service
 from vpnaaa.users import UserStore, UserStoreError
 
 log = logs.get("vpnaaa")
@@ -131,7 +138,13 @@ class DaeService(service.Service):
 
     name = "dae"
 
-    def __init__(self, config: DaeConfig, responder: Responder, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: DaeConfig,
+        responder: Responder,
+        reactor: Any,
+        intervals: Intervals | None = None,
+    ) -> None:
         self.config = config
         self.reactor = reactor
         ours = frozenset(config.nas_addresses)
@@ -143,8 +156,8 @@ class DaeService(service.Service):
             reactor.seconds,
             config.replay_window,
             config.require_event_timestamp,
+            intervals=intervals,
         )
-        responder.observers.append(self.core.interim)
         self.ports: list[IListeningPort] = []
 
     def privilegedStartService(self) -> None:
@@ -216,10 +229,16 @@ class VpnaaaService(service.MultiService):
             self.ike = IkeService(config.ike, self._ike_profiles(config), reactor, owners)
             self.ike.responder.keylog = self.keylog
             self.ike.setServiceParent(self)
+        self.accounting: AccountingService | None = None  # of the IKE sessions
+        if self.ike is not None and config.accounting.enabled:
+            shared = self.radius.accounting if self.radius is not None else None
+            self.accounting = accounting_service(config, self.ike.responder, shared, reactor)
+            self.accounting.setServiceParent(self)
         self.metrics = for_daemon(self)  # the admin API serves them
         self.dae: DaeService | None = None
         if config.dae.enabled and self.ike is not None:
-            self.dae = DaeService(config.dae, self.ike.responder, reactor)
+            accounting = self.accounting.accounting if self.accounting is not None else None
+            self.dae = DaeService(config.dae, self.ike.responder, reactor, accounting)
             self.dae.setServiceParent(self)
         if config.admin.enabled:
             for admin in admin_services(self, config.admin):
@@ -292,7 +311,7 @@ class VpnaaaService(service.MultiService):
                 privileges.code_reachable(user)
                 privileges.reachable(config.state_dir, user)
             files = [config.users.file]
-            if config.radius.enabled:
+            if config.radius.enabled or self.accounting is not None:
                 files.append(config.radius.accounting_log)
             privileges.prepare_state_dir(config.state_dir, user, files)
         except privileges.PrivilegeError as e:
@@ -363,6 +382,8 @@ class VpnaaaService(service.MultiService):
         a broken user file keeps the users in force."""
         if self.radius is not None:
             self.radius.accounting.reopen()
+        if self.accounting is not None:
+            self.accounting.reopen()
         before = {user.name: user for user in self.users}
         try:
             count = self.users.load()

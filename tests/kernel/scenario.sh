@@ -31,7 +31,8 @@
 # daemon user's); SA counters count the pings
 # and grow with a second ping; `swanctl --rekey --child` during a running ping loses nothing
 # and leaves two new SAs with the same reqid; `swanctl --terminate` leaves no SA and no
-# policy on the gateway. Plain case only: a second CHILD_SA whose algorithm the kernel lacks
+# policy on the gateway, and the session's accounting Stop in the local log counts the pings
+# through the last SAs (kernel counters, RFC 2866 §5.3-5.9). Plain case only: a second CHILD_SA whose algorithm the kernel lacks
 # (module chacha20poly1305 blocked, as on a kernel built without it) fails with a notify to
 # the client and a log line, while the first CHILD_SA keeps carrying traffic. Then the
 # daemon stops on SIGTERM leaving nothing in the kernel, and its log has no traceback.
@@ -638,8 +639,21 @@ client_case() { # CASE CLIENT-NAME NS REMOTE ENCAP IFACE-GW IFACE-CLIENT ESP-FIL
         "$(ip -n vk-gw xfrm state | head -c 200) $(ip -n vk-gw xfrm policy | head -c 300)" \
         wait_until 30 gw_empty
     check "$case: the IKE sockets' bypass policies remain" "" test "$(policies socket)" -eq 4
+    local stop
+    stop=$(accounting_stop)
+    check "$case: the accounting Stop counts the pings through the last SAs (>= 5 each way)" \
+        "$stop" test "$(awk '$1 >= 5 && $2 >= 5 && $3 > 0 && $4 > 0' <<<"$stop" | wc -l)" -eq 1
     dump_xfrm "$name-terminated"
     stop_charon
+}
+
+accounting_stop() { # the last Stop of the local accounting log: in/out packets, in/out octets
+    "$VENV/bin/python" - "$STATE/accounting.log" <<'EOF'
+import json, sys
+stops = [json.loads(line)["attributes"] for line in open(sys.argv[1]) if '"Stop"' in line]
+names = ("Acct-Input-Packets", "Acct-Output-Packets", "Acct-Input-Octets", "Acct-Output-Octets")
+print(*(stops[-1].get(name, [-1])[0] if stops else -1 for name in names))
+EOF
 }
 
 bad_child() { # CASE NAME NS VIP: a second CHILD_SA whose algorithm the kernel lacks

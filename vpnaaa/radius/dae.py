@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import LogLevel
@@ -46,7 +46,6 @@ from vpnaaa.radius import wire
 from vpnaaa.radius.server import Address, ClientTable, canonical_host
 
 if TYPE_CHECKING:
-    from vpnaaa.ike.common import Ending
     from vpnaaa.ike.sa import IkeSa
 
 log = logs.get("vpnaaa.dae")
@@ -131,28 +130,11 @@ class Sessions(Protocol):
     def limit(self, sa: IkeSa, seconds: float) -> None: ...
 
 
-class InterimIntervals:
-    """Acct-Interim-Interval set by CoA-Requests, by Acct-Session-Id, for accounting to
-    read (:meth:`get`). A session observer: an entry goes when its session ends."""
+class Intervals(Protocol):
+    """Where a CoA-Request's Acct-Interim-Interval goes (RFC 5176 §3.1, RFC 2869 §5.16):
+    the accounting of IKE sessions (:class:`vpnaaa.radius.session_accounting.SessionAccounting`)."""
 
-    def __init__(self) -> None:
-        self._by_session: dict[str, int] = {}
-
-    def get(self, session_id: str) -> int | None:
-        """Seconds between Interim-Updates a CoA-Request asked for, or None."""
-        return self._by_session.get(session_id)
-
-    def set(self, session_id: str, seconds: int) -> None:
-        self._by_session[session_id] = seconds
-
-    def session_started(self, sa: IkeSa) -> None:
-        """Nothing to do: only a CoA-Request sets an interval."""
-
-    def session_ended(self, sa: IkeSa, ending: Ending, counters: list[Any] | None) -> None:
-        self._by_session.pop(sa.session_id, None)
-
-    def __len__(self) -> int:
-        return len(self._by_session)
+    def set_interim_interval(self, session_id: str, seconds: float) -> bool: ...
 
 
 class Refused(Exception):
@@ -346,6 +328,7 @@ class DynamicAuthorization:
         replay_window: float = 300.0,
         require_event_timestamp: bool = False,
         remembered: int = REMEMBERED,
+        intervals: Intervals | None = None,
     ) -> None:
         self.clients = clients
         self.sessions = sessions
@@ -354,7 +337,7 @@ class DynamicAuthorization:
         self.replay_window = replay_window
         self.require_event_timestamp = require_event_timestamp
         self.answers = _Answers(clock, replay_window, remembered)
-        self.interim = InterimIntervals()
+        self.intervals = intervals  # None: accounting is off, no interval to change
         self.throttle = logs.Throttle(log, clock)
 
     def receive(self, data: bytes, host: str, port: int) -> bytes | None:
@@ -479,6 +462,11 @@ class DynamicAuthorization:
             raise Refused(ErrorCause.MISSING_ATTRIBUTE, "no session identification (§3)")
         if wanted is not None and not wanted:
             raise Refused(ErrorCause.MISSING_ATTRIBUTE, "nothing to change")
+        if wanted is not None and wanted.interim_interval is not None and self.intervals is None:
+            raise Refused(
+                ErrorCause.UNSUPPORTED_ATTRIBUTE,
+                "Acct-Interim-Interval, and accounting of IKE sessions is off",
+            )
         found = self.sessions.find(
             session_id=who.session_id, user=who.user, framed_ip=who.framed_ip
         )
@@ -493,8 +481,8 @@ class DynamicAuthorization:
         for sa in found:
             if wanted.session_timeout is not None:
                 self.sessions.limit(sa, wanted.session_timeout)
-            if wanted.interim_interval is not None:
-                self.interim.set(sa.session_id, wanted.interim_interval)
+            if wanted.interim_interval is not None and self.intervals is not None:
+                self.intervals.set_interim_interval(sa.session_id, wanted.interim_interval)
         return found, str(wanted)
 
     def _drop(self, client: RadiusClient, host: str, reason: str) -> None:

@@ -262,3 +262,15 @@ def response_ok(response: Packet, request_authenticator: bytes, secret: bytes) -
     if response.message_authenticator_at < 0:
         return True
     return message_authenticator_ok(response, secret, request_authenticator)
+
+
+def accounting_request(ident: int, secret: bytes, attributes: list[tuple[Key, bytes]]) -> bytes:
+    """An Accounting-Request (RFC 2866 §4.1); its Request Authenticator is the MD5 of the
+    packet with a zero Authenticator field, followed by the secret (RFC 2866 §3)."""
+    body = _encode_attributes(attributes)
+    length = MIN_LENGTH + len(body)
+    if length > MAX_LENGTH:
+        raise TooLarge(length, 0)
+    head = struct.pack("!BBH", Code.ACCOUNTING_REQUEST, ident, length)
+    authenticator = hashlib.md5(head + ZERO_VECTOR + body + secret).digest()
+    return head + authenticator + body
