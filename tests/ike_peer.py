@@ -112,6 +112,7 @@ from vpnaaa.ike.proposal import DEFAULT_ESP, DEFAULT_IKE, Policy
 from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT, Limits, Responder, Timing
 from vpnaaa.ike.sa import Endpoint, IkeSa, Profile, ResponderContext, State
 from vpnaaa.kernel.installer import NullInstaller
+from vpnaaa.leases import LeaseBackend
 from vpnaaa.pki import ServerIdentity, load_server_identity
 from vpnaaa.pool import AddressPool
 from vpnaaa.users import User, UserStore, write_users
@@ -216,18 +217,21 @@ class Gateway:
         timing: Timing | None = None,
         child_lifetime: int = 28800,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        leases: LeaseBackend | None = None,
         **profile: Any,
     ) -> None:
         """``profile``: Profile options of the one profile (dpd_delay, max_sessions_per_user,
         session_limit, users, rekey). Lifetimes get a fixed jitter of one half: soft at 85 %,
-        hard at 95 %. ``random_bytes`` gives the gateway's SPIs and nonces."""
+        hard at 95 %. ``random_bytes`` gives the gateway's SPIs and nonces; ``leases``
+        keeps the pool's leases (default: in memory)."""
         context = {"child_lifetime": child_lifetime, "random_bytes": random_bytes}
         self.clock = task.Clock()
         self.users = _user_store()
         self.engine = EapEngine(
             [(Type.MSCHAPV2, functools.partial(mschapv2, self.users))], self.clock
         )
-        self.pool = AddressPool(pool)
+        lifetime = (timing or Timing()).ike_lifetime
+        self.pool = AddressPool(pool, leases=leases, clock=self.clock.seconds, lifetime=lifetime)
         self.installer = NullInstaller()
         ike_policy, esp_policy = _policies()
         self.context = ResponderContext(

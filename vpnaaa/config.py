@@ -148,6 +148,7 @@ class IkeConfig:
     retransmit_base: float = 1.8  # each further wait is this much longer
     retransmit_tries: int = 5  # retransmissions before the peer counts as dead
     shutdown_wait: float = 2.0  # seconds clients get to answer the DELETE on shutdown
+    lease_file: Path | None = None  # the address leases (SQLite); None: kept in memory only
     relay: RelayConfig | None = None  # [ike.radius]: the server backend = "radius" uses
 
 
@@ -750,9 +751,12 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
         matches = frozenset(str(m).lower() for m in sub.get("match", list, []))
         if not matches:
             raise sub.error("match", "list the IDr names or local addresses that select it")
+        if any(p.name == name for p in profiles):
+            raise sub.error("name", f"{name!r} is taken: profile names key the lease file")
         profiles.append(_profile(sub, name, matches))
         sub.finish()
     chain = section.get("chain", str, "")
+    lease_file = section.get("lease_file", str, "leases.sqlite")
     config = IkeConfig(
         enabled=None if enabled == "auto" else enabled,
         listen=section.get("listen", str, "0.0.0.0"),
@@ -776,6 +780,7 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
         retransmit_base=section.get_float("retransmit_base", 1.8, 1.0, 4.0),
         retransmit_tries=section.get_int("retransmit_tries", 5, 0, 20),
         shutdown_wait=section.get_float("shutdown_wait", 2.0, 0.0, 60.0),
+        lease_file=state_dir / lease_file if lease_file else None,
         relay=_relay(section, state_dir, config_path),
     )
     if config.installer not in ("auto", "kernel", "null"):

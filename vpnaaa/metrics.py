@@ -157,15 +157,21 @@ class Metrics:
         sessions = _gauge("vpnaaa_sessions", "VPN sessions established now", ["profile"])
         leased = _gauge("vpnaaa_pool_leased", "virtual IPs leased to clients", ["profile"])
         free = _gauge("vpnaaa_pool_free", "virtual IPs free to lease", ["profile"])
+        held = _gauge(
+            "vpnaaa_pool_held",
+            "virtual IPs held for a client of an earlier run until its lease expires",
+            ["profile"],
+        )
         size = _gauge("vpnaaa_pool_size", "virtual IPs in the profile's pool", ["profile"])
         for responder in self.responders:
             live = Counter(sa.profile.name for sa in responder.sessions())
             for profile in responder.context.profiles:
-                pool = profile.pool
+                usage = profile.pool.usage()  # one read of the lease store
                 sessions.add_metric([profile.name], live[profile.name])
-                leased.add_metric([profile.name], pool.leased)
-                free.add_metric([profile.name], pool.free)
-                size.add_metric([profile.name], pool.leased + pool.free)
+                leased.add_metric([profile.name], usage.leased)
+                free.add_metric([profile.name], usage.free)
+                held.add_metric([profile.name], usage.held)
+                size.add_metric([profile.name], usage.leased + usage.free + usage.held)
         started = _counter(
             "vpnaaa_sessions_started",
             "VPN sessions established (IKE_AUTH done; IKE rekeys carry a session on)",
@@ -193,7 +199,7 @@ class Metrics:
             self.packets,
             ["direction"],
         )
-        return [sessions, started, ended, leased, free, size, octets, packets]
+        return [sessions, started, ended, leased, free, held, size, octets, packets]
 
     def _eap(self) -> list[Metric]:
         live = _gauge(

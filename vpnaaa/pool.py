@@ -1,15 +1,21 @@
 """Virtual address pools (the CP payload's INTERNAL_IP4_ADDRESS, RFC 7296 §3.15).
 
-One lease per session; a released address goes to the back of the queue, so it is the
-last to be handed out again (a client reconnecting quickly does not collide with stale
-routes). An address is never leased twice at once.
+One lease per session, kept in a :class:`~vpnaaa.leases.LeaseStore` (the daemon's is the
+lease file in the state directory): the same user gets its last address back when it is
+free; otherwise the address never leased, or released longest ago, goes first (a stale
+route of another client is the least likely). An address is never leased twice at
+once, and one that a client may still use after a restart stays held until its
+lease's expiry: the IKE SA's lifetime bound, ``lifetime`` seconds after the session
+was established or last rekeyed.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import deque
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+
+from vpnaaa.leases import LeaseBackend, SqliteLeases, Usage
 
 IPv4 = ipaddress.IPv4Address
 
@@ -19,32 +25,62 @@ class PoolExhausted(Exception):
 
 
 class AddressPool:
-    def __init__(self, network: ipaddress.IPv4Network, exclude: Iterable[IPv4] = ()) -> None:
-        """All host addresses of ``network`` except ``exclude`` (e.g. the gateway's own)."""
+    def __init__(
+        self,
+        network: ipaddress.IPv4Network,
+        exclude: Iterable[IPv4] = (),
+        *,
+        leases: LeaseBackend | None = None,
+        name: str = "default",
+        clock: Callable[[], float] = time.time,
+        lifetime: float = 86400.0,
+    ) -> None:
+        """All host addresses of ``network`` except ``exclude`` (e.g. the gateway's own),
+        leased in pool ``name`` of ``leases`` (default: kept in memory only); a lease
+        lasts ``lifetime`` seconds (``ike_lifetime``) unless renewed."""
         excluded = set(exclude)
         self.network = network
-        self._free = deque(a for a in network.hosts() if a not in excluded)
-        self._leased: dict[IPv4, object] = {}
+        self.clock = clock
+        self.lifetime = lifetime
+        if leases is None:
+            memory = SqliteLeases(":memory:")
+            memory.open(clock())
+            leases = memory
+        self.store = leases.pool(name, [a for a in network.hosts() if a not in excluded])
 
-    def lease(self, owner: object) -> IPv4:
-        if not self._free:
-            raise PoolExhausted(f"all {len(self._leased)} addresses of {self.network} are leased")
-        address = self._free.popleft()
-        self._leased[address] = owner
+    def lease(self, user: str, session: str) -> IPv4:
+        """An address for ``session`` (an Acct-Session-Id) of ``user`` (a user_key)."""
+        now = self.clock()
+        address = self.store.acquire(user, session, now, now + self.lifetime)
+        if address is None:
+            usage = self.store.usage(now)
+            raise PoolExhausted(
+                f"no free address in {self.network}: {usage.leased} leased, {usage.held} "
+                "held for sessions an earlier run may have left on clients"
+            )
         return address
 
-    def release(self, address: IPv4) -> None:
-        """Return a lease; releasing an address that is not leased is a no-op."""
-        if self._leased.pop(address, None) is not None:
-            self._free.append(address)
+    def renew(self, address: IPv4, session: str) -> None:
+        """The session went on (an IKE rekey): its lease lasts ``lifetime`` from now."""
+        self.store.renew(address, session, self.clock() + self.lifetime)
 
-    def owner(self, address: IPv4) -> object | None:
-        return self._leased.get(address)
+    def release(self, address: IPv4, session: str) -> None:
+        """Return a lease (its client knows the session ended); releasing an address the
+        session does not hold is a no-op."""
+        self.store.release(address, session, self.clock())
+
+    def keep(self, address: IPv4, session: str) -> None:
+        """The session ended here but its client may not know: hold the address for its
+        user until the lease expires."""
+        self.store.keep(address, session)
+
+    def usage(self) -> Usage:
+        return self.store.usage(self.clock())
 
     @property
     def leased(self) -> int:
-        return len(self._leased)
+        return self.usage().leased
 
     @property
     def free(self) -> int:
-        return len(self._free)
+        return self.usage().free

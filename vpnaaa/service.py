@@ -34,6 +34,7 @@ from vpnaaa.ike.sa import Profile, ResponderContext
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
 from vpnaaa.keylog import KeyLog, KeyLogError
+from vpnaaa.leases import LeaseFileError, SqliteLeases
 from vpnaaa.lockout import Lockout
 from vpnaaa.metrics import for_daemon
 from vpnaaa.net import large_receive_buffer
@@ -313,6 +314,8 @@ class VpnaaaService(service.MultiService):
             files = [config.users.file]
             if config.radius.enabled or self.accounting is not None:
                 files.append(config.radius.accounting_log)
+            if config.ike.enabled is not False and config.ike.lease_file is not None:
+                files.append(config.ike.lease_file)
             privileges.prepare_state_dir(config.state_dir, user, files)
         except privileges.PrivilegeError as e:
             self.abort(str(e))
@@ -482,6 +485,7 @@ class IkeService(service.Service):
         self.reactor = reactor
         identity = load_server_identity(config.key, config.certificate, config.chain, owners)
         reqids = itertools.count(REQID_BASE)
+        self.leases = SqliteLeases(config.lease_file or ":memory:")  # opened at start
         context = ResponderContext(
             ike_policy=Policy.from_names(ProtocolId.IKE, config.ike_proposals),
             esp_policy=Policy.from_names(ProtocolId.ESP, config.esp_proposals),
@@ -489,7 +493,13 @@ class IkeService(service.Service):
             profiles=tuple(
                 Profile(
                     p.name,
-                    AddressPool(p.pool),
+                    AddressPool(
+                        p.pool,
+                        leases=self.leases,
+                        name=p.name,
+                        clock=reactor.seconds,
+                        lifetime=config.ike_lifetime,
+                    ),
                     p.dns,
                     p.nbns,
                     eap,
@@ -560,6 +570,10 @@ class IkeService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        try:  # as the daemon user: the file is its own
+            self.leases.open(self.reactor.seconds())
+        except LeaseFileError as e:
+            raise StartupError(str(e)) from None
         if self.sockets is None:  # started without twistd: nothing was opened yet
             self._open()
         self.started = defer.Deferred.fromCoroutine(self._start())
@@ -641,6 +655,7 @@ class IkeService(service.Service):
             sock.close()  # stopped before it started reading
         self.sockets = None
         d = self.responder.shutdown()
+        d.addBoth(lambda _: self.leases.close())
         d.addBoth(lambda _: _stop_listening(self))
         if self.kernel is not None:
             kernel = self.kernel

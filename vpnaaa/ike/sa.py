@@ -510,8 +510,11 @@ class IkeSa:
 
     def end(self, effects: Effects, cause: Ending) -> Effects:
         """The SA ends (``cause`` for the session's last log line) after ``effects``: its
-        CHILD_SAs go, its address returns to the pool."""
+        CHILD_SAs go, its address returns to the pool (on shutdown with our DELETE
+        unanswered, it stays held for its user until the lease expires)."""
         self.transition(Event.CLOSED)
+        # stopping without an answer to our DELETE: the client may still use its address
+        unanswered = cause.cause == EndCause.SHUTDOWN and self.outstanding is not None
         specs = (*(c.spec for c in self.children.values()), *self.deleting.values())
         self.children.clear()
         self.deleting.clear()
@@ -519,7 +522,10 @@ class IkeSa:
         self.working = None
         self.outstanding, self._queued = None, []
         if self.virtual_ip is not None:
-            self.profile.pool.release(self.virtual_ip)
+            if unanswered:
+                self.profile.pool.keep(self.virtual_ip, self.session_id)
+            else:
+                self.profile.pool.release(self.virtual_ip, self.session_id)
             self.virtual_ip = None
         return (*effects, Closed(cause, specs))
 
@@ -535,6 +541,8 @@ class IkeSa:
         self.nat_detected, self.fragmentation = old.nat_detected, old.fragmentation
         self.auth.method = old.auth.method
         self.virtual_ip, old.virtual_ip = old.virtual_ip, None
+        if self.virtual_ip is not None:  # the session goes on: so does its lease
+            self.profile.pool.renew(self.virtual_ip, self.session_id)
         self.children, old.children = old.children, {}
         self.deleting, old.deleting = old.deleting, {}
         for moved in self.children.values():

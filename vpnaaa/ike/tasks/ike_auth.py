@@ -247,13 +247,14 @@ def last(sa: IkeSa, header: Header, inner: Message) -> Effects:
 
 
 def _configuration(sa: IkeSa, request: Configuration) -> Configuration:
-    """CFG_REPLY (§3.15): the leased address, DNS, NBNS; what we do not serve (IPv6,
-    vendor attributes like Microsoft's 23456) is left out, never refused."""
+    """CFG_REPLY (§3.15): the leased address (the user's last one when it is free), DNS,
+    NBNS; what we do not serve (IPv6, vendor attributes like Microsoft's 23456) is left
+    out, never refused."""
     wanted = {kind for kind, _ in request.attributes}
     profile = sa.profile
     attributes: list[tuple[int, bytes]] = []
     if CfgAttribute.INTERNAL_IP4_ADDRESS in wanted:
-        sa.virtual_ip = profile.pool.lease(sa)
+        sa.virtual_ip = profile.pool.lease(user_key(sa.identity), sa.session_id)
         attributes.append((CfgAttribute.INTERNAL_IP4_ADDRESS, sa.virtual_ip.packed))
         if CfgAttribute.INTERNAL_IP4_NETMASK in wanted:
             attributes.append(
