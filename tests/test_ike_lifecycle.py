@@ -5,6 +5,7 @@ SA, every session on shutdown), INITIAL_CONTACT and max_sessions_per_user, and t
 log line each session's end gets. After each: nothing left that should not be."""
 
 import dataclasses
+import ipaddress
 
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
@@ -322,6 +323,37 @@ class AdministratorTests(LifecycleTestCase):
         peer.answer(request)
         self.assertIn("ended: session timeout", self.session_ends()[0])
         self.assertNothingLeft()
+
+    def test_framed_ip_and_framed_pool_choose_the_address(self):
+        """RFC 2865 §5.8 Framed-IP-Address: that address (from a pool, leased so no two
+        clients share it); RFC 2869 §5.18 Framed-Pool: the pool of the profile so named.
+        One in use, outside the pools, or a pool nobody has: INTERNAL_ADDRESS_FAILURE."""
+        self.gateway(dpd_delay=0)
+        profile = self.gate.context.profiles[0]
+        wanted = next(iter(profile.pool.network.hosts())) + 9
+        profile.eap = Granted(self.gate.engine, Authorization(framed_ip=wanted))
+        first = self.connected()
+        self.assertEqual(first.virtual_ip, wanted)
+        taken = Initiator(self.gate, address=OTHER)
+        taken.sa_init()
+        taken.auth_first()
+        taken.authenticate()
+        refused = taken.auth_last()
+        self.assertEqual(notifies(refused), [NotifyType.INTERNAL_ADDRESS_FAILURE])
+        for granted in (
+            Authorization(framed_ip=ipaddress.IPv4Address("192.0.2.200")),
+            Authorization(framed_pool="nobody"),
+        ):
+            profile.eap = Granted(self.gate.engine, granted)
+            other = Initiator(self.gate, address=Endpoint("192.0.2.9", 500))
+            other.sa_init()
+            other.auth_first()
+            other.authenticate()
+            self.assertEqual(notifies(other.auth_last()), [NotifyType.INTERNAL_ADDRESS_FAILURE])
+        profile.eap = Granted(self.gate.engine, Authorization(framed_pool="default"))
+        self.assertEqual(self.connected(address=Endpoint("192.0.2.10", 500)).virtual_ip.version, 4)
+        first.delete_ike()
+        self.assertEqual(self.gate.leaks(), [])
 
     def test_a_session_timeout_holds_across_ike_rekeys(self):
         """RFC 2865 §5.27 Session-Timeout (or a CoA-Request's): the session ends then, even

@@ -87,10 +87,13 @@ class LeaseStore(Protocol):
     """The leases of one address pool. Times are the caller's clock (seconds since the
     epoch in the daemon); ``expires`` bounds how long a client may use the address."""
 
-    def acquire(self, user: str, session: str, now: float, expires: float) -> IPv4 | None:
-        """A free address for ``session`` of ``user``: the one ``user`` had last if it is
-        not leased (even one still held for that user's earlier session), else the one
-        never leased or least recently freed. None: none is free."""
+    def acquire(
+        self, user: str, session: str, now: float, expires: float, wanted: IPv4 | None = None
+    ) -> IPv4 | None:
+        """A free address for ``session`` of ``user``: ``wanted`` if given, else the one
+        ``user`` had last if it is not leased (even one still held for that user's earlier
+        session), else the one never leased or least recently freed. None: none is free
+        (or ``wanted`` is leased, or held for another user)."""
 
     def renew(self, address: IPv4, session: str, expires: float) -> None:
         """``session`` goes on (an IKE rekey): its lease now ends at ``expires``."""
@@ -281,8 +284,17 @@ class SqlitePool:
                 ((self.name, a) for a in sorted(wanted - known)),
             )
 
-    def acquire(self, user: str, session: str, now: float, expires: float) -> IPv4 | None:
+    def acquire(
+        self, user: str, session: str, now: float, expires: float, wanted: IPv4 | None = None
+    ) -> IPv4 | None:
         db = self.db
+        if wanted is not None:
+            row = db.execute(
+                "SELECT address FROM leases WHERE pool = ? AND address = ? AND "
+                "(free_at <= ? OR (user = ? AND free_at IS NOT NULL))",
+                (self.name, int(wanted), now, user),
+            ).fetchone()
+            return self._take(row, user, session, expires)
         row = db.execute(
             "SELECT address FROM leases WHERE pool = ? AND user = ? AND free_at IS NOT NULL "
             "ORDER BY free_at DESC LIMIT 1",
@@ -294,9 +306,12 @@ class SqlitePool:
                 "ORDER BY free_at, address LIMIT 1",
                 (self.name, now),
             ).fetchone()
+        return self._take(row, user, session, expires)
+
+    def _take(self, row: tuple[str] | None, user: str, session: str, expires: float) -> IPv4 | None:
         if row is None:
             return None
-        db.execute(
+        self.db.execute(
             "UPDATE leases SET user = ?, session = ?, expires = ?, free_at = NULL "
             "WHERE pool = ? AND address = ?",
             (user, session, expires, self.name, row[0]),

@@ -48,10 +48,13 @@ class AddressPool:
             leases = memory
         self.store = leases.pool(name, [a for a in network.hosts() if a not in excluded])
 
-    def lease(self, user: str, session: str) -> IPv4:
-        """An address for ``session`` (an Acct-Session-Id) of ``user`` (a user_key)."""
+    def lease(self, user: str, session: str, wanted: IPv4 | None = None) -> IPv4:
+        """An address for ``session`` (an Acct-Session-Id) of ``user`` (a user_key);
+        ``wanted``: that address or none (a RADIUS Framed-IP-Address, RFC 2865 §5.8)."""
         now = self.clock()
-        address = self.store.acquire(user, session, now, now + self.lifetime)
+        address = self.store.acquire(user, session, now, now + self.lifetime, wanted)
+        if address is None and wanted is not None:
+            raise PoolExhausted(f"Framed-IP-Address {wanted} is in use or held")
         if address is None:
             usage = self.store.usage(now)
             raise PoolExhausted(

@@ -158,6 +158,7 @@ class IkeSa:
         self.nat_detected = False
         self.fragmentation = False
         self.profile = context.profiles[0]  # chosen in IKE_AUTH from IDr / local address
+        self.pool = self.profile.pool  # where virtual_ip is leased (a Framed-Pool may differ)
         self.identity = ""  # the EAP identity once authenticated
         # whether the EAP method vouched for it (not a relay's Accept without User-Name):
         # only then may it replace or count against the same user's other sessions
@@ -523,9 +524,9 @@ class IkeSa:
         self.outstanding, self._queued = None, []
         if self.virtual_ip is not None:
             if unanswered:
-                self.profile.pool.keep(self.virtual_ip, self.session_id)
+                self.pool.keep(self.virtual_ip, self.session_id)
             else:
-                self.profile.pool.release(self.virtual_ip, self.session_id)
+                self.pool.release(self.virtual_ip, self.session_id)
             self.virtual_ip = None
         return (*effects, Closed(cause, specs))
 
@@ -535,14 +536,14 @@ class IkeSa:
         self.port = old.port
         self.identity, self.identity_verified = old.identity, old.identity_verified
         self.session_id, self.authorization = old.session_id, old.authorization
-        self.profile = old.profile
+        self.profile, self.pool = old.profile, old.pool
         self.initial_contact = False
         self.established_at = old.established_at
         self.nat_detected, self.fragmentation = old.nat_detected, old.fragmentation
         self.auth.method = old.auth.method
         self.virtual_ip, old.virtual_ip = old.virtual_ip, None
         if self.virtual_ip is not None:  # the session goes on: so does its lease
-            self.profile.pool.renew(self.virtual_ip, self.session_id)
+            self.pool.renew(self.virtual_ip, self.session_id)
         self.children, old.children = old.children, {}
         self.deleting, old.deleting = old.deleting, {}
         for moved in self.children.values():

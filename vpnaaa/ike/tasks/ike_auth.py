@@ -50,7 +50,7 @@ from vpnaaa.ike.message import (
 )
 from vpnaaa.ike.tasks import child
 from vpnaaa.pki import ServerIdentity
-from vpnaaa.pool import PoolExhausted
+from vpnaaa.pool import AddressPool, PoolExhausted
 
 if TYPE_CHECKING:
     from vpnaaa.ike.sa import IkeSa
@@ -254,17 +254,34 @@ def _configuration(sa: IkeSa, request: Configuration) -> Configuration:
     profile = sa.profile
     attributes: list[tuple[int, bytes]] = []
     if CfgAttribute.INTERNAL_IP4_ADDRESS in wanted:
-        sa.virtual_ip = profile.pool.lease(user_key(sa.identity), sa.session_id)
+        sa.pool = _pool(sa)
+        framed = sa.authorization.framed_ip
+        if framed is not None and framed not in sa.pool.network:
+            raise PoolExhausted(
+                f"Framed-IP-Address {framed} is outside pool {sa.pool.network} (only pool "
+                "addresses are given out, so that no two clients share one)"
+            )
+        sa.virtual_ip = sa.pool.lease(user_key(sa.identity), sa.session_id, framed)
         attributes.append((CfgAttribute.INTERNAL_IP4_ADDRESS, sa.virtual_ip.packed))
         if CfgAttribute.INTERNAL_IP4_NETMASK in wanted:
-            attributes.append(
-                (CfgAttribute.INTERNAL_IP4_NETMASK, profile.pool.network.netmask.packed)
-            )
+            attributes.append((CfgAttribute.INTERNAL_IP4_NETMASK, sa.pool.network.netmask.packed))
     if CfgAttribute.INTERNAL_IP4_DNS in wanted:
         attributes += [(CfgAttribute.INTERNAL_IP4_DNS, a.packed) for a in profile.dns]
     if CfgAttribute.INTERNAL_IP4_NBNS in wanted:
         attributes += [(CfgAttribute.INTERNAL_IP4_NBNS, a.packed) for a in profile.nbns]
     return Configuration(CfgType.REPLY, tuple(attributes))
+
+
+def _pool(sa: IkeSa) -> AddressPool:
+    """The pool a session's address comes from: its profile's, or the one of the profile
+    a Framed-Pool (RFC 2869 §5.18) names (an ASA's address-pool by name)."""
+    name = sa.authorization.framed_pool
+    if name is None:
+        return sa.profile.pool
+    named = next((p.pool for p in sa.context.profiles if p.name == name), None)
+    if named is None:
+        raise PoolExhausted(f"Framed-Pool {name!r} names no profile's pool")
+    return named
 
 
 def fail(sa: IkeSa, header: Header, reason: str) -> Effects:
