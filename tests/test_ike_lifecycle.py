@@ -378,10 +378,12 @@ class AdministratorTests(LifecycleTestCase):
 class UniquenessTests(LifecycleTestCase):
     def test_initial_contact_replaces_the_same_users_sessions(self):
         """§2.4: a client that says INITIAL_CONTACT has no other SA with us: alice's
-        older session (a laptop back from sleep) goes, lease and CHILD_SA with it."""
+        older session (a laptop back from sleep) goes, lease and CHILD_SA with it, before
+        the new one takes an address, so she gets the same one back."""
         self.gateway()
         old = self.connected()
-        self.connected(address=OTHER, initial_contact=True)
+        new = self.connected(address=OTHER, initial_contact=True)
+        self.assertEqual(new.virtual_ip, old.virtual_ip)  # its lease ended first: the same
         self.assertEqual(len(self.gate.responder.sas), 1)
         (sa,) = self.gate.responder.sas.values()
         self.assertEqual(sa.remote, OTHER)

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from vpnaaa import logs, mschap
 from vpnaaa.eap.backend import EapBackend
@@ -152,6 +152,9 @@ class ResponderContext:
     next_reqid: Callable[[], int] = field(default=lambda: 1)
     # established sessions of a user (user_key) in a profile: the edge answers
     sessions_of: Callable[[str, Profile], int] = field(default=lambda user, profile: 0)
+    # the edge ends the sessions a new one replaces (INITIAL_CONTACT, §2.4) before the
+    # new one takes an address, so the same user gets the same one back
+    supersede: Callable[[Any], None] = field(default=lambda sa: None)
     random_bytes: Callable[[int], bytes] = os.urandom  # SPIs and nonces
     jitter: Callable[[], float] = random.random  # in [0, 1): how early lifetimes end
     dh_generate: Callable[[int], tuple[object, bytes]] = _generate  # (private, public)

@@ -207,6 +207,7 @@ class Responder:
         self.steps: list[Callable[[IkeSa, Effects], None]] = []
         self.drop_counts: Counter[str] = Counter()
         context.sessions_of = self.sessions_of
+        context.supersede = self._supersede
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
         self.drops = logs.Throttle(log, clock.seconds)
@@ -646,11 +647,7 @@ class Responder:
         user = user_key(sa.identity)
         others = [o for o in self._sessions(user) if o is not sa]
         self._by_user.setdefault(user, []).append(sa)
-        if sa.initial_contact:
-            for old in others:
-                replaced = Ending(EndCause.REPLACED, "replaced: INITIAL_CONTACT from a new session")
-                self._run(old, old.close(replaced))
-        else:
+        if not sa.initial_contact:  # with it, _supersede ended the others already
             limit = sa.profile.max_sessions_per_user
             same = sorted((o for o in others if o.profile is sa.profile), key=_since)
             if limit and sa.profile.session_limit == "replace" and len(same) >= limit:
@@ -658,6 +655,18 @@ class Responder:
                     replaced = Ending(EndCause.REPLACED, "replaced: max_sessions_per_user")
                     self._run(old, old.delete(replaced))
         self._begun(sa)
+
+    def _supersede(self, sa: IkeSa) -> None:
+        """INITIAL_CONTACT (§2.4): the client says it holds no other IKE SA with us, so the
+        same user's older sessions (a laptop back from sleep) end here, before the new
+        one takes an address: their lease is free again, and the same user gets it back.
+        Not for a name the EAP method did not vouch for."""
+        if not sa.initial_contact or not sa.identity_verified:
+            return
+        replaced = Ending(EndCause.REPLACED, "replaced: INITIAL_CONTACT from a new session")
+        for old in self._sessions(user_key(sa.identity)):
+            if old is not sa:
+                self._run(old, old.close(replaced))
 
     def _begun(self, sa: IkeSa) -> None:
         self._watch(sa)

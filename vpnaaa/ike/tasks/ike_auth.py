@@ -234,6 +234,7 @@ def last(sa: IkeSa, header: Header, inner: Message) -> Effects:
             Authentication(AuthMethod.SHARED_KEY, keys.eap_auth(prf, auth.msk, sk_pr, ours)),
         )
     ]
+    sa.context.supersede(sa)
     request = auth.request
     cp = request.get(PayloadType.CP)
     if isinstance(cp, Configuration) and cp.cfg_type == CfgType.REQUEST:
