@@ -197,7 +197,9 @@ def code_reachable(user: Account) -> None:
         reachable(Path(path), user)
 
 
-def prepare_state_dir(path: Path, user: Account | None, files: list[Path]) -> None:
+def prepare_state_dir(
+    path: Path, user: Account | None, files: list[Path], what: str = "state directory"
+) -> None:
     """Check the state directory and make it the daemon user's: created 0700 if missing,
     refused if group or others can write it (anyone could swap its files), refused if it
     belongs to another user; as root, given to ``user`` along with ``files`` (those the
@@ -208,24 +210,24 @@ def prepare_state_dir(path: Path, user: Account | None, files: list[Path]) -> No
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise PrivilegeError(f"state directory {path}: {e.strerror}") from None
+        raise PrivilegeError(f"{what} {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
         mode = stat.S_IMODE(st.st_mode)
         if mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise PrivilegeError(
-                f"state directory {path} is writable by group or others (mode {mode:04o}); "
+                f"{what} {path} is writable by group or others (mode {mode:04o}); "
                 "run chmod 700 on it"
             )
         if st.st_uid not in (0, uid):
             raise PrivilegeError(
-                f"state directory {path} belongs to uid {st.st_uid}, not to root or the daemon "
+                f"{what} {path} belongs to uid {st.st_uid}, not to root or the daemon "
                 f"user (uid {uid}); chown it"
             )
         if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (uid, gid):
             os.fchown(fd, uid, gid)
         elif st.st_uid != uid:
-            raise PrivilegeError(f"state directory {path} belongs to root; chown it to uid {uid}")
+            raise PrivilegeError(f"{what} {path} belongs to root; chown it to uid {uid}")
     finally:
         os.close(fd)
     if os.geteuid() == 0:

@@ -317,6 +317,8 @@ class VpnaaaService(service.MultiService):
             if config.ike.enabled is not False and config.ike.lease_file is not None:
                 files.append(config.ike.lease_file)
             privileges.prepare_state_dir(config.state_dir, user, files)
+            if config.debug.keylog:  # the daemon user writes it (made now, as root can)
+                privileges.prepare_state_dir(config.debug.keylog_dir, user, [], "key log directory")
         except privileges.PrivilegeError as e:
             self.abort(str(e))
         return user
