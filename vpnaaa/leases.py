@@ -40,6 +40,7 @@ import contextlib
 import ipaddress
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -200,7 +201,12 @@ class SqliteLeases:
         except OSError as e:
             raise LeaseFileError(f"lease file {path}: cannot open it: {e.strerror}") from None
         try:
-            os.fchmod(fd, 0o600)
+            if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:  # an existing file, or a umask
+                os.fchmod(fd, 0o600)
+        except OSError as e:
+            raise LeaseFileError(
+                f"lease file {path}: cannot make it mode 0600: {e.strerror}"
+            ) from None
         finally:
             os.close(fd)
 
