@@ -235,6 +235,22 @@ def prepare_state_dir(
             _give(file, uid, gid)
 
 
+def make_private_file(path: Path, user: Account | None) -> None:
+    """Create ``path`` empty, mode 0600, if missing, and as root give it to ``user``: a
+    file the daemon opens by name again and again (the SQLite lease file), which on some
+    shared filesystems (the kernel VM's) it could not reopen had it made it itself."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise PrivilegeError(f"{path}: {e.strerror}") from None
+    else:
+        os.close(fd)
+    if os.geteuid() == 0 and user is not None:
+        _give(path, user.uid, user.gid)
+
+
 def _give(path: Path, uid: int, gid: int) -> None:
     """Hand a root-made file (`vpnaaa demo`, `vpnaaa user add` as root) to the daemon user;
     a link or another user's file is left alone (the secret-file checks refuse those)."""

@@ -314,9 +314,9 @@ class VpnaaaService(service.MultiService):
             files = [config.users.file]
             if config.radius.enabled or self.accounting is not None:
                 files.append(config.radius.accounting_log)
-            if config.ike.enabled is not False and config.ike.lease_file is not None:
-                files.append(config.ike.lease_file)
             privileges.prepare_state_dir(config.state_dir, user, files)
+            if config.ike.enabled is not False and config.ike.lease_file is not None:
+                privileges.make_private_file(config.ike.lease_file, user)
             if config.debug.keylog:  # the daemon user writes it (made now, as root can)
                 privileges.prepare_state_dir(config.debug.keylog_dir, user, [], "key log directory")
         except privileges.PrivilegeError as e:
