@@ -381,6 +381,35 @@ class SecurityTests(DaeTestCase):
         self.assertIsNone(self.dae.receive(data, DAC, 40000))
         self.assertEqual(self.gate.responder.find(user="alice"), [newer])
 
+    def test_a_replay_stamped_ahead_of_our_clock_is_known_as_long_as_it_is_fresh(self):
+        """§6.3: "The time window used for duplicate detection MUST be the same as the
+        window used to detect a stale Event-Timestamp": a client whose clock runs 250 s
+        ahead stamps a Disconnect that stays fresh until 550 s from now, so its answer is
+        remembered as long; a replay at +301 s must not end alice's next session."""
+        self.server(replay_window=300.0)
+        peer, _ = self.connected()
+        ahead = int(self.gate.clock.seconds()) + 250
+        data = self.request(40, {"User-Name": "alice", "Event-Timestamp": ahead}).RequestPacket()
+        answer = self.dae.receive(data, DAC, 40000)
+        self.assertDeleteSent(peer)
+        self.gate.clock.advance(301)
+        _, again = self.connected(THIRD)  # alice back
+        self.assertEqual(self.dae.receive(data, DAC, 40000), answer)  # known: not acted on
+        self.assertEqual(self.gate.responder.find(user="alice"), [again])
+        self.gate.clock.advance(250)
+        self.assertIsNone(self.dae.receive(data, DAC, 40000))  # stale now
+        self.assertEqual(self.gate.responder.find(user="alice"), [again])
+
+    def test_a_flood_of_bad_packets_is_one_log_line(self):
+        """§6.1 silently discards what a client cannot have sent; a spoofer choosing the
+        numbers in each drop's reason (lengths, codes) still gets one line per kind."""
+        self.server()
+        for n in range(300):
+            self.dae.receive(raw_request(40, n % 256, b"\x01\x07alice")[: -n % 5 - 1], DAC, 1)
+            self.dae.receive(bytes([41 + n % 100]) + raw_request(40, 1, b"")[1:], DAC, 1)
+        dropped = [line for line in self.lines if "dropped DAE packet" in line]
+        self.assertLessEqual(len(dropped), 3)
+
     def test_invalid_values(self):
         """§3.5 Invalid-Attribute-Value: attributes of the wrong size."""
         self.server()

@@ -282,26 +282,30 @@ class _Answers:
     retransmission or a replay gets the same bytes and is not acted on again (§2.3,
     RFC 5080 §2.2.2). Unlike the RADIUS server's DuplicateCache (keyed by source port and
     Identifier, a new authenticator replacing the old), the authenticator is part of the
-    key, so a request replayed after the client reused its Identifier is still known; the
-    window is the Event-Timestamp's, so it is known until its timestamp is stale."""
+    key, so a request replayed after the client reused its Identifier is still known.
+    §6.3 makes the duplicate window the stale-timestamp window: a request is remembered
+    until ``window`` after the later of its arrival and its Event-Timestamp, so it is
+    known for as long as its timestamp would pass (a client clock ahead of ours
+    included)."""
 
     def __init__(self, clock: Callable[[], float], window: float, limit: int) -> None:
         self.clock = clock
         self.window = window
         self.limit = limit
+        # key -> (until when it is remembered, the reply); oldest first
         self._entries: OrderedDict[tuple[str, int, bytes], tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: tuple[str, int, bytes]) -> bytes | None:
         now = self.clock()
-        horizon = now - self.window
         entries = self._entries
-        while entries and next(iter(entries.values()))[0] <= horizon:
+        while entries and next(iter(entries.values()))[0] <= now:
             entries.popitem(last=False)
         entry = entries.get(key)
-        return entry[1] if entry is not None else None
+        return entry[1] if entry is not None and entry[0] > now else None
 
-    def put(self, key: tuple[str, int, bytes], reply: bytes) -> None:
-        self._entries[key] = (self.clock(), reply)
+    def put(self, key: tuple[str, int, bytes], reply: bytes, stamped: float | None) -> None:
+        """Remember ``reply``; ``stamped``: the request's Event-Timestamp, if any."""
+        self._entries[key] = (max(self.clock(), stamped or 0.0) + self.window, reply)
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
 
@@ -356,11 +360,11 @@ class DynamicAuthorization:
         try:
             request = wire.parse(data)
         except wire.Malformed as e:
-            self._drop(client, host, f"malformed: {e}")
+            self._drop(client, host, "malformed", str(e))
             return None
         problem = self._authenticity(request, client)
         if problem is not None:
-            self._drop(client, host, problem)
+            self._drop(client, host, "not authentic", problem)
             return None
         key = (client.name, request.ident, request.authenticator)
         answered = self.answers.get(key)
@@ -368,14 +372,15 @@ class DynamicAuthorization:
             return answered
         problem = self._freshness(request)
         if problem is not None:
-            self._drop(client, host, problem)
+            self._drop(client, host, "stale", problem)
             return None
         try:
             reply = self._answer(request, client, host)
         except wire.TooLarge as e:
-            self._drop(client, host, f"not answered: {e}")
+            self._drop(client, host, "too large", f"not answered: {e}")
             return None
-        self.answers.put(key, reply)
+        stamp = request.get(EVENT_TIMESTAMP)
+        self.answers.put(key, reply, int.from_bytes(stamp, "big") if stamp else None)
         return reply
 
     def _authenticity(self, request: wire.Packet, client: RadiusClient) -> str | None:
@@ -485,9 +490,11 @@ class DynamicAuthorization:
                 self.intervals.set_interim_interval(sa.session_id, wanted.interim_interval)
         return found, str(wanted)
 
-    def _drop(self, client: RadiusClient, host: str, reason: str) -> None:
+    def _drop(self, client: RadiusClient, host: str, kind: str, reason: str) -> None:
+        """One throttled line per client and ``kind`` (a fixed word: the sender chooses
+        ``reason``'s numbers, and must not make each packet a line of its own)."""
         self.throttle.emit(
-            (client.name, reason),
+            (client.name, kind),
             LogLevel.warn,
             "dropped DAE packet from client {client} ({host}): {reason}",
             client=client.name,

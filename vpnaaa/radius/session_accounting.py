@@ -568,26 +568,30 @@ class AccountingClient(DatagramProtocol):
         self._pump()  # what was sent before the socket was open
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
+        if tuple(addr[:2]) not in self.servers:
+            return  # not one of our servers: silently discarded (RFC 2866 §3)
         try:
             response = wire.parse(data)
         except wire.Malformed as e:
-            self._drop(addr, f"malformed: {e}")
+            self._drop(addr, "malformed", str(e))
             return
         record = self.outstanding.get(response.ident)
         if record is None or tuple(addr[:2]) != self.servers[record.server]:
             return  # late (answered or timed out already), or from elsewhere
         if response.code != wire.Code.ACCOUNTING_RESPONSE:
-            self._drop(addr, f"code {response.code}, not an Accounting-Response")
+            self._drop(addr, "code", f"code {response.code}, not an Accounting-Response")
             return
         if not wire.response_ok(response, record.authenticator, self.secret):
-            self._drop(addr, "bad Response Authenticator (is the secret the same?)")
+            self._drop(addr, "authenticator", "bad Response Authenticator (same secret?)")
             return
         self._release(record)
         self._pump()
 
-    def _drop(self, addr: Any, reason: str) -> None:
+    def _drop(self, addr: Any, kind: str, reason: str) -> None:
+        """One throttled line per ``kind`` (a fixed word; ``reason`` has the sender's
+        numbers)."""
         self._throttle.emit(
-            ("drop", reason),
+            ("drop", kind),
             LogLevel.warn,
             "accounting: dropped a reply from {host}:{port}: {reason}",
             host=addr[0],
