@@ -317,8 +317,10 @@ class VpnaaaService(service.MultiService):
             privileges.prepare_state_dir(config.state_dir, user, files)
             if config.ike.enabled is not False and config.ike.lease_file is not None:
                 privileges.make_private_file(config.ike.lease_file, user)
-            if config.debug.keylog:  # the daemon user writes it (made now, as root can)
+            if config.debug.keylog:  # the daemon user writes them (made now, as root can)
                 privileges.prepare_state_dir(config.debug.keylog_dir, user, [], "key log directory")
+                for path in self.keylog.paths():
+                    privileges.make_private_file(path, user)
         except privileges.PrivilegeError as e:
             self.abort(str(e))
         return user
