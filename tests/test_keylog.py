@@ -7,6 +7,7 @@ packet-ipsec.c esp_uat_flds). tshark reading these files is in tests/interop/tes
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -19,7 +20,7 @@ from vpnaaa import config as configuration
 from vpnaaa import private
 from vpnaaa.ike.const import ExchangeType
 from vpnaaa.ike.protocol import Timing
-from vpnaaa.keylog import ESP_FILE, IKE_FILE, TLS_FILE, KeyLog, KeyLogError
+from vpnaaa.keylog import ESP_FILE, IKE_FILE, TLS_FILE, KeyLog, KeyLogError, esp_lines
 
 IKE = 1000.0
 
@@ -139,6 +140,18 @@ class IkeTableTests(KeyLogTestCase):
         spi, key = f"0x{child.ours:08x}", f"0x{encr.hex()}"
         expected = ["IPv4", GATEWAY_ADDRESS, PEER.host, spi, gcm, key, "NULL", "0x"]
         self.assertEqual(outbound, expected)
+
+    def test_behind_a_nat_the_clients_address_is_a_wildcard(self):
+        """RFC 3948: a capture on the client's side of the NAT sees its private address,
+        ours the public one; "*" matches both (Wireshark's esp_sa wildcard)."""
+        Initiator(self.gate).connect()
+        (spec,) = self.gate.installer.installed.values()
+        encapsulated = dataclasses.replace(spec, encapsulation=(4500, 4500))
+        inbound, outbound = (
+            next(csv.reader([line])) for line in esp_lines(encapsulated).split("\n")[:2]
+        )
+        self.assertEqual((inbound[1], inbound[2]), ("*", GATEWAY_ADDRESS))
+        self.assertEqual((outbound[1], outbound[2]), (GATEWAY_ADDRESS, "*"))
 
     def test_switched_on_later_logs_what_is_up(self):
         self.keylog.disable("a test")

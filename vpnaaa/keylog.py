@@ -111,15 +111,18 @@ def ike_line(keyed: Keyed) -> str:
 
 
 def esp_lines(spec: ChildSaSpec) -> str:
-    """The two ``esp_sa`` records of a CHILD_SA: client to gateway, then back."""
+    """The two ``esp_sa`` records of a CHILD_SA: client to gateway, then back. Behind a
+    NAT (UDP encapsulation, RFC 3948) the client's address is "*": a capture on its side
+    of the NAT sees its private address, ours the public one."""
     encr = _ESP_ENCRYPTION.get(spec.encr_id)
     integ = spec.integ_id or IntegId.NONE  # none with AEAD
     auth = "NULL" if integ == IntegId.NONE else _ESP_AUTHENTICATION.get(integ)
     family = "IPv6" if ipaddress.ip_address(spec.local_address).version == 6 else "IPv4"
+    client = "*" if spec.encapsulation is not None else spec.remote_address
     directions = (
-        (spec.remote_address, spec.local_address, spec.inbound_spi, spec.inbound_encr_key,
+        (client, spec.local_address, spec.inbound_spi, spec.inbound_encr_key,
          spec.inbound_integ_key),
-        (spec.local_address, spec.remote_address, spec.outbound_spi, spec.outbound_encr_key,
+        (spec.local_address, client, spec.outbound_spi, spec.outbound_encr_key,
          spec.outbound_integ_key),
     )  # fmt: skip
     if encr is None or auth is None:
