@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from vpnaaa import config as configuration
@@ -100,3 +101,16 @@ def ecdsa_pki() -> tuple[pki.CaFiles, pki.ServerFiles]:
         directory / "ca", directory / "server", "vpn.example.test", key_type="ecdsa-p256"
     )
     return ca, server
+
+
+def log_lines(case: unittest.TestCase) -> list[str]:
+    """Every log line emitted during ``case``, formatted, in order (the list fills as
+    the test runs; the observer goes at cleanup)."""
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        lines.append(formatEvent(event) or "")
+
+    globalLogPublisher.addObserver(observe)
+    case.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines

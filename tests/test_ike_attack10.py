@@ -4,10 +4,10 @@ main at 06024e7; each docstring names the RFC text it holds the gateway to."""
 
 import os
 
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.ike_peer import Gateway, Initiator, _negotiated, _random_spi
+from tests.support import log_lines
 from vpnaaa.ike import keys, sk, transforms
 from vpnaaa.ike.common import EndCause, Ending
 from vpnaaa.ike.const import (
@@ -95,13 +95,7 @@ def requests_on(sent, spis, inbound):
 
 class AttackTestCase(unittest.TestCase):
     def setUp(self):
-        self.lines = []
-
-        def observe(event):
-            self.lines.append(formatEvent(event) or "")
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.lines = log_lines(self)
 
     def gateway(self, **options):
         options.setdefault("dpd_delay", 0)

@@ -7,10 +7,10 @@ log line each session's end gets. After each: nothing left that should not be.""
 import dataclasses
 import ipaddress
 
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.ike_peer import PEER, Gateway, Initiator
+from tests.support import log_lines
 from vpnaaa.authorization import Authorization
 from vpnaaa.eap.authenticator import Success
 from vpnaaa.ike.common import EndCause
@@ -71,13 +71,7 @@ def notifies(message):
 
 class LifecycleTestCase(unittest.TestCase):
     def setUp(self):
-        self.lines = []
-
-        def observe(event):
-            self.lines.append(formatEvent(event) or "")
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.lines = log_lines(self)
 
     def gateway(self, **options):
         options.setdefault("dpd_delay", DPD)

@@ -11,10 +11,10 @@ gateway answering the peer on it. After each test nothing is left that should no
 
 import os
 
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.ike_peer import Gateway, Initiator, lowest_nonce
+from tests.support import log_lines
 from vpnaaa.ike.const import (
     DhGroup,
     ExchangeType,
@@ -54,13 +54,7 @@ class Nonces:
 
 class RekeyTestCase(unittest.TestCase):
     def setUp(self):
-        self.lines = []
-
-        def observe(event):
-            self.lines.append(formatEvent(event) or "")
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.lines = log_lines(self)
         self.nonces = Nonces()
 
     def gateway(self, **options):

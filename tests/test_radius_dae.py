@@ -10,11 +10,10 @@ import ipaddress
 import struct
 
 from pyrad import packet as pyrad
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.ike_peer import PEER, Gateway, Initiator
-from tests.support import state_dir, write_config
+from tests.support import log_lines, state_dir, write_config
 from tests.test_ike_lifecycle import Unvouched
 from vpnaaa import config as configuration
 from vpnaaa.config import ConfigError, RadiusClient
@@ -45,13 +44,7 @@ def clients(**options: object) -> ClientTable:
 
 class DaeTestCase(unittest.TestCase):
     def setUp(self) -> None:
-        self.lines: list[str] = []
-
-        def observe(event: dict) -> None:
-            self.lines.append(formatEvent(event) or "")
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.lines: list[str] = log_lines(self)
         self.gate = Gateway(dpd_delay=0)
         self.gate.clock.advance(NOW)
         self.ident = 0

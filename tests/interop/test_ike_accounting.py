@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.interop import charon, freeradius
 from tests.interop.test_ike_charon import CharonTestCase
-from tests.support import add_users, ports, radius_config, start_daemon, state_dir
+from tests.support import add_users, log_lines, ports, radius_config, start_daemon, state_dir
 from vpnaaa.radius import wire
 
 SECRET = "accounting-interop-secret"
@@ -78,13 +77,7 @@ class AccountingCase(CharonTestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Generator[defer.Deferred[Any], Any, None]:
         yield super().setUp()
-        self.lines: list[str] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            self.lines.append(formatEvent(event) or "")
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.lines: list[str] = log_lines(self)
 
     def start_accounting_gateway(self, servers: list[str], **options: object) -> None:
         extra = f"acct_interim_interval = {INTERVAL}\n[accounting]\n"

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, error, reactor, utils
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.interop import charon
 from tests.interop.test_ike_charon import CharonTestCase
-from tests.support import add_users, write_config
+from tests.support import add_users, log_lines, write_config
 from vpnaaa.users import User, read_users, write_users
 
 BIN = Path(sys.executable).parent
@@ -71,13 +70,7 @@ class LifecycleCase(CharonTestCase):
     @defer.inlineCallbacks
     def setUp(self) -> Generator[defer.Deferred[Any], Any, None]:
         yield super().setUp()
-        self.lines: list[str] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            self.lines.append(formatEvent(event) or "")
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.lines: list[str] = log_lines(self)
 
     @property
     def responder(self) -> Any:
