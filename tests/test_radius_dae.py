@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import struct
+import subprocess
+import sys
 
 from pyrad import packet as pyrad
 from twisted.trial import unittest
@@ -421,9 +424,29 @@ class SecurityTests(DaeTestCase):
         )
 
     def test_host_address(self):
-        """NAS-IP-Address "ours" by default: an address of this host."""
-        self.assertTrue(host_address(ipaddress.ip_address("127.0.0.1")))
-        self.assertFalse(host_address(ipaddress.ip_address("192.0.2.77")))
+        """NAS-IP-Address "ours" by default: an address of this host; never the
+        unspecified or a loopback address (any host binds those: they name no NAS).
+        Checked in a network namespace of its own holding 203.0.113.9."""
+        for nobody in ("0.0.0.0", "::", "127.0.0.1", "127.9.9.9", "::1", "192.0.2.77"):
+            self.assertFalse(host_address(ipaddress.ip_address(nobody)), nobody)
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("a network namespace needs root")
+        name = f"vpnaaa-dae-{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.addCleanup(subprocess.run, ["ip", "netns", "del", name], check=False)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", name, "addr", "add", "203.0.113.9/32", "dev", "lo"], check=True)
+        check = (
+            "import ipaddress; from vpnaaa.radius.dae import host_address; "
+            "print(host_address(ipaddress.ip_address('203.0.113.9')))"
+        )
+        out = subprocess.run(
+            ["ip", "netns", "exec", name, sys.executable, "-c", check],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        self.assertEqual(out.stdout.strip(), "True")
 
 
 class ConfigTests(unittest.TestCase):

@@ -282,6 +282,11 @@ class ReplyTests(RelayTestCase):
         (_, self.request) = self.sent()[-1]
         pick = (wire.key("Framed-IP-Address"), b"\xff\xff\xff\xfe")
         self.assertIsNone(self.accept(b"r" * 32, b"s" * 32, pick).authorization.framed_ip)
+        self.conversation, self.step = self.start(self.relay_)
+        (_, self.request) = self.sent()[-1]
+        often = (wire.key("Acct-Interim-Interval"), (1).to_bytes(4, "big"))
+        granted = self.accept(b"r" * 32, b"s" * 32, often).authorization
+        self.assertEqual(granted.interim_interval, 60)  # RFC 2869 §5.16: not below 60 s
 
     def test_missing_send_key(self):
         result = self.accept(b"r" * 32, None)

@@ -519,6 +519,7 @@ _SESSION_TIMEOUT = wire.key("Session-Timeout")
 _INTERIM = wire.key("Acct-Interim-Interval")
 _CLASS = wire.key("Class")
 # RFC 2865 §5.8: 0xFFFFFFFF lets the user choose, 0xFFFFFFFE has the NAS pick from a pool
+MIN_INTERIM = 60  # seconds, RFC 2869 §5.16
 _NO_ADDRESS = (b"\xff\xff\xff\xff", b"\xff\xff\xff\xfe")
 
 
@@ -541,6 +542,7 @@ def authorization(accept: wire.Packet) -> Authorization:
         ),
         framed_pool=pool.decode("utf-8", "replace") if pool else None,
         session_timeout=integer(_SESSION_TIMEOUT) or None,
-        interim_interval=integer(_INTERIM) or None,
+        # RFC 2869 §5.16: SHOULD NOT be below 60 s; a smaller one is raised to that
+        interim_interval=max(integer(_INTERIM) or 0, MIN_INTERIM) if integer(_INTERIM) else None,
         classes=tuple(accept.attributes.get(_CLASS, ())),
     )

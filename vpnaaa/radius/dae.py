@@ -512,7 +512,11 @@ def _attribute_name(key: wire.Key) -> str:
 
 def host_address(address: IPAddress) -> bool:
     """Whether ``address`` is one of this host's (its own NAS-IP-Address): a UDP socket
-    binds to it only then."""
+    binds to it only then. The unspecified and loopback addresses name no NAS (a bind to
+    them always works); with ``net.ipv4.ip_nonlocal_bind`` every address binds, so such
+    hosts list theirs in ``[dae] nas_addresses``."""
+    if address.is_unspecified or address.is_loopback:
+        return False
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         try:
