@@ -5,6 +5,7 @@ what the client sees of a Disconnect or a CoA Session-Timeout (the gateway's DEL
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -20,6 +21,7 @@ from tests.support import log_lines, state_dir, write_config
 from tests.test_ike_lifecycle import Unvouched
 from vpnaaa import config as configuration
 from vpnaaa.config import ConfigError, RadiusClient
+from vpnaaa.eap.authenticator import Success
 from vpnaaa.ike.const import PayloadType, ProtocolId
 from vpnaaa.ike.sa import Endpoint
 from vpnaaa.radius import wire
@@ -286,6 +288,24 @@ class CoaTests(DaeTestCase):
         self.assertNak(self.coa(**both), pyrad.CoANAK, UNSUPPORTED_ATTRIBUTE)
 
 
+class Renamed(Unvouched):
+    """The EAP engine as a relay whose server's Accept names the user ``name`` (with a
+    Windows domain), as an AAA server does."""
+
+    def __init__(self, engine, name):
+        super().__init__(engine)
+        self.name = name
+
+    def step(self, conversation, response):
+        def renamed(step):
+            conversation, result = step
+            if isinstance(result, Success):
+                result = dataclasses.replace(result, identity=self.name)
+            return conversation, result
+
+        return self.engine.step(conversation, response).addCallback(renamed)
+
+
 def raw_request(code: int, ident: int, attributes: bytes, secret: bytes = SECRET) -> bytes:
     """A request with its Request Authenticator computed here (RFC 5176 §2.3), for
     attributes pyrad will not encode (wrong lengths)."""
@@ -422,6 +442,19 @@ class SecurityTests(DaeTestCase):
         self.assertEqual(
             (decoded.code, decoded["Error-Cause"]), (pyrad.DisconnectNAK, [INVALID_VALUE])
         )
+
+    def test_a_user_name_in_another_domain_is_another_account(self):
+        """RFC 5176 §3 matches the session's User-Name: CORPA\\bob is not CORPB\\bob to
+        an AAA server, so a Disconnect for one must not end the other's session."""
+        self.server()
+        self.gate.context.profiles[0].eap = Renamed(self.gate.engine, "CORPB\\alice")
+        peer = Initiator(self.gate)
+        peer.connect()
+        reply = self.disconnect(**{"User-Name": "CORPA\\alice"})
+        self.assertNak(reply, pyrad.DisconnectNAK, NOT_FOUND)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.assertAck(self.disconnect(**{"User-Name": "corpb\\ALICE"}), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
 
     def test_host_address(self):
         """NAS-IP-Address "ours" by default: an address of this host; never the

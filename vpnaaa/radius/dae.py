@@ -42,6 +42,7 @@ from twisted.logger import LogLevel
 
 from vpnaaa import logs
 from vpnaaa.config import RadiusClient
+from vpnaaa.ike.common import user_key
 from vpnaaa.radius import wire
 from vpnaaa.radius.server import Address, ClientTable, canonical_host
 
@@ -475,6 +476,8 @@ class DynamicAuthorization:
         found = self.sessions.find(
             session_id=who.session_id, user=who.user, framed_ip=who.framed_ip
         )
+        if who.user is not None:
+            found = [sa for sa in found if same_account(who.user, sa.identity)]
         if who.calling_station is not None:
             found = [sa for sa in found if sa.remote.host == who.calling_station]
         if not found:
@@ -508,6 +511,16 @@ def _attribute_name(key: wire.Key) -> str:
         return str(wire.DICTIONARY.attrindex.GetBackward(key))
     except KeyError:
         return f"{key[0]}/{key[1]}" if isinstance(key, tuple) else str(key)
+
+
+def same_account(named: str, identity: str) -> bool:
+    """Whether a request's User-Name names the session's user. A session whose name has
+    a Windows domain (an AAA server's, through the relay) is matched with the domain, in
+    any case: CORPA\\bob and CORPB\\bob are two accounts there. A local user's name has
+    none, and matches as the local store compares names: without any DOMAIN\\ prefix."""
+    if "\\" in identity:
+        return named.casefold() == identity.casefold()
+    return user_key(named) == user_key(identity)
 
 
 def host_address(address: IPAddress) -> bool:
