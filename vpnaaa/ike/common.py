@@ -23,7 +23,14 @@ from vpnaaa import logs, mschap
 from vpnaaa.eap.backend import EapBackend
 from vpnaaa.ike import keys, proposal, sk, transforms
 from vpnaaa.ike.const import ExchangeType, IdType, NotifyType, PayloadType
-from vpnaaa.ike.message import Entry, Identification, IkeError, Notify, TrafficSelector
+from vpnaaa.ike.message import (
+    Entry,
+    Identification,
+    IkeError,
+    Message,
+    Notify,
+    TrafficSelector,
+)
 from vpnaaa.kernel.installer import ChildSaSpec
 from vpnaaa.pki import ServerIdentity
 from vpnaaa.pool import AddressPool
@@ -258,6 +265,29 @@ def local_address_towards(peer: Endpoint) -> str:
 
 def notify(kind: NotifyType, data: bytes = b"") -> Entry:
     return PayloadType.NOTIFY, Notify(kind, data)
+
+
+ERROR_TYPES = 16384  # notify types below this are errors (§3.10.1)
+
+
+class Refused(Exception):
+    """The peer's answer to a request of ours gives us nothing (``notify``: the error
+    type it said, if any)."""
+
+    def __init__(self, reason: str, notify: int | None = None) -> None:
+        super().__init__(reason)
+        self.notify = notify
+
+
+def refuse_errors(response: Message) -> None:
+    """Raise :class:`Refused` naming the first error notify of ``response`` (§3.10.1)."""
+    for found in response.all(PayloadType.NOTIFY):
+        if found.notify_type < ERROR_TYPES:
+            try:
+                name = NotifyType(found.notify_type).name
+            except ValueError:
+                name = f"notify {found.notify_type}"
+            raise Refused(name, found.notify_type)
 
 
 def valid_nonce(data: bytes) -> bool:

@@ -403,12 +403,9 @@ class IkeSa:
         stops counting at once; its SAs leave the kernel when the peer answers (§1.4.1:
         each end closes its incoming SA when the pair is closed): the peer may send on it
         until it has our Delete."""
-        gone = self.children.pop(inbound_spi, None)
+        gone = self._drop_child(inbound_spi, cause)
         if gone is None:
             return ()
-        log.info(
-            "{sa}: CHILD_SA {spi:08x} deleted: {cause}", sa=self.name, spi=inbound_spi, cause=cause
-        )
         self.deleting[inbound_spi] = gone.spec
         activated = child.activate_successor(self, gone)
         return (*activated, *self.start(informational.DeleteChild(inbound_spi)))
@@ -416,13 +413,22 @@ class IkeSa:
     def forget_child(self, inbound_spi: int, cause: str) -> Effects:
         """Take a CHILD_SA out of this SA and the kernel at once (the peer deleted it); a
         successor that rekeyed it at the client's request starts sending now (§2.8)."""
-        gone = self.children.pop(inbound_spi, None)
+        gone = self._drop_child(inbound_spi, cause)
         if gone is None:
             return ()
-        log.info(
-            "{sa}: CHILD_SA {spi:08x} deleted: {cause}", sa=self.name, spi=inbound_spi, cause=cause
-        )
         return (*child.activate_successor(self, gone), Remove((gone.spec,)))
+
+    def _drop_child(self, inbound_spi: int, cause: str) -> Child | None:
+        """The CHILD_SA no longer this SA's (one log line), or None if it was not."""
+        gone = self.children.pop(inbound_spi, None)
+        if gone is not None:
+            log.info(
+                "{sa}: CHILD_SA {spi:08x} deleted: {cause}",
+                sa=self.name,
+                spi=inbound_spi,
+                cause=cause,
+            )
+        return gone
 
     def deleted(self, inbound_spi: int) -> Effects:
         """The peer answered our Delete of a CHILD_SA: its SAs leave the kernel now."""

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vpnaaa.ike import keys, proposal, transforms
-from vpnaaa.ike.common import Child, describe_proposal, log, notify, valid_nonce
+from vpnaaa.ike.common import (
+    Child,
+    Refused,
+    describe_proposal,
+    log,
+    notify,
+    refuse_errors,
+    valid_nonce,
+)
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnaaa.ike.effects import ChildUp, Effects, Install, InstallOutbound, RetryRekey
 from vpnaaa.ike.message import (
@@ -40,7 +48,6 @@ from vpnaaa.kernel.installer import ChildSaSpec, Selector
 if TYPE_CHECKING:
     from vpnaaa.ike.sa import IkeSa
 
-ERROR_TYPES = 16384  # notify types below this are errors (§3.10.1)
 # CHILD_SAs one IKE SA may hold (rekeyed ones until their predecessor goes included):
 # clients use one or two; each costs two kernel SAs and three policies (§3.10.1:
 # NO_ADDITIONAL_SAS past it)
@@ -240,7 +247,7 @@ class RekeyChild:
             old.rekeying = False
         try:
             choice, nr, shared = self._accepted(sa, response)
-        except _Refused as e:
+        except Refused as e:
             log.info(
                 "{sa}: our rekey of CHILD_SA {spi:08x} failed: {reason}",
                 sa=sa.name,
@@ -285,14 +292,12 @@ class RekeyChild:
 
     def _accepted(self, sa: IkeSa, response: Message) -> tuple[proposal.Choice, bytes, bytes]:
         """The client's answer: its choice from our one proposal, Nr, g^ir (PFS)."""
-        errors = [n for n in response.all(PayloadType.NOTIFY) if n.notify_type < ERROR_TYPES]
-        if errors:
-            raise _Refused(_notify_name(errors[0].notify_type), errors[0].notify_type)
+        refuse_errors(response)
         accepted, nonce = response.get(PayloadType.SA), response.get(PayloadType.NONCE)
         if not isinstance(accepted, Sa) or not isinstance(nonce, Nonce):
-            raise _Refused("SA or Nr missing")
+            raise Refused("SA or Nr missing")
         if not valid_nonce(nonce.data):
-            raise _Refused("bad nonce size")
+            raise Refused("bad nonce size")
         ke = response.get(PayloadType.KE)
         group = ke.group if isinstance(ke, Ke) else None
         choice = proposal.select(accepted.proposals, sa.context.esp_policy, group)
@@ -301,17 +306,17 @@ class RekeyChild:
             or self.offered is None
             or proposal.accepted(choice, b"") != proposal.accepted(self.offered, b"")
         ):
-            raise _Refused("the accepted proposal is not the one we offered")
+            raise Refused("the accepted proposal is not the one we offered")
         if not valid_esp_spi(choice.proposal.spi):
-            raise _Refused(f"ESP SPI {choice.proposal.spi.hex()} is reserved or malformed")
+            raise Refused(f"ESP SPI {choice.proposal.spi.hex()} is reserved or malformed")
         shared = b""
         if self.private is not None:
             if choice.dh is None or group != choice.dh.id or not isinstance(ke, Ke):
-                raise _Refused("no KE of the CHILD_SA's group")
+                raise Refused("no KE of the CHILD_SA's group")
             try:
                 shared = transforms.group_for(group).shared_secret(self.private, ke.data)
             except transforms.InvalidPublicValue as e:
-                raise _Refused(f"KE: {e}") from None
+                raise Refused(f"KE: {e}") from None
         return choice, nonce.data, shared
 
     def _redundant(self, sa: IkeSa, peer_spi: int, why: str) -> Effects:
@@ -324,15 +329,6 @@ class RekeyChild:
             why=why,
         )
         return sa.start(informational.DeleteChild(self.spi))
-
-
-class _Refused(Exception):
-    """The client's answer to our rekey does not give us a CHILD_SA (``notify``: the
-    error it said, if any)."""
-
-    def __init__(self, reason: str, notify: int | None = None) -> None:
-        super().__init__(reason)
-        self.notify = notify
 
 
 def valid_esp_spi(spi: bytes) -> bool:
@@ -450,10 +446,3 @@ def _kernel_selectors(selectors: Sequence[TrafficSelector]) -> tuple[Selector, .
 
 def _selectors(selectors: Sequence[TrafficSelector]) -> str:
     return ", ".join(f"{s.start_address}-{s.end_address}" for s in selectors)
-
-
-def _notify_name(kind: int) -> str:
-    try:
-        return NotifyType(kind).name
-    except ValueError:
-        return f"notify {kind}"

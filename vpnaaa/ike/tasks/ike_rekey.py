@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vpnaaa.ike import keys, proposal, transforms
-from vpnaaa.ike.common import EndCause, Ending, Event, State, derive, log, notify, valid_nonce
+from vpnaaa.ike.common import (
+    EndCause,
+    Ending,
+    Event,
+    Refused,
+    State,
+    derive,
+    log,
+    notify,
+    refuse_errors,
+    valid_nonce,
+)
 from vpnaaa.ike.const import ExchangeType, NotifyType, PayloadType, ProtocolId
 from vpnaaa.ike.effects import Effects, Keyed, Rekeyed, RetryRekey, Spawn
 from vpnaaa.ike.message import Entry, Header, Ke, Message, Nonce, Sa
@@ -26,7 +37,6 @@ from vpnaaa.ike.message import Entry, Header, Ke, Message, Nonce, Sa
 if TYPE_CHECKING:
     from vpnaaa.ike.sa import IkeSa
 
-ERROR_TYPES = 16384  # notify types below this are errors (§3.10.1)
 REKEYED = Ending(EndCause.GONE, "rekeyed by the gateway")
 
 
@@ -115,33 +125,19 @@ class RekeyIke:
         ]
 
     def answered(self, sa: IkeSa, response: Message) -> Effects:
-        errors = [n for n in response.all(PayloadType.NOTIFY) if n.notify_type < ERROR_TYPES]
-        accepted, nonce, ke = (
-            response.get(PayloadType.SA),
-            response.get(PayloadType.NONCE),
-            response.get(PayloadType.KE),
-        )
-        reason = _refusal(sa, errors, accepted, nonce, ke)
-        if reason is not None:
-            log.info("{sa}: our IKE rekey failed: {reason}", sa=sa.name, reason=reason)
-            return (RetryRekey(),)  # §2.25: not at once; before the hard lifetime
-        assert isinstance(accepted, Sa) and isinstance(nonce, Nonce) and isinstance(ke, Ke)
-        assert sa.crypto is not None and sa.ike_choice is not None
-        choice = proposal.select(accepted.proposals, sa.context.ike_policy, ke.group)
-        assert choice is not None  # _refusal checked it
         try:
+            choice, nr, ke = _accepted(sa, response)
             shared = transforms.group_for(ke.group).shared_secret(self.private, ke.data)
-        except transforms.InvalidPublicValue as e:
-            log.info("{sa}: our IKE rekey failed: KE: {error}", sa=sa.name, error=str(e))
-            return (RetryRekey(),)
+        except (Refused, transforms.InvalidPublicValue) as e:
+            log.info("{sa}: our IKE rekey failed: {reason}", sa=sa.name, reason=str(e))
+            return (RetryRekey(),)  # §2.25: not at once; before the hard lifetime
+        assert sa.crypto is not None
         peer_spi = choice.proposal.spi
         new = type(sa)(sa.context, self.spi, sa.local, sa.remote, spi_r=peer_spi, initiator=True)
-        seed = keys.rekeyed_skeyseed(
-            sa.crypto.prf, sa.crypto.keys.sk_d, shared, self.ni, nonce.data
-        )
-        new.crypto = derive(choice, seed, self.ni, nonce.data, self.spi, peer_spi, initiator=True)
+        seed = keys.rekeyed_skeyseed(sa.crypto.prf, sa.crypto.keys.sk_d, shared, self.ni, nr)
+        new.crypto = derive(choice, seed, self.ni, nr, self.spi, peer_spi, initiator=True)
         new.ike_choice, new.port = choice, sa.port
-        return (Keyed.of(new), *self._adopt(sa, new, nonce.data))
+        return (Keyed.of(new), *self._adopt(sa, new, nr))
 
     def _adopt(self, sa: IkeSa, new: IkeSa, nr: bytes) -> Effects:
         """Where the IKE SA our rekey made goes: the session moves to it, or it is
@@ -171,17 +167,19 @@ def _unwanted(new: IkeSa, why: str) -> Effects:
     return (Spawn(new, new.delete(Ending(EndCause.GONE, why))),)
 
 
-def _refusal(sa: IkeSa, errors, accepted, nonce, ke) -> str | None:
-    """Why the client's answer to our IKE rekey gives no new SA, or None."""
-    if errors:
-        try:
-            return NotifyType(errors[0].notify_type).name
-        except ValueError:
-            return f"notify {errors[0].notify_type}"
+def _accepted(sa: IkeSa, response: Message) -> tuple[proposal.Choice, bytes, Ke]:
+    """The client's answer to our IKE rekey: its choice from our one proposal, Nr and
+    KEr; :class:`Refused` says why it gives no new SA."""
+    refuse_errors(response)
+    accepted, nonce, ke = (
+        response.get(PayloadType.SA),
+        response.get(PayloadType.NONCE),
+        response.get(PayloadType.KE),
+    )
     if not isinstance(accepted, Sa) or not isinstance(nonce, Nonce) or not isinstance(ke, Ke):
-        return "SA, Nr or KEr missing"
+        raise Refused("SA, Nr or KEr missing")
     if not valid_nonce(nonce.data):
-        return "bad nonce size"
+        raise Refused("bad nonce size")
     choice = proposal.select(accepted.proposals, sa.context.ike_policy, ke.group)
     ours = sa.ike_choice
     if (
@@ -193,8 +191,8 @@ def _refusal(sa: IkeSa, errors, accepted, nonce, ke) -> str | None:
         or choice.dh is None
         or choice.dh.id != ke.group
     ):
-        return "the accepted proposal is not the one we offered"
-    return None
+        raise Refused("the accepted proposal is not the one we offered")
+    return choice, nonce.data, ke
 
 
 def _rekeyed(old: IkeSa, new: IkeSa, choice: proposal.Choice) -> None:
