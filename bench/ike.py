@@ -113,7 +113,6 @@ from bench.radius_pap import (
     require_executable,
     round_order,
     run_main,
-    tail,
     twistd_command,
     vpnaaa_cli,
 )
@@ -126,6 +125,7 @@ from tests.interop.load_tester import (
     identities,
     spawn,
     strongswan_conf,
+    tail,
 )
 from vpnaaa import pki as vpnaaa_pki
 from vpnaaa.users import read_users, write_users

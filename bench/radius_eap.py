@@ -98,7 +98,6 @@ from bench.radius_pap import (
     run_main,
     spawn,
     start_vpnaaa,
-    tail,
 )
 from tests.interop.freeradius import (
     EAP_DEFAULT_TYPE,
@@ -110,6 +109,7 @@ from tests.interop.freeradius import (
     write_freeradius_config,
     write_private,
 )
+from tests.interop.load_tester import tail
 
 SERVER_HOSTAPD = "hostapd"
 LABELS = {SERVER_VPNAAA: "vpnaaa", SERVER_FREERADIUS: "FreeRADIUS", SERVER_HOSTAPD: "hostapd"}

@@ -71,6 +71,7 @@ from tests.interop.freeradius import (
     write_freeradius_config,
     write_private,
 )
+from tests.interop.load_tester import tail
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -99,15 +100,6 @@ class RejectedError(BenchError):
 # --------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    """Return the last ``lines`` lines of a log file (or a note if missing)."""
-    try:
-        content = path.read_text(errors="replace").splitlines()
-    except OSError as exc:
-        return f"<cannot read {path}: {exc}>"
-    return "\n".join(content[-lines:])
 
 
 def require_executable(path: str | Path) -> str:
