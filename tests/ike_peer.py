@@ -346,6 +346,15 @@ class Gateway:
         found += [f"after shutdown: {n} {what}" for what, n in left.items() if n]
         return found
 
+    def connected(self, address: Endpoint = PEER, **options: Any) -> Initiator:
+        """A scripted client at ``address`` that finished IKE_AUTH with EAP succeeded;
+        ``options`` go to :meth:`Initiator.connect`."""
+        peer = Initiator(self, address=address)
+        peer.connect(**options)
+        if not peer.eap_succeeded:
+            raise PeerError(f"the client at {address.host} did not authenticate")
+        return peer
+
     def shared(self) -> list[object]:
         """What a fork shares with its original: immutable, or state no test changes."""
         return [

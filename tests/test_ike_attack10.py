@@ -6,7 +6,7 @@ import os
 
 from twisted.trial import unittest
 
-from tests.ike_peer import Gateway, Initiator, _negotiated, _random_spi
+from tests.ike_peer import Gateway, _negotiated, _random_spi
 from tests.support import log_lines
 from vpnaaa.ike import keys, sk, transforms
 from vpnaaa.ike.common import EndCause, Ending
@@ -103,10 +103,7 @@ class AttackTestCase(unittest.TestCase):
         return self.gate
 
     def connected(self, **options):
-        peer = Initiator(self.gate)
-        peer.connect(**options)
-        self.assertTrue(peer.eap_succeeded)
-        return peer
+        return self.gate.connected(**options)
 
     def the_sa(self):
         (sa,) = [s for s in self.gate.responder.sas.values() if s.state == State.ESTABLISHED]

@@ -13,7 +13,7 @@ import os
 
 from twisted.trial import unittest
 
-from tests.ike_peer import Gateway, Initiator, lowest_nonce
+from tests.ike_peer import Gateway, lowest_nonce
 from tests.support import log_lines
 from vpnaaa.ike.const import (
     DhGroup,
@@ -69,10 +69,7 @@ class RekeyTestCase(unittest.TestCase):
         return self.gate
 
     def connected(self, **options):
-        peer = Initiator(self.gate)
-        peer.connect(**options)
-        self.assertTrue(peer.eap_succeeded)
-        return peer
+        return self.gate.connected(**options)
 
     def session_ends(self):
         return [line for line in self.lines if "session of" in line and "ended" in line]

@@ -70,10 +70,7 @@ class MetricsTestCase(unittest.TestCase):
         return Scraped(generate_latest(self.metrics.registry).decode())
 
     def connected(self, address: Endpoint = PEER) -> Initiator:
-        peer = Initiator(self.gate, address=address)
-        peer.connect()
-        self.assertTrue(peer.eap_succeeded)
-        return peer
+        return self.gate.connected(address)
 
 
 class SessionMetricsTests(MetricsTestCase):
