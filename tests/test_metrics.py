@@ -4,13 +4,17 @@ brings sessions up and down on the gateway's fake clock."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, threads
 from twisted.internet.defer import succeed
 from twisted.trial import unittest
 
-from tests.ike_peer import PEER, POOL, USER, Gateway, Initiator, RecordingPort
+from tests.ike_peer import PEER, POOL, USER, Gateway, Initiator, RecordingPort, Suite
+from vpnaaa.ike.const import DhGroup, EncrId, NotifyType, PayloadType
+from vpnaaa.ike.message import Notify, TrafficSelector
 from vpnaaa.ike.protocol import HALF_OPEN_TIMEOUT, Limits, Timing
 from vpnaaa.ike.sa import Endpoint
 from vpnaaa.kernel.xfrm_installer import ChildSaCounters, SaCounters
@@ -91,7 +95,7 @@ class SessionMetricsTests(MetricsTestCase):
         self.assertEqual(up("vpnaaa_pool_leased", **DEFAULT), 1)
         self.assertEqual(up("vpnaaa_pool_free", **DEFAULT), hosts - 1)
         self.assertEqual((up("vpnaaa_ike_sas"), up("vpnaaa_ike_half_open")), (1, 0))
-        ok = {"result": "ok"}
+        ok = {"initiator": "client", "result": "ok"}
         self.assertEqual(up("vpnaaa_ike_exchanges_total", exchange="IKE_SA_INIT", **ok), 1)
         # IKE_AUTH: IDi; EAP Identity; MSCHAPv2 Response; its Success ack; AUTH (§2.16)
         self.assertEqual(up("vpnaaa_ike_exchanges_total", exchange="IKE_AUTH", **ok), 5)
@@ -118,7 +122,7 @@ class SessionMetricsTests(MetricsTestCase):
         peer.auth_first()
         peer.authenticate(password="wrong")
         scraped = self.scrape()
-        refused = {"exchange": "IKE_AUTH", "result": "refused"}
+        refused = {"exchange": "IKE_AUTH", "initiator": "client", "result": "AUTHENTICATION_FAILED"}
         self.assertEqual(scraped("vpnaaa_ike_exchanges_total", **refused), 1)
         eap = {"backend": "local", "method": "mschapv2", "result": "failure"}
         self.assertEqual(scraped("vpnaaa_eap_outcomes_total", **eap), 1)
@@ -136,6 +140,11 @@ class SessionMetricsTests(MetricsTestCase):
         self.assertEqual(scraped("vpnaaa_sessions", **DEFAULT), 0)
         dead = {"profile": "default", "cause": "dead_peer"}
         self.assertEqual(scraped("vpnaaa_session_ends_total", **dead), 1)
+        timeout = {"exchange": "INFORMATIONAL", "initiator": "gateway", "result": "timeout"}
+        self.assertEqual(scraped("vpnaaa_ike_exchanges_total", **timeout), 1)
+        drops = [k for k in scraped.samples if k[0] == "vpnaaa_ike_exchanges_total"]
+        gateway = [k for k in drops if ("initiator", "gateway") in k[1]]
+        self.assertEqual(len(gateway), 1, gateway)  # no "ok" for the unanswered check
 
     def test_traffic_of_ended_sessions_from_the_kernel_counters(self):
         self.gateway()
@@ -147,6 +156,92 @@ class SessionMetricsTests(MetricsTestCase):
         self.assertEqual(scraped("vpnaaa_session_bytes_total", direction="out"), 2 * 2000)
         self.assertEqual(scraped("vpnaaa_session_packets_total", direction="in"), 2 * 10)
         self.assertEqual(scraped("vpnaaa_session_packets_total", direction="out"), 2 * 20)
+
+
+def exchanges(scraped: Scraped, exchange: str, initiator: str) -> dict[str, float]:
+    """The results counted for one exchange type and initiator: {result: count}."""
+    found = {}
+    for (name, labels), value in scraped.samples.items():
+        named = dict(labels)
+        if (
+            name == "vpnaaa_ike_exchanges_total"
+            and named["exchange"] == exchange
+            and named["initiator"] == initiator
+        ):
+            found[named["result"]] = value
+    return found
+
+
+class ExchangeResultTests(MetricsTestCase):
+    """Each exchange counted once with its result: ok, the error notify that refused it
+    (ours or the client's), or timeout; the gateway's own requests apart (§1.4, §2.4)."""
+
+    def test_create_child_sa_refused_by_us_is_counted_by_its_notify(self):
+        self.gateway()
+        peer = self.connected()
+        elsewhere = ipaddress.IPv4Address("192.0.2.99")  # not the client's virtual IP
+        peer.create_child(tsi=(TrafficSelector(elsewhere, elsewhere),))  # §2.9
+        peer.create_child(rekey=0x0BADC0DE)  # a CHILD_SA we do not have (§1.3.3)
+        peer.create_child()
+        peer.create_child(group=DhGroup.MODP1024)  # not in the ESP policy
+        self.assertEqual(
+            exchanges(self.scrape(), "CREATE_CHILD_SA", "client"),
+            {"TS_UNACCEPTABLE": 1, "CHILD_SA_NOT_FOUND": 1, "ok": 1, "NO_PROPOSAL_CHOSEN": 1},
+        )
+
+    def test_ike_sa_init_refused_is_counted_by_its_notify(self):
+        self.gateway()
+        no_integrity = Suite(encr=EncrId.AES_CBC, key_bits=128)  # CBC needs an INTEG
+        response = Initiator(self.gate, suite=no_integrity).sa_init()
+        self.assertIsNotNone(response.notify(NotifyType.NO_PROPOSAL_CHOSEN))
+        self.assertEqual(
+            exchanges(self.scrape(), "IKE_SA_INIT", "client"), {"NO_PROPOSAL_CHOSEN": 1}
+        )
+
+    def test_the_gateways_liveness_checks_and_delete(self):
+        self.gateway()
+        peer = self.connected()
+        self.gate.clock.advance(DPD)
+        (check,) = peer.gateway_requests()
+        peer.answer(check)
+        self.gate.clock.advance(DPD)
+        (check,) = peer.gateway_requests()
+        peer.answer(check, [(PayloadType.NOTIFY, Notify(NotifyType.INVALID_SYNTAX))])
+        for unknown in (8191, 8192):  # error types no RFC names: one label value
+            self.gate.clock.advance(DPD)
+            (check,) = peer.gateway_requests()
+            peer.answer(check, [(PayloadType.NOTIFY, Notify(unknown))])
+        self.assertEqual(
+            exchanges(self.scrape(), "INFORMATIONAL", "gateway"),
+            {"ok": 1, "INVALID_SYNTAX": 1, "other": 2},
+        )
+        (sa,) = self.gate.responder.sessions()
+        self.gate.responder.disconnect(sa)
+        peer.answer_all()  # the client answers our Delete
+        scraped = self.scrape()
+        self.assertEqual(exchanges(scraped, "INFORMATIONAL", "gateway")["ok"], 2)
+        self.assertEqual(exchanges(scraped, "INFORMATIONAL", "client"), {})
+
+    def test_the_gateways_child_sa_rekey_refused_then_done(self):
+        self.gateway(rekey="gateway", child_lifetime=1000, dpd_delay=0)
+        peer = self.connected()
+        self.gate.clock.advance(850)  # the CHILD_SA's soft lifetime: our rekey leaves
+        (rekey,) = peer.gateway_requests()
+        peer.answer_rekey(rekey, refuse=NotifyType.NO_PROPOSAL_CHOSEN)
+        self.assertEqual(
+            exchanges(self.scrape(), "CREATE_CHILD_SA", "gateway"), {"NO_PROPOSAL_CHOSEN": 1}
+        )
+        self.gate.clock.advance(30)  # §2.25: tried again 10 to 30 s later
+        (rekey,) = peer.gateway_requests()
+        peer.answer_rekey(rekey)
+        (delete,) = peer.gateway_requests()  # then the old CHILD_SA goes (§2.8)
+        peer.answer(delete, [(PayloadType.DELETE, delete.get(PayloadType.DELETE))])
+        scraped = self.scrape()
+        self.assertEqual(
+            exchanges(scraped, "CREATE_CHILD_SA", "gateway"), {"NO_PROPOSAL_CHOSEN": 1, "ok": 1}
+        )
+        self.assertEqual(exchanges(scraped, "INFORMATIONAL", "gateway"), {"ok": 1})
+        self.assertEqual(exchanges(scraped, "CREATE_CHILD_SA", "client"), {})
 
 
 class AdmissionMetricsTests(MetricsTestCase):

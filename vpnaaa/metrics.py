@@ -24,10 +24,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.python import threadable
 
-from vpnaaa.ike.common import EndCause, Ending
+from vpnaaa.ike.common import Ending
 from vpnaaa.ike.const import ExchangeType
-from vpnaaa.ike.effects import Closed, Drop, Effects, Send
-from vpnaaa.ike.message import Header
+from vpnaaa.ike.effects import Effects, Exchanged
 from vpnaaa.radius.client import RadiusRelay
 from vpnaaa.radius.wire import Code
 
@@ -39,8 +38,8 @@ class Metrics:
     """What the daemon exposes: call the ``watch_*`` methods for each part it runs.
 
     It is also the responder's :class:`~vpnaaa.ike.protocol.SessionObserver` (sessions
-    started, ended by cause, their ESP traffic) and its step watcher (IKE exchanges the
-    clients began, by type and result), and the registry's only collector."""
+    started, ended by cause, their ESP traffic) and its step watcher (IKE exchanges
+    either side began, by type and result), and the registry's only collector."""
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
@@ -48,7 +47,7 @@ class Metrics:
         self.responders: list[Any] = []
         self.eap: list[Any] = []  # EapEngine | RadiusRelay, each once
         self.radius: list[tuple[str, Any]] = []  # (port kind, RadiusProtocol)
-        self.exchanges: Counter[tuple[str, str]] = Counter()
+        self.exchanges: Counter[tuple[str, str, str]] = Counter()
         self.started: Counter[str] = Counter()
         self.ended: Counter[tuple[str, str]] = Counter()
         self.octets: Counter[str] = Counter()
@@ -79,21 +78,14 @@ class Metrics:
     # -- what the responder tells ----------------------------------------------------------
 
     def ike_step(self, sa: Any, effects: Effects) -> None:
-        """An IKE exchange a client began is done when we send its response (a
-        retransmitted one is not counted again): ``refused`` when that step also ends
-        the IKE SA as refused (IKE_SA_INIT, authentication, EAP), else ``ok``.
-        Messages dropped unanswered are counted by the responder's drop reasons."""
-        refused = any(
-            (isinstance(e, Drop) and e.kind == "init-refused")
-            or (isinstance(e, Closed) and e.cause.cause is EndCause.REFUSED)
-            for e in effects
-        )
-        result = "refused" if refused else "ok"
+        """Exchanges as the SA core reports them (:class:`~vpnaaa.ike.effects.Exchanged`),
+        by type, who began it (a retransmitted response is not counted again) and
+        result. Messages dropped unanswered are counted by the responder's drop
+        reasons."""
         for effect in effects:
-            if isinstance(effect, Send) and effect.to is None and effect.datagrams:
-                header = Header.decode(effect.datagrams[0])
-                if header.response:
-                    self.exchanges[_exchange(header.exchange), result] += 1
+            if isinstance(effect, Exchanged):
+                initiator = "gateway" if effect.ours else "client"
+                self.exchanges[_exchange(effect.exchange), initiator, effect.result] += 1
 
     def session_started(self, sa: Any) -> None:
         self.started[sa.profile.name] += 1
@@ -138,10 +130,14 @@ class Metrics:
             drops.update(responder.drop_counts)
         exchanges = _counter(
             "vpnaaa_ike_exchanges",
-            "IKE exchanges clients began, answered: ok, or refused (the IKE SA refused "
-            "with it: IKE_SA_INIT, authentication or EAP failed)",
+            "IKE exchanges done, by type, initiator (client: answered by us; gateway: our "
+            "liveness checks, deletes and rekeys) and result: ok, the error notify that "
+            "refused it (ours to a client, a client's to us: NO_PROPOSAL_CHOSEN, "
+            "TS_UNACCEPTABLE, AUTHENTICATION_FAILED, ...; other: a type we do not know), "
+            "malformed (an answer that does not parse) or timeout (no answer, RFC 7296 "
+            "section 2.4)",
             self.exchanges,
-            ["exchange", "result"],
+            ["exchange", "initiator", "result"],
         )
         dropped = _counter(
             "vpnaaa_ike_drops",

@@ -9,9 +9,13 @@ through :meth:`IkeSa.eap_result` and :meth:`IkeSa.child_installed`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vpnaaa.ike.common import ERROR_TYPES
+from vpnaaa.ike.const import NotifyType
+from vpnaaa.ike.message import Notify
 from vpnaaa.kernel.installer import ChildSaSpec
 
 if TYPE_CHECKING:
@@ -36,6 +40,30 @@ class Drop:
 
     kind: str
     line: str
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    """An exchange is over, for the step watchers (the metrics); the edge does nothing
+    with it. ``ours``: the gateway began it. ``result``: ``ok``; the name of the error
+    notify that refused it (§3.10.1: ours in our response, the peer's in its answer;
+    ``other`` for a type we do not know); ``malformed`` (an answer that does not parse);
+    ``timeout`` (no answer to our request and its retransmissions, §2.4)."""
+
+    exchange: int
+    ours: bool
+    result: str
+
+    @classmethod
+    def of(cls, exchange: int, ours: bool, payloads: Iterable[object]) -> Exchanged:
+        """``ok``, or the first error notify among ``payloads`` (a message's)."""
+        for payload in payloads:
+            if isinstance(payload, Notify) and payload.notify_type < ERROR_TYPES:
+                try:
+                    return cls(exchange, ours, NotifyType(payload.notify_type).name)
+                except ValueError:
+                    return cls(exchange, ours, "other")
+        return cls(exchange, ours, "ok")
 
 
 @dataclass(frozen=True)
@@ -154,6 +182,7 @@ class Closed:
 Effect = (
     Send
     | Drop
+    | Exchanged
     | Heard
     | Await
     | Answered

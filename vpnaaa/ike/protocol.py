@@ -39,6 +39,7 @@ from vpnaaa.ike.effects import (
     Drop,
     Effects,
     Established,
+    Exchanged,
     Heard,
     Install,
     InstallOutbound,
@@ -475,6 +476,9 @@ class Responder:
 
     def _dropped(self, sa: IkeSa, effect: Drop) -> None:
         self._drop(effect.kind, "{text}", text=effect.line)
+
+    def _exchanged(self, sa: IkeSa, effect: Exchanged) -> None:
+        """For the step watchers (the metrics) only."""
 
     def _heard(self, sa: IkeSa, effect: Heard) -> None:
         sa.heard_at = self.clock.seconds()
@@ -933,6 +937,7 @@ def _child_timer(spi: int) -> str:
 _EFFECTS: dict[type, Callable[[Responder, IkeSa, Any], None]] = {
     Send: Responder._send,
     Drop: Responder._dropped,
+    Exchanged: Responder._exchanged,
     Heard: Responder._heard,
     Await: Responder._await,
     Answered: Responder._answered,

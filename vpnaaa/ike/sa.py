@@ -52,6 +52,7 @@ from vpnaaa.ike.effects import (
     Closed,
     Drop,
     Effects,
+    Exchanged,
     Heard,
     Remove,
     Send,
@@ -463,7 +464,8 @@ class IkeSa:
         kind = request.task.kind if request is not None else "request"
         sent = request.sent if request is not None else 0
         dead = Ending(EndCause.DEAD_PEER, f"dead peer (no answer to {sent} {kind} requests)")
-        return self.close(self._closing or dead)
+        timeout = () if request is None else (Exchanged(request.task.exchange, True, "timeout"),)
+        return self.end(timeout, self._closing or dead)
 
     def _response(self, message: Message, raw: bytes) -> Effects:
         """A response to our outstanding request (§2.1); anything else is stray."""
@@ -482,6 +484,7 @@ class IkeSa:
         self.outstanding = None
         try:
             inner = Message(header, decode_payloads(payload.first_payload, plaintext))
+            exchanged = Exchanged.of(request.task.exchange, True, (p for _, p in inner.payloads))
         except IkeError as e:
             log.info(
                 "{sa}: answer to our {kind} does not parse: {reason}",
@@ -490,6 +493,7 @@ class IkeSa:
                 reason=e.reason,
             )
             inner = Message(header, [])
+            exchanged = Exchanged(request.task.exchange, True, "malformed")
         if logs.debug_enabled():
             log.debug(
                 "{sa}: {kind} #{mid} answered ({n} octets): {what}",
@@ -502,7 +506,7 @@ class IkeSa:
         effects = request.task.answered(self, inner)
         if self.state != State.CLOSED:
             effects = (*effects, *self._next())
-        return (Heard(), Answered(), *effects)
+        return (Heard(), Answered(), exchanged, *effects)
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -583,7 +587,8 @@ class IkeSa:
 
     def respond(self, request: Header, entries: list[Entry]) -> Effects:
         """Answer ``request`` with ``entries`` protected; remembered for retransmissions."""
-        return self.remember(request, self.protect(self.response_header(request), entries))
+        sent = self.remember(request, self.protect(self.response_header(request), entries))
+        return (*sent, Exchanged.of(request.exchange, False, (p for _, p in entries)))
 
     def response_header(self, request: Header) -> Header:
         flags = HeaderFlag.RESPONSE | (HeaderFlag.INITIATOR if self.initiator else 0)

@@ -26,7 +26,7 @@ from vpnaaa.ike.common import (
     valid_nonce,
 )
 from vpnaaa.ike.const import HashAlgorithm, NotifyType, PayloadType
-from vpnaaa.ike.effects import Drop, Effects, Keyed, Send
+from vpnaaa.ike.effects import Drop, Effects, Exchanged, Keyed, Send
 from vpnaaa.ike.message import Entry, Header, Ke, Message, Nonce, Sa, encode_message
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ def respond(sa: IkeSa, message: Message, raw: bytes) -> Effects:
         suite=sa.suite,
         nat=", NAT detected" if sa.nat_detected else "",
     )
-    return (Keyed.of(sa), *sa.remember(header, [response]))
+    ok = Exchanged(header.exchange, False, "ok")
+    return (Keyed.of(sa), *sa.remember(header, [response]), ok)
 
 
 def _refuse(sa: IkeSa, header: Header, entry: Entry, reason: str) -> Effects:
@@ -120,8 +121,9 @@ def _refuse(sa: IkeSa, header: Header, entry: Entry, reason: str) -> Effects:
     Anyone can cause one, so the line goes through the edge's throttled log."""
     response = encode_message(replace(sa.response_header(header), spi_r=ZERO_SPI), [entry])
     line = f"{sa.remote.host}:{sa.remote.port}: IKE_SA_INIT refused: {reason}"
+    refused = Exchanged.of(header.exchange, False, (entry[1],))
     return sa.end(
-        (Send((response,)), Drop("init-refused", line)),
+        (Send((response,)), refused, Drop("init-refused", line)),
         Ending(EndCause.REFUSED, "IKE_SA_INIT refused"),
     )
 
