@@ -171,6 +171,8 @@ class ProfileConfig:
     session_limit: Literal["replace", "refuse"] = "replace"
     rekey: Literal["client", "gateway"] = "client"  # who rekeys at the soft lifetimes
     acct_interim_interval: int = 0  # seconds between Interim-Updates; 0: none
+    # where a Framed-IP-Address outside the pools may come from (RFC 2865 §5.8)
+    framed_networks: tuple[ipaddress.IPv4Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -820,7 +822,16 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
         session_limit=limit,
         rekey=rekey,
         acct_interim_interval=section.get_int("acct_interim_interval", 0, 0, 2**31 - 1),
+        framed_networks=_networks(section, "framed_networks"),
     )
+
+
+def _networks(section: _Section, name: str) -> tuple[ipaddress.IPv4Network, ...]:
+    values = section.get(name, list, [])
+    try:
+        return tuple(ipaddress.IPv4Network(v) for v in values)
+    except (ValueError, TypeError):
+        raise section.error(name, f"{values!r} is not a list of IPv4 networks") from None
 
 
 def _relay(ike: _Section, state_dir: Path, config_path: Path | None) -> RelayConfig | None:

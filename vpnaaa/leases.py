@@ -52,7 +52,7 @@ from vpnaaa import logs
 log = logs.get("vpnaaa.leases")
 
 IPv4 = ipaddress.IPv4Address
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NEVER = -1.0  # free_at of an address never leased
 
 _SCHEMA = """
@@ -67,6 +67,19 @@ CREATE TABLE leases (
 ) WITHOUT ROWID;
 CREATE INDEX leases_free ON leases (pool, free_at, address);
 CREATE INDEX leases_user ON leases (pool, user, free_at);
+"""
+# Version 2: addresses the AAA server assigned from a profile's framed_networks, outside
+# every pool. A row exists only while the address is leased or held (no row: free); the
+# address is the key whatever the profile, so no two sessions ever share one.
+_FRAMED = """
+CREATE TABLE framed (
+    address INTEGER PRIMARY KEY,
+    pool TEXT NOT NULL,
+    user TEXT NOT NULL,
+    session TEXT NOT NULL,
+    expires REAL NOT NULL,
+    free_at REAL
+);
 """
 
 
@@ -114,6 +127,12 @@ class LeaseBackend(Protocol):
     def pool(self, name: str, addresses: Sequence[IPv4]) -> LeaseStore:
         """The store of pool ``name`` (a profile's), whose addresses are ``addresses``."""
 
+    def framed(self, name: str) -> LeaseStore:
+        """The store of addresses outside the pools that pool ``name``'s sessions were
+        assigned (a Framed-IP-Address in its profile's ``framed_networks``): only
+        ``acquire`` with ``wanted``; one address is never leased to two sessions, whatever
+        their pools; a released one is forgotten (no stickiness: the AAA server chose it)."""
+
 
 class SqliteLeases:
     """Every pool's leases in one SQLite file (``":memory:"``: none kept). Pools are
@@ -131,6 +150,9 @@ class SqliteLeases:
         if self.db is not None:
             store.fit()
         return store
+
+    def framed(self, name: str) -> SqliteFramed:
+        return SqliteFramed(self, name)
 
     def open(self, now: float) -> None:
         """Open (or create) the file; a corrupt one is moved aside. Leases an earlier run
@@ -150,11 +172,13 @@ class SqliteLeases:
             pools = ", ".join("?" * len(self._pools))
             db.execute(f"DELETE FROM leases WHERE pool NOT IN ({pools})", [*self._pools])
             left = db.execute("UPDATE leases SET free_at = expires WHERE free_at IS NULL").rowcount
+            left += db.execute("UPDATE framed SET free_at = expires WHERE free_at IS NULL").rowcount
+            db.execute("DELETE FROM framed WHERE free_at <= ?", (now,))
         for store in self._pools.values():
             store.fit()
         held, users, until = db.execute(
             "SELECT count(*) FILTER (WHERE free_at > ?), count(DISTINCT user), max(free_at) "
-            "FROM leases",
+            "FROM (SELECT user, free_at FROM leases UNION ALL SELECT user, free_at FROM framed)",
             (now,),
         ).fetchone()
         if str(self.path) != ":memory:":
@@ -224,7 +248,11 @@ class SqliteLeases:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version == 0:
                 db.executescript(
-                    f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    f"BEGIN; {_SCHEMA} {_FRAMED} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
+            elif version == 1:  # an earlier release's file: add the framed table
+                db.executescript(
+                    f"BEGIN; {_FRAMED} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 )
             elif version != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {version}, not {SCHEMA_VERSION}")
@@ -349,6 +377,69 @@ class SqlitePool:
             (now, now, self.name),
         ).fetchone()
         return Usage(leased, held, free)
+
+
+class SqliteFramed:
+    """:class:`LeaseStore` of the framed addresses of pool ``name`` in a
+    :class:`SqliteLeases` file (:meth:`LeaseBackend.framed`)."""
+
+    def __init__(self, leases: SqliteLeases, name: str) -> None:
+        self.leases = leases
+        self.name = name
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self.leases.db is None:
+            raise LeaseFileError(f"lease file {self.leases.path} is not open")
+        return self.leases.db
+
+    def acquire(
+        self, user: str, session: str, now: float, expires: float, wanted: IPv4 | None = None
+    ) -> IPv4 | None:
+        """``wanted`` unless another session leases it, or it is held for another user."""
+        if wanted is None:
+            return None
+        db = self.db
+        with _transaction(db):
+            row = db.execute(
+                "SELECT user, free_at FROM framed WHERE address = ?", (int(wanted),)
+            ).fetchone()
+            if row is not None and (row[1] is None or (row[1] > now and row[0] != user)):
+                return None
+            db.execute(
+                "INSERT OR REPLACE INTO framed (address, pool, user, session, expires, free_at) "
+                "VALUES (?, ?, ?, ?, ?, NULL)",
+                (int(wanted), self.name, user, session, expires),
+            )
+        return wanted
+
+    def renew(self, address: IPv4, session: str, expires: float) -> None:
+        self._update("UPDATE framed SET expires = ?", (expires,), address, session)
+
+    def release(self, address: IPv4, session: str, now: float) -> None:
+        self._update("DELETE FROM framed", (), address, session)
+
+    def keep(self, address: IPv4, session: str) -> None:
+        self._update("UPDATE framed SET free_at = expires", (), address, session)
+
+    def _update(
+        self, statement: str, values: tuple[float, ...], address: IPv4, session: str
+    ) -> None:
+        """Change the lease ``session`` holds on ``address`` (none: nothing happens)."""
+        self.db.execute(
+            f"{statement} WHERE address = ? AND session = ? AND free_at IS NULL",
+            (*values, int(address), session),
+        )
+
+    def usage(self, now: float) -> Usage:
+        """Leased and held framed addresses of this pool's sessions (free: none counted,
+        the networks are the AAA server's to fill)."""
+        leased, held = self.db.execute(
+            "SELECT count(*) FILTER (WHERE free_at IS NULL), count(*) FILTER (WHERE free_at > ?)"
+            " FROM framed WHERE pool = ?",
+            (now, self.name),
+        ).fetchone()
+        return Usage(leased, held, 0)
 
 
 @contextlib.contextmanager

@@ -159,6 +159,17 @@ class Metrics:
             ["profile"],
         )
         size = _gauge("vpnaaa_pool_size", "virtual IPs in the profile's pool", ["profile"])
+        framed = _gauge(
+            "vpnaaa_framed_leased",
+            "virtual IPs outside the pool that the AAA server assigned (Framed-IP-Address in "
+            "the profile's framed_networks), leased to clients",
+            ["profile"],
+        )
+        framed_held = _gauge(
+            "vpnaaa_framed_held",
+            "framed virtual IPs held for a client of an earlier run until its lease expires",
+            ["profile"],
+        )
         for responder in self.responders:
             live = Counter(sa.profile.name for sa in responder.sessions())
             for profile in responder.context.profiles:
@@ -168,6 +179,9 @@ class Metrics:
                 free.add_metric([profile.name], usage.free)
                 held.add_metric([profile.name], usage.held)
                 size.add_metric([profile.name], usage.leased + usage.free + usage.held)
+                outside = profile.pool.framed_usage()
+                framed.add_metric([profile.name], outside.leased)
+                framed_held.add_metric([profile.name], outside.held)
         started = _counter(
             "vpnaaa_sessions_started",
             "VPN sessions established (IKE_AUTH done; IKE rekeys carry a session on)",
@@ -195,7 +209,8 @@ class Metrics:
             self.packets,
             ["direction"],
         )
-        return [sessions, started, ended, leased, free, held, size, octets, packets]
+        pools = [leased, free, held, size, framed, framed_held]
+        return [sessions, started, ended, *pools, octets, packets]
 
     def _eap(self) -> list[Metric]:
         live = _gauge(

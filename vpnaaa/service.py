@@ -503,6 +503,7 @@ class IkeService(service.Service):
                         name=p.name,
                         clock=reactor.seconds,
                         lifetime=config.ike_lifetime,
+                        framed=p.framed_networks,
                     ),
                     p.dns,
                     p.nbns,

@@ -26,7 +26,7 @@ from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Result, Success
 from vpnaaa.eap.authenticator import Failure as EapFailure
 from vpnaaa.ike import keys
-from vpnaaa.ike.common import EndCause, Ending, Event, log, notify, user_key
+from vpnaaa.ike.common import EndCause, Ending, Event, Profile, log, notify, user_key
 from vpnaaa.ike.const import (
     AuthMethod,
     CertEncoding,
@@ -257,20 +257,28 @@ def _configuration(sa: IkeSa, request: Configuration) -> Configuration:
     if CfgAttribute.INTERNAL_IP4_ADDRESS in wanted:
         sa.pool = _pool(sa)
         framed = sa.authorization.framed_ip
-        if framed is not None and framed not in sa.pool.network:
+        other = _other_pool(sa, framed) if framed is not None else None
+        if other is not None:  # that pool leases it to its own sessions
             raise PoolExhausted(
-                f"Framed-IP-Address {framed} is outside pool {sa.pool.network} (only pool "
-                "addresses are given out, so that no two clients share one)"
+                f"Framed-IP-Address {framed} is in pool {other.pool.network} of profile "
+                f"{other.name}, not in {sa.pool.network}"
             )
         sa.virtual_ip = sa.pool.lease(user_key(sa.identity), sa.session_id, framed)
         attributes.append((CfgAttribute.INTERNAL_IP4_ADDRESS, sa.virtual_ip.packed))
         if CfgAttribute.INTERNAL_IP4_NETMASK in wanted:
-            attributes.append((CfgAttribute.INTERNAL_IP4_NETMASK, sa.pool.network.netmask.packed))
+            netmask = sa.pool.netmask(sa.virtual_ip)
+            attributes.append((CfgAttribute.INTERNAL_IP4_NETMASK, netmask.packed))
     if CfgAttribute.INTERNAL_IP4_DNS in wanted:
         attributes += [(CfgAttribute.INTERNAL_IP4_DNS, a.packed) for a in profile.dns]
     if CfgAttribute.INTERNAL_IP4_NBNS in wanted:
         attributes += [(CfgAttribute.INTERNAL_IP4_NBNS, a.packed) for a in profile.nbns]
     return Configuration(CfgType.REPLY, tuple(attributes))
+
+
+def _other_pool(sa: IkeSa, address: ipaddress.IPv4Address) -> Profile | None:
+    """The profile whose pool holds ``address``, if not the session's."""
+    profiles = sa.context.profiles
+    return next((p for p in profiles if p.pool is not sa.pool and address in p.pool.network), None)
 
 
 def _pool(sa: IkeSa) -> AddressPool:
