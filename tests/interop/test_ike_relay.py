@@ -82,12 +82,13 @@ class RelayTestCase(unittest.TestCase):
     def start_radius(self, **options: Any) -> defer.Deferred[freeradius.FreeRadius]:
         return start_radius(self, self.state, **options)
 
-    def start_gateway(self, port: int, timeout: float = 2.0, tries: int = 3) -> None:
+    def start_gateway(self, port: int, timeout: float = 2.0, tries: int = 3, ike: str = "") -> None:
+        """``ike``: more [ike] lines."""
         text = (
             f'[general]\nstate_dir = "{self.state}"\nlog_level = "debug"\n'
             f"[radius]\nenabled = false\n[admin]\nenabled = false\n"
             f'[ike]\nenabled = true\ninstaller = "null"\nlisten = "{self.netns.gateway_address}"\n'
-            f'pool = "{POOL}"\nbackend = "radius"\n'
+            f'pool = "{POOL}"\nbackend = "radius"\n{ike}'
             f'[ike.radius]\nserver = "{freeradius.LOOPBACK}"\nport = {port}\n'
             f'secret = "{SECRET}"\ntimeout = {timeout}\ntries = {tries}\n'
             f'nas_identifier = "vpnaaa-relay-test"\n'
@@ -171,6 +172,22 @@ class RelayTests(RelayTestCase):
         ends = [text for _, text in self.log_lines("vpnaaa.ike") if " ended: " in text]
         self.assertIn("ended: session timeout", ends[0])
         self.assertIn("received DELETE for IKE_SA vpnaaa[1]", client.log_text(), client.tail())
+
+    @defer.inlineCallbacks
+    def test_framed_ip_address_outside_the_pool(self):
+        """FreeRADIUS's Access-Accept carries a Framed-IP-Address (RFC 2865 §5.8) outside
+        the pool, in [ike] framed_networks: charon gets that address, leased as framed."""
+        radius = yield self.start_radius(replies={"alice": ["Framed-IP-Address = 10.42.7.77"]})
+        self.start_gateway(radius.port, ike='framed_networks = ["10.42.7.0/24"]\n')
+        client, result = yield self.connect()
+        if not result.ok:
+            self.fail(result.output + client.tail() + "\nFreeRADIUS:\n" + radius.tail())
+        yield assert_established(self, client, self.installer, "10.42.7.77")
+        pool = self.responder.context.pool
+        self.assertEqual((pool.framed_usage().leased, pool.usage().leased), (1, 0))
+        result = yield client.terminate()
+        self.assertTrue(result.ok, result.output)
+        self.assertEqual(pool.leased, 0)
 
     @defer.inlineCallbacks
     def test_wrong_password(self):
