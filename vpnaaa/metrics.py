@@ -4,8 +4,9 @@ Every figure is read when Prometheus scrapes, from the objects that own it: the
 responder's SAs, sessions and pools, and the counts the EAP backends, the RADIUS ports
 and this module's own session observer and IKE step watcher keep as plain counters (no
 lock, no prometheus-client object, on any packet path). Labels are bounded: profile and
-RADIUS client names come from the configuration, exchange types, EAP methods, codes and
-causes from fixed tables; never a user name or an address.
+RADIUS client names come from the configuration, exchange types, exchange results (notify
+names), EAP methods, codes and causes from fixed tables ("other" for a number a peer sent
+that they do not name); never a user name or an address.
 
 The admin API serves :attr:`Metrics.registry` with prometheus-client's own Twisted
 resource, which collects in the reactor's thread pool; the state belongs to the reactor
