@@ -23,7 +23,7 @@ from vpnaaa.ike.const import PayloadType, ProtocolId
 from vpnaaa.ike.sa import Endpoint
 from vpnaaa.radius import wire
 from vpnaaa.radius.accounting import AccountingLog
-from vpnaaa.radius.dae import ENTRY_COST, DynamicAuthorization, NasIdentity
+from vpnaaa.radius.dae import ENTRY_COST, DaeProtocol, DynamicAuthorization, NasIdentity
 from vpnaaa.radius.session_accounting import SessionAccounting
 
 SECRET = b"dae-secret"
@@ -493,6 +493,46 @@ class SecurityTests(DaeTestCase):
             self.dae.receive(bytes([41 + n % 100]) + raw_request(40, 1, b"")[1:], DAC, 1)
         dropped = [line for line in self.lines if "dropped DAE packet" in line]
         self.assertLessEqual(len(dropped), 3)
+
+    def test_what_an_outsider_can_send_is_dropped_quietly(self):
+        """§6.1: what no client with its secret sent is dropped through the Twisted edge
+        with one log line per kind and no traceback; nothing is remembered, no session
+        touched: a client's address without the secret (a datagram of 60 KiB of it too),
+        a Length field beyond the datagram or over 4096 octets (RFC 2865 §3), attributes
+        of Length 0 or 1 or overrunning the packet, a Message-Authenticator not of 16
+        octets (RFC 3579 §3.2), other codes, nothing at all; and anything from an address
+        that is no client."""
+        self.server()
+        peer, _ = self.connected()
+        alice = b"\x01\x07alice"
+        header = bytes([40, 1])
+        outsider = [
+            raw_request(40, 1, alice, secret=b"guess"),
+            raw_request(40, 2, alice, secret=b"guess") + bytes(60_000),
+            header + (100).to_bytes(2, "big") + bytes(16) + alice,
+            header + (5000).to_bytes(2, "big") + bytes(16) + alice + bytes(5000),
+            raw_request(40, 3, b"\x01\x00"),
+            raw_request(40, 4, b"\x01\x01"),
+            raw_request(40, 5, b"\x01\x09ali"),
+            raw_request(40, 6, alice + b"\x50\x06abcd"),
+            raw_request(41, 7, alice),
+            raw_request(1, 8, alice),
+            b"",
+            bytes(19),
+        ]
+        edge = DaeProtocol(self.dae)  # no transport: writing anything would fail the test
+        for _ in range(3):
+            for data in outsider:
+                edge.datagramReceived(data, (DAC, 3799))
+                edge.datagramReceived(data, ("::ffff:" + DAC, 3799))
+            edge.datagramReceived(raw_request(40, 9, alice), ("192.0.2.66", 3799))
+        self.assertEqual(len(self.dae.answers), 0)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.assertEqual(len(self.gate.responder.sas), 1)
+        dropped = [line for line in self.lines if "dropped" in line]
+        kinds = ("malformed", "not authentic", "not a configured DAE client")
+        self.assertEqual(len(dropped), len(kinds), dropped)
+        self.assertFalse([line for line in self.lines if "Traceback" in line or "error" in line])
 
     def test_invalid_values(self):
         """§3.5 Invalid-Attribute-Value: attributes of the wrong size."""

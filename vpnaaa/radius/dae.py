@@ -346,8 +346,7 @@ class _Answers:
     those is then acted on again: only that client can send one), and no client can push
     out another's. With one client entry that is about 47,000 answers of the usual
     40-odd octets (a NAK with Error-Cause, a little Proxy-State), or 3,800 of the largest
-    (4,096 octets, Proxy-State and State echoed); with four, a quarter each. Before, 65,536
-    answers of up to 4,096 octets could pin some 260 MiB.
+    (4,096 octets, Proxy-State and State echoed); with four, a quarter each.
     """
 
     def __init__(
@@ -461,6 +460,8 @@ class DynamicAuthorization:
             self._drop(client, host, "addresses unknown", "this host's addresses are not read yet")
             return None
         except wire.TooLarge as e:
+            # only a NAK can be: an ACK echoes a part of the request (State, Proxy-State),
+            # a NAK adds Error-Cause; and a NAK changed nothing, so nothing is left undone
             self._drop(client, host, "too large", f"not answered: {e}")
             return None
         stamp = request.get(EVENT_TIMESTAMP)
