@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Generator
@@ -16,7 +17,8 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from vpnaaa.kernel.addresses import HostAddresses
+from vpnaaa.kernel.addresses import IFA_LOCAL, IFADDRMSG, RTM_NEWADDR, HostAddresses
+from vpnaaa.kernel.xfrm import NetlinkMessage, encode_attrs
 
 IP = "/usr/sbin/ip"
 
@@ -50,6 +52,30 @@ class HostAddressesTests(unittest.TestCase):
         host.start()
         self.addCleanup(host.stop)
         self.assertTrue((yield until(lambda: host.known)))
+        self.assertEqual(set(host.addresses), iproute2_addresses())
+
+    @defer.inlineCallbacks
+    def test_a_change_during_the_dump_dumps_again(
+        self,
+    ) -> Generator[defer.Deferred[Any], Any, None]:
+        """A notification that arrives while the dump is under way may be older or newer
+        than the dump's snapshot: the list is dumped again, and the kernel's word is
+        final. (The kernel queues the dump's answer inside sendmsg; the notification is
+        handed over before the reactor reads it.)"""
+        host = HostAddresses(reactor)
+        dumps: list[Any] = []
+        host.start()
+        self.addCleanup(host.stop)
+        assert host._socket is not None and host._socket.events is not None
+        request = host._socket.request
+        host._socket.request = lambda r: dumps.append(r) or request(r)  # type: ignore[method-assign]
+        body = IFADDRMSG.pack(socket.AF_INET, 32, 0, 0, 1)
+        body += encode_attrs([(IFA_LOCAL, bytes([192, 0, 2, 251]))])
+        host._socket.events(NetlinkMessage(RTM_NEWADDR, 0, 0, 0, body))  # none such exists
+        self.assertIn(ipaddress.ip_address("192.0.2.251"), host)
+        self.assertFalse(host.known)
+        self.assertTrue((yield until(lambda: host.known and not host._dumping)))
+        self.assertEqual(len(dumps), 1)  # the second (the first went out in start())
         self.assertEqual(set(host.addresses), iproute2_addresses())
 
 

@@ -17,6 +17,7 @@ and the socket are :mod:`vpnaaa.kernel.xfrm`'s and :mod:`vpnaaa.kernel.netlink`'
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -25,7 +26,7 @@ from typing import Any
 
 from vpnaaa import logs
 from vpnaaa.kernel.netlink import NetlinkSocket
-from vpnaaa.kernel.xfrm import NetlinkMessage, Request, decode_attrs
+from vpnaaa.kernel.xfrm import NetlinkError, NetlinkMessage, Request, decode_attrs
 
 log = logs.get("vpnaaa.kernel")
 
@@ -129,13 +130,17 @@ class HostAddresses:
         self._dumping = False
         if self._socket is None:
             return  # stopped
-        log.warn(
-            "reading this host's addresses failed ({why}); again in {s:g} s",
-            why=failure.getErrorMessage(),
-            s=RETRY,
-        )
+        if failure.check(NetlinkError) and failure.value.errno == errno.EINTR:
+            delay = 0.0  # NLM_F_DUMP_INTR: the list changed under the dump; read it again
+        else:
+            delay = RETRY
+            log.warn(
+                "reading this host's addresses failed ({why}); again in {s:g} s",
+                why=failure.getErrorMessage(),
+                s=RETRY,
+            )
         if self._retry is None:
-            self._retry = self.reactor.callLater(RETRY, self._dump)
+            self._retry = self.reactor.callLater(delay, self._dump)
 
     def _event(self, message: NetlinkMessage) -> None:
         event = decode(message)
