@@ -22,14 +22,15 @@ Twisted edge.
 What is discarded without an answer, with one rate-limited log line (§6.1: "MUST silently
 discard ... packets from untrusted sources"): anything from an address that is no
 configured DAE client (before a single octet of it is parsed), malformed packets (a Length
-field beyond the datagram or 4096 octets, attributes that overrun it, a
-Message-Authenticator not of 16 octets: RFC 2865 §3), codes other than 40 and 43, a wrong
+field beyond the datagram or 4096 octets, attributes that overrun it: RFC 2865 §3; a
+Message-Authenticator not of 16 octets: RFC 3579 §3.2), codes other than 40 and 43, a wrong
 Request Authenticator (§2.3) or Message-Authenticator (§3.4, RFC 3579 §3.2), a missing one
 where the client must send it, an Event-Timestamp outside ``replay_window`` (§6.3), a
 request naming a NAS-IP-Address before this host's addresses are known, and a reply that
-would exceed 4096 octets. Until the Request Authenticator is verified nothing is stored and
-nothing but a drop counter changes, so a sender without the secret (a spoofed client
-address included) costs an MD5 per datagram and no memory; the datagrams the reactor
+would exceed 4096 octets. Until the Request Authenticator is verified nothing is stored
+but the client table's note of which entry a source address is (65,536 addresses at most:
+:class:`~vpnaaa.radius.server.ClientTable`) and a drop counter, so a sender without the
+secret (a spoofed client address included) costs an MD5 per datagram; the datagrams the reactor
 reads are at most 8192 octets long (Twisted's ``maxPacketSize``) and parsing stops at the
 4096 the Length field may say. A request seen before (same client, Identifier and Request
 Authenticator) within ``replay_window`` gets the same answer again and is not acted on
