@@ -8,10 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-import os
 import struct
-import subprocess
-import sys
 
 from pyrad import packet as pyrad
 from twisted.trial import unittest
@@ -26,8 +23,7 @@ from vpnaaa.ike.const import PayloadType, ProtocolId
 from vpnaaa.ike.sa import Endpoint
 from vpnaaa.radius import wire
 from vpnaaa.radius.accounting import AccountingLog
-from vpnaaa.radius.dae import DynamicAuthorization, NasIdentity, host_address
-from vpnaaa.radius.server import ClientTable
+from vpnaaa.radius.dae import ENTRY_COST, DaeProtocol, DynamicAuthorization, NasIdentity
 from vpnaaa.radius.session_accounting import SessionAccounting
 
 SECRET = b"dae-secret"
@@ -42,9 +38,8 @@ AUTHORIZE_ONLY = 17  # RFC 5176 §3.2 Service-Type
 THIRD = Endpoint("192.0.2.9", 500)
 
 
-def clients(**options: object) -> ClientTable:
-    network = ipaddress.ip_network(DAC)
-    return ClientTable([RadiusClient("ise", network, SECRET, **options)])
+def clients(**options: object) -> list[RadiusClient]:
+    return [RadiusClient("ise", ipaddress.ip_network(DAC), SECRET, **options)]
 
 
 class DaeTestCase(unittest.TestCase):
@@ -53,8 +48,11 @@ class DaeTestCase(unittest.TestCase):
         self.gate = Gateway(dpd_delay=0)
         self.gate.clock.advance(NOW)
         self.ident = 0
+        self.ours: set | None = {OUR_ADDRESS}  # this host's addresses (None: not read yet)
 
-    def server(self, table: ClientTable | None = None, **options: object) -> DynamicAuthorization:
+    def server(
+        self, table: list[RadiusClient] | None = None, **options: object
+    ) -> DynamicAuthorization:
         """The DAE core on the test gateway, its CoA intervals going to a real accounting
         of the gateway's sessions (into a local log)."""
         log = AccountingLog(state_dir(self) / "accounting.log")
@@ -65,7 +63,7 @@ class DaeTestCase(unittest.TestCase):
         self.dae = DynamicAuthorization(
             table or clients(),
             self.gate.responder,
-            NasIdentity("vpn-gw", {OUR_ADDRESS}.__contains__),
+            NasIdentity("vpn-gw", lambda: self.ours),
             self.gate.clock.seconds,
             **options,
         )
@@ -149,15 +147,43 @@ class DisconnectTests(DaeTestCase):
         self.assertDeleteSent(second)
         self.assertEqual(self.gate.responder.sas, {})
 
-    def test_a_relayed_session(self):
-        """A session whose user a RADIUS relay authenticated (its Access-Accept without
-        User-Name: the identity unvouched) is found and ended like a local one."""
+    def test_a_claimed_user_name_identifies_no_session(self):
+        """A session whose user a RADIUS relay authenticated with an Access-Accept that
+        named nobody carries the client's own claimed name (``identity_verified`` false):
+        a User-Name (with or without Calling-Station-Id) does not reach it, and the NAK
+        says why; its Acct-Session-Id or Framed-IP-Address does (what accounting told the
+        AAA server)."""
         self.server()
         self.gate.context.profiles[0].eap = Unvouched(self.gate.engine)
         peer, sa = self.connected()
         self.assertFalse(sa.identity_verified)
+        nak = pyrad.DisconnectNAK
+        self.assertNak(self.disconnect(**{"User-Name": "alice"}), nak, NOT_FOUND)
+        caller = {"User-Name": "alice", "Calling-Station-Id": PEER.host}
+        self.assertNak(self.disconnect(**caller), nak, NOT_FOUND)
+        self.assertNak(self.coa(**{"User-Name": "alice", "Session-Timeout": 5}), 45, NOT_FOUND)
+        self.gate.clock.advance(10)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.assertTrue(any("only the client claimed" in line for line in self.lines))
+        by_address = {"User-Name": "alice", "Framed-IP-Address": str(peer.virtual_ip)}
+        self.assertAck(self.disconnect(**by_address), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
+        other, sa = self.connected(OTHER)
+        self.assertAck(self.disconnect(**{"Acct-Session-Id": sa.session_id}), 41)
+        self.assertDeleteSent(other)
+
+    def test_a_vouched_and_a_claimed_session_of_one_name(self):
+        """alice's own session (local EAP: vouched) and an impostor's relayed session
+        claiming "alice": a Disconnect by User-Name ends alice's only."""
+        self.server()
+        peer, _ = self.connected()
+        self.gate.context.profiles[0].eap = Unvouched(self.gate.engine)
+        impostor, claimed = self.connected(OTHER)
+        self.assertFalse(claimed.identity_verified)
         self.assertAck(self.disconnect(**{"User-Name": "alice"}), pyrad.DisconnectACK)
         self.assertDeleteSent(peer)
+        self.assertEqual(impostor.gateway_requests(), [])
+        self.assertEqual(list(self.gate.responder.sas.values()), [claimed])
 
     def test_every_key_given_must_match(self):
         """§3: User-Name, Framed-IP-Address, Acct-Session-Id, Calling-Station-Id together;
@@ -211,11 +237,24 @@ class DisconnectTests(DaeTestCase):
             self.disconnect(**alice, **{"Session-Timeout": 5}), nak, UNSUPPORTED_ATTRIBUTE
         )
         self.assertNak(self.disconnect(**alice, **{"Filter-Id": "x"}), nak, UNSUPPORTED_ATTRIBUTE)
-        self.assertNak(
-            self.disconnect(**alice, **{"Service-Type": AUTHORIZE_ONLY}), nak, UNSUPPORTED_SERVICE
-        )
+        # §3.6: allowed in a Disconnect-Request, but not supported here
+        for unsupported in ({"NAS-Port": 1}, {"Acct-Terminate-Cause": 6}, {"Class": b"c"}):
+            self.assertNak(self.disconnect(**alice, **unsupported), nak, UNSUPPORTED_ATTRIBUTE)
+        # §3.3 defines State for CoA-Requests only: no use in a Disconnect-Request
+        self.assertNak(self.disconnect(**alice, **{"State": b"s"}), nak, UNSUPPORTED_ATTRIBUTE)
+        # §3.2: a Service-Type "MUST NOT be included within a Disconnect-Request"; §3.6:
+        # Error-Cause is in no request; both an invalid request
+        service = {"Service-Type": AUTHORIZE_ONLY}
+        self.assertNak(self.disconnect(**alice, **service), nak, INVALID_REQUEST)
+        self.assertNak(self.disconnect(**alice, **{"Error-Cause": 401}), nak, INVALID_REQUEST)
         self.assertNak(self.disconnect(**{"NAS-Identifier": "vpn-gw"}), nak, MISSING_ATTRIBUTE)
-        self.assertNak(self.disconnect(**{"User-Name": ["alice", "bob"]}), nak, INVALID_REQUEST)
+        # §3.6: each of these at most once
+        for twice in (
+            {"User-Name": ["alice", "bob"]},
+            {"User-Name": "alice", "NAS-Identifier": ["vpn-gw", "vpn-gw"]},
+            {"User-Name": "alice", "Event-Timestamp": [int(NOW), int(NOW)]},
+        ):
+            self.assertNak(self.disconnect(**twice), nak, INVALID_REQUEST)
         self.assertEqual(peer.gateway_requests(), [])
         self.assertEqual(len(self.gate.responder.sas), 1)
 
@@ -267,8 +306,37 @@ class CoaTests(DaeTestCase):
         self.assertNak(self.coa(**zero), nak, INVALID_VALUE)
         authorize_only = {"User-Name": "alice", "Service-Type": AUTHORIZE_ONLY, "State": b"s"}
         self.assertNak(self.coa(**authorize_only), nak, UNSUPPORTED_SERVICE)  # §3.2
+        del authorize_only["State"]  # §3.3: "... but lacking a State Attribute": 402
+        self.assertNak(self.coa(**authorize_only), nak, MISSING_ATTRIBUTE)
+        other_service = {"User-Name": "alice", "Service-Type": 1, "Session-Timeout": 30}
+        self.assertNak(self.coa(**other_service), nak, UNSUPPORTED_SERVICE)
+        for unsupported in ({"Filter-Id": "guest"}, {"Idle-Timeout": 60}, {"EAP-Message": b"x"}):
+            reply = self.coa(**{"User-Name": "alice", "Session-Timeout": 30, **unsupported})
+            self.assertNak(reply, nak, UNSUPPORTED_ATTRIBUTE)
+        with_cause = {"User-Name": "alice", "Session-Timeout": 30, "Error-Cause": 201}
+        self.assertNak(self.coa(**with_cause), nak, INVALID_REQUEST)
+        two_states = {"User-Name": "alice", "Session-Timeout": 30, "State": [b"a", b"b"]}
+        self.assertNak(self.coa(**two_states), nak, INVALID_REQUEST)
         self.gate.clock.advance(3600)
         self.assertEqual(peer.gateway_requests(), [])
+
+    def test_state_is_echoed(self):
+        """§3.3: State "MUST be sent unmodified" back in the CoA-ACK or CoA-NAK, whatever
+        the answer (and Proxy-State after it, §3.1)."""
+        self.server()
+        _, sa = self.connected()
+        state = bytes(range(40))
+        ok = {"Acct-Session-Id": sa.session_id, "Session-Timeout": 30, "State": state}
+        reply = self.coa(**ok)
+        self.assertAck(reply, pyrad.CoAACK)
+        self.assertEqual(reply["State"], [state])
+        nobody = {"User-Name": "bob", "Session-Timeout": 30, "State": state, "Proxy-State": b"p"}
+        reply = self.coa(**nobody)
+        self.assertNak(reply, pyrad.CoANAK, NOT_FOUND)
+        self.assertEqual((reply["State"], reply["Proxy-State"]), ([state], [b"p"]))
+        refused = {"User-Name": "alice", "Filter-Id": "x", "State": state}
+        self.assertEqual(self.coa(**refused)["State"], [state])
+        self.assertNotIn("State", self.coa(**{"User-Name": "bob", "Session-Timeout": 3}))
 
     def test_interim_interval_goes_to_the_sessions_accounting(self):
         """RFC 2869 §5.16 Acct-Interim-Interval by CoA (RFC 5176 §3.1): the accounting of
@@ -426,6 +494,46 @@ class SecurityTests(DaeTestCase):
         dropped = [line for line in self.lines if "dropped DAE packet" in line]
         self.assertLessEqual(len(dropped), 3)
 
+    def test_what_an_outsider_can_send_is_dropped_quietly(self):
+        """§6.1: what no client with its secret sent is dropped through the Twisted edge
+        with one log line per kind and no traceback; nothing is remembered, no session
+        touched: a client's address without the secret (a datagram of 60 KiB of it too),
+        a Length field beyond the datagram or over 4096 octets (RFC 2865 §3), attributes
+        of Length 0 or 1 or overrunning the packet, a Message-Authenticator not of 16
+        octets (RFC 3579 §3.2), other codes, nothing at all; and anything from an address
+        that is no client."""
+        self.server()
+        peer, _ = self.connected()
+        alice = b"\x01\x07alice"
+        header = bytes([40, 1])
+        outsider = [
+            raw_request(40, 1, alice, secret=b"guess"),
+            raw_request(40, 2, alice, secret=b"guess") + bytes(60_000),
+            header + (100).to_bytes(2, "big") + bytes(16) + alice,
+            header + (5000).to_bytes(2, "big") + bytes(16) + alice + bytes(5000),
+            raw_request(40, 3, b"\x01\x00"),
+            raw_request(40, 4, b"\x01\x01"),
+            raw_request(40, 5, b"\x01\x09ali"),
+            raw_request(40, 6, alice + b"\x50\x06abcd"),
+            raw_request(41, 7, alice),
+            raw_request(1, 8, alice),
+            b"",
+            bytes(19),
+        ]
+        edge = DaeProtocol(self.dae)  # no transport: writing anything would fail the test
+        for _ in range(3):
+            for data in outsider:
+                edge.datagramReceived(data, (DAC, 3799))
+                edge.datagramReceived(data, ("::ffff:" + DAC, 3799))
+            edge.datagramReceived(raw_request(40, 9, alice), ("192.0.2.66", 3799))
+        self.assertEqual(len(self.dae.answers), 0)
+        self.assertEqual(peer.gateway_requests(), [])
+        self.assertEqual(len(self.gate.responder.sas), 1)
+        dropped = [line for line in self.lines if "dropped" in line]
+        kinds = ("malformed", "not authentic", "not a configured DAE client")
+        self.assertEqual(len(dropped), len(kinds), dropped)
+        self.assertFalse([line for line in self.lines if "Traceback" in line or "error" in line])
+
     def test_invalid_values(self):
         """§3.5 Invalid-Attribute-Value: attributes of the wrong size."""
         self.server()
@@ -456,30 +564,66 @@ class SecurityTests(DaeTestCase):
         self.assertAck(self.disconnect(**{"User-Name": "corpb\\ALICE"}), pyrad.DisconnectACK)
         self.assertDeleteSent(peer)
 
-    def test_host_address(self):
-        """NAS-IP-Address "ours" by default: an address of this host; never the
-        unspecified or a loopback address (any host binds those: they name no NAS).
-        Checked in a network namespace of its own holding 203.0.113.9."""
-        for nobody in ("0.0.0.0", "::", "127.0.0.1", "127.9.9.9", "::1", "192.0.2.77"):
-            self.assertFalse(host_address(ipaddress.ip_address(nobody)), nobody)
-        if os.geteuid() != 0:
-            raise unittest.SkipTest("a network namespace needs root")
-        name = f"vpnaaa-dae-{os.getpid()}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.addCleanup(subprocess.run, ["ip", "netns", "del", name], check=False)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "-n", name, "addr", "add", "203.0.113.9/32", "dev", "lo"], check=True)
-        check = (
-            "import ipaddress; from vpnaaa.radius.dae import host_address; "
-            "print(host_address(ipaddress.ip_address('203.0.113.9')))"
-        )
-        out = subprocess.run(
-            ["ip", "netns", "exec", name, sys.executable, "-c", check],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        self.assertEqual(out.stdout.strip(), "True")
+    def test_nas_addresses(self):
+        """NAS-IP-Address / NAS-IPv6-Address: ours only if listed (this host's interface
+        addresses, or [dae] nas_addresses); the unspecified and loopback addresses never
+        (every host has them). Before this host's addresses are read, a request naming
+        one is dropped (its client sends it again), not refused."""
+        self.server()
+        peer, _ = self.connected()
+        self.ours = {ipaddress.ip_address(a) for a in ("0.0.0.0", "127.0.0.1", "::", "::1")}
+        self.ours.add(ipaddress.ip_address("2001:db8::1"))
+        nak = pyrad.DisconnectNAK
+        for nobody in ("0.0.0.0", "127.0.0.1", "127.9.9.9"):
+            reply = self.disconnect(**{"User-Name": "alice", "NAS-IP-Address": nobody})
+            self.assertNak(reply, nak, NAS_MISMATCH)
+        for nobody in ("::", "::1"):
+            reply = self.disconnect(**{"User-Name": "alice", "NAS-IPv6-Address": nobody})
+            self.assertNak(reply, nak, NAS_MISMATCH)
+        self.ours = None
+        ours = {"User-Name": "alice", "NAS-IPv6-Address": "2001:db8::1"}
+        self.assertIsNone(self.disconnect(**ours))
+        self.assertTrue(any("addresses are not read yet" in line for line in self.lines))
+        self.ours = {ipaddress.ip_address("2001:db8::1")}
+        self.assertAck(self.disconnect(**ours), pyrad.DisconnectACK)
+        self.assertDeleteSent(peer)
+
+
+class AnswerMemoryTests(DaeTestCase):
+    """The answers kept for duplicates (§2.3) are bounded in octets per client: a client
+    filling its share with the largest answers it can provoke (Proxy-State is echoed)
+    forgets its own oldest, never another client's."""
+
+    MEMORY = 64 * 1024
+
+    def setUp(self) -> None:
+        super().setUp()
+        other = RadiusClient("freeradius", ipaddress.ip_network("192.0.2.60"), SECRET)
+        self.server([*clients(), other], memory=self.MEMORY)
+
+    def test_a_flooding_client_keeps_within_its_share(self):
+        share = self.MEMORY // 2
+        bulky = {"User-Name": "bob", "Proxy-State": [bytes(250)] * 15}
+        for _ in range(200):
+            self.assertNak(self.disconnect(**bulky), pyrad.DisconnectNAK, NOT_FOUND)
+        ise = clients()[0]
+        self.assertLessEqual(self.dae.answers.octets(ise), share)
+        self.assertGreater(self.dae.answers.octets(ise), share - ENTRY_COST - 4096)
+        self.assertLess(len(self.dae.answers), 200)
+
+    def test_one_client_cannot_evict_anothers_answers(self):
+        peer, _ = self.connected()
+        first = self.request(40, {"User-Name": "alice"})
+        data = first.RequestPacket()
+        answer = self.dae.receive(data, "192.0.2.60", 1812)
+        self.assertAck(pyrad.CoAPacket(packet=answer, dict=wire.DICTIONARY), 41)
+        self.assertDeleteSent(peer)
+        bulky = {"User-Name": "bob", "Proxy-State": [bytes(250)] * 15}
+        for _ in range(500):  # ise: far more than its share
+            self.disconnect(**bulky)
+        _, again = self.connected(THIRD)  # alice back
+        self.assertEqual(self.dae.receive(data, "192.0.2.60", 1812), answer)  # still known
+        self.assertEqual(self.gate.responder.find(user="alice"), [again])
 
 
 class ConfigTests(unittest.TestCase):
@@ -515,6 +659,11 @@ class ConfigTests(unittest.TestCase):
             ("[dae]\nenabled = true\n", "dae.clients"),
             (f"[dae]\nenabled = true\nreplay_window = 0\n{client}", "dae.replay_window"),
             (f'[dae]\nenabled = true\nnas_addresses = ["x"]\n{client}', "dae.nas_addresses"),
+            (f'[dae]\nenabled = true\nnas_addresses = ["::1"]\n{client}', "dae.nas_addresses"),
+            (
+                f'[dae]\nenabled = true\nnas_addresses = ["192.0.2.1", "0.0.0.0"]\n{client}',
+                "dae.nas_addresses",
+            ),
             (
                 '[dae]\nenabled = true\n[[dae.clients]]\naddress = "nope"\n',
                 "dae.clients[0].address",

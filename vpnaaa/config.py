@@ -221,7 +221,8 @@ class AdminConfig:
 class DaeConfig:
     """``[dae]``: the RADIUS Dynamic Authorization server (RFC 5176) for the AAA servers in
     ``clients`` (address and secret, as ``[[radius.clients]]``): Disconnect-Request and
-    CoA-Request for IKE sessions. ``nas_addresses`` empty: any address of this host."""
+    CoA-Request for IKE sessions. ``nas_addresses`` empty: the addresses of this host's
+    interfaces (never loopback or unspecified ones)."""
 
     enabled: bool = False
     listen: str = "127.0.0.1"
@@ -597,6 +598,10 @@ def _dae(section: _Section, state_dir: Path, config_path: Path | None, ike: IkeC
     except ValueError:
         reason = f"{addresses!r} is not a list of IP addresses"
         raise section.error("nas_addresses", reason) from None
+    for address in nas_addresses:
+        if address.is_unspecified or address.is_loopback:
+            reason = f"{address} is on every host: it names no NAS"
+            raise section.error("nas_addresses", reason)
     default_name = ike.relay.nas_identifier if ike.relay is not None else DaeConfig.nas_identifier
     config = DaeConfig(
         enabled=True,

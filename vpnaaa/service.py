@@ -31,6 +31,7 @@ from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.proposal import Policy
 from vpnaaa.ike.protocol import IkePort, Limits, Responder, Timing
 from vpnaaa.ike.sa import Profile, ResponderContext
+from vpnaaa.kernel.addresses import HostAddresses
 from vpnaaa.kernel.installer import NullInstaller
 from vpnaaa.kernel.xfrm_installer import KernelInstaller, bypass_ipsec, espinudp
 from vpnaaa.keylog import KeyLog, KeyLogError
@@ -46,8 +47,8 @@ from vpnaaa.radius.dae import (
     DaeProtocol,
     DynamicAuthorization,
     Intervals,
+    IPAddress,
     NasIdentity,
-    host_address,
 )
 from vpnaaa.radius.eap import EapHandler
 from vpnaaa.radius.handlers import AccessHandler
@@ -148,10 +149,12 @@ class DaeService(service.Service):
     ) -> None:
         self.config = config
         self.reactor = reactor
-        ours = frozenset(config.nas_addresses)
-        nas = NasIdentity(config.nas_identifier, ours.__contains__ if ours else host_address)
+        self.listed = frozenset(config.nas_addresses)
+        # none listed: this host's interface addresses, kept current by the kernel
+        self.host = HostAddresses(reactor) if not self.listed else None
+        nas = NasIdentity(config.nas_identifier, self._addresses)
         self.core = DynamicAuthorization(
-            ClientTable(config.clients),
+            config.clients,
             responder,
             nas,
             reactor.seconds,
@@ -161,11 +164,25 @@ class DaeService(service.Service):
         )
         self.ports: list[IListeningPort] = []
 
+    def _addresses(self) -> frozenset[IPAddress] | None:
+        """The NAS-IP-Address / NAS-IPv6-Address values that are ours (None: not read yet)."""
+        if self.host is None:
+            return self.listed
+        return self.host.addresses if self.host.known else None
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._listen()
 
     def _listen(self) -> None:
+        if self.host is not None:
+            try:
+                self.host.start()
+            except OSError as e:
+                raise StartupError(
+                    f"DAE cannot read this host's addresses (rtnetlink: {e.strerror}); "
+                    "list them in [dae] nas_addresses"
+                ) from None
         listen, port = self.config.listen, self.config.port
         try:
             self.ports = [listen_udp(self.reactor, port, DaeProtocol(self.core), listen)]
@@ -187,6 +204,8 @@ class DaeService(service.Service):
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
+        if self.host is not None:
+            self.host.stop()
         return _stop_listening(self)
 
 

@@ -91,10 +91,13 @@ class DisconnectTests(DaeCase):
     @defer.inlineCallbacks
     def test_matching_and_not_matching(self):
         """§2.1, §3: a Disconnect-Request naming no session of this NAS gets a
-        Disconnect-NAK with Session-Context-Not-Found (503), one naming another NAS
-        NAS-Identification-Mismatch (403), and charon keeps its session; one naming it
-        (session id, user, its virtual IP, this NAS; Message-Authenticator and a current
-        Event-Timestamp) gets a Disconnect-ACK and charon receives the DELETE."""
+        Disconnect-NAK with Session-Context-Not-Found (503), one naming another NAS (by
+        NAS-Identifier, or a loopback NAS-IP-Address, which every host has)
+        NAS-Identification-Mismatch (403), one with a Service-Type Invalid-Request (404),
+        and charon keeps its session; one naming it (session id, user, its virtual IP,
+        this NAS: the gateway's interface address, as the kernel lists it; with
+        Message-Authenticator and a current Event-Timestamp) gets a Disconnect-ACK and
+        charon receives the DELETE."""
         now = int(time.time())
         wrong = yield self.radclient("disconnect", 'Acct-Session-Id = "0123456789ABCDEF"\n')
         self.assertAnswer(wrong, "Disconnect-NAK", "Session-Context-Not-Found")
@@ -102,6 +105,12 @@ class DisconnectTests(DaeCase):
             "disconnect", 'User-Name = "alice"\nNAS-Identifier = "another-nas"\n'
         )
         self.assertAnswer(other_nas, "Disconnect-NAK", "NAS-Identification-Mismatch")
+        loopback = yield self.radclient(
+            "disconnect", 'User-Name = "alice"\nNAS-IP-Address = 127.0.0.1\n'
+        )
+        self.assertAnswer(loopback, "Disconnect-NAK", "NAS-Identification-Mismatch")
+        service = yield self.radclient("disconnect", 'User-Name = "alice"\nService-Type = 17\n')
+        self.assertAnswer(service, "Disconnect-NAK", "Invalid-Request")  # §3.2: MUST NOT
         self.assertSessionHeld()
         (vip,) = (yield self.charon.list_sas())[0].local_vips
         reply = yield self.radclient(
@@ -121,20 +130,26 @@ class CoaTests(DaeCase):
     @defer.inlineCallbacks
     def test_session_timeout(self):
         """§2.2: a CoA-Request for no session gets CoA-NAK 503, one with an attribute this
-        NAS cannot apply CoA-NAK Unsupported-Attribute (401) and changes nothing; a
+        NAS cannot apply CoA-NAK Unsupported-Attribute (401) and changes nothing; State
+        comes back unmodified in the NAK and the ACK (§3.3); a
         Session-Timeout of 3 s for charon's session gets a CoA-ACK, and 3 s later the
         gateway deletes the session (charon logs the DELETE)."""
-        nobody = yield self.radclient("coa", 'User-Name = "bob"\nSession-Timeout = 3\n')
+        nobody = yield self.radclient(
+            "coa", 'User-Name = "bob"\nSession-Timeout = 3\nState = 0x0102ff\n'
+        )
         self.assertAnswer(nobody, "CoA-NAK", "Session-Context-Not-Found")
+        self.assertEqual(nobody.values("State"), ["0x0102ff"], nobody.output)  # §3.3
         unsupported = yield self.radclient(
             "coa", 'User-Name = "alice"\nSession-Timeout = 1\nFilter-Id = "guest"\n'
         )
         self.assertAnswer(unsupported, "CoA-NAK", "Unsupported-Attribute")
         reply = yield self.radclient(
-            "coa", f'Acct-Session-Id = "{self.sa.session_id}"\nSession-Timeout = 3\n'
+            "coa",
+            f'Acct-Session-Id = "{self.sa.session_id}"\nSession-Timeout = 3\nState = "s-1"\n',
         )
         acked = time.monotonic()
         self.assertAnswer(reply, "CoA-ACK")
+        self.assertEqual(reply.values("State"), ["0x732d31"], reply.output)  # "s-1"
         self.assertSessionHeld()  # the unsupported one's 1 s did not happen
         yield self.assertDeleted(3 + 2 * SLACK)
         self.assertGreater(time.monotonic() - acked, 2.5)

@@ -19,21 +19,38 @@ to a RADIUS server; the RADIUS server's own 802.1X clients hold no session in vp
 NAS does), so there is nothing here to disconnect for them. :class:`DaeProtocol` is the
 Twisted edge.
 
-What is discarded without an answer, with one rate-limited log line: anything from an
-address that is no configured DAE client, malformed packets, codes other than 40 and 43, a
-wrong Request Authenticator (§2.3) or Message-Authenticator (§3.4), a missing one where the
-client must send it, and an Event-Timestamp outside ``replay_window`` (§6.3). A request seen
-before (same client, Identifier and Request Authenticator) within ``replay_window`` gets the
-same answer again and is not acted on twice (§2.3, RFC 5080 §2.2.2).
+What is discarded without an answer, with one rate-limited log line (§6.1: "MUST silently
+discard ... packets from untrusted sources"): anything from an address that is no
+configured DAE client (before a single octet of it is parsed), malformed packets (a Length
+field beyond the datagram or 4096 octets, attributes that overrun it: RFC 2865 §3; a
+Message-Authenticator not of 16 octets: RFC 3579 §3.2), codes other than 40 and 43, a wrong
+Request Authenticator (§2.3) or Message-Authenticator (§3.4, RFC 3579 §3.2), a missing one
+where the client must send it, an Event-Timestamp outside ``replay_window`` (§6.3), a
+request naming a NAS-IP-Address before this host's addresses are known, and a reply that
+would exceed 4096 octets. Until the Request Authenticator is verified nothing is stored
+but the client table's note of which entry a source address is (65,536 addresses at most:
+:class:`~vpnaaa.radius.server.ClientTable`) and a drop counter, so a sender without the
+secret (a spoofed client address included) costs an MD5 per datagram; the datagrams the reactor
+reads are at most 8192 octets long (Twisted's ``maxPacketSize``) and parsing stops at the
+4096 the Length field may say. A request seen before (same client, Identifier and Request
+Authenticator) within ``replay_window`` gets the same answer again and is not acted on
+twice (§2.3, RFC 5080 §2.2.2).
+
+Error-Cause (§3.5), always in a NAK, never in an ACK: 401 Unsupported Attribute (an
+attribute §3.6 allows in the request that this NAS does not apply), 402 Missing Attribute
+(no session identification, nothing to change, Authorize Only without State), 403 NAS
+Identification Mismatch, 404 Invalid Request (an attribute §3.6 or §3.2 forbids in the
+request, or a second instance of one it allows once), 405 Unsupported Service
+(Service-Type in a CoA-Request: no Authorize Only here), 407 Invalid Attribute Value, 503
+Session Context Not Found.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -54,7 +71,8 @@ log = logs.get("vpnaaa.dae")
 IPv4, IPv6 = ipaddress.IPv4Address, ipaddress.IPv6Address
 IPAddress = IPv4 | IPv6
 _A = TypeVar("_A", IPv4, IPv6)
-REMEMBERED = 65_536  # answers kept for duplicates, at most (the oldest go first)
+ANSWER_MEMORY = 16 * 2**20  # octets of remembered answers, all clients together
+ENTRY_COST = 320  # octets one remembered answer costs beside its reply's (see _Answers)
 MIN_INTERIM = 60  # RFC 2869 §5.16: Acct-Interim-Interval SHOULD NOT be smaller
 
 
@@ -103,16 +121,28 @@ ACCT_INTERIM_INTERVAL = wire.key("Acct-Interim-Interval")
 EVENT_TIMESTAMP = wire.key("Event-Timestamp")
 ERROR_CAUSE = wire.key("Error-Cause")
 
-# §3: what identifies the NAS and the session; everything else in a Disconnect-Request is
-# unsupported (§2.3: all attributes are mandatory), and a CoA-Request may add the changes
+STATE = wire.key("State")
+AUTHORIZE_ONLY = 17  # RFC 5176 §3.2 Service-Type
+
+# §3.6: what a request may carry. What identifies the NAS and the session (§3), the
+# framing, and in a CoA-Request State (§3.3) and the changes this NAS applies; each at
+# most once but Proxy-State (0+). §2.3: every attribute is mandatory, so anything else
+# the table allows is unsupported (401). What no request may carry is an invalid
+# request (404): Error-Cause (§3.6: 0 in Disconnect- and CoA-Request; it answers one)
+# and Service-Type in a Disconnect-Request (§3.2: MUST NOT).
 _FRAMING = frozenset({wire.MESSAGE_AUTHENTICATOR, wire.PROXY_STATE, EVENT_TIMESTAMP})
 _NAS = frozenset({NAS_IP_ADDRESS, NAS_IPV6_ADDRESS, NAS_IDENTIFIER})
 _SESSION = frozenset({ACCT_SESSION_ID, USER_NAME, FRAMED_IP_ADDRESS, CALLING_STATION_ID})
 _CHANGES = frozenset({SESSION_TIMEOUT, ACCT_INTERIM_INTERVAL})
 _ALLOWED = {
     Code.DISCONNECT_REQUEST: _FRAMING | _NAS | _SESSION,
-    Code.COA_REQUEST: _FRAMING | _NAS | _SESSION | _CHANGES,
+    Code.COA_REQUEST: _FRAMING | _NAS | _SESSION | _CHANGES | {STATE},
 }
+_FORBIDDEN = {
+    Code.DISCONNECT_REQUEST: frozenset({ERROR_CAUSE, SERVICE_TYPE}),
+    Code.COA_REQUEST: frozenset({ERROR_CAUSE}),
+}
+_REPEATABLE = frozenset({wire.PROXY_STATE})
 
 
 class Sessions(Protocol):
@@ -189,17 +219,8 @@ class Change:
         return ", ".join(parts)
 
 
-def _one(request: wire.Packet, key: wire.Key, name: str) -> bytes | None:
-    values = request.attributes.get(key)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise Refused(ErrorCause.INVALID_REQUEST, f"{len(values)} {name} attributes")
-    return values[0]
-
-
 def _text(request: wire.Packet, key: wire.Key, name: str) -> str | None:
-    raw = _one(request, key, name)
+    raw = request.get(key)  # once at most: _check_attributes
     if raw is None:
         return None
     try:
@@ -212,7 +233,7 @@ def _text(request: wire.Packet, key: wire.Key, name: str) -> str | None:
 
 
 def _integer(request: wire.Packet, key: wire.Key, name: str) -> int | None:
-    raw = _one(request, key, name)
+    raw = request.get(key)  # once at most: _check_attributes
     if raw is None:
         return None
     if len(raw) != 4:
@@ -221,7 +242,7 @@ def _integer(request: wire.Packet, key: wire.Key, name: str) -> int | None:
 
 
 def _address(request: wire.Packet, key: wire.Key, name: str, kind: type[_A]) -> _A | None:
-    raw = _one(request, key, name)
+    raw = request.get(key)  # once at most: _check_attributes
     if raw is None:
         return None
     try:
@@ -255,13 +276,30 @@ def change(request: wire.Packet) -> Change:
     return Change(timeout, interim)
 
 
+class AddressesUnknown(Exception):
+    """This host's addresses are not read yet: a request naming a NAS-IP-Address is
+    dropped, and answered when its client sends it again."""
+
+
 @dataclass(frozen=True)
 class NasIdentity:
     """Who this NAS is (§3): the NAS-Identifier a request may name (the one the RADIUS
-    relay sends), and which NAS-IP-Address / NAS-IPv6-Address values are ours."""
+    relay sends), and ``addresses()``, the NAS-IP-Address / NAS-IPv6-Address values that
+    are ours: ``[dae] nas_addresses``, or this host's interface addresses
+    (:class:`vpnaaa.kernel.addresses.HostAddresses`), None while those are not read yet.
+    The unspecified and loopback addresses are never ours: every host has them, so they
+    name no NAS."""
 
     identifier: str
-    is_ours: Callable[[IPAddress], bool]
+    addresses: Callable[[], Container[IPAddress] | None]
+
+    def is_ours(self, address: IPAddress) -> bool:
+        if address.is_unspecified or address.is_loopback:
+            return False
+        ours = self.addresses()
+        if ours is None:
+            raise AddressesUnknown
+        return address in ours
 
     def mismatch(self, request: wire.Packet) -> str | None:
         """Why the request's NAS identification names another NAS, or None."""
@@ -278,6 +316,17 @@ class NasIdentity:
         return None
 
 
+_Key = tuple[int, bytes]  # a request's Identifier and Request Authenticator
+
+
+@dataclass
+class _Book:
+    """One client's remembered answers, oldest first: key -> (until when, the reply)."""
+
+    entries: OrderedDict[_Key, tuple[float, bytes]] = field(default_factory=OrderedDict)
+    octets: int = 0  # what they are charged: ENTRY_COST + the reply's length each
+
+
 class _Answers:
     """Replies by (client, Identifier, Request Authenticator) for ``window`` seconds: a
     retransmission or a replay gets the same bytes and is not acted on again (§2.3,
@@ -287,61 +336,92 @@ class _Answers:
     §6.3 makes the duplicate window the stale-timestamp window: a request is remembered
     until ``window`` after the later of its arrival and its Event-Timestamp, so it is
     known for as long as its timestamp would pass (a client clock ahead of ours
-    included)."""
+    included).
 
-    def __init__(self, clock: Callable[[], float], window: float, limit: int) -> None:
+    Only authentic requests are remembered, so only a client holding its secret fills
+    this table, and it is bounded in octets per client: each answer is charged its
+    reply's length plus ``ENTRY_COST`` (320 octets: the key, the tuples and the dictionary
+    slot, ~290 measured with tracemalloc on CPython 3.11) against its client's share,
+    ``memory`` (``ANSWER_MEMORY``, 16 MiB) divided evenly among the configured client
+    entries. A client over its share forgets its own oldest answers first (a replay of
+    those is then acted on again: only that client can send one), and no client can push
+    out another's. With one client entry that is about 47,000 answers of the usual
+    40-odd octets (a NAK with Error-Cause, a little Proxy-State), or 3,800 of the largest
+    (4,096 octets, Proxy-State and State echoed); with four, a quarter each.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float], window: float, clients: int, memory: int
+    ) -> None:
         self.clock = clock
         self.window = window
-        self.limit = limit
-        # key -> (until when it is remembered, the reply); oldest first
-        self._entries: OrderedDict[tuple[str, int, bytes], tuple[float, bytes]] = OrderedDict()
+        self.share = memory // max(clients, 1)
+        self._books: dict[RadiusClient, _Book] = {}
 
-    def get(self, key: tuple[str, int, bytes]) -> bytes | None:
+    def get(self, client: RadiusClient, key: _Key) -> bytes | None:
+        book = self._books.get(client)
+        if book is None:
+            return None
         now = self.clock()
-        entries = self._entries
+        entries = book.entries
         while entries and next(iter(entries.values()))[0] <= now:
-            entries.popitem(last=False)
+            _, (_, reply) = entries.popitem(last=False)
+            book.octets -= ENTRY_COST + len(reply)
         entry = entries.get(key)
         return entry[1] if entry is not None and entry[0] > now else None
 
-    def put(self, key: tuple[str, int, bytes], reply: bytes, stamped: float | None) -> None:
+    def put(self, client: RadiusClient, key: _Key, reply: bytes, stamped: float | None) -> None:
         """Remember ``reply``; ``stamped``: the request's Event-Timestamp, if any."""
-        self._entries[key] = (max(self.clock(), stamped or 0.0) + self.window, reply)
-        while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+        book = self._books.setdefault(client, _Book())
+        old = book.entries.pop(key, None)
+        if old is not None:
+            book.octets -= ENTRY_COST + len(old[1])
+        book.entries[key] = (max(self.clock(), stamped or 0.0) + self.window, reply)
+        book.octets += ENTRY_COST + len(reply)
+        while book.octets > self.share and book.entries:
+            _, (_, dropped) = book.entries.popitem(last=False)
+            book.octets -= ENTRY_COST + len(dropped)
+
+    def octets(self, client: RadiusClient) -> int:
+        """What ``client``'s remembered answers are charged."""
+        book = self._books.get(client)
+        return book.octets if book is not None else 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(book.entries) for book in self._books.values())
 
 
 class DynamicAuthorization:
     """The Dynamic Authorization Server (RFC 5176) as a function of its input:
     :meth:`receive` takes a datagram and its source and returns the reply, or None.
 
+    ``clients`` are the configured DAE clients (address or network, secret).
     ``clock`` returns POSIX seconds (the reactor's ``seconds``): Event-Timestamps are
     compared with it. ``replay_window`` (§6.3, default 300 s) bounds how far one may be
-    from it, and is how long answers are remembered; with ``require_event_timestamp`` a
-    request without one is discarded (§6.3: "SHOULD be configurable").
+    from it, and is how long answers are remembered (``memory`` octets of them at most,
+    shared fairly among the clients: :class:`_Answers`); with
+    ``require_event_timestamp`` a request without one is discarded (§6.3: "SHOULD be
+    configurable").
     """
 
     def __init__(
         self,
-        clients: ClientTable,
+        clients: Sequence[RadiusClient],
         sessions: Sessions,
         nas: NasIdentity,
         clock: Callable[[], float],
         replay_window: float = 300.0,
         require_event_timestamp: bool = False,
-        remembered: int = REMEMBERED,
+        memory: int = ANSWER_MEMORY,
         intervals: Intervals | None = None,
     ) -> None:
-        self.clients = clients
+        self.clients = ClientTable(clients)
         self.sessions = sessions
         self.nas = nas
         self.clock = clock
         self.replay_window = replay_window
         self.require_event_timestamp = require_event_timestamp
-        self.answers = _Answers(clock, replay_window, remembered)
+        self.answers = _Answers(clock, replay_window, len(clients), memory)
         self.intervals = intervals  # None: accounting is off, no interval to change
         self.throttle = logs.Throttle(log, clock)
 
@@ -367,8 +447,8 @@ class DynamicAuthorization:
         if problem is not None:
             self._drop(client, host, "not authentic", problem)
             return None
-        key = (client.name, request.ident, request.authenticator)
-        answered = self.answers.get(key)
+        key = (request.ident, request.authenticator)
+        answered = self.answers.get(client, key)
         if answered is not None:
             return answered
         problem = self._freshness(request)
@@ -377,11 +457,16 @@ class DynamicAuthorization:
             return None
         try:
             reply = self._answer(request, client, host)
+        except AddressesUnknown:
+            self._drop(client, host, "addresses unknown", "this host's addresses are not read yet")
+            return None
         except wire.TooLarge as e:
+            # only a NAK can be: an ACK echoes a part of the request (State, Proxy-State),
+            # a NAK adds Error-Cause; and a NAK changed nothing, so nothing is left undone
             self._drop(client, host, "too large", f"not answered: {e}")
             return None
         stamp = request.get(EVENT_TIMESTAMP)
-        self.answers.put(key, reply, int.from_bytes(stamp, "big") if stamp else None)
+        self.answers.put(client, key, reply, int.from_bytes(stamp, "big") if stamp else None)
         return reply
 
     def _authenticity(self, request: wire.Packet, client: RadiusClient) -> str | None:
@@ -419,6 +504,10 @@ class DynamicAuthorization:
     def _answer(self, request: wire.Packet, client: RadiusClient, host: str) -> bytes:
         code = Code(request.code)
         ack, nak = _ANSWERS[code]
+        # §3.3: State comes back unmodified in the CoA-ACK or CoA-NAK, never interpreted
+        # (one instance at most: a second is refused below, and echoes the first)
+        state = request.get(STATE) if code == Code.COA_REQUEST else None
+        echoed = [(STATE, state)] if state is not None else []
         try:
             found, what = self._act(request, code, client)
         except Refused as e:
@@ -432,7 +521,8 @@ class DynamicAuthorization:
                 cause=int(e.cause),
                 reason=str(e),
             )
-            return wire.reply(request, nak, client.secret, [wire.value("Error-Cause", e.cause)])
+            cause = [wire.value("Error-Cause", e.cause)]
+            return wire.reply(request, nak, client.secret, echoed + cause)
         log.info(
             "{request} from {client} ({host}): {what} for {n} session(s): {sessions}",
             request=_NAMES[code],
@@ -442,23 +532,30 @@ class DynamicAuthorization:
             n=len(found),
             sessions=", ".join(f"{sa.session_id} of {logs.quoted(sa.identity)}" for sa in found),
         )
-        return wire.reply(request, ack, client.secret)
+        return wire.reply(request, ack, client.secret, echoed)
 
     def _act(
         self, request: wire.Packet, code: Code, client: RadiusClient
     ) -> tuple[list[IkeSa], str]:
         """Check the whole request, then act on every matching session (§2.3: all
-        attributes are mandatory and a CoA's changes are atomic; §3: a request applies to
-        all matching sessions). Raises :class:`Refused` before anything changed."""
-        if SERVICE_TYPE in request.attributes:  # §3.2: no Authorize Only, no other service
-            raise Refused(ErrorCause.UNSUPPORTED_SERVICE, "Service-Type is not supported")
-        allowed = _ALLOWED[code]
-        unsupported = [k for k in request.attributes if k not in allowed]
-        if unsupported:
-            raise Refused(
-                ErrorCause.UNSUPPORTED_ATTRIBUTE,
-                "unsupported attribute(s) " + ", ".join(map(_attribute_name, unsupported)),
-            )
+        attributes are mandatory and a CoA's changes are atomic). Raises
+        :class:`Refused` before anything changed.
+
+        §3: "If ... more than one session matches all of the session identification
+        attributes, then a CoA-Request or Disconnect-Request packet MUST apply to all
+        matching sessions" — the alternative, Error-Cause 508 Multiple Session Selection
+        Unsupported, is for a NAS that cannot. This one can, and does: an AAA server
+        disconnecting a user (an account disabled, a password leaked) wants every session
+        of that user gone, and may know no Acct-Session-Id of them (no accounting to it).
+        The ACK's log line names every session it acted on.
+
+        A User-Name only the client claimed (``identity_verified`` false: a relay whose
+        Access-Accept named nobody, so the name is the client's own outer identity) is
+        no identification: anyone can claim alice's name, and a Disconnect for alice
+        must not end their session. Such sessions match only a request that names them
+        by Acct-Session-Id or Framed-IP-Address (what this NAS told the AAA server in
+        accounting), User-Name and Calling-Station-Id or not."""
+        self._check_attributes(request, code)
         who = identification(request)
         wanted = change(request) if code == Code.COA_REQUEST else None
         mismatch = self.nas.mismatch(request)
@@ -480,8 +577,18 @@ class DynamicAuthorization:
             found = [sa for sa in found if same_account(who.user, sa.identity)]
         if who.calling_station is not None:
             found = [sa for sa in found if sa.remote.host == who.calling_station]
+        claimed = 0
+        if who.session_id is None and who.framed_ip is None:
+            claimed = sum(not sa.identity_verified for sa in found)
+            found = [sa for sa in found if sa.identity_verified]
         if not found:
-            raise Refused(ErrorCause.SESSION_CONTEXT_NOT_FOUND, f"no session with {who}")
+            reason = f"no session with {who}"
+            if claimed:
+                reason += (
+                    f" whose user name was vouched for ({claimed} with a name only the client "
+                    "claimed: name them by Acct-Session-Id or Framed-IP-Address)"
+                )
+            raise Refused(ErrorCause.SESSION_CONTEXT_NOT_FOUND, reason)
         if wanted is None:
             for sa in found:
                 self.sessions.disconnect(sa, f"by RADIUS Disconnect-Request from {client.name}")
@@ -492,6 +599,32 @@ class DynamicAuthorization:
             if wanted.interim_interval is not None and self.intervals is not None:
                 self.intervals.set_interim_interval(sa.session_id, wanted.interim_interval)
         return found, str(wanted)
+
+    @staticmethod
+    def _check_attributes(request: wire.Packet, code: Code) -> None:
+        """The attributes against §3.6's table and §3.2, §3.3 (see ``_ALLOWED``)."""
+        attributes = request.attributes
+        forbidden = [k for k in attributes if k in _FORBIDDEN[code]]
+        if forbidden:
+            names = ", ".join(map(_attribute_name, forbidden))
+            raise Refused(ErrorCause.INVALID_REQUEST, f"{names} not allowed in {_NAMES[code]}")
+        service = attributes.get(SERVICE_TYPE)
+        if service is not None:  # in a CoA-Request (§3.2); only Authorize Only is defined
+            if service == [AUTHORIZE_ONLY.to_bytes(4, "big")] and STATE not in attributes:
+                # §3.3: "MUST send a CoA-NAK and SHOULD include ... 402 (Missing Attribute)"
+                raise Refused(ErrorCause.MISSING_ATTRIBUTE, "Authorize Only without State")
+            raise Refused(ErrorCause.UNSUPPORTED_SERVICE, "Service-Type is not supported")
+        allowed = _ALLOWED[code]
+        unsupported = [k for k in attributes if k not in allowed]
+        if unsupported:
+            raise Refused(
+                ErrorCause.UNSUPPORTED_ATTRIBUTE,
+                "unsupported attribute(s) " + ", ".join(map(_attribute_name, unsupported)),
+            )
+        repeated = [k for k, v in attributes.items() if len(v) > 1 and k not in _REPEATABLE]
+        if repeated:
+            names = ", ".join(f"{len(attributes[k])} {_attribute_name(k)}" for k in repeated)
+            raise Refused(ErrorCause.INVALID_REQUEST, f"{names} (§3.6: one at most)")
 
     def _drop(self, client: RadiusClient, host: str, kind: str, reason: str) -> None:
         """One throttled line per client and ``kind`` (a fixed word: the sender chooses
@@ -521,22 +654,6 @@ def same_account(named: str, identity: str) -> bool:
     if "\\" in identity:
         return named.casefold() == identity.casefold()
     return user_key(named) == user_key(identity)
-
-
-def host_address(address: IPAddress) -> bool:
-    """Whether ``address`` is one of this host's (its own NAS-IP-Address): a UDP socket
-    binds to it only then. The unspecified and loopback addresses name no NAS (a bind to
-    them always works); with ``net.ipv4.ip_nonlocal_bind`` every address binds, so such
-    hosts list theirs in ``[dae] nas_addresses``."""
-    if address.is_unspecified or address.is_loopback:
-        return False
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((str(address), 0))
-        except OSError:
-            return False
-    return True
 
 
 class DaeProtocol(DatagramProtocol):
