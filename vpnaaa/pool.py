@@ -16,26 +16,13 @@ address, nor one of the gateway's own.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import socket
 import time
 from collections.abc import Callable, Iterable
 
 from vpnaaa.leases import LeaseBackend, LeaseStore, SqliteLeases, Usage
 
 IPv4 = ipaddress.IPv4Address
-
-
-def ours(address: IPv4) -> bool:
-    """Whether ``address`` is one of this host's (a socket can bind it, ip(7): binding
-    an address that is not local fails with EADDRNOTAVAIL)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((str(address), 0))
-        except OSError as e:
-            return e.errno != errno.EADDRNOTAVAIL
-    return True
 
 
 class PoolExhausted(Exception):
@@ -53,13 +40,16 @@ class AddressPool:
         clock: Callable[[], float] = time.time,
         lifetime: float = 86400.0,
         framed: Iterable[ipaddress.IPv4Network] = (),
-        local: Callable[[IPv4], bool] = ours,
+        local: Callable[[IPv4], bool] | None = None,
     ) -> None:
         """All host addresses of ``network`` except ``exclude`` (e.g. the gateway's own),
         leased in pool ``name`` of ``leases`` (default: kept in memory only); a lease
         lasts ``lifetime`` seconds (``ike_lifetime``) unless renewed. ``framed``: the
         networks outside it a Framed-IP-Address may come from (``framed_networks``);
-        ``local`` tells the gateway's own addresses, which are never given out."""
+        ``local`` tells the gateway's own addresses, which are never given out (required
+        with ``framed``)."""
+        if framed and local is None:
+            raise ValueError("framed networks need local, the test for the gateway's own")
         excluded = set(exclude)
         self.network = network
         self.clock = clock
@@ -109,7 +99,7 @@ class AddressPool:
                 raise PoolExhausted(
                     f"Framed-IP-Address {address} is the network or broadcast address of {network}"
                 )
-            if self.local(address):
+            if self.local is not None and self.local(address):
                 raise PoolExhausted(f"Framed-IP-Address {address} is one of the gateway's own")
         return self.framed_store
 

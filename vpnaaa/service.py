@@ -7,7 +7,8 @@ import itertools
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +147,15 @@ class DaeService(service.Service):
         responder: Responder,
         reactor: Any,
         intervals: Intervals | None = None,
+        host: HostAddresses | None = None,
     ) -> None:
+        """``host``: this host's interface addresses, the NAS's own when
+        ``nas_addresses`` lists none."""
         self.config = config
         self.reactor = reactor
         self.listed = frozenset(config.nas_addresses)
-        # none listed: this host's interface addresses, kept current by the kernel
-        self.host = HostAddresses(reactor) if not self.listed else None
+        self.host = None if self.listed else host
+        assert self.listed or host is not None
         nas = NasIdentity(config.nas_identifier, self._addresses)
         self.core = DynamicAuthorization(
             config.clients,
@@ -175,14 +179,6 @@ class DaeService(service.Service):
         self._listen()
 
     def _listen(self) -> None:
-        if self.host is not None:
-            try:
-                self.host.start()
-            except OSError as e:
-                raise StartupError(
-                    f"DAE cannot read this host's addresses (rtnetlink: {e.strerror}); "
-                    "list them in [dae] nas_addresses"
-                ) from None
         listen, port = self.config.listen, self.config.port
         try:
             self.ports = [listen_udp(self.reactor, port, DaeProtocol(self.core), listen)]
@@ -204,9 +200,48 @@ class DaeService(service.Service):
 
     def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
-        if self.host is not None:
-            self.host.stop()
         return _stop_listening(self)
+
+
+class HostAddressService(service.Service):
+    """This host's interface addresses (:class:`HostAddresses`, read from the kernel and
+    kept current) for the parts that must tell them: DAE's NAS-IP-Address check and the
+    IKE pools, which never give out one of them as a Framed-IP-Address. Started before
+    those parts (the first child of the daemon)."""
+
+    name = "host-addresses"
+
+    def __init__(self, reactor: Any) -> None:
+        self.addresses = HostAddresses(reactor)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._start()
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()  # started without twistd: not read yet
+
+    def _start(self) -> None:
+        if self.addresses.started:
+            return
+        try:
+            self.addresses.start()
+        except OSError as e:
+            raise StartupError(
+                f"cannot read this host's addresses (rtnetlink: {e.strerror}); they are "
+                "needed for [dae] without nas_addresses and for framed_networks"
+            ) from None
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        self.addresses.stop()
+        return None
+
+    def local(self, address: IPAddress) -> bool:
+        """Whether ``address`` may be one of this host's: every address, until the list
+        is read (a framed address is refused rather than risk handing out our own)."""
+        return not self.addresses.known or address in self.addresses
 
 
 class VpnaaaService(service.MultiService):
@@ -232,6 +267,13 @@ class VpnaaaService(service.MultiService):
         count = self.users.load()
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
         self.keylog = KeyLog(config.debug.keylog_dir, owners)
+        self.host: HostAddressService | None = None
+        ike = config.ike.enabled is not False
+        if (config.dae.enabled and ike and not config.dae.nas_addresses) or (
+            ike and any(p.framed_networks for p in config.ike.profiles)
+        ):
+            self.host = HostAddressService(reactor)
+            self.host.setServiceParent(self)  # first: the others rely on it
         self.backend = auth.LocalBackend(self.users, reactor, config.radius.pap_queue)
         self.eap: EapEngine | None = None
         if config.eap.enabled and config.radius.enabled:
@@ -246,7 +288,8 @@ class VpnaaaService(service.MultiService):
         self.ike: IkeService | None = None
         if config.ike.enabled is not False:
             owners = private.trusted_owners(config.daemon.user)
-            self.ike = IkeService(config.ike, self._ike_profiles(config), reactor, owners)
+            local = self.host.local if self.host is not None else None
+            self.ike = IkeService(config.ike, self._ike_profiles(config), reactor, owners, local)
             self.ike.responder.keylog = self.keylog
             self.ike.setServiceParent(self)
         self.accounting: AccountingService | None = None  # of the IKE sessions
@@ -258,7 +301,8 @@ class VpnaaaService(service.MultiService):
         self.dae: DaeService | None = None
         if config.dae.enabled and self.ike is not None:
             accounting = self.accounting.accounting if self.accounting is not None else None
-            self.dae = DaeService(config.dae, self.ike.responder, reactor, accounting)
+            host = self.host.addresses if self.host is not None else None
+            self.dae = DaeService(config.dae, self.ike.responder, reactor, accounting, host)
             self.dae.setServiceParent(self)
         if config.admin.enabled:
             for admin in admin_services(self, config.admin):
@@ -502,8 +546,10 @@ class IkeService(service.Service):
         profiles: list[tuple[ProfileConfig, EapEngine | RadiusRelay]],
         reactor: Any,
         owners: frozenset[int] = frozenset(),
+        local: Callable[[IPv4Address], bool] | None = None,
     ) -> None:
-        """``owners``: who may own the key file besides root (the daemon user)."""
+        """``owners``: who may own the key file besides root (the daemon user);
+        ``local``: whether an address is this host's (needed with ``framed_networks``)."""
         self.config = config
         self.reactor = reactor
         identity = load_server_identity(config.key, config.certificate, config.chain, owners)
@@ -523,6 +569,7 @@ class IkeService(service.Service):
                         clock=reactor.seconds,
                         lifetime=config.ike_lifetime,
                         framed=p.framed_networks,
+                        local=local,
                     ),
                     p.dns,
                     p.nbns,

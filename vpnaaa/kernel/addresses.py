@@ -94,6 +94,10 @@ class HostAddresses:
     def __contains__(self, address: object) -> bool:
         return address in self.addresses
 
+    @property
+    def started(self) -> bool:
+        return self._socket is not None
+
     def start(self) -> None:
         groups = (RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR)
         self._socket = NetlinkSocket(

@@ -28,13 +28,13 @@ Request Authenticator (§2.3) or Message-Authenticator (§3.4, RFC 3579 §3.2), 
 where the client must send it, an Event-Timestamp outside ``replay_window`` (§6.3), a
 request naming a NAS-IP-Address before this host's addresses are known, and a reply that
 would exceed 4096 octets. Until the Request Authenticator is verified nothing is stored
-but the client table's note of which entry a source address is (65,536 addresses at most:
-:class:`~vpnaaa.radius.server.ClientTable`) and a drop counter, so a sender without the
-secret (a spoofed client address included) costs an MD5 per datagram; the datagrams the reactor
-reads are at most 8192 octets long (Twisted's ``maxPacketSize``) and parsing stops at the
-4096 the Length field may say. A request seen before (same client, Identifier and Request
-Authenticator) within ``replay_window`` gets the same answer again and is not acted on
-twice (§2.3, RFC 5080 §2.2.2).
+but, for a source address inside a client entry, the client table's note of that entry
+(65,536 addresses at most: :class:`~vpnaaa.radius.server.ClientTable`) and a drop counter,
+so a sender without the secret (a spoofed client address included) costs an MD5 per
+datagram; the datagrams the reactor reads are at most 8192 octets long (Twisted's
+``maxPacketSize``) and parsing stops at the 4096 the Length field may say. A request seen
+before (same client, Identifier and Request Authenticator) within ``replay_window`` gets
+the same answer again and is not acted on twice (§2.3, RFC 5080 §2.2.2).
 
 Error-Cause (§3.5), always in a NAK, never in an ACK: 401 Unsupported Attribute (an
 attribute §3.6 allows in the request that this NAS does not apply), 402 Missing Attribute

@@ -68,12 +68,13 @@ class ClientTable:
     """Finds the client entry (and so the shared secret) for a source address.
 
     Exact host entries are one dictionary lookup; networks are searched most specific
-    first, and the answer is remembered per host.
+    first, and a match is remembered per host (up to 65,536; never a stranger: a spoofer
+    picks its source addresses).
     """
 
     def __init__(self, clients: Iterable[RadiusClient]) -> None:
         self._networks = sorted(clients, key=lambda c: -c.network.prefixlen)
-        self._hosts: dict[str, RadiusClient | None] = {}
+        self._hosts: dict[str, RadiusClient] = {}
 
     def lookup(self, host: str) -> RadiusClient | None:
         try:
@@ -85,8 +86,8 @@ class ClientTable:
         except ValueError:
             return None
         found = next((c for c in self._networks if address in c.network), None)
-        if len(self._hosts) < 65536:
-            self._hosts[host] = found
+        if found is not None and len(self._hosts) < 65536:
+            self._hosts[host] = found  # a stranger's address is not kept: spoofers pick many
         return found
 
 
