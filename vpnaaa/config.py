@@ -91,6 +91,7 @@ class UsersConfig:
 
 
 EAP_METHODS = ("peap", "mschapv2", "tls")
+DEFAULT_EAP_METHODS = ("peap", "mschapv2")  # "tls" only where client_ca is configured
 TLS_VERSIONS = ("1.2", "1.3")  # oldest first
 PEAP_MAX_TLS = "1.2"  # PEAP with TLS 1.3 needs RFC 9427, not implemented
 
@@ -864,7 +865,7 @@ def _relay(ike: _Section, state_dir: Path, config_path: Path | None) -> RelayCon
 
 
 def _eap(section: _Section, state_dir: Path) -> EapConfig:
-    methods = section.get("methods", list, list(EAP_METHODS))
+    methods = section.get("methods", list, list(DEFAULT_EAP_METHODS))
     if (
         not methods
         or any(m not in EAP_METHODS for m in methods)
@@ -920,7 +921,8 @@ def _tls_version(section: _Section, name: str, default: str) -> str:
 
 def _peap_versions(tls: _Section, eap: EapConfig, ike: IkeConfig) -> None:
     """PEAP speaks TLS 1.2 at most here: a ``min_version`` above that leaves it none."""
-    uses_peap = "peap" in eap.methods or any("peap" in p.eap_methods for p in ike.profiles)
+    profiles = ike.profiles if ike.enabled is not False else ()
+    uses_peap = "peap" in eap.methods or any("peap" in p.eap_methods for p in profiles)
     if uses_peap and TLS_VERSIONS.index(eap.tls.min_version) > TLS_VERSIONS.index(PEAP_MAX_TLS):
         raise tls.error(
             "min_version",
