@@ -69,7 +69,7 @@ def server_context(
     session cache (no resumption). TLS 1.2 tickets are off; TLS 1.3's NewSessionTicket
     cannot be switched off through pyOpenSSL (SSL_CTX_set_num_tickets is not bound), so
     OpenSSL sends two stateful tickets that no cache will ever redeem (a client offering
-    one gets a full handshake; RFC 9190 §2.1.2 asks for none without resumption).
+    one gets a full handshake; RFC 9190 §2.1.2 ties tickets to resumption, not done here).
 
     With ``client_ca`` (EAP-TLS, RFC 5216 §2.1.1) the server sends CertificateRequest
     naming those anchors, refuses a client without a certificate and has OpenSSL validate
