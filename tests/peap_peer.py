@@ -1,13 +1,14 @@
-"""A minimal PEAPv0 peer for in-process tests: pyOpenSSL as the TLS client on memory
-BIOs, EAP-TLS framing (RFC 5216 §3.1-3.2) on its side, up to the first phase 2 request.
+"""A minimal PEAPv0 or EAP-TLS peer for in-process tests: pyOpenSSL as the TLS client on
+memory BIOs, EAP-TLS framing (RFC 5216 §3.1-3.2) on its side, up to the first application
+data (PEAP's first phase 2 request, EAP-TLS 1.3's protected success indication).
 
 It answers one EAP Request at a time (:meth:`PeapPeer.answer`) and stops being useful once
-the tunnel is up: :attr:`inner` then holds the first decrypted phase 2 request.
+the tunnel is up: :attr:`inner` then holds the first decrypted application data.
 """
 
 from __future__ import annotations
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from vpnaaa.eap import packet
 from vpnaaa.eap.packet import Code, Type
@@ -15,11 +16,24 @@ from vpnaaa.eap.tls import FLAG_LENGTH, FLAG_MORE, FLAG_START
 
 
 class PeapPeer:
-    def __init__(self, ciphers: bytes | None = None) -> None:
+    """PEAP (``kind``) or EAP-TLS (``kind=Type.TLS`` with a ``certificate``: PEM
+    certificate and PEM key), TLS 1.2 at most unless ``max_version`` says otherwise."""
+
+    def __init__(
+        self,
+        ciphers: bytes | None = None,
+        kind: int = Type.PEAP,
+        certificate: tuple[bytes, bytes] | None = None,
+        max_version: int = SSL.TLS1_2_VERSION,
+    ) -> None:
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        context.set_max_proto_version(max_version)
         if ciphers is not None:
             context.set_cipher_list(ciphers)
+        if certificate is not None:
+            context.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM, certificate[0]))
+            context.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, certificate[1]))
+        self.kind = kind
         self.tls = SSL.Connection(context, None)
         self.tls.set_connect_state()
         self.established = False
@@ -66,9 +80,9 @@ class PeapPeer:
                 return b"".join(chunks)
 
     def _peap(self, request: bytes, records: bytes) -> bytes:
-        if len(records) > 1000:
+        if len(records) > 4000:  # a TLS 1.3 ClientHello with a hybrid ML-KEM key share: ~1.5 KiB
             raise AssertionError("this peer does not fragment its own messages")
-        return self._response(request, Type.PEAP, b"\x00" + records)
+        return self._response(request, self.kind, b"\x00" + records)
 
     @staticmethod
     def _response(request: bytes, kind: int, data: bytes) -> bytes:

@@ -68,3 +68,65 @@ class EapOptionTests(unittest.TestCase):
             "ike.radius.source_ports: 65 is outside 1..64",
             self.error(relay.replace("source_ports = 8", "source_ports = 65")),
         )
+
+
+class EapTlsOptionTests(unittest.TestCase):
+    """``[eap.tls]`` client_ca, min_version and max_version; "tls" in the method lists."""
+
+    def setUp(self) -> None:
+        self.state = state_dir(self)
+
+    def load(self, text: str) -> configuration.Config:
+        head = f'[general]\nstate_dir = "{self.state}"\n[radius]\nenabled = false\n'
+        return configuration.load(write_config(self.state / "vpnaaa.toml", head + text))
+
+    def error(self, text: str) -> str:
+        with self.assertRaises(configuration.ConfigError) as caught:
+            self.load(text)
+        return str(caught.exception)
+
+    def test_defaults(self):
+        eap = self.load("").eap
+        self.assertEqual(eap.methods, ("peap", "mschapv2"))  # tls needs client_ca: opt-in
+        self.assertEqual((eap.tls.min_version, eap.tls.max_version), ("1.2", "1.3"))
+        self.assertEqual(eap.tls.client_ca, self.state / "pki" / "ca.pem")
+
+    def test_tls_method_and_versions(self):
+        eap = self.load(
+            '[eap]\nmethods = ["tls"]\n[eap.tls]\nclient_ca = "users-ca.pem"\n'
+            'min_version = "1.3"\nmax_version = "1.3"\n[ike]\nenabled = false\n'
+        ).eap
+        self.assertEqual(eap.methods, ("tls",))
+        self.assertEqual(eap.tls.client_ca, self.state / "users-ca.pem")
+        self.assertEqual(eap.tls.min_version, "1.3")
+
+    def test_ike_profile_may_use_tls(self):
+        ike = self.load('[ike]\neap_methods = ["tls"]\n').ike
+        self.assertEqual(ike.profiles[0].eap_methods, ("tls",))
+
+    def test_version_errors(self):
+        self.assertIn(
+            "eap.tls.max_version: '1.1': use '1.2' or '1.3'",
+            self.error('[eap.tls]\nmax_version = "1.1"\n'),
+        )
+        self.assertIn(
+            "eap.tls.min_version: '1.3' is above max_version",
+            self.error(
+                '[eap]\nmethods = ["tls"]\n[eap.tls]\nmin_version = "1.3"\nmax_version = "1.2"\n'
+            ),
+        )
+
+    def test_peap_needs_tls12(self):
+        """PEAP is TLS 1.2 only here (no RFC 9427): min_version 1.3 leaves it nothing,
+        whether [eap] or an IKE profile offers it."""
+        self.assertIn(
+            "eap.tls.min_version: '1.3' leaves PEAP no TLS version",
+            self.error('[eap.tls]\nmin_version = "1.3"\n'),
+        )
+        self.assertIn(
+            "eap.tls.min_version: '1.3' leaves PEAP no TLS version",
+            self.error(
+                '[eap]\nmethods = ["tls"]\n[eap.tls]\nmin_version = "1.3"\n'
+                '[ike]\neap_methods = ["peap"]\n'
+            ),
+        )

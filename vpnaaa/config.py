@@ -90,16 +90,23 @@ class UsersConfig:
     disconnect_on_change: bool = False  # a reload ends deleted or changed users' sessions
 
 
-EAP_METHODS = ("peap", "mschapv2")
+EAP_METHODS = ("peap", "mschapv2", "tls")
+DEFAULT_EAP_METHODS = ("peap", "mschapv2")  # "tls" only where client_ca is configured
+TLS_VERSIONS = ("1.2", "1.3")  # oldest first
+PEAP_MAX_TLS = "1.2"  # PEAP with TLS 1.3 needs RFC 9427, not implemented
 
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """The TLS server inside PEAP: identity files and record/fragment limits."""
+    """The TLS server of PEAP and EAP-TLS: identity files, versions, EAP-TLS's trust
+    anchors for client certificates, and the fragment size."""
 
     certificate: Path
     key: Path
     chain: Path | None
+    client_ca: Path
+    min_version: str = "1.2"  # one of TLS_VERSIONS
+    max_version: str = "1.3"  # PEAP stops at PEAP_MAX_TLS
     fragment_size: int = 1024
 
 
@@ -533,7 +540,8 @@ def _load(
         disconnect_on_change=users_section.get("disconnect_on_change", bool, False),
     )
     users_section.finish()
-    eap = _eap(root.sub("eap"), state)
+    eap_section = root.sub("eap")
+    eap = _eap(eap_section, state)
     radius_section = root.sub("radius")
     enabled = radius_section.table.get("enabled", True)
     radius = (
@@ -542,6 +550,7 @@ def _load(
         else _disabled(radius_section, state)
     )
     ike = _ike(root.sub("ike"), state, eap.tls, config_path)
+    _peap_versions(eap_section.sub("tls"), eap, ike)
     admin = _admin(root.sub("admin"), state)
     debug = _debug(root.sub("debug"), state)
     dae = _dae(root.sub("dae"), state, config_path, ike)
@@ -819,7 +828,7 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
         pool=network,
         dns=_addresses(section, "dns"),
         nbns=_addresses(section, "nbns"),
-        eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, IKE_EAP_METHODS),
+        eap_methods=_names(section, "eap_methods", IKE_EAP_METHODS, EAP_METHODS),
         backend=backend,
         users=frozenset(str(u).lower() for u in section.get("users", list, [])),
         dpd_delay=section.get_float("dpd_delay", 30.0, 0.0, 86400.0),
@@ -872,7 +881,7 @@ def _relay(ike: _Section, state_dir: Path, config_path: Path | None) -> RelayCon
 
 
 def _eap(section: _Section, state_dir: Path) -> EapConfig:
-    methods = section.get("methods", list, list(EAP_METHODS))
+    methods = section.get("methods", list, list(DEFAULT_EAP_METHODS))
     if (
         not methods
         or any(m not in EAP_METHODS for m in methods)
@@ -887,8 +896,13 @@ def _eap(section: _Section, state_dir: Path) -> EapConfig:
         certificate=state_dir / tls.get("certificate", str, "pki/server.pem"),
         key=state_dir / tls.get("key", str, "pki/server.key"),
         chain=state_dir / chain if chain else None,
+        client_ca=state_dir / tls.get("client_ca", str, "pki/ca.pem"),
+        min_version=_tls_version(tls, "min_version", "1.2"),
+        max_version=_tls_version(tls, "max_version", "1.3"),
         fragment_size=tls.get_int("fragment_size", 1024, 100, 4000),
     )
+    if TLS_VERSIONS.index(tls_config.min_version) > TLS_VERSIONS.index(tls_config.max_version):
+        raise tls.error("min_version", f"{tls_config.min_version!r} is above max_version")
     tls.finish()
     if "max_conversations" in section.table:
         raise section.error(
@@ -912,6 +926,25 @@ def _eap(section: _Section, state_dir: Path) -> EapConfig:
         raise section.error("idle_timeout", "must be positive")
     section.finish()
     return config
+
+
+def _tls_version(section: _Section, name: str, default: str) -> str:
+    value = section.get(name, str, default)
+    if value not in TLS_VERSIONS:
+        raise section.error(name, f"{value!r}: use {' or '.join(map(repr, TLS_VERSIONS))}")
+    return value
+
+
+def _peap_versions(tls: _Section, eap: EapConfig, ike: IkeConfig) -> None:
+    """PEAP speaks TLS 1.2 at most here: a ``min_version`` above that leaves it none."""
+    profiles = ike.profiles if ike.enabled is not False else ()
+    uses_peap = "peap" in eap.methods or any("peap" in p.eap_methods for p in profiles)
+    if uses_peap and TLS_VERSIONS.index(eap.tls.min_version) > TLS_VERSIONS.index(PEAP_MAX_TLS):
+        raise tls.error(
+            "min_version",
+            f"{eap.tls.min_version!r} leaves PEAP no TLS version (PEAP is TLS {PEAP_MAX_TLS} "
+            "only: RFC 9427 is not implemented); remove peap from the EAP method lists",
+        )
 
 
 def _cryptobinding(section: _Section) -> str:

@@ -9,7 +9,6 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL
@@ -21,8 +20,18 @@ from twisted.python.failure import Failure
 
 from vpnaaa import auth, logs, private, privileges
 from vpnaaa.admin import admin_services
-from vpnaaa.config import Config, DaeConfig, EapConfig, IkeConfig, ProfileConfig
+from vpnaaa.config import (
+    PEAP_MAX_TLS,
+    TLS_VERSIONS,
+    Config,
+    DaeConfig,
+    EapConfig,
+    IkeConfig,
+    ProfileConfig,
+    TlsConfig,
+)
 from vpnaaa.eap.authenticator import MethodFactory
+from vpnaaa.eap.eaptls import ClientAuthUsageOnly, ClientCertificateCheck, EapTls, load_client_ca
 from vpnaaa.eap.engine import MIB, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
@@ -475,18 +484,32 @@ class VpnaaaService(service.MultiService):
         signal.signal(signal.SIGHUP, on_hup)
 
 
+# What decides on an EAP-TLS client certificate once OpenSSL has validated its chain: for
+# now only the clientAuth EKU (vpnaaa/certs brings revocation, deny list, identity rules).
+CERTIFICATE_CHECK: ClientCertificateCheck = ClientAuthUsageOnly()
+
+
 @functools.cache
-def peap_context(
-    key: Path,
-    certificate: Path,
-    chain: Path | None,
-    owners: frozenset[int],
-    keylog: KeyLog | None = None,
+def tls_context(
+    tls: TlsConfig, method: str, owners: frozenset[int], keylog: KeyLog | None = None
 ) -> SSL.Context:
-    """The PEAP TLS server context, made (and logged) once for the RADIUS and IKE engines."""
-    identity = load_server_identity(key, certificate, chain, owners)
-    log.info("PEAP server certificate: {subject}", subject=identity.cert.subject.rfc4514_string())
-    return server_context(identity, keylog.tls if keylog is not None else None)
+    """The TLS server context of ``method`` ("peap": TLS 1.2 at most; "tls": client
+    certificates to ``client_ca``), made (and logged) once for the RADIUS and IKE engines."""
+    identity = load_server_identity(tls.key, tls.certificate, tls.chain, owners)
+    highest = tls.max_version
+    if method == "peap":
+        highest = min(highest, PEAP_MAX_TLS, key=TLS_VERSIONS.index)
+    anchors = load_client_ca(tls.client_ca) if method == "tls" else []
+    log.info(
+        "EAP-{method} server certificate: {subject}, TLS {low} to {high}{clients}",
+        method=method.upper(),
+        subject=identity.cert.subject.rfc4514_string(),
+        low=tls.min_version,
+        high=highest,
+        clients=f", client certificates from {tls.client_ca}" if anchors else "",
+    )
+    keylog_line = keylog.tls if keylog is not None else None
+    return server_context(identity, keylog_line, (tls.min_version, highest), anchors)
 
 
 def build_eap_engine(
@@ -502,16 +525,23 @@ def build_eap_engine(
         return MsChapV2(users, config.server_name, source)
 
     factories: dict[str, tuple[int, MethodFactory]] = {"mschapv2": (Type.MSCHAPV2, mschapv2)}
+    tls = config.tls
+    owners = frozenset(users.owners or private.trusted_owners())
     if "peap" in names:
-        tls = config.tls
-        owners = frozenset(users.owners or private.trusted_owners())
-        context = peap_context(tls.key, tls.certificate, tls.chain, owners, keylog)
+        peap_context = tls_context(tls, "peap", owners, keylog)
 
         def peap(source: str | None) -> Peap:
             inner = [(Type.MSCHAPV2, mschapv2)]
-            return Peap(context, inner, tls.fragment_size, config.peap_cryptobinding, source)
+            return Peap(peap_context, inner, tls.fragment_size, config.peap_cryptobinding, source)
 
         factories["peap"] = (Type.PEAP, peap)
+    if "tls" in names:
+        eap_tls_context = tls_context(tls, "tls", owners, keylog)
+
+        def eap_tls(source: str | None) -> EapTls:
+            return EapTls(eap_tls_context, CERTIFICATE_CHECK, tls.fragment_size)
+
+        factories["tls"] = (Type.TLS, eap_tls)
     methods = [factories[name] for name in names]
     engine = EapEngine(
         methods,

@@ -139,17 +139,18 @@ def eap_config(
     idle_timeout: float | None = None,
     fragment_size: int | None = None,
     eap_options: str = "",
+    tls_options: str = "",
 ) -> Path:
     """:func:`tests.support.radius_config` plus an ``[eap]`` table (``eap_options`` are
-    more of its lines) and ``[eap.tls]`` options (its ``extra`` lands in ``[radius]``, so
-    the text is written here)."""
+    more of its lines) and ``[eap.tls]`` options (``tls_options`` more of them; its
+    ``extra`` lands in ``[radius]``, so the text is written here)."""
     _, server = test_pki()
     eap = "[eap]\n" + eap_options
     if idle_timeout is not None:
         eap += f"idle_timeout = {idle_timeout}\n"
     tls = (
         f'[eap.tls]\ncertificate = "{server.cert}"\nkey = "{server.key}"\n'
-        f'chain = "{server.chain}"\n'
+        f'chain = "{server.chain}"\n{tls_options}'
     )
     if fragment_size is not None:
         tls += f"fragment_size = {fragment_size}\n"
@@ -207,16 +208,19 @@ class EapolTestCase(unittest.TestCase):
         return len(self.daemon.eap)
 
     @defer.inlineCallbacks
-    def eapol_test(self, **network: str) -> Generator[defer.Deferred[object], object, Run]:
-        """Run eapol_test once (``-r0``: no re-authentication) with a network block of
-        ``network`` written to a fresh file in the test's state directory."""
+    def eapol_test(
+        self, *options: str, **network: str
+    ) -> Generator[defer.Deferred[object], object, Run]:
+        """Run eapol_test once (``-r0``: no re-authentication; more command line
+        ``options``) with a network block of ``network`` written to a fresh file in the
+        test's state directory."""
         assert EAPOL_TEST is not None
         network.setdefault("key_mgmt", "WPA-EAP")
         self.runs += 1
         conf = self.state / f"eapol-{self.runs}.conf"
         conf.write_text(network_block(**network))
         args = ("-c", str(conf), "-a", "127.0.0.1", "-p", str(self.auth_port))
-        args += ("-s", SECRET, "-r0", "-t", TIMEOUT)
+        args += ("-s", SECRET, "-r0", "-t", TIMEOUT, *options)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
         out, err, code = yield getProcessOutputAndValue(EAPOL_TEST, args, env=env)
         return Run(code, (out + err).decode("utf-8", "replace"))

@@ -32,7 +32,9 @@ class Challenge:
 class Success:
     """Authenticated: send ``eap`` (EAP-Success); ``msk`` keys the link (RFC 3748 §7.10).
     ``verified``: the method authenticated ``identity`` itself; False when it is only the
-    client's own EAP identity (a RADIUS server's Access-Accept without User-Name)."""
+    client's own EAP identity (a RADIUS server's Access-Accept without User-Name).
+    ``emsk`` and ``session_id``: the method's other exports (RFC 5247 §1.4), where it
+    has them (EAP-TLS); the fronts key their links with the MSK only."""
 
     eap: bytes
     identity: str
@@ -40,6 +42,8 @@ class Success:
     method: str
     verified: bool = True
     authorization: Authorization = NOTHING
+    emsk: bytes = field(default=b"", repr=False)
+    session_id: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,13 @@ class Conversation:
             self.identity = done.identity or self.identity
             success = packet.success(identifier).encode()
             return Success(
-                success, self.identity, done.msk, method, authorization=done.authorization
+                success,
+                self.identity,
+                done.msk,
+                method,
+                authorization=done.authorization,
+                emsk=done.emsk,
+                session_id=done.session_id,
             )
         return Failure(
             packet.failure(identifier).encode(), done.identity or self.identity, done.reason

@@ -23,13 +23,16 @@ class Send:
 
 @dataclass(frozen=True)
 class Done:
-    """The method finished: success with the MSK (RFC 3748 §7.10) or failure with a reason."""
+    """The method finished: success with the MSK (RFC 3748 §7.10) or failure with a reason.
+    A method that defines them also exports the EMSK and Session-Id (RFC 5247 §1.4)."""
 
     success: bool
     identity: str = ""
     msk: bytes = field(default=b"", repr=False)
     reason: str = ""
     authorization: Authorization = NOTHING  # what the user's record grants
+    emsk: bytes = field(default=b"", repr=False)
+    session_id: bytes = b""
 
 
 Step = Send | Done

@@ -94,22 +94,13 @@ class Peap:
 
     def process(self, data: bytes, identifier: int, room: int | None = None) -> Step:
         self.identifier = identifier
-        self.framing.room = room
-        message = self.framing.receive(data)
-        if message is None:
-            return Send(self.framing.ack())
-        if self.framing.sending:
-            if message:
-                raise MethodError("peer sent data while our fragments were pending")
-            return Send(self.framing.next_fragment())
+        message = self.framing.step(data, room)
+        if isinstance(message, Send):
+            return message
         return _PHASES[self.phase](self, message)
 
     def _send_records(self) -> Send:
-        records = self.tls.outgoing()
-        if not records:
-            raise MethodError("nothing to send: TLS produced no records")
-        self.framing.queue(records)
-        return Send(self.framing.next_fragment())
+        return self.framing.send(self.tls.outgoing())
 
     def _handshake(self, message: bytes) -> Step:
         if not message:

@@ -1,21 +1,29 @@
-"""The TLS server inside PEAP: pyOpenSSL on memory BIOs, and EAP-TLS record framing.
+"""The TLS server of PEAP and EAP-TLS: pyOpenSSL on memory BIOs, and EAP-TLS framing.
 
 :class:`TlsServer` is sans-IO: TLS records in, TLS records out, application data in
-between. :class:`Framing` carries those records in EAP-TLS style Type-Data (RFC 5216
-§3.1-3.2, used by PEAP): a Flags octet (L = length included, M = more fragments,
-S = start; PEAP keeps its version in the low three bits), the 4-octet TLS Message Length
-when L is set, then a fragment. Each fragment the peer sends with M set is acknowledged
-by an empty request; each of ours with M set waits for the peer's empty response.
+between. :class:`Framing` carries those records in EAP-TLS Type-Data (RFC 5216 §3.1-3.2,
+used by PEAP too): a Flags octet (L = length included, M = more fragments, S = start;
+PEAP keeps its version in the low three bits), the 4-octet TLS Message Length when L is
+set, then a fragment. Each fragment the peer sends with M set is acknowledged by an empty
+request; each of ours with M set waits for the peer's empty response.
+
+:func:`server_context` makes the context both methods share; with trust anchors it asks
+for a client certificate and OpenSSL validates the chain in the handshake (EAP-TLS).
+:func:`eap_tls_keys` derives EAP-TLS's MSK, EMSK and Session-Id for TLS 1.2 (RFC 5216
+§2.3) and TLS 1.3 (RFC 9190 §2.3).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+from cryptography import x509
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi, lib
 
-from vpnaaa.eap.method import MethodError
+from vpnaaa.eap.method import MethodError, Send
 from vpnaaa.pki import ServerIdentity
 
 FLAG_LENGTH = 0x80
@@ -44,17 +52,33 @@ CIPHERS = (
 )
 
 
+# ``[eap.tls] min_version`` / ``max_version`` values, oldest first.
+VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+
 def server_context(
-    identity: ServerIdentity, keylog: Callable[[bytes], None] | None = None
+    identity: ServerIdentity,
+    keylog: Callable[[bytes], None] | None = None,
+    versions: tuple[str, str] = ("1.2", "1.2"),
+    client_ca: Sequence[x509.Certificate] = (),
 ) -> SSL.Context:
-    """A TLS 1.2 server context for PEAP (TLS 1.3 needs RFC 9427, not done here): the
-    :data:`CIPHERS` only, our preference over the client's, no renegotiation (a TLS
-    renegotiation inside PEAP serves no peer and is attack surface, RFC 5746), no
-    tickets, no compression (CRIME), no session cache (no resumption). ``keylog`` gets
-    each handshake's secrets as an NSS key log line (:meth:`vpnaaa.keylog.KeyLog.tls`)."""
+    """A TLS server context for PEAP or EAP-TLS, TLS ``versions`` (lowest, highest, keys
+    of :data:`VERSIONS`): in TLS 1.2 the :data:`CIPHERS` only (TLS 1.3 has AEAD suites
+    only, OpenSSL's defaults), our preference over the client's, no renegotiation (inside
+    EAP it serves no peer and is attack surface, RFC 5746), no compression (CRIME), no
+    session cache (no resumption). TLS 1.2 tickets are off; TLS 1.3's NewSessionTicket
+    cannot be switched off through pyOpenSSL (SSL_CTX_set_num_tickets is not bound), so
+    OpenSSL sends two stateful tickets that no cache will ever redeem (a client offering
+    one gets a full handshake; RFC 9190 §2.1.2 ties tickets to resumption, not done here).
+
+    With ``client_ca`` (EAP-TLS, RFC 5216 §2.1.1) the server sends CertificateRequest
+    naming those anchors, refuses a client without a certificate and has OpenSSL validate
+    the chain to one of them in the handshake (a failure is recorded for the log line by
+    :class:`TlsServer`). ``keylog`` gets each handshake's secrets as an NSS key log line
+    (:meth:`vpnaaa.keylog.KeyLog.tls`)."""
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    context.set_min_proto_version(VERSIONS[versions[0]])
+    context.set_max_proto_version(VERSIONS[versions[1]])
     context.set_cipher_list(":".join(CIPHERS).encode())
     context.set_options(
         SSL.OP_NO_TICKET
@@ -68,9 +92,41 @@ def server_context(
     for certificate in identity.chain:
         context.add_extra_chain_cert(crypto.X509.from_cryptography(certificate))
     context.check_privatekey()
+    if client_ca:
+        store = context.get_cert_store()
+        assert store is not None
+        for anchor in map(crypto.X509.from_cryptography, client_ca):
+            store.add_cert(anchor)
+            context.add_client_ca(anchor)  # named in CertificateRequest
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _record_verify_error)
     if keylog is not None:
         context.set_keylog_callback(lambda _connection, line: keylog(line))
     return context
+
+
+@dataclass(frozen=True)
+class VerifyError:
+    """Why OpenSSL refused a client's chain: the certificate it failed at (subject,
+    serial, depth: 0 is the client's own) and X509_verify_cert_error_string's text."""
+
+    subject: str
+    serial: int
+    error: str
+    depth: int
+
+
+def _record_verify_error(
+    connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
+) -> bool:
+    """OpenSSL's verdict for each certificate of the client's chain, unchanged; the first
+    failure is kept in the connection's app data (a list: no reference back to the
+    connection, so no cycle) for :attr:`TlsServer.verify_error`."""
+    errors = connection.get_app_data()
+    if not ok and isinstance(errors, list) and not errors:
+        cert = certificate.to_cryptography()
+        reason = ffi.string(lib.X509_verify_cert_error_string(errno)).decode()
+        errors.append(VerifyError(cert.subject.rfc4514_string(), cert.serial_number, reason, depth))
+    return bool(ok)
 
 
 class TlsServer:
@@ -79,7 +135,23 @@ class TlsServer:
     def __init__(self, context: SSL.Context) -> None:
         self.connection = SSL.Connection(context, None)
         self.connection.set_accept_state()
+        self.connection.set_app_data([])  # see _record_verify_error
         self.established = False
+
+    @property
+    def verify_error(self) -> VerifyError | None:
+        """Why the client's certificate chain failed validation, if it did."""
+        errors = self.connection.get_app_data()
+        return errors[0] if errors else None
+
+    @property
+    def tls13(self) -> bool:
+        return self.connection.get_protocol_version() == SSL.TLS1_3_VERSION
+
+    def client_chain(self) -> list[x509.Certificate]:
+        """The client's validated chain, leaf first, ending with the trust anchor."""
+        chain = self.connection.get_verified_chain() or []
+        return [certificate.to_cryptography() for certificate in chain]
 
     def receive(self, records: bytes) -> bytes:
         """Feed TLS records from the peer; return decrypted application data, if any."""
@@ -122,10 +194,38 @@ class TlsServer:
             except SSL.ZeroReturnError:
                 raise MethodError("TLS: the peer closed the connection") from None
 
-    def export_key(self, label: bytes, length: int) -> bytes:
-        """TLS-PRF(master secret, label, client random || server random) (RFC 5705 §4
-        without context, which RFC 5216 §2.3 uses for the MSK)."""
-        return self.connection.export_keying_material(label, length)
+    def export_key(self, label: bytes, length: int, context: bytes | None = None) -> bytes:
+        """The TLS exporter (RFC 5705 §4; RFC 8446 §7.5 in TLS 1.3). In TLS 1.2 without
+        context it is TLS-PRF(master secret, label, client random || server random),
+        which RFC 5216 §2.3 uses for the MSK."""
+        return self.connection.export_keying_material(label, length, context)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What EAP-TLS exports (RFC 5247 §1.4): MSK, EMSK and the Session-Id."""
+
+    msk: bytes = field(repr=False)
+    emsk: bytes = field(repr=False)
+    session_id: bytes
+
+
+def eap_tls_keys(tls: TlsServer, eap_type: int) -> Keys:
+    """RFC 5216 §2.3 (TLS 1.2): Key_Material = TLS-PRF-128(master secret, "client EAP
+    encryption", client.random || server.random), Session-Id = Type || client.random ||
+    server.random. RFC 9190 §2.3 (TLS 1.3): Key_Material = TLS-Exporter(
+    "EXPORTER_EAP_TLS_Key_Material", Type, 128), Session-Id = Type || TLS-Exporter(
+    "EXPORTER_EAP_TLS_Method-Id", Type, 64). MSK is Key_Material's first 64 octets,
+    EMSK the next 64."""
+    kind = bytes([eap_type])
+    if tls.tls13:
+        material = tls.export_key(b"EXPORTER_EAP_TLS_Key_Material", 128, kind)
+        session_id = kind + tls.export_key(b"EXPORTER_EAP_TLS_Method-Id", 64, kind)
+    else:
+        material = tls.export_key(b"client EAP encryption", 128)
+        connection = tls.connection
+        session_id = kind + connection.client_random() + connection.server_random()
+    return Keys(material[:64], material[64:], session_id)
 
 
 def _describe(error: SSL.Error) -> str:
@@ -181,6 +281,27 @@ class Framing:
     def ack(self) -> bytes:
         """Acknowledge a fragment (RFC 5216 §3.2): Flags only."""
         return bytes([self.version])
+
+    def step(self, data: bytes, room: int | None) -> bytes | Send:
+        """One peer response (``room``: octets the next EAP Request may take): the
+        framing's own answer (our ACK of its fragment, our next fragment after its ACK),
+        or the peer's whole message, which is the method's to answer."""
+        self.room = room
+        message = self.receive(data)
+        if message is None:
+            return Send(self.ack())
+        if self.sending:
+            if message:
+                raise MethodError("peer sent data while our fragments were pending")
+            return Send(self.next_fragment())
+        return message
+
+    def send(self, message: bytes) -> Send:
+        """Queue our whole message; its first fragment."""
+        if not message:
+            raise MethodError("nothing to send: TLS produced no records")
+        self.queue(message)
+        return Send(self.next_fragment())
 
     def queue(self, message: bytes) -> None:
         self._outgoing = message
