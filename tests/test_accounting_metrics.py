@@ -1,6 +1,6 @@
-"""The accounting queue depth (vpnaaa.metrics.AccountingQueue) as Prometheus reads it: the
-registry's text exposition parsed by prometheus-client's own parser while records wait,
-go out and are answered."""
+"""Accounting's metrics as Prometheus reads them (the registry's text exposition parsed by
+prometheus-client's own parser): the queue depth (vpnaaa.metrics.AccountingQueue) while
+records wait, go out and are answered; the traffic of CHILD_SAs rekeyed away."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from twisted.internet import task
 from twisted.internet.testing import FakeDatagramTransport
 from twisted.trial import unittest
 
-from tests.test_session_accounting import FACTS, SECRET, T0
-from vpnaaa.metrics import for_daemon
+from tests.ike_peer import USER, Gateway, Initiator
+from tests.test_session_accounting import FACTS, SECRET, T0, CountingInstaller
+from vpnaaa.metrics import Metrics, for_daemon
 from vpnaaa.radius import wire
 from vpnaaa.radius.session_accounting import START, AccountingClient, attributes
 
@@ -62,3 +63,43 @@ class QueueDepthTests(unittest.TestCase):
         )
         text = generate_latest(for_daemon(daemon).registry).decode()
         self.assertNotIn(NAME, text)
+
+
+class RetiredTrafficTests(unittest.TestCase):
+    def test_a_rekeyed_away_child_sa_counts_in_the_session_bytes(self):
+        """vpnaaa_session_bytes grows when a CHILD_SA leaves the kernel during its session
+        (the responder's child_retired), not only when the session ends."""
+        gate = Gateway()
+        installer = CountingInstaller()
+        gate.responder.installer = installer
+        metrics = Metrics(gate.clock)
+        metrics.watch_responder(gate.responder)
+        peer = Initiator(gate)
+        peer.connect()
+        (sa,) = gate.responder.find(user=USER)
+        (first,) = sa.children
+        installer.counts[first] = (1000, 2000, 10, 20)
+        (ours,) = peer.children
+        peer.rekey_child(ours)
+        peer.delete_child(ours)
+        samples = scraped(metrics)
+        self.assertEqual(samples[("vpnaaa_session_bytes_total", "in")], 1000)
+        self.assertEqual(samples[("vpnaaa_session_bytes_total", "out")], 2000)
+        self.assertEqual(samples[("vpnaaa_session_packets_total", "out")], 20)
+        (second,) = sa.children
+        installer.counts[second] = (1, 2, 3, 4)
+        peer.delete_ike()
+        samples = scraped(metrics)
+        self.assertEqual(samples[("vpnaaa_session_bytes_total", "in")], 1001)
+        self.assertEqual(samples[("vpnaaa_session_packets_total", "in")], 13)
+
+
+def scraped(metrics):
+    """The samples with a direction label, by name and direction, parsed."""
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (sample.name, sample.labels["direction"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "direction" in sample.labels
+    }
