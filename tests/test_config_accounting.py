@@ -14,6 +14,7 @@ class AccountingConfigTests(ConfigTestCase):
         loaded = self.load("")
         self.assertEqual(loaded.accounting, config.AccountingConfig())
         self.assertEqual(loaded.accounting.servers, ())
+        self.assertEqual(loaded.accounting.revive_interval, 120.0)
         self.assertEqual(loaded.ike.profiles[0].acct_interim_interval, 0)
 
     def test_servers_secret_file_and_options(self):
@@ -23,7 +24,7 @@ class AccountingConfigTests(ConfigTestCase):
         loaded = self.load(
             '[accounting]\nservers = ["192.0.2.1", "192.0.2.2:11813"]\n'
             'secret_file = "acct-secret"\ntimeout = 0.5\ntries = 2\nmax_queue = 10\n'
-            'nas_identifier = "asa-1"\n'
+            'nas_identifier = "asa-1"\nrevive_interval = 60\n'
             "[ike]\nacct_interim_interval = 600\n"
             '[[ike.profiles]]\nname = "staff"\nmatch = ["staff.example.test"]\n'
             "acct_interim_interval = 60\n"
@@ -33,6 +34,7 @@ class AccountingConfigTests(ConfigTestCase):
         self.assertEqual(accounting.secret, b"shared")
         self.assertEqual((accounting.timeout, accounting.tries, accounting.max_queue), (0.5, 2, 10))
         self.assertEqual(accounting.nas_identifier, "asa-1")
+        self.assertEqual(accounting.revive_interval, 60.0)
         self.assertEqual([p.acct_interim_interval for p in loaded.ike.profiles], [600, 60])
 
     def test_ipv6_server(self):
@@ -70,6 +72,16 @@ class AccountingConfigTests(ConfigTestCase):
             "[accounting]\ninterim = 5\n", "accounting.interim", "unknown option"
         )
         self.assertConfigError(
+            "[accounting]\nrevive_interval = -1\n",
+            "accounting.revive_interval",
+            "-1 is outside 0..86400",
+        )
+        self.assertConfigError(
+            f'[accounting]\nnas_identifier = "{"n" * 254}"\n',
+            "accounting.nas_identifier",
+            "must be 1 to 253 octets",
+        )
+        self.assertConfigError(
             "[ike]\nacct_interim_interval = -1\n",
             "ike.acct_interim_interval",
             "-1 is outside",
@@ -93,6 +105,7 @@ class AccountingConfigTests(ConfigTestCase):
             "tries",
             "max_queue",
             "nas_identifier",
+            "revive_interval",
         ):
             self.assertIn(f"\n{name} = ", "\n" + section.replace("# ", ""))
         self.assertIn("\nacct_interim_interval = 0\n", text)

@@ -210,6 +210,7 @@ class AccountingConfig:
     tries: int = 3  # per server, then the next one
     max_queue: int = 1024  # records waiting for an Identifier
     nas_identifier: str = "vpnaaa"
+    revive_interval: float = 120.0  # seconds after a fail-over, back to the first server
 
 
 @dataclass(frozen=True)
@@ -646,9 +647,10 @@ def _accounting(section: _Section, state_dir: Path, config_path: Path | None) ->
         tries=section.get_int("tries", 3, 1, 10),
         max_queue=section.get_int("max_queue", 1024, 0, 1_000_000),
         nas_identifier=section.get("nas_identifier", str, "vpnaaa"),
+        revive_interval=section.get_float("revive_interval", 120.0, 0.0, 86400.0),
     )
-    if not config.nas_identifier:
-        raise section.error("nas_identifier", "must not be empty")
+    if not 0 < len(config.nas_identifier.encode()) <= 253:
+        raise section.error("nas_identifier", "must be 1 to 253 octets (RFC 2865 section 5)")
     section.finish()
     return config
 

@@ -94,9 +94,14 @@ class Metrics:
     def session_ended(self, sa: Any, ending: Ending, counters: list[Any] | None) -> None:
         self.ended[sa.profile.name, ending.cause.name.lower()] += 1
         for child in counters or ():
-            for direction, counted in (("in", child.inbound), ("out", child.outbound)):
-                self.octets[direction] += counted.bytes
-                self.packets[direction] += counted.packets
+            self.child_retired(sa, child)
+
+    def child_retired(self, sa: Any, counters: Any) -> None:
+        """A CHILD_SA left the kernel (rekeyed away, deleted, its session ended): its
+        traffic counts now."""
+        for direction, counted in (("in", counters.inbound), ("out", counters.outbound)):
+            self.octets[direction] += counted.bytes
+            self.packets[direction] += counted.packets
 
     # -- the collector -----------------------------------------------------------------------
 
@@ -199,14 +204,15 @@ class Metrics:
         )
         octets = _counter(
             "vpnaaa_session_bytes",
-            "ESP payload octets of ended sessions (the kernel's counters, read as each "
-            "session ended; kernel installer only), in: from clients, out: to clients",
+            "ESP payload octets of CHILD_SAs gone (the kernel's counters, read as each "
+            "left the kernel: rekeyed away, deleted, or its session ended; kernel installer "
+            "only), in: from clients, out: to clients",
             self.octets,
             ["direction"],
         )
         packets = _counter(
             "vpnaaa_session_packets",
-            "ESP packets of ended sessions (as vpnaaa_session_bytes)",
+            "ESP packets of CHILD_SAs gone (as vpnaaa_session_bytes)",
             self.packets,
             ["direction"],
         )
@@ -288,10 +294,36 @@ class Metrics:
         ]
 
 
+class AccountingQueue:
+    """A collector of its own for the accounting client of the IKE sessions
+    (:class:`~vpnaaa.radius.session_accounting.AccountingClient`): its queue depth."""
+
+    def __init__(self, reactor: Any, client: Any) -> None:
+        self.reactor = reactor
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(_in_reactor(self.reactor, self.families))
+
+    def families(self) -> list[Metric]:
+        depth = _gauge(
+            "vpnaaa_accounting_queue_depth",
+            "accounting records of the IKE sessions per [accounting] server: queued for it "
+            "or sent there and not yet answered (at most max_queue + 256 in all)",
+            ["server"],
+        )
+        for (host, port), n in sorted(self.client.depth().items()):
+            depth.add_metric([f"[{host}]:{port}" if ":" in host else f"{host}:{port}"], n)
+        return [depth]
+
+
 def for_daemon(daemon: Any) -> Metrics:
     """The metrics of a :class:`vpnaaa.service.VpnaaaService`: its IKE responder, its EAP
-    engine and its RADIUS ports, whichever it runs."""
+    engine and its RADIUS ports, whichever it runs; its accounting client's queue."""
     metrics = Metrics(daemon.reactor)
+    client = daemon.accounting.accounting.client if daemon.accounting is not None else None
+    if client is not None:
+        metrics.registry.register(AccountingQueue(daemon.reactor, client))
     if daemon.ike is not None:
         metrics.watch_responder(daemon.ike.responder)
     if daemon.eap is not None:

@@ -2,12 +2,14 @@
 
 strongSwan's charon connects through vpnaaa's IKEv2 responder (:mod:`tests.interop.charon`,
 EAP-MSCHAPv2 with vpnaaa's own users); vpnaaa accounts the session as a NAS does (Start,
-Interim-Update every ``acct_interim_interval``, Stop when charon deletes the IKE SA) into its
-local accounting log and to ``[accounting] servers``:
+Interim-Update every ``acct_interim_interval``, Stop when charon deletes the IKE SA), between
+an Accounting-On when it starts and an Accounting-Off when it stops, into its local
+accounting log and to ``[accounting] servers``:
 
 - a private FreeRADIUS 3 (:mod:`tests.interop.freeradius`) with an accounting listener added,
   whose stock ``detail`` module writes every Accounting-Request it accepted (so it checked
-  the Request Authenticator, RFC 2866 §3) to ``radacct/127.0.0.1/detail-DATE``;
+  the Request Authenticator, RFC 2866 §3) to ``radacct/127.0.0.1/detail-DATE``, the
+  Accounting-On and -Off (RFC 2866 §5.1) with the gateway's NAS-Identifier among them;
 - a second vpnaaa acting as the accounting server (its RADIUS server's accounting log), behind
   a first server that never answers: the records fail over to it, the later ones go to it
   directly; and stopping the gateway sends it the Stop (Admin-Reboot) before the socket closes.
@@ -151,6 +153,16 @@ class FreeRadiusAccountingTests(AccountingCase):
             statuses(radius.detail(), sa.session_id),
             statuses(local_records(self.state / "accounting.log"), sa.session_id),
         )
+        run_id = self.daemon.accounting.accounting.run_id
+        yield self.daemon.stopService()
+        for records in (radius.detail(), local_records(self.state / "accounting.log")):
+            kinds = [r["Acct-Status-Type"] for r in records]
+            self.assertEqual(kinds[0], "Accounting-On", kinds)
+            self.assertEqual(kinds[-1], "Accounting-Off", kinds)
+            self.assertEqual(kinds.count("Accounting-On"), 1, kinds)
+            for record in (records[0], records[-1]):
+                self.assertEqual(record["Acct-Session-Id"], run_id)
+                self.assertEqual(record["NAS-Identifier"], "vpnaaa")
 
 
 class SecondVpnaaaTests(AccountingCase):
@@ -169,21 +181,25 @@ class SecondVpnaaaTests(AccountingCase):
     @defer.inlineCallbacks
     def test_stopping_the_daemon_sends_admin_reboot(self):
         """SIGTERM's path: the session ends with SHUTDOWN and the daemon's stop waits until
-        the server acknowledged the Stop (Admin-Reboot, RFC 2866 §5.10)."""
+        the server acknowledged the Stop (Admin-Reboot, RFC 2866 §5.10), then sends
+        Accounting-Off (§5.1) and waits for its answer."""
         received, acct_port = self.accounting_server()
         self.start_accounting_gateway([f"127.0.0.1:{acct_port}"])
         _, sa = yield self.session()
         yield self.daemon.stopService()
-        stop = local_records(received)[-1]
+        *_, stop, off = local_records(received)
         self.assertEqual(stop["Acct-Session-Id"], sa.session_id)
         self.assertEqual(stop["Acct-Status-Type"], "Stop")
         self.assertEqual(stop["Acct-Terminate-Cause"], "Admin-Reboot")
+        self.assertEqual(off["Acct-Status-Type"], "Accounting-Off")
+        self.assertEqual(off["NAS-Identifier"], "vpnaaa")
 
     @defer.inlineCallbacks
     def test_a_dead_first_server_fails_over_to_a_second_vpnaaa(self):
-        """The first server never answers: the Start is sent there twice (0.6 s apart, a
-        new Identifier each time), then to the second, a vpnaaa RADIUS server, with
-        Acct-Delay-Time 1; the records after it go to the second directly."""
+        """The first server never answers: the Accounting-On is sent there twice (0.6 s
+        apart, a new Identifier each time), then to the second, a vpnaaa RADIUS server,
+        with Acct-Delay-Time 1; the session's records go to the second (directly, once the
+        fail-over happened)."""
         dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(dead.close)
         dead.bind((freeradius.LOOPBACK, 0))
@@ -210,8 +226,9 @@ class SecondVpnaaaTests(AccountingCase):
         )
         self.assert_session_records(local_records(received), sa)
         self.assert_session_records(local_records(self.state / "accounting.log"), sa)
-        start = local_records(received)[0]
-        self.assertEqual(start["Acct-Delay-Time"], 1)  # 1.2 s after the event
+        on = local_records(received)[0]
+        self.assertEqual(on["Acct-Status-Type"], "Accounting-On")
+        self.assertEqual(on["Acct-Delay-Time"], 1)  # 1.2 s after the event
         self.assertEqual(local_records(received)[-1]["Acct-Delay-Time"], 0)
         tries = []
         while True:
@@ -219,9 +236,10 @@ class SecondVpnaaaTests(AccountingCase):
                 tries.append(wire.parse(dead.recv(4096)))
             except BlockingIOError:
                 break
-        # the Start twice (and an Interim-Update sent before the fail-over), never the Stop
+        # the Accounting-On first and twice (and a Start or Interim-Update sent before the
+        # fail-over), never the Stop
         kinds = [int.from_bytes(p.get(wire.key("Acct-Status-Type")), "big") for p in tries]
-        self.assertEqual(kinds[:2], [1, 1])
-        self.assertLessEqual(set(kinds), {1, 3})
+        self.assertEqual((kinds[0], kinds.count(7)), (7, 2), kinds)
+        self.assertLessEqual(set(kinds), {7, 1, 3})
         self.assertEqual(len({p.ident for p in tries}), len(tries))  # a new packet each try
         self.assertTrue(any("failing over to 127.0.0.1:" in line for line in self.lines))

@@ -31,11 +31,13 @@
 # daemon user's); SA counters count the pings
 # and grow with a second ping; `swanctl --rekey --child` during a running ping loses nothing
 # and leaves two new SAs with the same reqid; `swanctl --terminate` leaves no SA and no
-# policy on the gateway, and the session's accounting Stop in the local log counts the pings
-# through the last SAs (kernel counters, RFC 2866 §5.3-5.9). Plain case only: a second CHILD_SA whose algorithm the kernel lacks
+# policy on the gateway, and the session's accounting Stop in the local log counts every ping
+# answered, before and after the rekey (kernel counters, RFC 2866 §5.3-5.9: the rekeyed-away
+# CHILD_SA's read as it left the kernel). Plain case only: a second CHILD_SA whose algorithm the kernel lacks
 # (module chacha20poly1305 blocked, as on a kernel built without it) fails with a notify to
 # the client and a log line, while the first CHILD_SA keeps carrying traffic. Then the
-# daemon stops on SIGTERM leaving nothing in the kernel, and its log has no traceback.
+# daemon stops on SIGTERM leaving nothing in the kernel, and its log has no traceback; its
+# accounting log begins with Accounting-On and ends with Accounting-Off (RFC 2866 §5.1).
 #
 # Last, the gateway speaking first: the daemon again, with dpd_delay 6 s, retransmissions
 # after 2, 3 and 4.5 s and child_lifetime 120 s, and two clients at once (bob plain, alice
@@ -53,7 +55,8 @@
 # starts a CHILD_SA rekey (and an IKE rekey) 24-27 s after the CHILD_SA came up, while a ping
 # runs: no ping is lost, charon logs the gateway's CREATE_CHILD_SA with N(REKEY_SA) and the
 # IKE_SA rekeyed, the new SAs replace both old ones with the same reqid, the session did not
-# end; `swanctl --terminate` then leaves no SA and no policy. The daemon stops as above.
+# end; `swanctl --terminate` then leaves no SA and no policy, and the accounting Stop counts
+# every ping of the run across the gateway's rekeys. The daemon stops as above.
 set -u
 
 MODE=${1:-}
@@ -639,10 +642,12 @@ client_case() { # CASE CLIENT-NAME NS REMOTE ENCAP IFACE-GW IFACE-CLIENT ESP-FIL
         "$(ip -n vk-gw xfrm state | head -c 200) $(ip -n vk-gw xfrm policy | head -c 300)" \
         wait_until 30 gw_empty
     check "$case: the IKE sockets' bypass policies remain" "" test "$(policies socket)" -eq 4
-    local stop
+    local stop pinged
     stop=$(accounting_stop)
-    check "$case: the accounting Stop counts the pings through the last SAs (>= 5 each way)" \
-        "$stop" test "$(awk '$1 >= 5 && $2 >= 5 && $3 > 0 && $4 > 0' <<<"$stop" | wc -l)" -eq 1
+    pinged=$(answered "$OUT/$name-ping1.txt" "$OUT/$name-ping2.txt" "$OUT/$name-ping-rekey.txt" \
+        "$OUT/$name-ping3.txt" "$OUT/$name-ping4.txt")
+    check "$case: the accounting Stop counts every ping, before and after the rekey ($pinged answered: in/out packets >= that)" \
+        "$stop" stop_counts "$stop" "$pinged"
     dump_xfrm "$name-terminated"
     stop_charon
 }
@@ -653,6 +658,24 @@ import json, sys
 stops = [json.loads(line)["attributes"] for line in open(sys.argv[1]) if '"Stop"' in line]
 names = ("Acct-Input-Packets", "Acct-Output-Packets", "Acct-Input-Octets", "Acct-Output-Octets")
 print(*(stops[-1].get(name, [-1])[0] if stops else -1 for name in names))
+EOF
+}
+
+answered() { # PING-OUTPUT...: the echo replies they got, summed (a missing file counts 0)
+    cat "$@" 2>/dev/null | awk '{ for (i = 2; i <= NF; i++) if ($i == "received,") n += $(i - 1) }
+        END { print n + 0 }'
+}
+
+stop_counts() { # STOP N: the Stop (accounting_stop) has >= N packets each way, octets > 0
+    test "$(awk -v n="$2" '$1 >= n && $2 >= n && $3 > 0 && $4 > 0' <<<"$1" | wc -l)" -eq 1 \
+        -a "$2" -gt 0
+}
+
+accounting_ends() { # the Acct-Status-Type of the local accounting log's first and last records
+    "$VENV/bin/python" - "$STATE/accounting.log" <<'EOF'
+import json, sys
+kinds = [json.loads(line)["attributes"]["Acct-Status-Type"][0] for line in open(sys.argv[1])]
+print(kinds[0] if kinds else "none", kinds[-1] if kinds else "none")
 EOF
 }
 
@@ -920,6 +943,11 @@ rekey_under_ping() {
     [ -n "$ends" ] && say "  log: ${ends:0:300}"
     check "$case: one session end, by the client's delete" "$ends" \
         test "$(grep -c . <<<"$ends")" -eq 1 -a -n "$(grep "ended: client delete" <<<"$ends")"
+    local stop pinged
+    stop=$(accounting_stop)
+    pinged=$(answered "$OUT/rekey-ping.txt")
+    check "$case: the accounting Stop counts every ping across the gateway's rekeys ($pinged answered: in/out packets >= that)" \
+        "$stop" stop_counts "$stop" "$pinged"
 }
 
 run() {
@@ -941,6 +969,8 @@ run() {
     client_case "plain" plain cl "$GW_PLAIN" 0 gw-c c-gw "$ESP_PLAIN"
     client_case "NAT-T" nat ncl $CLIENT_NAT 1 gw-n c-n "$ESP_NAT"
     stop_daemon
+    check "accounting: Accounting-On first, Accounting-Off last (after every Stop)" \
+        "$(accounting_ends)" test "$(accounting_ends)" = "Accounting-On Accounting-Off"
     start_daemon vpnaaa-lifecycle || return
     lifecycle
     stop_daemon lifecycle

@@ -159,6 +159,10 @@ class SessionObserver(Protocol):
     def session_ended(self, sa: IkeSa, ending: Ending, counters: list[Any] | None) -> None:
         """``counters``: the kernel's, per CHILD_SA, read as it ended (None without)."""
 
+    def child_retired(self, sa: IkeSa, counters: Any) -> None:
+        """A CHILD_SA of the live session ``sa`` (its current IKE SA) leaves the kernel
+        (rekeyed away, deleted): ``counters``, its kernel counters, read just before."""
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -552,9 +556,29 @@ class Responder:
             self._later(sa, _child_timer(spi), delay, partial(self._rekey_child, spi))
 
     def _remove(self, sa: IkeSa, effect: Remove) -> None:
+        """CHILD_SAs leave the kernel; while their session lives, each one's counters are
+        read first and told to the observers (``child_retired``), whose totals keep them."""
+        counters = getattr(self.installer, "counters", None)
+
+        def retired(result: Any, spec: ChildSaSpec) -> defer.Deferred[Any]:
+            if isinstance(result, Failure):
+                log.warn(
+                    "{sa}: CHILD_SA {spi:08x}: counters not read before its removal: {error}",
+                    sa=sa.name,
+                    spi=spec.inbound_spi,
+                    error=result.getErrorMessage(),
+                )
+            else:
+                for observer in self.observers:
+                    observer.child_retired(sa, result)
+            return self._track(self.installer.remove(spec), sa, spec)
+
         for spec in effect.specs:
             self._cancel(sa, _child_timer(spec.inbound_spi))
-            self._track(self.installer.remove(spec), sa, spec)
+            if counters is None or sa.established_at is None or not self.observers:
+                self._track(self.installer.remove(spec), sa, spec)
+            else:
+                self._pending(counters(spec).addBoth(retired, spec).addErrback(self._failed, sa))
 
     def _established_effect(self, sa: IkeSa, effect: Established) -> None:
         self._established(sa)

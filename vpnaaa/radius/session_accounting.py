@@ -2,9 +2,11 @@
 
 ::
 
-    IKE_AUTH done ........ session_started ──► Start            (Acct-Status-Type 1)
+    the service starts ──────────────────────► Accounting-On    (Acct-Status-Type 7)
+    IKE_AUTH done ........ session_started ──► Start            (1)
     every interim interval ──────────────────► Interim-Update   (3, RFC 2869 §2.1)
     DELETE, DPD, lifetime  session_ended ────► Stop             (2, Acct-Terminate-Cause)
+    clean shutdown, after every session's Stop ► Accounting-Off (8)
                                                  │
                             local accounting log ┤  (the RADIUS server's AccountingLog:
                                                  │   one record format for both)
@@ -22,21 +24,23 @@ Per-session interim interval: a session starts with the Acct-Interim-Interval it
 Access-Accept (or the user store) granted (RFC 2869 §5.16, ``sa.authorization``), else its
 profile's ``acct_interim_interval``; :meth:`SessionAccounting.set_interim_interval` changes it
 for one live session (keyed by Acct-Session-Id) from now on, as a CoA-Request asks (RFC 5176
-§3.1). The Class values granted (RFC 2865 §5.25) are echoed in every record.
+§3.1). The Class values granted (RFC 2865 §5.25) are echoed in every record, as many of
+them as fit (:func:`fitting_classes`).
 
-Kernel counters are per CHILD_SA and vanish with it; a CHILD_SA rekeyed away between two
-readings loses what it carried since the last one. The totals are therefore summed over the
-CHILD_SAs seen at every reading (those gone since count with their last reading) and never
-reported lower than an earlier record of the same session (RFC 2866 §5.3: counts since the
-session began).
+Kernel counters are per CHILD_SA and vanish with it. The responder reads a CHILD_SA's
+counters just before it leaves the kernel while its session lives (rekeyed away, deleted by
+the client) and tells :meth:`SessionAccounting.child_retired`: the session's totals are
+those retired counts plus its live CHILD_SAs' (RFC 2866 §5.3: counts since the session
+began), never reported lower than an earlier record of the same session.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -59,7 +63,14 @@ if TYPE_CHECKING:
 log = logs.get("vpnaaa.accounting")
 
 START, STOP, INTERIM_UPDATE = 1, 2, 3  # Acct-Status-Type (RFC 2866 §5.1, RFC 2869 §2.1)
-STATUS_NAMES = {START: "Start", STOP: "Stop", INTERIM_UPDATE: "Interim-Update"}
+ACCOUNTING_ON, ACCOUNTING_OFF = 7, 8  # the NAS's own (RFC 2866 §5.1)
+STATUS_NAMES = {
+    START: "Start",
+    STOP: "Stop",
+    INTERIM_UPDATE: "Interim-Update",
+    ACCOUNTING_ON: "Accounting-On",
+    ACCOUNTING_OFF: "Accounting-Off",
+}
 WORD = 2**32  # a 4-octet counter wraps here (RFC 2869 §5.1, §5.2: Gigawords count the wraps)
 IDENTIFIERS = 256
 LOCAL_PEER = "local"  # the local log's "peer" for the gateway's own records
@@ -208,7 +219,7 @@ def attributes(
         wire.value("Calling-Station-Id", facts.calling_station),
         wire.value("Called-Station-Id", facts.called_station),
         wire.value("Acct-Authentic", facts.authentic),
-        *((wire.key("Class"), value[:MAX_VALUE]) for value in facts.classes),
+        *((wire.key("Class"), value) for value in facts.classes),
         wire.value("Event-Timestamp", int(now)),
     ]
     if status != START:
@@ -217,6 +228,47 @@ def attributes(
         found += traffic.attributes()
     if cause is not None:
         found.append(wire.value("Acct-Terminate-Cause", terminate_cause(cause)))
+    return found
+
+
+def fitting_classes(
+    facts: SessionFacts, classes: Sequence[bytes], nas_identifier: str
+) -> tuple[bytes, ...]:
+    """The Class values (RFC 2865 §5.25) every record of the session can echo unchanged:
+    in order, each that fits one attribute (253 octets, §5) and what the session's largest
+    record (a Stop with counts, cause and Acct-Delay-Time) leaves of 4096 octets (§3). The
+    others are dropped, not cut: a changed Class is no echo, and one record too large for
+    the wire would lose every record of the session."""
+    bare = replace(facts, classes=())
+    largest = attributes(bare, STOP, facts.started, nas_identifier, Traffic(), EndCause.GONE)
+    room = wire.MAX_LENGTH - len(wire.accounting_request(0, b"", with_delay(largest, 0)))
+    kept = []
+    for value in classes:
+        if len(value) <= MAX_VALUE and 2 + len(value) <= room:
+            kept.append(value)
+            room -= 2 + len(value)
+    return tuple(kept)
+
+
+def nas_attributes(
+    status: int, now: float, nas_identifier: str, nas_address: str | None, run_id: str
+) -> list[tuple[wire.Key, bytes]]:
+    """An Accounting-On or Accounting-Off (RFC 2866 §5.1): the NAS starts or stops
+    accounting, for no session in particular (a server closes what it still holds open for
+    this NAS). NAS-Identifier, and NAS-IP-Address (NAS-IPv6-Address) when the gateway has
+    one address (RFC 2865 §5.4, §5.32); Acct-Session-Id (RFC 2866 §5.5, one in every
+    Accounting-Request, §5.13) is ``run_id``, the same in this run's On and Off;
+    Event-Timestamp (RFC 2869 §5.3)."""
+    found = [
+        wire.value("Acct-Status-Type", status),
+        wire.value("Acct-Session-Id", run_id),
+        wire.value("NAS-Identifier", nas_identifier),
+    ]
+    if nas_address is not None:
+        address = ipaddress.ip_address(nas_address)
+        name = "NAS-IP-Address" if address.version == 4 else "NAS-IPv6-Address"
+        found.append(wire.value(name, str(address)))
+    found.append(wire.value("Event-Timestamp", int(now)))
     return found
 
 
@@ -243,8 +295,7 @@ class _Live:
     facts: SessionFacts
     interval: float  # seconds between Interim-Updates; 0: none
     timer: IDelayedCall | None = field(default=None, repr=False)
-    seen: dict[int, Traffic] = field(default_factory=dict)  # by the CHILD_SA's inbound SPI
-    retired: Traffic = Traffic()  # of the CHILD_SAs gone since a reading
+    retired: Traffic = Traffic()  # of the session's CHILD_SAs that left the kernel
     reported: Traffic | None = None  # the highest counts an earlier record sent
 
 
@@ -254,7 +305,9 @@ class SessionAccounting:
     ``intervals``: each profile's ``acct_interim_interval`` by name (0: no Interim-Update);
     ``relayed``: the names of the profiles whose users a RADIUS server authenticates
     (Acct-Authentic RADIUS, else Local). Every record goes to ``accounting_log`` and, with a
-    ``client``, to the external accounting servers.
+    ``client``, to the external accounting servers. ``nas_address`` (the gateway's one
+    address, if it has one) and ``run_id`` (Acct-Session-Id; random by default) go into the
+    Accounting-On and -Off.
     """
 
     def __init__(
@@ -267,6 +320,8 @@ class SessionAccounting:
         intervals: Mapping[str, float] | None = None,
         relayed: frozenset[str] = frozenset(),
         client: AccountingClient | None = None,
+        nas_address: str | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.responder = responder
         self.accounting_log = accounting_log
@@ -275,6 +330,8 @@ class SessionAccounting:
         self.intervals = dict(intervals or {})
         self.relayed = relayed
         self.client = client
+        self.nas_address = nas_address
+        self.run_id = run_id or os.urandom(8).hex().upper()  # as sa.session_id, for the NAS
         self.sessions: dict[str, _Live] = {}  # by Acct-Session-Id
         self._throttle = logs.Throttle(log, reactor.seconds)
 
@@ -292,11 +349,28 @@ class SessionAccounting:
         except Exception:
             log.failure("accounting: the Stop of session {id} failed", id=sa.session_id)
 
+    def child_retired(self, sa: IkeSa, counters: Any) -> None:
+        """A CHILD_SA of a live session left the kernel (rekeyed away, deleted by the
+        client); ``counters`` its last kernel counts, which the session's totals keep."""
+        live = self.sessions.get(sa.session_id)
+        if live is not None:
+            live.retired += Traffic.of([counters])
+
     def _started(self, sa: IkeSa) -> None:
         profile = sa.profile.name
         authentic = "RADIUS" if profile in self.relayed else "Local"
         granted = sa.authorization
-        facts = SessionFacts.of(sa, authentic, granted.classes)
+        facts = SessionFacts.of(sa, authentic)
+        classes = fitting_classes(facts, granted.classes, self.nas_identifier)
+        if len(classes) < len(granted.classes):
+            log.warn(
+                "accounting: session {id}: {n} of its {total} Class attributes do not fit "
+                "a record (4096 octets, RFC 2865 section 3); its records leave them out",
+                id=facts.session_id,
+                n=len(granted.classes) - len(classes),
+                total=len(granted.classes),
+            )
+        facts = replace(facts, classes=classes)
         live = _Live(facts, granted.interim_interval or self.intervals.get(profile, 0))
         self.sessions[facts.session_id] = live
         self._record(live, START, None)
@@ -344,7 +418,8 @@ class SessionAccounting:
 
     def _interim(self, live: _Live) -> None:
         """The interval passed: read the kernel counters of the session's current CHILD_SAs
-        (its IKE SA may be a rekeyed successor), then send the Interim-Update."""
+        (its IKE SA may be a rekeyed successor; those being deleted count until they leave
+        the kernel), then send the Interim-Update."""
         live.timer = None
         self._schedule(live)
         found = self.responder.find(session_id=live.facts.session_id)
@@ -354,22 +429,16 @@ class SessionAccounting:
         if counters is None:
             self._record(live, INTERIM_UPDATE, None)
             return
-        children = [child.spec for child in found[0].children.values()]
-        d = defer.gatherResults([counters(spec) for spec in children], consumeErrors=True)
-        d.addCallbacks(
-            self._counted, self._not_counted, callbackArgs=(live, children), errbackArgs=(live,)
-        )
+        sa = found[0]
+        specs = [*(child.spec for child in sa.children.values()), *sa.deleting.values()]
+        d = defer.gatherResults([counters(spec) for spec in specs], consumeErrors=True)
+        d.addCallbacks(self._counted, self._not_counted, callbackArgs=(live,), errbackArgs=(live,))
         d.addErrback(lambda failure: log.failure("accounting: Interim-Update failed", failure))
 
-    def _counted(self, counters: list[Any], live: _Live, children: list[Any]) -> None:
+    def _counted(self, counters: list[Any], live: _Live) -> None:
         if self.sessions.get(live.facts.session_id) is not live:
             return  # ended while the kernel was read: the Stop went out
-        pairs = zip(children, counters, strict=True)
-        now = {spec.inbound_spi: Traffic.of([c]) for spec, c in pairs}
-        for spi in set(live.seen) - set(now):  # rekeyed or deleted since the last reading
-            live.retired += live.seen.pop(spi)
-        live.seen.update(now)
-        self._record(live, INTERIM_UPDATE, self._total(live, sum(now.values(), Traffic())))
+        self._record(live, INTERIM_UPDATE, self._total(live, Traffic.of(counters)))
 
     def _not_counted(self, failure: Any, live: _Live) -> None:
         self._throttle.emit(
@@ -384,8 +453,9 @@ class SessionAccounting:
             self._record(live, INTERIM_UPDATE, live.reported)
 
     def _total(self, live: _Live, current: Traffic) -> Traffic:
-        """The session's counts: its CHILD_SAs gone since a reading, plus ``current`` (its
-        CHILD_SAs now), never below an earlier record."""
+        """The session's counts: its retired CHILD_SAs', plus ``current`` (its CHILD_SAs
+        now), never below an earlier record (a reading that missed a CHILD_SA on its way
+        out of the kernel)."""
         total = live.retired + current
         return total.at_least(live.reported) if live.reported is not None else total
 
@@ -400,6 +470,22 @@ class SessionAccounting:
             live.reported = traffic
         now = self.reactor.seconds()
         found = attributes(live.facts, status, now, self.nas_identifier, traffic, cause)
+        self._emit(found, now, live.facts.session_id)
+
+    def accounting_on(self) -> None:
+        """Accounting-On (RFC 2866 §5.1): accounting starts, no session is open."""
+        self._nas(ACCOUNTING_ON)
+
+    def accounting_off(self) -> None:
+        """Accounting-Off (RFC 2866 §5.1): accounting stops, after every session's Stop."""
+        self._nas(ACCOUNTING_OFF)
+
+    def _nas(self, status: int) -> None:
+        now = self.reactor.seconds()
+        found = nas_attributes(status, now, self.nas_identifier, self.nas_address, self.run_id)
+        self._emit(found, now, self.run_id)
+
+    def _emit(self, found: list[tuple[wire.Key, bytes]], now: float, session_id: str) -> None:
         # the log keeps attributes, not the Authenticator: no secret is needed to store it
         packet = wire.accounting_request(0, b"", with_delay(found, 0))
         try:
@@ -409,13 +495,13 @@ class SessionAccounting:
                 "log",
                 LogLevel.error,
                 "accounting: {status} of session {id} not written to {path}: {error}",
-                status=STATUS_NAMES[status],
-                id=live.facts.session_id,
+                status=status_of(found),
+                id=session_id,
                 path=str(self.accounting_log.path),
                 error=e,
             )
         if self.client is not None:
-            self.client.send(found, now, live.facts.session_id)
+            self.client.send(found, now, session_id)
 
 
 # -- the RADIUS client ----------------------------------------------------------------------
@@ -441,11 +527,17 @@ class AccountingClient(DatagramProtocol):
     ``timeout`` seconds apart, to the current server, then to the next one in the list,
     which becomes the current one for later records (fail-over, with one log line); a record
     no server acknowledged is dropped with one log line (it is in the local log).
+    ``revive`` seconds after a fail-over away from the first server, later records go to it
+    again (one log line; 0: never): as FreeRADIUS's home_server ``revive_interval`` marks a
+    dead server alive again when nothing else can tell it has come back, so one lost packet
+    does not pin the records to a secondary for good.
 
     Every transmission is a new packet: Acct-Delay-Time grows with the wait, so RFC 2866
     §5.2 wants a new Identifier and Request Authenticator each time. One socket has 256
     Identifiers (RFC 5080 §2.2.2); records beyond those wait in a FIFO queue of at most
-    ``max_queue``, beyond which a new record is not sent (a throttled log line says so).
+    ``max_queue``. When it is full, a Start, Stop, Accounting-On or -Off takes the place of
+    the oldest queued Interim-Update (a later one repeats its counts); a record that finds
+    none, and an Interim-Update, is not sent (a throttled log line says so).
     """
 
     noisy = False
@@ -458,6 +550,7 @@ class AccountingClient(DatagramProtocol):
         timeout: float = 3.0,
         tries: int = 3,
         max_queue: int = 1024,
+        revive: float = 120.0,
     ) -> None:
         self.servers = list(servers)
         self.secret = secret
@@ -465,7 +558,9 @@ class AccountingClient(DatagramProtocol):
         self.timeout = timeout
         self.tries = tries
         self.max_queue = max_queue
+        self.revive = revive
         self.current = 0  # the server new records go to
+        self._revive_timer: IDelayedCall | None = None
         self.queue: deque[_Record] = deque()
         self.outstanding: dict[int, _Record] = {}  # by Identifier
         self._free: deque[int] = deque(range(IDENTIFIERS))
@@ -476,11 +571,18 @@ class AccountingClient(DatagramProtocol):
         """Nothing queued or waiting for an answer."""
         return not self.queue and not self.outstanding
 
+    def depth(self) -> dict[tuple[str, int], int]:
+        """Records per server: queued for it or sent there and not yet answered."""
+        found = dict.fromkeys(self.servers, 0)
+        for record in (*self.queue, *self.outstanding.values()):
+            found[self.servers[record.server]] += 1
+        return found
+
     def send(self, found: list[tuple[wire.Key, bytes]], now: float, session_id: str) -> bool:
-        """Send a record (without Acct-Delay-Time); False if it must wait and the queue is
-        full."""
+        """Send a record (without Acct-Delay-Time); False if it must wait, the queue is
+        full and it cannot take an Interim-Update's place there."""
         must_wait = self.queue or not self._free or self.transport is None
-        if must_wait and len(self.queue) >= self.max_queue:
+        if must_wait and len(self.queue) >= self.max_queue and not self._evict(found):
             self._throttle.emit(
                 "full",
                 LogLevel.error,
@@ -494,6 +596,25 @@ class AccountingClient(DatagramProtocol):
         self.queue.append(_Record(found, now, session_id, self.current, self.current))
         self._pump()
         return True
+
+    def _evict(self, found: list[tuple[wire.Key, bytes]]) -> bool:
+        """Make room for ``found`` unless it is an Interim-Update: drop the oldest queued
+        Interim-Update (one throttled line); False if there is none."""
+        if status_of(found) == STATUS_NAMES[INTERIM_UPDATE]:
+            return False
+        for record in self.queue:
+            if status_of(record.attributes) == STATUS_NAMES[INTERIM_UPDATE]:
+                self.queue.remove(record)
+                self._throttle.emit(
+                    "evicted",
+                    LogLevel.warn,
+                    "accounting: queue full ([accounting] max_queue): the Interim-Update of "
+                    "session {id} is not sent, a {status} takes its place",
+                    id=record.session_id,
+                    status=status_of(found),
+                )
+                return True
+        return False
 
     def _pump(self) -> None:
         """Queued records take the free Identifiers, oldest first (none while stopped)."""
@@ -538,16 +659,7 @@ class AccountingClient(DatagramProtocol):
         if record.tries >= self.tries:
             following = (record.server + 1) % len(self.servers)
             if record.server == self.current and len(self.servers) > 1:
-                self.current = following
-                host, port = self.servers[record.server]
-                log.warn(
-                    "accounting server {host}:{port} did not answer {tries} tries; failing "
-                    "over to {next}",
-                    host=host,
-                    port=port,
-                    tries=self.tries,
-                    next="{}:{}".format(*self.servers[following]),
-                )
+                self._fail_over(following)
             if following == record.first:
                 self._throttle.emit(
                     "lost",
@@ -563,6 +675,38 @@ class AccountingClient(DatagramProtocol):
             record.server, record.tries = following, 0
         self.queue.appendleft(record)  # first in line for the Identifier just freed
         self._pump()
+
+    def _fail_over(self, following: int) -> None:
+        """Later records go to server ``following``; back to the first ``revive`` seconds
+        from now."""
+        host, port = self.servers[self.current]
+        log.warn(
+            "accounting server {host}:{port} did not answer {tries} tries; failing over to {next}",
+            host=host,
+            port=port,
+            tries=self.tries,
+            next="{}:{}".format(*self.servers[following]),
+        )
+        self.current = following
+        self._cancel_revive()
+        if following != 0 and self.revive > 0:
+            self._revive_timer = self.reactor.callLater(self.revive, self._revived)
+
+    def _revived(self) -> None:
+        self._revive_timer = None
+        log.info(
+            "accounting: {seconds:g} s since the fail-over ([accounting] revive_interval): "
+            "new records go to {host}:{port} again",
+            seconds=self.revive,
+            host=self.servers[0][0],
+            port=self.servers[0][1],
+        )
+        self.current = 0
+
+    def _cancel_revive(self) -> None:
+        if self._revive_timer is not None and self._revive_timer.active():
+            self._revive_timer.cancel()
+        self._revive_timer = None
 
     def startProtocol(self) -> None:
         self._pump()  # what was sent before the socket was open
@@ -600,16 +744,19 @@ class AccountingClient(DatagramProtocol):
         )
 
     def stopProtocol(self) -> None:
+        self._cancel_revive()
         for record in list(self.outstanding.values()):
             self._release(record)
 
 
 class AccountingService(service.Service):
     """Accounting of the IKE sessions: the observer, the local log if the RADIUS server
-    does not share its own, and the UDP socket to the external servers.
+    does not share its own, and the UDP socket to the external servers. Starting, it sends
+    Accounting-On.
 
     Stopping, it waits until every session has had its Stop sent and answered (the IKE
-    responder's shutdown ends them), at most ``drain`` seconds, then closes the socket."""
+    responder's shutdown ends them), at most ``drain`` seconds; then it sends
+    Accounting-Off, waits at most one ``timeout`` for its answer, and closes the socket."""
 
     name = "accounting"
 
@@ -620,12 +767,14 @@ class AccountingService(service.Service):
         *,
         own_log: bool,
         drain: float,
+        timeout: float = 3.0,
         interface: str = "0.0.0.0",
     ) -> None:
         self.accounting = accounting
         self.reactor = reactor
         self.own_log = own_log
         self.drain = drain
+        self.timeout = timeout
         self.interface = interface
         self.port: Any = None
 
@@ -642,6 +791,7 @@ class AccountingService(service.Service):
             path=str(self.accounting.accounting_log.path),
             servers=servers,
         )
+        self.accounting.accounting_on()
 
     def reopen(self) -> None:
         """SIGHUP (logrotate): reopen the log if it is this service's own."""
@@ -654,10 +804,19 @@ class AccountingService(service.Service):
         deadline = self.reactor.seconds() + self.drain
         client = self.accounting.client
 
-        def check() -> None:
-            busy = self.accounting.sessions or (client is not None and not client.idle)
-            if busy and self.reactor.seconds() < deadline:
-                self.reactor.callLater(0.05, check)
+        def busy() -> bool:
+            return client is not None and not client.idle
+
+        def stops() -> None:
+            if (self.accounting.sessions or busy()) and self.reactor.seconds() < deadline:
+                self.reactor.callLater(0.05, stops)
+                return
+            self.accounting.accounting_off()
+            off(self.reactor.seconds() + self.timeout)
+
+        def off(until: float) -> None:
+            if busy() and self.reactor.seconds() < until:
+                self.reactor.callLater(0.05, off, until)
                 return
             port, self.port = self.port, None
             if self.own_log:
@@ -665,7 +824,7 @@ class AccountingService(service.Service):
             stopped = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
             stopped.addBoth(lambda _: done.callback(None))
 
-        check()
+        stops()
         return done
 
 
@@ -684,6 +843,7 @@ def accounting_service(
             accounting.timeout,
             accounting.tries,
             accounting.max_queue,
+            accounting.revive_interval,
         )
     own_log = shared_log is None
     if shared_log is None:
@@ -696,6 +856,7 @@ def accounting_service(
         intervals={p.name: p.acct_interim_interval for p in config.ike.profiles},
         relayed=frozenset(p.name for p in config.ike.profiles if p.backend == "radius"),
         client=client,
+        nas_address=_one_address(config.ike.listen),
     )
     responder.observers.append(observer)
     ipv6 = any(":" in host for host, _ in accounting.servers)
@@ -704,5 +865,16 @@ def accounting_service(
         reactor,
         own_log=own_log,
         drain=config.ike.shutdown_wait + accounting.timeout,
+        timeout=accounting.timeout,
         interface="::" if ipv6 else "0.0.0.0",
     )
+
+
+def _one_address(listen: str) -> str | None:
+    """The IKE listen address when it is one (every session's NAS-IP-Address is then that
+    address); None for "any" (each session has the address its client reached)."""
+    try:
+        address = ipaddress.ip_address(listen)
+    except ValueError:
+        return None
+    return None if address.is_unspecified else str(address)
