@@ -403,11 +403,9 @@ def _client_names(name: str, machine: bool) -> tuple[x509.Name, list[x509.Genera
 
 
 def _utf8_string(text: str) -> bytes:
-    """DER of an ASN.1 UTF8String (X.690 §8.23, tag 12), the value of a UPN otherName."""
-    data = text.encode()
-    size = len(data)
-    length = bytes([size]) if size < 0x80 else bytes([0x82]) + size.to_bytes(2, "big")
-    return b"\x0c" + length + data
+    """DER of an ASN.1 UTF8String (X.690 §8.23, tag 12), the value of a UPN otherName. The
+    name is also the CN (at most 64 ASCII characters), so the length takes the short form."""
+    return b"\x0c" + bytes([len(text)]) + text.encode()
 
 
 def _is_ip(text: str) -> bool:
