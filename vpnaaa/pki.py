@@ -334,8 +334,9 @@ def issue_client(
     force: bool = False,
 ) -> ClientFiles:
     """Issue a client certificate for IKEv2 certificate authentication (RFC 7296 §2.15) and
-    EAP-TLS (RFC 5216 §5.3) from the CA in ``ca_dir``, as ``NAME.pem`` in ``out_dir`` with
-    ``NAME.key``, or with ``NAME.p12`` when ``p12_passphrase`` is given.
+    EAP-TLS (RFC 5216 §5.2: the peer's identity is in its certificate) from the CA in
+    ``ca_dir``, as ``NAME.pem`` in ``out_dir`` with ``NAME.key``, or with ``NAME.p12`` when
+    ``p12_passphrase`` is given.
 
     A user certificate has the subject CN ``name``; when ``name`` is ``user@domain`` the
     subjectAltName carries it as rfc822Name (the ID_RFC822_ADDR an IKEv2 client sends as IDi,
@@ -350,10 +351,12 @@ def issue_client(
     Certificate), which Windows picks by its Client Authentication EKU.
 
     EKU clientAuth (1.3.6.1.5.5.7.3.2), which Windows requires of client certificates and
-    `openssl verify -purpose sslclient` checks, plus IP security IKE intermediate
-    (1.3.6.1.5.5.8.2.2), which RFC 4945 §5.1.3.12 names for IKE and which responders that
-    filter IKE certificates by EKU (RRAS ``CertificateEKUsToAccept``) may ask for; keyUsage as
-    :func:`_leaf_extensions`. The issued certificate is recorded in the CA's index.
+    ``openssl verify -purpose sslclient`` checks, plus IP security IKE intermediate
+    (1.3.6.1.5.5.8.2.2, the OID Windows and older macOS know for IKE), which gateways that
+    filter client certificates by EKU (RRAS ``CertificateEKUsToAccept``, the issue's "clientAuth
+    or IKE intermediate" rule) may ask for. RFC 4945 §5.1.3.12 advises no EKU at all, but
+    Windows selects client certificates by clientAuth. keyUsage as :func:`_leaf_extensions`.
+    The issued certificate is recorded in the CA's index.
 
     The PKCS#12 (RFC 7292) holds the key, the certificate and the CA chain, friendly name
     ``name``. ``p12_cipher="3des"`` (the default) encrypts with PBES1 SHA-1 + 3-key 3DES and a
