@@ -24,15 +24,16 @@ DEMO_USER = "demo"
 DEMO_CREDENTIALS = "demo-credentials.txt"
 
 
-def _read_password(args: argparse.Namespace) -> str:
+def _read_password(args: argparse.Namespace, what: str = "password") -> str:
+    """A secret from stdin (``--password-stdin``) or typed twice; never echoed or logged."""
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
-        password = getpass.getpass("Password: ")
+        password = getpass.getpass(f"{what.capitalize()}: ")
         if getpass.getpass("Again: ") != password:
-            raise SystemExit("vpnaaa: passwords differ")
+            raise SystemExit(f"vpnaaa: {what}s differ")
     if not password:
-        raise SystemExit("vpnaaa: empty password")
+        raise SystemExit(f"vpnaaa: empty {what}")
     return password
 
 
@@ -148,19 +149,82 @@ def _pki_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
 def pki_init(args: argparse.Namespace) -> str:
     ca_dir, _ = _pki_dirs(args)
     files = pki.init_ca(ca_dir, args.cn)
-    return f"CA created: {files.cert} (key {files.key}); give {files.cert} to clients"
+    return (
+        f"CA created: {files.cert} (key {files.key}, CRL {ca_dir / 'crl.pem'}); "
+        f"give {files.cert} to clients"
+    )
 
 
 def pki_issue(args: argparse.Namespace) -> str:
     ca_dir, server_dir = _pki_dirs(args)
-    files = pki.issue_server(ca_dir, server_dir, args.name, args.alt, force=args.force)
+    files = pki.issue_server(
+        ca_dir, server_dir, args.name, args.alt, key_type=args.key_type, force=args.force
+    )
     return f"issued {files.cert} for {', '.join([args.name, *args.alt])} (chain {files.chain})"
 
 
 def pki_csr(args: argparse.Namespace) -> str:
     _, server_dir = _pki_dirs(args)
-    path = pki.make_csr(server_dir, args.name, args.alt, force=args.force)
+    path = pki.make_csr(server_dir, args.name, args.alt, key_type=args.key_type, force=args.force)
     return f"CSR written to {path}; have it signed, then run `vpnaaa pki import`"
+
+
+def pki_issue_client(args: argparse.Namespace) -> str:
+    """A user or machine certificate from the private CA; with --p12, only the PKCS#12 (the
+    passphrase from --passphrase-file, stdin or the terminal, never the command line) holds
+    the key."""
+    ca_dir, server_dir = _pki_dirs(args)
+    passphrase = None
+    if not args.p12 and (args.passphrase_file is not None or args.password_stdin):
+        raise SystemExit("vpnaaa: a passphrase is for the PKCS#12: add --p12")
+    if args.passphrase_file is not None:
+        try:
+            secret = private.read(args.passphrase_file, private.trusted_owners())
+        except private.PrivateFileError as e:
+            raise SystemExit(f"vpnaaa: {e}") from None
+        passphrase = secret.split(b"\n", 1)[0].rstrip(b"\r")
+    elif args.p12:
+        passphrase = _read_password(args, "passphrase").encode()
+    files = pki.issue_client(
+        ca_dir,
+        args.out or server_dir / "clients",
+        args.name,
+        machine=args.machine,
+        days=args.days,
+        key_type=args.key_type,
+        p12_passphrase=passphrase,
+        p12_cipher=args.p12_cipher,
+        force=args.force,
+    )
+    serial = pki.serial_hex(files.serial)
+    holder = f"PKCS#12 {files.p12}" if files.p12 else f"key {files.key}"
+    return (
+        f"issued {files.cert} ({holder}), serial {serial}; clients trust {ca_dir / 'ca.pem'}; "
+        f"`vpnaaa pki revoke {serial}` withdraws it"
+    )
+
+
+def pki_revoke(args: argparse.Namespace) -> str:
+    ca_dir, _ = _pki_dirs(args)
+    entry, crl = pki.revoke(
+        ca_dir, pki.parse_serial(args.serial), args.reason, unlisted=args.unlisted
+    )
+    return (
+        f"revoked {pki.serial_hex(entry.serial)} ({entry.subject or 'not in the index'}); "
+        + _crl_summary(crl)
+    )
+
+
+def pki_crl(args: argparse.Namespace) -> str:
+    ca_dir, _ = _pki_dirs(args)
+    return _crl_summary(pki.write_crl(ca_dir))
+
+
+def _crl_summary(crl: pki.CrlInfo) -> str:
+    return (
+        f"{crl.path}: CRL number {crl.number}, {crl.revoked} revoked, next update "
+        f"{crl.next_update:%Y-%m-%d %H:%M} UTC; run `vpnaaa pki crl` before then (daily timer)"
+    )
 
 
 def pki_import(args: argparse.Namespace) -> str:
@@ -296,6 +360,15 @@ def admin_token(args: argparse.Namespace) -> str:
     return f"admin API token written to {path}; clients send it as 'Authorization: Bearer ...'"
 
 
+def _key_type_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--key-type",
+        choices=pki.SERVER_KEY_TYPES,
+        default="rsa3072",
+        help="the new key (default rsa3072)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vpnaaa", description=__doc__)
     p.add_argument("--config", "-c", help="TOML configuration (default: embedded defaults)")
@@ -354,8 +427,63 @@ def parser() -> argparse.ArgumentParser:
         command = certs.add_parser(verb, help=text)
         command.add_argument("name", help="DNS name or IP address clients connect to")
         command.add_argument("--alt", action="append", default=[], help="another name or IP")
+        _key_type_argument(command)
         command.add_argument("--force", action="store_true", help="replace existing files")
         command.set_defaults(func=func)
+    client = certs.add_parser(
+        "issue-client",
+        help="issue a user or machine certificate (IKEv2 certificate auth, EAP-TLS)",
+        description="A user certificate (CN NAME; for user@domain also an e-mail and a "
+        "Windows UPN subjectAltName) or, with --machine, a device certificate (the FQDN as CN "
+        "and dNSName, for the Always On VPN device tunnel); EKU clientAuth + IKE intermediate. "
+        "Written to state_dir/pki/clients/NAME.pem with NAME.key, or NAME.p12 with --p12.",
+    )
+    client.add_argument("name", help="user, user@domain, or with --machine the machine FQDN")
+    client.add_argument("--machine", action="store_true", help="a device certificate")
+    client.add_argument(
+        "--p12",
+        action="store_true",
+        help="write NAME.p12 (key, certificate, CA) instead of NAME.key",
+    )
+    client.add_argument(
+        "--p12-cipher",
+        choices=("3des", "aes256"),
+        default="3des",
+        help="3des (default): what Windows, macOS, iOS and Android all import; aes256: "
+        "Windows 10/11, current Android and Linux only (Apple devices refuse it)",
+    )
+    secret = client.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--passphrase-file", type=Path, help="the PKCS#12 passphrase: first line of a 0600 file"
+    )
+    secret.add_argument(
+        "--passphrase-stdin",
+        dest="password_stdin",
+        action="store_true",
+        help="read the PKCS#12 passphrase from stdin (default: prompt twice)",
+    )
+    _key_type_argument(client)
+    client.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    client.add_argument("--out", type=Path, help="directory (default state_dir/pki/clients)")
+    client.add_argument("--force", action="store_true", help="replace existing files")
+    client.set_defaults(func=pki_issue_client)
+    revoked = certs.add_parser(
+        "revoke",
+        help="revoke a certificate of the private CA and re-sign ca/crl.pem",
+        description="Records the revocation in ca/index.json and re-signs ca/crl.pem (CRL "
+        f"number + 1, valid {pki.CRL_DAYS} days), which the daemon reloads.",
+    )
+    revoked.add_argument("serial", help="hex, as issue-client or `openssl x509 -serial` print it")
+    revoked.add_argument("--reason", choices=tuple(pki.REASONS), help="RFC 5280 reason code")
+    revoked.add_argument(
+        "--unlisted",
+        action="store_true",
+        help="revoke a serial ca/index.json does not list (issued before it existed)",
+    )
+    revoked.set_defaults(func=pki_revoke)
+    certs.add_parser(
+        "crl", help=f"re-sign ca/crl.pem (valid {pki.CRL_DAYS} days: run daily from a timer)"
+    ).set_defaults(func=pki_crl)
     imported = certs.add_parser("import", help="install the certificate an external CA issued")
     imported.add_argument("certificate", type=Path)
     imported.add_argument("chain", type=Path, nargs="*", help="CA certificates, nearest first")
