@@ -198,11 +198,22 @@ def _policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
     return ca, ee
 
 
-def _reason(error: Exception) -> str:
-    """cryptography's message without its Python object reprs."""
-    text = str(error)
-    text = text.split(" (encountered processing", 1)[0]
-    return text.removeprefix("validation failed: ")
+def _reason(error: Exception, certs: Sequence[x509.Certificate], now: datetime.datetime) -> str:
+    """cryptography's message made readable: without its Python object reprs, naming the
+    certificate that is out of its validity period, saying when no path was found."""
+    text = str(error).split(" (encountered processing", 1)[0]
+    text = text.removeprefix("validation failed: ")
+    text = text.removeprefix("Python extension validator failed: ValueError: ")
+    if "not valid at validation time" in text:
+        for cert in certs:
+            name = cert.subject.rfc4514_string()
+            if cert.not_valid_after_utc < now:
+                return f"{name} expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}"
+            if cert.not_valid_before_utc > now:
+                return f"{name} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}"
+    if text.startswith("candidates exhausted"):
+        return f"no chain to a trusted issuer ({text})"
+    return text
 
 
 class ClientVerifier:
@@ -245,7 +256,7 @@ class ClientVerifier:
         try:
             verified = verifier.verify(cert, others)
         except VerificationError as e:
-            raise CertificateRejected(_reason(e)) from None
+            raise CertificateRejected(_reason(e, [cert, *others, *self.anchors], now)) from None
         except x509.UnsupportedGeneralNameType as e:
             raise CertificateRejected(f"unsupported subjectAltName: {e}") from None
         return VerifiedCertificate(
