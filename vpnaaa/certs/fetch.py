@@ -77,6 +77,13 @@ class _Bounded(protocol.Protocol):
             self.done.errback(FetchError(f"{self.url}: the answer broke off"))
 
 
+class _Discard(protocol.Protocol):
+    """Reads and drops the body of an answer we refuse."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
 class HttpFetcher:
     """Bounded HTTP requests (module docstring)."""
 
@@ -104,29 +111,33 @@ class HttpFetcher:
         producer = _BytesProducer(body) if body is not None else None
         d = self._agent.request(method, url.encode(), headers, producer)
         d.addCallback(self._body, url)
-        d.addTimeout(self.timeout, self.reactor)
+        d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=self._timed_out(url))
         d.addErrback(self._failed, url)
         return d
 
     def _body(self, response: IResponse, url: str) -> defer.Deferred[bytes]:
         if response.code != 200:
-            response.deliverBody(_Bounded(0, url))  # drop the body, free the connection
+            response.deliverBody(_Discard())
             raise FetchError(
                 f"{url}: HTTP {response.code} {response.phrase.decode(errors='replace')}"
             )
         length = response.length
         if isinstance(length, int) and length > self.max_bytes:
-            response.deliverBody(_Bounded(0, url))
+            response.deliverBody(_Discard())
             raise FetchError(f"{url}: the answer exceeds {self.max_bytes} octets")
         reader = _Bounded(self.max_bytes, url)
         response.deliverBody(reader)
         return reader.done
 
+    def _timed_out(self, url: str) -> Any:
+        def replace(_result: object, _timeout: float) -> Failure:
+            return Failure(FetchError(f"{url}: no answer within {self.timeout:g} s"))
+
+        return replace
+
     def _failed(self, failure: Failure, url: str) -> Failure:
         if failure.check(FetchError):
             return failure
-        if failure.check(defer.TimeoutError, defer.CancelledError):
-            raise FetchError(f"{url}: no answer within {self.timeout:g} s")
         raise FetchError(f"{url}: {failure.getErrorMessage() or failure.type.__name__}")
 
 
