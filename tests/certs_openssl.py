@@ -283,7 +283,7 @@ def openssl_verify(
 
 def forget(ca: OpensslCa, issued: Issued) -> None:
     """Drop ``issued`` from the CA's database, so its OCSP responder knows it not."""
-    serial = f"{issued.load().serial_number:X}"
+    serial = issued.load().serial_number
     index = ca.dir / "index.txt"
     lines = index.read_text().splitlines(keepends=True)
-    index.write_text("".join(line for line in lines if f"\t{serial}\t" not in line.upper()))
+    index.write_text("".join(line for line in lines if int(line.split("\t")[3], 16) != serial))

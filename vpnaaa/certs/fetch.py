@@ -26,7 +26,6 @@ from typing import Any
 
 from cryptography import x509
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http_headers import Headers
@@ -88,7 +87,6 @@ class HttpFetcher:
     """Bounded HTTP requests (module docstring)."""
 
     def __init__(self, reactor: Any, timeout: float = 5.0, max_bytes: int = 1 << 20) -> None:
-        assert IReactorTime.providedBy(reactor) and IReactorTCP.providedBy(reactor)
         self.reactor = reactor
         self.timeout = timeout
         self.max_bytes = max_bytes
@@ -138,7 +136,10 @@ class HttpFetcher:
     def _failed(self, failure: Failure, url: str) -> Failure:
         if failure.check(FetchError):
             return failure
-        raise FetchError(f"{url}: {failure.getErrorMessage() or failure.type.__name__}")
+        # Agent wraps what broke the exchange (ResponseNeverReceived and the like)
+        causes = getattr(failure.value, "reasons", None) or [failure]
+        why = "; ".join(c.getErrorMessage() or c.type.__name__ for c in causes)
+        raise FetchError(f"{url}: {why}")
 
 
 @implementer(IBodyProducer)

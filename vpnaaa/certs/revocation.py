@@ -104,6 +104,8 @@ class RevocationChecker:
                     if position == 0:
                         said.append(f"CRL {crl_file.path}: {answer.status}")
                         good = good or answer.status == "good"
+        if len(chain) < 2:  # the leaf is itself a trust anchor: no issuer to ask about it
+            return self._verdict(serial, good, said)
         if self.crl_distribution_points is not None and not good:
             verdict = await self._distribution_points(leaf, chain[1], now, said)
             if isinstance(verdict, RevocationResult):
