@@ -313,6 +313,16 @@ def keylog(args: argparse.Namespace) -> str:
     return _admin(args, "POST", "/keylog?" + urllib.parse.urlencode({"state": args.state}))
 
 
+def deny(args: argparse.Namespace) -> str:
+    """Refuse a certificate serial in the running daemon (or allow it again, or list)."""
+    if args.serial is None:
+        if args.remove:
+            raise SystemExit("vpnaaa: name the serial to allow again")
+        return _admin(args, "GET", "/deny") or "no serial is denied"
+    query = {"serial": args.serial} | ({"remove": "1"} if args.remove else {})
+    return _admin(args, "POST", "/deny?" + urllib.parse.urlencode(query))
+
+
 def _admin(args: argparse.Namespace, method: str, target: str) -> str:
     """One request to the running daemon's admin API: on its UNIX socket, or on TCP with
     the bearer token when ``[admin]`` has no socket; the body, or exit with the reason."""
@@ -497,6 +507,14 @@ def parser() -> argparse.ArgumentParser:
     )
     ended.add_argument("who", help="a user name, or a session id as `vpnaaa sessions` shows")
     ended.set_defaults(func=disconnect)
+    denied = sub.add_parser(
+        "deny",
+        help="refuse a client certificate by serial from the next authentication on "
+        "(the daemon's deny list; sessions already up are not ended yet)",
+    )
+    denied.add_argument("serial", nargs="?", help="hex, as `openssl x509 -serial` shows it")
+    denied.add_argument("--remove", action="store_true", help="allow the serial again")
+    denied.set_defaults(func=deny)
     keys = sub.add_parser(
         "keylog", help="log keys for Wireshark (IKE, ESP, PEAP TLS): anyone with them reads it"
     )

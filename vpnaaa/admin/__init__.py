@@ -4,6 +4,8 @@ GET /sessions      JSON list of live sessions (vpnaaa.sessions)
 GET /sessions.txt  the same for people (`vpnaaa sessions`)
 POST /disconnect  end a user's sessions or one session (`vpnaaa disconnect`)
 GET|POST /keylog   whether keys for Wireshark are logged; ?state=on|off switches (`vpnaaa keylog`)
+GET|POST /deny     the certificate serials refused (vpnaaa.certs.DenyList in the state
+                   directory); ?serial=HEX denies one, &remove=1 allows it again (`vpnaaa deny`)
 GET /metrics       Prometheus text format (prometheus-client, vpnaaa.metrics): sessions,
                    IKE exchanges, EAP outcomes, RADIUS requests, pools, traffic, ...
 
@@ -26,6 +28,7 @@ from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET
 
 from vpnaaa import sessions
+from vpnaaa.certs import DENY_FILE, DenyList, parse_serial, serial_hex
 from vpnaaa.config import AdminConfig
 from vpnaaa.keylog import KeyLogError
 
@@ -128,6 +131,43 @@ class _KeyLog(resource.Resource):
         return f"{text}\n".encode()
 
 
+class _Deny(resource.Resource):
+    """GET /deny: the denied serials, one a line. POST /deny?serial=HEX: refuse that
+    certificate serial from the next authentication on (&remove=1: allow it again).
+    Sessions already up with that certificate are not ended yet (that comes with IKE
+    certificate authentication)."""
+
+    isLeaf = True
+
+    def __init__(self, deny: DenyList) -> None:
+        super().__init__()
+        self.deny = deny
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return "".join(f"{serial}\n" for serial in self.deny.serials()).encode()
+
+    def render_POST(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        text = (request.args.get(b"serial") or [b""])[0].decode("utf-8", "replace")
+        try:
+            serial = parse_serial(text)
+        except ValueError as e:
+            request.setResponseCode(400)
+            return f"{e}\n".encode()
+        shown = serial_hex(serial)
+        try:
+            if request.args.get(b"remove") == [b"1"]:
+                done = self.deny.remove(serial)
+                return f"serial {shown} {'allowed again' if done else 'was not denied'}\n".encode()
+            done = self.deny.add(serial)
+        except OSError as e:
+            request.setResponseCode(500)
+            return f"cannot write {self.deny.path}: {e.strerror}\n".encode()
+        said = "denied" if done else "was already denied"
+        return f"serial {shown} {said}; live sessions are not ended yet\n".encode()
+
+
 class _UnixRequest(server.Request):
     """A request on the UNIX socket. WSGI (prometheus-client's MetricsResource) wants the
     peer's and our host and port (PEP 3333 REMOTE_ADDR, SERVER_PORT), which a UNIX socket
@@ -177,6 +217,7 @@ def admin_services(daemon: Any, config: AdminConfig) -> list[service.Service]:
     root.putChild(b"metrics", MetricsResource(daemon.metrics.registry))
     root.putChild(b"disconnect", _Disconnect(daemon))
     root.putChild(b"keylog", _KeyLog(daemon))
+    root.putChild(b"deny", _Deny(DenyList(daemon.config.state_dir / DENY_FILE)))
     found: list[service.Service] = []
     if config.socket is not None:
         unix = internet.UNIXServer(

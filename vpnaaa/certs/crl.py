@@ -1,0 +1,157 @@
+"""Certificate revocation lists (RFC 5280 §5, §6.3): reading them and asking them.
+
+:func:`crl_answer` is the sans-IO core: whether one CRL speaks for a certificate (issued by
+the certificate's issuer: same name, signature valid with the issuer's key, the issuer
+allowed to sign CRLs) and what it says. A CRL whose nextUpdate has passed is *stale*: a
+certificate it lists is still revoked (revocation is permanent, RFC 5280 §3.3), but its
+silence proves nothing any more.
+
+:class:`CrlFile` is a CRL file on disk (PEM, one or more CRLs, or DER), read at
+construction and again whenever its inode, size or modification time changes (one
+``stat`` per look-up) or :meth:`CrlFile.reload` is called (SIGHUP). A file that cannot be
+read or parsed keeps the CRLs read last, with one log line per change of the file. All of
+it blocks (small local files), like the users file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+
+from vpnaaa import logs
+
+log = logs.get("vpnaaa.certs")
+
+
+@dataclass(frozen=True)
+class CrlAnswer:
+    """What one CRL says about one certificate; ``detail`` is for the log line."""
+
+    status: Literal["good", "revoked", "stale"]
+    detail: str
+
+
+def parse_crls(data: bytes) -> tuple[x509.CertificateRevocationList, ...]:
+    """The CRLs in ``data``: PEM blocks (any number) or one DER CRL. Raises ValueError."""
+    if b"-----BEGIN X509 CRL-----" in data:
+        crls = []
+        for block in data.split(b"-----END X509 CRL-----")[:-1]:
+            start = block.find(b"-----BEGIN X509 CRL-----")
+            if start < 0:
+                raise ValueError("a PEM END line without its BEGIN line")
+            crls.append(x509.load_pem_x509_crl(block[start:] + b"-----END X509 CRL-----\n"))
+        return tuple(crls)
+    return (x509.load_der_x509_crl(data),)
+
+
+def issued_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` signed ``crl``: its subject is the CRL's issuer, its key verifies
+    the signature, and its keyUsage (when present) asserts cRLSign (RFC 5280 §6.3.3 (f))."""
+    if crl.issuer != issuer.subject:
+        return False
+    try:
+        usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.crl_sign:
+        return False
+    try:
+        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a key type CRLs cannot be signed with
+        return False
+
+
+def crl_answer(
+    crl: x509.CertificateRevocationList,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    now: datetime.datetime,
+) -> CrlAnswer | None:
+    """What ``crl`` says about ``cert`` (issued by ``issuer``) at ``now``; None when the
+    CRL is not the issuer's (:func:`issued_by`) or not yet valid (thisUpdate ahead)."""
+    if cert.issuer != issuer.subject or not issued_by(crl, issuer):
+        return None
+    if crl.last_update_utc > now:
+        return None
+    entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+    if entry is not None:
+        return CrlAnswer("revoked", _revocation(entry))
+    next_update = crl.next_update_utc
+    if next_update is not None and next_update < now:
+        return CrlAnswer("stale", f"nextUpdate {next_update:%Y-%m-%d %H:%M:%SZ} has passed")
+    return CrlAnswer("good", f"not listed (thisUpdate {crl.last_update_utc:%Y-%m-%d %H:%M}Z)")
+
+
+def _revocation(entry: x509.RevokedCertificate) -> str:
+    text = f"revoked {entry.revocation_date_utc:%Y-%m-%d %H:%M:%SZ}"
+    try:
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return text
+    return f"{text}, reason {reason.name}"
+
+
+class CrlFile:
+    """A CRL file that follows changes on disk (module docstring). Blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._crls: tuple[x509.CertificateRevocationList, ...] = ()
+        self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read
+        self.reload()
+
+    def crls(self) -> tuple[x509.CertificateRevocationList, ...]:
+        """The file's CRLs, read again first if the file changed since."""
+        if self._stat() != self._seen:
+            self.reload()
+        return self._crls
+
+    def reload(self) -> None:
+        """Read the file again now (SIGHUP); keeps the last good CRLs when it cannot."""
+        seen = self._stat()
+        changed = seen != self._seen
+        self._seen = seen
+        try:
+            data = self.path.read_bytes()
+            crls = parse_crls(data)
+        except OSError as e:
+            if changed:
+                log.warn(
+                    "CRL file {path}: cannot read: {why}; keeping the {n} CRL(s) read before",
+                    path=str(self.path),
+                    why=e.strerror,
+                    n=len(self._crls),
+                )
+            return
+        except ValueError as e:
+            if changed:
+                log.warn(
+                    "CRL file {path}: not a PEM or DER CRL ({why}); keeping the {n} CRL(s) "
+                    "read before",
+                    path=str(self.path),
+                    why=str(e),
+                    n=len(self._crls),
+                )
+            return
+        self._crls = crls
+        log.info(
+            "CRL file {path}: {summary}",
+            path=str(self.path),
+            summary="; ".join(
+                f"{crl.issuer.rfc4514_string()}: {len(crl)} revoked, next update "
+                + (f"{crl.next_update_utc:%Y-%m-%d %H:%M}Z" if crl.next_update_utc else "none")
+                for crl in crls
+            ),
+        )
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)

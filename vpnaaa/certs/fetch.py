@@ -1,0 +1,249 @@
+"""The Twisted edge of revocation: HTTP for OCSP and for CRL distribution points.
+
+:class:`HttpFetcher` does one bounded request with twisted.web.client.Agent: ``http://``
+URLs only, the whole exchange (connect, request, body) within ``timeout`` seconds, a body
+of at most ``max_bytes`` (a longer one is cut off and fails), status 200 only.
+
+:class:`OcspClient` asks one configured responder (RFC 6960 Appendix A.1: HTTP POST of the
+DER request, ``application/ocsp-request``) and checks the answer with
+:func:`vpnaaa.certs.ocsp.ocsp_answer`, with a fresh 32-octet nonce each time.
+
+:class:`CrlDistributionPoints` fetches the CRLs a certificate's cRLDistributionPoints name
+(RFC 5280 §4.2.1.13; the ``http://`` fullName URIs; LDAP and others are skipped) and keeps
+each until its nextUpdate (one hour when it has none; a stale one a minute); concurrent
+look-ups of one URL share one request. Whether a fetched CRL is really the issuer's is
+the caller's check (:func:`vpnaaa.certs.crl.crl_answer`), as for CRL files.
+
+Every method returns a Deferred; nothing blocks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import urllib.parse
+from typing import Any
+
+from cryptography import x509
+from twisted.internet import defer, protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+from vpnaaa.certs.crl import parse_crls
+from vpnaaa.certs.ocsp import OcspAnswer, OcspError, ocsp_answer, ocsp_request
+
+DEFAULT_CRL_LIFETIME = 3600.0  # seconds a fetched CRL without nextUpdate is kept
+MIN_CRL_LIFETIME = 60.0  # a stale CRL (nextUpdate passed) is fetched again at most this often
+
+
+class FetchError(Exception):
+    """An HTTP look-up that failed (refused, timed out, too large, not 200, not a CRL)."""
+
+
+class _Bounded(protocol.Protocol):
+    """Collects a response body up to ``limit`` octets."""
+
+    def __init__(self, limit: int, url: str) -> None:
+        self.limit = limit
+        self.url = url
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done: defer.Deferred[bytes] = defer.Deferred(self._cancel)
+
+    def _cancel(self, _: object) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.done.errback(FetchError(f"{self.url}: the answer exceeds {self.limit} octets"))
+            self.transport.stopProducing()  # type: ignore[union-attr]
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(FetchError(f"{self.url}: the answer broke off"))
+
+
+class _Discard(protocol.Protocol):
+    """Reads and drops the body of an answer we refuse."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+class HttpFetcher:
+    """Bounded HTTP requests (module docstring)."""
+
+    def __init__(self, reactor: Any, timeout: float = 5.0, max_bytes: int = 1 << 20) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self._agent = Agent(reactor, connectTimeout=timeout)
+
+    def get(self, url: str) -> defer.Deferred[bytes]:
+        return self._request(b"GET", url, None, None)
+
+    def post(self, url: str, body: bytes, content_type: str) -> defer.Deferred[bytes]:
+        return self._request(b"POST", url, body, content_type)
+
+    def _request(
+        self, method: bytes, url: str, body: bytes | None, content_type: str | None
+    ) -> defer.Deferred[bytes]:
+        if urllib.parse.urlsplit(url).scheme != "http":
+            return defer.fail(FetchError(f"{url}: only http:// URLs are fetched"))
+        headers = Headers({b"user-agent": [b"vpnaaa"]})
+        if content_type is not None:
+            headers.addRawHeader(b"content-type", content_type.encode())
+        producer = _BytesProducer(body) if body is not None else None
+        d = self._agent.request(method, url.encode(), headers, producer)
+        d.addCallback(self._body, url)
+        d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=self._timed_out(url))
+        d.addErrback(self._failed, url)
+        return d
+
+    def _body(self, response: IResponse, url: str) -> defer.Deferred[bytes]:
+        if response.code != 200:
+            response.deliverBody(_Discard())
+            raise FetchError(
+                f"{url}: HTTP {response.code} {response.phrase.decode(errors='replace')}"
+            )
+        length = response.length
+        if isinstance(length, int) and length > self.max_bytes:
+            response.deliverBody(_Discard())
+            raise FetchError(f"{url}: the answer exceeds {self.max_bytes} octets")
+        reader = _Bounded(self.max_bytes, url)
+        response.deliverBody(reader)
+        return reader.done
+
+    def _timed_out(self, url: str) -> Any:
+        def replace(_result: object, _timeout: float) -> Failure:
+            return Failure(FetchError(f"{url}: no answer within {self.timeout:g} s"))
+
+        return replace
+
+    def _failed(self, failure: Failure, url: str) -> Failure:
+        if failure.check(FetchError):
+            return failure
+        # Agent wraps what broke the exchange (ResponseNeverReceived and the like)
+        causes = getattr(failure.value, "reasons", None) or [failure]
+        why = "; ".join(c.getErrorMessage() or c.type.__name__ for c in causes)
+        raise FetchError(f"{url}: {why}")
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A request body already in memory (an OCSP request: a few hundred octets)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> defer.Deferred[None]:
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class OcspClient:
+    """One OCSP responder, asked over HTTP POST (module docstring)."""
+
+    def __init__(self, url: str, fetcher: HttpFetcher) -> None:
+        self.url = url
+        self.fetcher = fetcher
+
+    def check(self, cert: x509.Certificate, issuer: x509.Certificate) -> defer.Deferred[OcspAnswer]:
+        """The responder's checked answer for ``cert``; fails with FetchError or OcspError."""
+        nonce = os.urandom(32)
+        request = ocsp_request(cert, issuer, nonce)
+        d = self.fetcher.post(self.url, request, "application/ocsp-request")
+
+        def answer(data: bytes) -> OcspAnswer:
+            now = datetime.datetime.fromtimestamp(self.fetcher.reactor.seconds(), datetime.UTC)
+            try:
+                return ocsp_answer(data, cert, issuer, nonce, now)
+            except OcspError as e:
+                raise OcspError(f"{self.url}: {e}") from None
+
+        d.addCallback(answer)
+        return d
+
+
+class CrlDistributionPoints:
+    """CRLs from cRLDistributionPoints over HTTP, cached (module docstring)."""
+
+    def __init__(self, fetcher: HttpFetcher) -> None:
+        self.fetcher = fetcher
+        self._cache: dict[str, tuple[tuple[x509.CertificateRevocationList, ...], float]] = {}
+        self._pending: dict[str, list[defer.Deferred[Any]]] = {}
+
+    @staticmethod
+    def urls(cert: x509.Certificate) -> tuple[str, ...]:
+        """The certificate's http:// CRL distribution point URLs."""
+        try:
+            points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        except x509.ExtensionNotFound:
+            return ()
+        found = []
+        for point in points:
+            for name in point.full_name or ():
+                if isinstance(
+                    name, x509.UniformResourceIdentifier
+                ) and name.value.lower().startswith("http://"):
+                    found.append(name.value)
+        return tuple(found)
+
+    def crls(self, url: str) -> defer.Deferred[tuple[x509.CertificateRevocationList, ...]]:
+        """The CRLs at ``url``: cached until their nextUpdate, else fetched."""
+        now = self.fetcher.reactor.seconds()
+        cached = self._cache.get(url)
+        if cached is not None and cached[1] > now:
+            return defer.succeed(cached[0])
+        waiter: defer.Deferred[tuple[x509.CertificateRevocationList, ...]] = defer.Deferred()
+        waiting = self._pending.get(url)
+        if waiting is not None:
+            waiting.append(waiter)
+            return waiter
+        self._pending[url] = [waiter]
+        d = self.fetcher.get(url)
+        d.addCallback(self._parsed, url)
+        d.addBoth(self._deliver, url)
+        return waiter
+
+    def _parsed(self, data: bytes, url: str) -> tuple[x509.CertificateRevocationList, ...]:
+        try:
+            crls = parse_crls(data)
+        except ValueError as e:
+            raise FetchError(f"{url}: not a CRL ({e})") from None
+        now = self.fetcher.reactor.seconds()
+        updates = [c.next_update_utc.timestamp() for c in crls if c.next_update_utc is not None]
+        expires = min(updates) if updates else now + DEFAULT_CRL_LIFETIME
+        expires = max(expires, now + MIN_CRL_LIFETIME)
+        self._cache[url] = (crls, expires)
+        return crls
+
+    def _deliver(self, result: Any, url: str) -> None:
+        for waiter in self._pending.pop(url, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)

@@ -1,0 +1,204 @@
+"""Whether a validated client certificate is revoked: deny list, CRL files, CRL
+distribution points, OCSP, and the caller's soft-fail or hard-fail policy.
+
+:meth:`RevocationChecker.check` asks, in this order:
+
+1. the deny list (:class:`~vpnaaa.certs.deny.DenyList`): a denied serial is refused;
+2. the CRL files (:class:`~vpnaaa.certs.crl.CrlFile`), for every certificate of the chain
+   below the trust anchor (RFC 5280 §6.3): a listed one is refused;
+3. the certificate's CRL distribution points over HTTP, when the caller enabled them and
+   no fresh CRL file already answered for the leaf;
+4. the OCSP responder, when the caller configured one, for the leaf.
+
+Any "revoked" refuses. The leaf is accepted when a source said "good"; when none could
+(a stale CRL, no CRL from that issuer, the responder down, "unknown", a bad response)
+hard-fail refuses and soft-fail accepts with a log line saying why. A checker with no
+source configured (only a deny list, or nothing) accepts what the deny list does not refuse.
+Revocation of intermediate CAs is read from CRL files only, and their silence is not held
+against them (hard-fail concerns the leaf).
+
+Lines about stale CRLs and failing responders are rate-limited (:class:`vpnaaa.logs.Throttle`);
+the refusal itself is the caller's one log line, from :attr:`RevocationResult.reason`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from twisted.internet import defer
+from twisted.logger import LogLevel
+
+from vpnaaa import logs
+from vpnaaa.certs.crl import CrlFile, crl_answer
+from vpnaaa.certs.deny import DenyList
+from vpnaaa.certs.fetch import CrlDistributionPoints, FetchError, OcspClient
+from vpnaaa.certs.ocsp import OcspError
+from vpnaaa.certs.verify import VerifiedCertificate, serial_hex
+
+log = logs.get("vpnaaa.certs")
+
+
+@dataclass(frozen=True)
+class RevocationResult:
+    """The verdict; ``reason`` is one log line's worth (which source said what)."""
+
+    accepted: bool
+    reason: str
+
+
+class RevocationChecker:
+    """One caller's revocation policy over shared sources (module docstring).
+
+    ``clock``: the reactor (``seconds()``). CrlFile, DenyList, CrlDistributionPoints and
+    OcspClient instances may be shared between checkers (one per profile, say).
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        *,
+        crl_files: Sequence[CrlFile] = (),
+        deny: DenyList | None = None,
+        crl_distribution_points: CrlDistributionPoints | None = None,
+        ocsp: OcspClient | None = None,
+        hard_fail: bool = False,
+    ) -> None:
+        self.clock = clock
+        self.crl_files = tuple(crl_files)
+        self.deny = deny
+        self.crl_distribution_points = crl_distribution_points
+        self.ocsp = ocsp
+        self.hard_fail = hard_fail
+        self._log = logs.Throttle(log, clock.seconds, interval=60.0)
+
+    def check(self, verified: VerifiedCertificate) -> defer.Deferred[RevocationResult]:
+        """The verdict on ``verified`` (a chain :class:`ClientVerifier` accepted)."""
+        return defer.ensureDeferred(self._check(verified))
+
+    async def _check(self, verified: VerifiedCertificate) -> RevocationResult:
+        chain = verified.chain
+        leaf = chain[0]
+        serial = serial_hex(leaf.serial_number)
+        if self.deny is not None and self.deny.denied(leaf.serial_number):
+            return RevocationResult(False, f"serial {serial} is on the deny list")
+        now = self._now()
+        said: list[str] = []  # what the sources answered for the leaf, for the reason
+        good = False
+        for position, cert in enumerate(chain[:-1]):
+            issuer = chain[position + 1]
+            for crl_file in self.crl_files:
+                for crl in crl_file.crls():
+                    answer = crl_answer(crl, cert, issuer, now)
+                    if answer is None:
+                        continue
+                    if answer.status == "revoked":
+                        return RevocationResult(
+                            False, _revoked(cert, position, answer.detail, crl_file)
+                        )
+                    if answer.status == "stale":
+                        self._stale(str(crl_file.path), crl, answer.detail)
+                    if position == 0:
+                        said.append(f"CRL {crl_file.path}: {answer.status}")
+                        good = good or answer.status == "good"
+        if len(chain) < 2:  # the leaf is itself a trust anchor: no issuer to ask about it
+            return self._verdict(serial, good, said)
+        if self.crl_distribution_points is not None and not good:
+            verdict = await self._distribution_points(leaf, chain[1], now, said)
+            if isinstance(verdict, RevocationResult):
+                return verdict
+            good = verdict
+        if self.ocsp is not None:
+            try:
+                answer = await self.ocsp.check(leaf, chain[1])
+            except (FetchError, OcspError) as e:
+                self._log.emit(("ocsp", self.ocsp.url), LogLevel.warn, "OCSP: {why}", why=str(e))
+                said.append(f"OCSP: {e}")
+            else:
+                if answer.status == "revoked":
+                    return RevocationResult(
+                        False, f"certificate {serial} {answer.detail} (OCSP {self.ocsp.url})"
+                    )
+                said.append(f"OCSP {self.ocsp.url}: {answer.detail}")
+                good = good or answer.status == "good"
+        return self._verdict(serial, good, said)
+
+    async def _distribution_points(
+        self,
+        leaf: x509.Certificate,
+        issuer: x509.Certificate,
+        now: datetime.datetime,
+        said: list[str],
+    ) -> RevocationResult | bool:
+        """The refusal when a distribution point's CRL lists ``leaf``, else whether one
+        said "good"; what each said goes to ``said``."""
+        assert self.crl_distribution_points is not None
+        urls = CrlDistributionPoints.urls(leaf)
+        if not urls:
+            said.append("no http:// CRL distribution point")
+        good = False
+        for url in urls:
+            try:
+                crls = await self.crl_distribution_points.crls(url)
+            except FetchError as e:
+                self._log.emit(("crl-dp", url), LogLevel.warn, "CRL: {why}", why=str(e))
+                said.append(f"CRL {e}")
+                continue
+            answered = False
+            for crl in crls:
+                answer = crl_answer(crl, leaf, issuer, now)
+                if answer is None:
+                    continue
+                answered = True
+                if answer.status == "revoked":
+                    serial = serial_hex(leaf.serial_number)
+                    return RevocationResult(
+                        False, f"certificate {serial} {answer.detail} (CRL {url})"
+                    )
+                if answer.status == "stale":
+                    self._stale(url, crl, answer.detail)
+                said.append(f"CRL {url}: {answer.status}")
+                good = good or answer.status == "good"
+            if not answered:
+                said.append(f"CRL {url}: not the issuer's CRL")
+        return good
+
+    def _verdict(self, serial: str, good: bool, said: list[str]) -> RevocationResult:
+        sources = bool(self.crl_files or self.crl_distribution_points or self.ocsp)
+        summary = "; ".join(said) or "no CRL from the issuer"
+        if good or not sources:
+            return RevocationResult(True, summary if sources else "no revocation source configured")
+        if self.hard_fail:
+            return RevocationResult(
+                False, f"revocation status of {serial} unknown (hard-fail): {summary}"
+            )
+        self._log.emit(
+            ("soft-fail", summary),
+            LogLevel.warn,
+            "revocation status of certificate {serial} unknown, accepted (soft-fail): {why}",
+            serial=serial,
+            why=summary,
+        )
+        return RevocationResult(True, f"revocation status unknown (soft-fail): {summary}")
+
+    def _stale(self, source: str, crl: x509.CertificateRevocationList, detail: str) -> None:
+        self._log.emit(
+            ("stale", source),
+            LogLevel.warn,
+            "CRL {source} of {issuer} is stale ({detail}): the certificates it lists stay "
+            "revoked, the others count as unknown until a newer CRL arrives",
+            source=source,
+            issuer=crl.issuer.rfc4514_string(),
+            detail=detail,
+        )
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+
+
+def _revoked(cert: x509.Certificate, position: int, detail: str, crl_file: CrlFile) -> str:
+    what = "certificate" if position == 0 else f"intermediate CA {cert.subject.rfc4514_string()}"
+    return f"{what} {serial_hex(cert.serial_number)} {detail} (CRL {crl_file.path})"
