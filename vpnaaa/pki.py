@@ -50,6 +50,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vpnaaa import private
+from vpnaaa.certs import verify
+from vpnaaa.certs.verify import serial_hex
 from vpnaaa.users import locked
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -432,23 +434,13 @@ def _p12_encryption(
     return builder.hmac_hash(hashes.SHA1()).build(passphrase)
 
 
-def serial_hex(serial: int) -> str:
-    """A serial as ``openssl x509 -serial`` prints it: upper-case hex, whole octets."""
-    text = f"{serial:X}"
-    return "0" * (len(text) % 2) + text
-
-
 def parse_serial(text: str) -> int:
-    """A serial number given in hex, as :func:`serial_hex` or openssl print it (colons and a
-    0x prefix allowed); RFC 5280 §4.1.2.2: positive, at most 20 octets."""
-    digits = text.strip().replace(":", "").removeprefix("0x").removeprefix("0X")
+    """A serial number given in hex, as :func:`serial_hex` or openssl print it; PkiError
+    with the reason if it is none."""
     try:
-        serial = int(digits, 16)
-    except ValueError:
-        raise PkiError(f"serial {text!r} is not a hexadecimal number") from None
-    if not 0 < serial < 1 << 159:
-        raise PkiError(f"serial {text!r} is not a certificate serial (1 to 20 octets)")
-    return serial
+        return verify.parse_serial(text)
+    except ValueError as e:
+        raise PkiError(str(e)) from None
 
 
 def read_index(ca_dir: Path) -> tuple[int, dict[int, Issued]]:

@@ -115,6 +115,8 @@ def parse_serial(text: str) -> int:
     if not cleaned or any(c not in "0123456789abcdefABCDEF" for c in cleaned):
         raise ValueError(f"{text!r} is not a hexadecimal serial number")
     serial = int(cleaned, 16)
+    if serial == 0:  # RFC 5280 §4.1.2.2: a positive integer
+        raise ValueError(f"{text!r} is no certificate serial number (they are positive)")
     if serial.bit_length() > 160:  # RFC 5280 §4.1.2.2: at most 20 octets
         raise ValueError(f"{text!r} is longer than a serial number can be (20 octets)")
     return serial
