@@ -5,6 +5,7 @@ certificate. Interop with wpa_supplicant is tests/interop/test_eapol_tls.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -17,14 +18,10 @@ from tests.client_certs import issue_client
 from tests.peap_peer import PeapPeer
 from tests.support import state_dir, test_pki
 from vpnaaa import pki
+from vpnaaa.certs import CertificateRejected, ClientVerifier, DenyList, serial_hex
+from vpnaaa.certs.check import CertificateCheck
 from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
-from vpnaaa.eap.eaptls import (
-    CertificateRejected,
-    ClientAuthUsageOnly,
-    ClientCertificateCheck,
-    EapTls,
-    certificate_identity,
-)
+from vpnaaa.eap.eaptls import ClientCertificateCheck, EapTls
 from vpnaaa.eap.engine import EapEngine
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.tls import server_context
@@ -44,6 +41,15 @@ class Refuse:
         raise CertificateRejected("serial on the deny list")
 
 
+def daemons_check(
+    case: unittest.TestCase, ca: x509.Certificate, deny: DenyList | None = None
+) -> CertificateCheck:
+    """The daemon's check (vpnaaa.service): the chain on cryptography's verifier, the
+    deny list (an empty one by default)."""
+    deny = deny or DenyList(state_dir(case) / "denied-serials")
+    return CertificateCheck(ClientVerifier([ca]), deny, time.time)
+
+
 class EapTlsTests(unittest.TestCase):
     def setUp(self) -> None:
         ca, server = test_pki()
@@ -57,7 +63,7 @@ class EapTlsTests(unittest.TestCase):
         fragment_size: int = 1024,
     ) -> EapEngine:
         context = server_context(self.identity, None, versions, [self.ca])
-        checker = check or ClientAuthUsageOnly()
+        checker = check or daemons_check(self, self.ca)
 
         def factory(source: str | None) -> EapTls:
             return EapTls(context, checker, fragment_size)
@@ -171,20 +177,40 @@ class EapTlsTests(unittest.TestCase):
             self.assertEqual(peer.inner, b"")  # no protected success indication was sent
 
 
-class CertificateIdentityTests(unittest.TestCase):
-    def test_order_of_names(self):
-        self.assertEqual(
-            certificate_identity(issue_client("c", email="c@x.test", dns="h.x.test").cert),
-            "c@x.test",
-        )
-        self.assertEqual(certificate_identity(issue_client("c", dns="h.x.test").cert), "h.x.test")
-        self.assertEqual(certificate_identity(issue_client("HOST7$").cert), "HOST7$")
+class CertificateCheckTests(unittest.TestCase):
+    """The daemon's decision after the handshake: the identity from the certificate, EKU
+    rules, and ``vpnaaa deny``'s list."""
 
-    def test_client_auth_usage_only(self):
-        check = ClientAuthUsageOnly()
-        self.assertEqual(check.check([issue_client("a", usages=[]).cert]), "a")
+    def setUp(self) -> None:
+        ca, _ = test_pki()
+        self.ca = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+        self.deny = DenyList(state_dir(self) / "denied-serials")
+        self.check = daemons_check(self, self.ca, self.deny)
+
+    def identity(self, client: x509.Certificate) -> str:
+        return self.check.check([client, self.ca])
+
+    def test_order_of_names(self):
+        both = issue_client("c", email="c@x.test", dns="h.x.test").cert
+        self.assertEqual(self.identity(both), "c@x.test")
+        self.assertEqual(self.identity(issue_client("c", dns="h.x.test").cert), "h.x.test")
+        self.assertEqual(self.identity(issue_client("vpn7.corp.test").cert), "vpn7.corp.test")
+        self.assertEqual(self.identity(issue_client("HOST7$").cert), "CN=HOST7$")
+
+    def test_extended_key_usage(self):
+        self.assertEqual(self.identity(issue_client("a", usages=[]).cert), "CN=a")
         both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        self.assertEqual(check.check([issue_client("b", usages=both).cert]), "b")
+        self.assertEqual(self.identity(issue_client("b", usages=both).cert), "CN=b")
         with self.assertRaises(CertificateRejected) as caught:
-            check.check([issue_client("c", usages=[ExtendedKeyUsageOID.SERVER_AUTH]).cert])
-        self.assertEqual(str(caught.exception), "its extendedKeyUsage does not include clientAuth")
+            self.identity(issue_client("c", usages=[ExtendedKeyUsageOID.SERVER_AUTH]).cert)
+        self.assertIn("extendedKeyUsage has neither clientAuth", caught.exception.reason)
+
+    def test_a_denied_serial(self):
+        client = issue_client("carol", email="carol@example.test").cert
+        self.assertTrue(self.deny.add(client.serial_number))
+        with self.assertRaises(CertificateRejected) as caught:
+            self.identity(client)
+        serial = serial_hex(client.serial_number)
+        self.assertEqual(caught.exception.reason, f"serial {serial} is on the deny list")
+        self.assertTrue(self.deny.remove(client.serial_number))
+        self.assertEqual(self.identity(client), "carol@example.test")

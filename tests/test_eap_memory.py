@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import time
 import tracemalloc
 
 from cryptography import x509
@@ -23,9 +24,11 @@ from twisted.trial import unittest
 
 from tests.client_certs import issue_client
 from tests.peap_peer import PeapPeer
-from tests.support import directory, test_pki
+from tests.support import directory, state_dir, test_pki
+from vpnaaa.certs import ClientVerifier, DenyList
+from vpnaaa.certs.check import CertificateCheck
 from vpnaaa.eap.authenticator import Challenge
-from vpnaaa.eap.eaptls import ClientAuthUsageOnly, EapTls
+from vpnaaa.eap.eaptls import EapTls
 from vpnaaa.eap.engine import COST, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
@@ -77,6 +80,8 @@ class ConversationMemoryTests(unittest.TestCase):
         anchors = [x509.load_pem_x509_certificate(ca.cert.read_bytes())]
         tls_context = server_context(identity, None, ("1.2", "1.3"), anchors)
         self.client = issue_client("carol", email="carol@example.test").pem_pair
+        deny = DenyList(state_dir(self) / "denied-serials")
+        check = CertificateCheck(ClientVerifier(anchors), deny, time.time)
 
         def mschapv2(source=None):
             return MsChapV2(directory(), source=source)
@@ -85,7 +90,7 @@ class ConversationMemoryTests(unittest.TestCase):
             return Peap(context, [(Type.MSCHAPV2, mschapv2)], 1024, source=source)
 
         def eap_tls(source=None):
-            return EapTls(tls_context, ClientAuthUsageOnly(), 1024)
+            return EapTls(tls_context, check, 1024)
 
         self.factories = {Type.PEAP: peap, Type.MSCHAPV2: mschapv2, Type.TLS: eap_tls}
         gc.collect()

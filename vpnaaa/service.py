@@ -7,10 +7,13 @@ import itertools
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.application import internet, service
 from twisted.internet import defer
@@ -20,6 +23,9 @@ from twisted.python.failure import Failure
 
 from vpnaaa import auth, logs, private, privileges
 from vpnaaa.admin import admin_services
+from vpnaaa.certs import DENY_FILE, CertificateError, ClientVerifier, DenyList
+from vpnaaa.certs.check import CertificateCheck
+from vpnaaa.certs.verify import load_anchors
 from vpnaaa.config import (
     PEAP_MAX_TLS,
     TLS_VERSIONS,
@@ -31,7 +37,7 @@ from vpnaaa.config import (
     TlsConfig,
 )
 from vpnaaa.eap.authenticator import MethodFactory
-from vpnaaa.eap.eaptls import ClientAuthUsageOnly, ClientCertificateCheck, EapTls, load_client_ca
+from vpnaaa.eap.eaptls import EapTls
 from vpnaaa.eap.engine import MIB, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
@@ -49,7 +55,7 @@ from vpnaaa.leases import LeaseFileError, SqliteLeases
 from vpnaaa.lockout import Lockout
 from vpnaaa.metrics import for_daemon
 from vpnaaa.net import large_receive_buffer
-from vpnaaa.pki import load_server_identity
+from vpnaaa.pki import PkiError, load_server_identity
 from vpnaaa.pool import AddressPool
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.client import RadiusRelay
@@ -276,6 +282,7 @@ class VpnaaaService(service.MultiService):
         count = self.users.load()
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
         self.keylog = KeyLog(config.debug.keylog_dir, owners)
+        self.deny = DenyList(config.state_dir / DENY_FILE)  # `vpnaaa deny`; EAP-TLS reads it
         self.host: HostAddressService | None = None
         ike = config.ike.enabled is not False
         if (config.dae.enabled and ike and not config.dae.nas_addresses) or (
@@ -287,7 +294,7 @@ class VpnaaaService(service.MultiService):
         self.eap: EapEngine | None = None
         if config.eap.enabled and config.radius.enabled:
             self.eap = build_eap_engine(
-                config.eap, config.eap.methods, self.users, reactor, self.keylog
+                config.eap, config.eap.methods, self.users, reactor, self.keylog, self.deny
             )
             self._expire_regularly(self.eap)
         self.radius: RadiusService | None = None
@@ -346,7 +353,12 @@ class VpnaaaService(service.MultiService):
             engine = engines.get(profile.eap_methods)
             if engine is None:
                 engine = build_eap_engine(
-                    config.eap, profile.eap_methods, self.users, self.reactor, self.keylog
+                    config.eap,
+                    profile.eap_methods,
+                    self.users,
+                    self.reactor,
+                    self.keylog,
+                    self.deny,
                 )
                 engines[profile.eap_methods] = engine
                 self._expire_regularly(engine)
@@ -484,9 +496,13 @@ class VpnaaaService(service.MultiService):
         signal.signal(signal.SIGHUP, on_hup)
 
 
-# What decides on an EAP-TLS client certificate once OpenSSL has validated its chain: for
-# now only the clientAuth EKU (vpnaaa/certs brings revocation, deny list, identity rules).
-CERTIFICATE_CHECK: ClientCertificateCheck = ClientAuthUsageOnly()
+@functools.cache
+def client_anchors(path: Path) -> tuple[x509.Certificate, ...]:
+    """The EAP-TLS trust anchors (``[eap.tls] client_ca``), read once."""
+    try:
+        return load_anchors([path])
+    except CertificateError as e:
+        raise PkiError(f"[eap.tls] client_ca: {e}") from None
 
 
 @functools.cache
@@ -499,7 +515,7 @@ def tls_context(
     highest = tls.max_version
     if method == "peap":
         highest = min(highest, PEAP_MAX_TLS, key=TLS_VERSIONS.index)
-    anchors = load_client_ca(tls.client_ca) if method == "tls" else []
+    anchors = list(client_anchors(tls.client_ca)) if method == "tls" else []
     log.info(
         "EAP-{method} server certificate: {subject}, TLS {low} to {high}{clients}",
         method=method.upper(),
@@ -518,8 +534,10 @@ def build_eap_engine(
     users: UserStore,
     reactor: Any,
     keylog: KeyLog | None = None,
+    deny: DenyList | None = None,
 ) -> EapEngine:
-    """An EAP engine offering the methods ``names``, in that order."""
+    """An EAP engine offering the methods ``names``, in that order; ``deny``: the
+    certificate serials EAP-TLS refuses (needed when it is offered)."""
 
     def mschapv2(source: str | None) -> MsChapV2:
         return MsChapV2(users, config.server_name, source)
@@ -537,9 +555,11 @@ def build_eap_engine(
         factories["peap"] = (Type.PEAP, peap)
     if "tls" in names:
         eap_tls_context = tls_context(tls, "tls", owners, keylog)
+        assert deny is not None
+        check = CertificateCheck(ClientVerifier(client_anchors(tls.client_ca)), deny, time.time)
 
         def eap_tls(source: str | None) -> EapTls:
-            return EapTls(eap_tls_context, CERTIFICATE_CHECK, tls.fragment_size)
+            return EapTls(eap_tls_context, check, tls.fragment_size)
 
         factories["tls"] = (Type.TLS, eap_tls)
     methods = [factories[name] for name in names]

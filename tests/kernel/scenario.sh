@@ -792,9 +792,9 @@ liveness_and_expiry() {
     probed() { [ "$(charon_count dpd "$PROBE_ANSWER")" -gt "$answers" ]; }
     check "liveness: the idle tunnel is probed and charon answers" \
         "no new '$PROBE_ANSWER' in dpd/charon.log" wait_until $((2 * LC_DPD + 20)) probed
-    answered() { vpnaaa_log | grep -qE "$CLIENT_PLAIN:[0-9]+ .*liveness #[0-9]+ answered"; }
+    probe_logged() { vpnaaa_log | grep -qE "$CLIENT_PLAIN:[0-9]+ .*liveness #[0-9]+ answered"; }
     check "liveness: vpnaaa logs the answer" "no 'liveness #N answered' for $CLIENT_PLAIN" \
-        wait_until 15 answered
+        wait_until 15 probe_logged
 
     # silenced: nothing from the client reaches the gateway (no DELETE either)
     say "liveness: silencing the client (nftables in vk-cl: drop everything to $GW_PLAIN)"

@@ -28,7 +28,7 @@ from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET
 
 from vpnaaa import sessions
-from vpnaaa.certs import DENY_FILE, DenyList, parse_serial, serial_hex
+from vpnaaa.certs import DenyList, parse_serial, serial_hex
 from vpnaaa.config import AdminConfig
 from vpnaaa.keylog import KeyLogError
 
@@ -217,7 +217,7 @@ def admin_services(daemon: Any, config: AdminConfig) -> list[service.Service]:
     root.putChild(b"metrics", MetricsResource(daemon.metrics.registry))
     root.putChild(b"disconnect", _Disconnect(daemon))
     root.putChild(b"keylog", _KeyLog(daemon))
-    root.putChild(b"deny", _Deny(DenyList(daemon.config.state_dir / DENY_FILE)))
+    root.putChild(b"deny", _Deny(daemon.deny))
     found: list[service.Service] = []
     if config.socket is not None:
         unix = internet.UNIXServer(

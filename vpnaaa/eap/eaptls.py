@@ -26,81 +26,27 @@ certificate's subject and serial: the front end's one log line for the refusal.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
+from vpnaaa.certs.verify import CertificateRejected
 from vpnaaa.eap.method import Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.tls import Framing, TlsServer, eap_tls_keys
-from vpnaaa.pki import PkiError
 
 PROTECTED_SUCCESS = b"\x00"  # RFC 9190 §2.5: the server's last application data
 
 
-class CertificateRejected(Exception):
-    """A :class:`ClientCertificateCheck` refuses the certificate; the message is the
-    reason logged (no secrets: certificates are public)."""
-
-
 class ClientCertificateCheck(Protocol):
-    """What decides on a client certificate after OpenSSL has validated its chain."""
+    """What decides on a client certificate after OpenSSL has validated its chain (the
+    daemon's: :class:`vpnaaa.certs.check.CertificateCheck`)."""
 
     def check(self, chain: Sequence[x509.Certificate]) -> str:
         """The identity ``chain`` (the client's certificate first, its trust anchor last)
         authenticates; raises :class:`CertificateRejected` with the reason."""
         ...
-
-
-def certificate_identity(certificate: x509.Certificate) -> str:
-    """The name a certificate gives its holder: its first subjectAltName e-mail address
-    (RFC 5280 §4.2.1.6 rfc822Name), else DNS name (a machine), else its subject's
-    commonName, else the whole subject DN (RFC 4514)."""
-    try:
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        names = None
-    if names is not None:
-        for kind in (x509.RFC822Name, x509.DNSName):
-            found = names.get_values_for_type(kind)
-            if found:
-                return found[0]
-    common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if common:
-        value = common[0].value
-        return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return certificate.subject.rfc4514_string()
-
-
-class ClientAuthUsageOnly:
-    """The minimal check: only that a certificate carrying an extendedKeyUsage lists
-    clientAuth (RFC 5280 §4.2.1.12; one without the extension passes), and the identity
-    from :func:`certificate_identity`. No revocation, no deny list, no identity rules:
-    the full checker (vpnaaa/certs) replaces it."""
-
-    def check(self, chain: Sequence[x509.Certificate]) -> str:
-        leaf = chain[0]
-        try:
-            usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
-            return certificate_identity(leaf)
-        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-            raise CertificateRejected("its extendedKeyUsage does not include clientAuth")
-        return certificate_identity(leaf)
-
-
-def load_client_ca(path: Path) -> list[x509.Certificate]:
-    """The trust anchors in a PEM file (``[eap.tls] client_ca``)."""
-    try:
-        anchors = x509.load_pem_x509_certificates(path.read_bytes())
-    except OSError as e:
-        raise PkiError(f"{path}: {e.strerror}") from None
-    except ValueError as e:
-        raise PkiError(f"{path}: no PEM certificates: {e}") from None
-    return anchors
 
 
 def describe(certificate: x509.Certificate) -> str:
