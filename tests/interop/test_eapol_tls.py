@@ -29,6 +29,7 @@ from tests.interop.test_eapol import (
 )
 from tests.support import state_dir, test_pki
 from vpnaaa import pki
+from vpnaaa.certs import DENY_FILE, DenyList, serial_hex
 from vpnaaa.eap.authenticator import Success
 
 OPENSSL = shutil.which("openssl")
@@ -171,4 +172,21 @@ class EapTlsTests(EapolTestCase):
                 line,
             )
         run = yield self.eap_tls(self.carol, TLS13)  # the daemon is unharmed
+        self.assertSucceeded(run, user="carol@example.test")
+
+    @defer.inlineCallbacks
+    def test_denied_serial(self):
+        """`vpnaaa deny SERIAL` (the deny list file in the state directory, written here as
+        the admin API writes it): the next EAP-TLS with that certificate gets Access-Reject
+        and one log line naming the serial; lifted, it authenticates again."""
+        listed = DenyList(self.state / DENY_FILE)
+        number = serial(self.carol)
+        self.assertTrue(listed.add(number))
+        run = yield self.eap_tls(self.carol, TLS13)
+        self.assertRejected(run)
+        self.assertIn(EAP_FAILURE, run.output)
+        (line,) = self.logged("Access-Reject")
+        self.assertIn(f"serial {serial_hex(number)} is on the deny list", line)
+        self.assertTrue(listed.remove(number))
+        run = yield self.eap_tls(self.carol, TLS12)
         self.assertSucceeded(run, user="carol@example.test")
