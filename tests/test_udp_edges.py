@@ -5,9 +5,9 @@ of zero is inserted") is delivered by Linux, and sendto(2) to port 0 fails with 
 a spoofed broadcast source or a prohibited route fail the same way (EACCES,
 EHOSTUNREACH). Twisted's Port.write raises those, and an exception out of
 datagramReceived is a traceback per datagram in the log. Each edge must drop such an
-answer with one throttled line instead. The datagrams are sent from a raw socket
-(root), from source port 0, on loopback. (The IKE edge already turns the error into its
-throttled internal-error line and removes the half-open SA.)
+answer with one throttled line instead (IKE: not an "internal error", which an unauthenticated
+sender could raise at will in the log and the drop counts). The datagrams are sent from a
+raw socket (root), from source port 0, on loopback.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from pyrad import packet as pyrad
 from twisted.internet import reactor, task
 from twisted.trial import unittest
 
-from tests.ike_peer import Gateway
+from tests.ike_peer import Gateway, Initiator
 from tests.support import log_lines, state_dir
 from vpnaaa.config import RadiusClient
+from vpnaaa.ike.protocol import IkePort
 from vpnaaa.radius import wire
 from vpnaaa.radius.accounting import AccountingLog
 from vpnaaa.radius.dae import DaeProtocol, DynamicAuthorization, NasIdentity
@@ -62,6 +63,17 @@ class UnanswerableSourceTests(unittest.TestCase):
 
     def dropped(self, words: str) -> list[str]:
         return [line for line in self.lines if words in line]
+
+    async def test_ike(self):
+        """An IKE_SA_INIT needs no authentication: anyone can make the responder answer."""
+        gateway = Gateway()
+        port = self.listen(IkePort(gateway.responder, 500, False))
+        request = Initiator(Gateway())
+        request.sa_init()
+        await self.twice_from_port_zero(request.init_request, port)
+        self.assertEqual(len(self.dropped("not sent to 127.0.0.1:0")), 1, self.lines)
+        self.assertEqual(self.dropped("internal error"), [])
+        self.assertEqual(gateway.responder.drop_counts["unsendable"], 2)
 
     async def test_dae(self):
         """A captured Disconnect-Request replayed from port 0 gets the remembered answer."""
