@@ -31,6 +31,7 @@ from vpnaaa import sessions
 from vpnaaa.certs import DenyList, parse_serial, serial_hex
 from vpnaaa.config import AdminConfig
 from vpnaaa.keylog import KeyLogError
+from vpnaaa.radius.dae import same_account
 
 
 class _Sessions(resource.Resource):
@@ -71,7 +72,9 @@ class _Sessions(resource.Resource):
 class _Disconnect(resource.Resource):
     """POST /disconnect?who=USER-OR-SESSION-ID: end those sessions (Admin-Reset): each
     client gets a DELETE (RFC 7296 §1.4.1). A session id is 16 hex digits (Acct-Session-Id);
-    anything else names a user, in any case, with or without a DOMAIN\\ prefix."""
+    anything else names a user, in any case: a bare name that user in every domain, a
+    DOMAIN\\user only that account where the session's name has a domain (an AAA
+    server's CORPA\\bob is not CORPB\\bob, as a Disconnect-Request's User-Name matches)."""
 
     isLeaf = True
 
@@ -88,7 +91,12 @@ class _Disconnect(resource.Resource):
             return b"name a user or a session id (who=...)\n" if who else b"no IKE service\n"
         responder = ike.responder
         found = responder.find(session_id=who) if _SESSION_ID.fullmatch(who) else []
-        found = found or responder.find(user=who)
+        if not found:
+            found = responder.find(user=who)
+            if "\\" in who:
+                found = [
+                    sa for sa in found if "\\" not in sa.identity or same_account(who, sa.identity)
+                ]
         if not found:
             request.setResponseCode(404)
             return f"no live session of {who}\n".encode()

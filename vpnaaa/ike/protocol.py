@@ -1008,7 +1008,16 @@ class IkePort(DatagramProtocol):
     def send(self, datagram: bytes, remote: Endpoint) -> None:
         if self.nat_t:
             datagram = NON_ESP_MARKER + datagram
-        self.transport.write(datagram, (remote.host, remote.port))
+        try:
+            self.transport.write(datagram, (remote.host, remote.port))
+        except OSError as e:  # a source no answer reaches (port 0, broadcast): RFC 768
+            self.responder._drop(
+                "unsendable",
+                "IKE message not sent to {host}:{port}: {error}",
+                host=remote.host,
+                port=remote.port,
+                error=e,
+            )
 
 
 def _since(sa: IkeSa) -> float:

@@ -671,5 +671,16 @@ class DaeProtocol(DatagramProtocol):
         except Exception:
             log.failure("internal error answering DAE packet from {host}; dropped", host=host)
             return
-        if reply is not None:
+        if reply is None:
+            return
+        try:
             self.transport.write(reply, addr)
+        except OSError as e:  # a source no answer reaches (port 0, broadcast): RFC 768
+            self.core.throttle.emit(
+                "send",
+                LogLevel.warn,
+                "DAE answer not sent to {host}:{port}: {error}",
+                host=host,
+                port=addr[1],
+                error=e,
+            )

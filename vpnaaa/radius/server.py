@@ -366,7 +366,9 @@ class RadiusProtocol(DatagramProtocol):
 
     def _write(self, data: bytes, addr: Address) -> None:
         """Send through the socket directly: Twisted's Port.write re-validates the address
-        three times per datagram, a tenth of a PAP request's CPU. Errors take its path."""
+        three times per datagram, a tenth of a PAP request's CPU. Errors take its path;
+        one it raises (a source no answer reaches: port 0, a broadcast address) is a
+        throttled line, never a traceback."""
         sock = getattr(self.transport, "socket", None)
         if sock is not None:
             try:
@@ -374,7 +376,17 @@ class RadiusProtocol(DatagramProtocol):
                 return
             except OSError:
                 pass
-        self.transport.write(data, addr)
+        try:
+            self.transport.write(data, addr)
+        except OSError as e:  # a source no answer reaches (port 0, broadcast): RFC 768
+            self._drop_log.emit(
+                "send",
+                LogLevel.warn,
+                "response not sent to {host}:{port}: {error}",
+                host=addr[0],
+                port=addr[1],
+                error=e,
+            )
 
     def _failed(
         self,
