@@ -108,6 +108,7 @@ class CertificateAuthTests(CharonTestCase):
         return client_certificate(self.certs, self.state / "ca", name, key, ext)
 
     def start(self, extra: str = "") -> None:
+        """vpnaaa with a certificate profile; ``extra``: more keys of it."""
         self.start_gateway(
             'auth = "certificate"\nclient_ca = ["ca/ca.pem"]\ncrl_files = ["ca/crl.pem"]\n' + extra
         )

@@ -92,11 +92,13 @@ def revocation_checked(sa: IkeSa, result: RevocationResult) -> Effects:
         return ike_auth.fail(sa, header, f"certificate {described}: {refusal}")
     sa.certificate = verified
     log.info(
-        "{sa}: certificate {subject} serial {serial} ({key}) accepted for {user}: {said}",
+        "{sa}: certificate {subject} serial {serial} ({key}, AUTH {scheme}) accepted for "
+        "{user}: {said}",
         sa=sa.name,
         subject=verified.subject,
         serial=verified.serial,
         key=verified.key_type,
+        scheme=auth.scheme,
         user=logs.quoted(sa.identity),
         said=result.reason,
     )
@@ -135,9 +137,12 @@ def _check(sa: IkeSa, inner: Message, idi: Identification) -> VerifiedCertificat
         crypto.prf, exchange.request, exchange.nr, crypto.keys.sk_pi, idi.encode()
     )
     try:
-        signatures.verify(verified.certificate.public_key(), auth.method, auth.data, octets)
+        scheme = signatures.verify(
+            verified.certificate.public_key(), auth.method, auth.data, octets
+        )
     except signatures.SignatureRejected as e:
         raise Refusal(str(e)) from None
+    sa.auth.scheme = scheme
     return verified
 
 

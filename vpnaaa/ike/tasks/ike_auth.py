@@ -73,6 +73,7 @@ class IkeAuth:
     method: int | None = None  # how we signed our AUTH
     pending: Header | None = None  # the request an EAP step or the revocation check answers
     verified: VerifiedCertificate | None = None  # the client's, while revocation is checked
+    scheme: str = ""  # the signature scheme of the client's AUTH, with a certificate
 
 
 def first(sa: IkeSa, header: Header, inner: Message) -> Effects:
