@@ -17,10 +17,12 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.web import client as client_agent
 
+from tests.certs_openssl import OCSP_SIGNER, USER, OpensslCa
 from tests.interop import charon
 from tests.interop.test_ike_charon import CharonTestCase, assert_established
 from tests.support import log_lines
 from tests.test_admin import UnixEndpoints
+from tests.test_certs_revocation import _listen, _OcspResponder
 from vpnaaa import pki
 from vpnaaa.certs import serial_hex
 
@@ -93,7 +95,9 @@ class PubkeyInitiator(charon.Initiator):
         }
 
 
-class CertificateAuthTests(CharonTestCase):
+class CertificateCase(CharonTestCase):
+    """charon with a client certificate against a certificate profile (helpers)."""
+
     def setUp(self) -> Any:
         d = super().setUp()
 
@@ -159,6 +163,8 @@ class CertificateAuthTests(CharonTestCase):
         self.assertEqual(sa.certificate.subject, f"CN={cert.stem}")
         return client, sa
 
+
+class CertificateAuthTests(CertificateCase):
     @defer.inlineCallbacks
     def test_rsa_device_certificate(self) -> Generator[defer.Deferred[Any], Any, None]:
         """A machine certificate (FQDN, clientAuth + IKE intermediate), RSA-2048, IDi an
@@ -255,3 +261,37 @@ class CertificateAuthTests(CharonTestCase):
         self.assertFalse(result.ok, result.output)
         (line,) = self.refusals()
         self.assertIn("deny list", line)
+
+
+class OcspTests(CertificateCase):
+    """``ocsp_url`` with ``revocation = "hard"``: `openssl ocsp -index` answers (through
+    HTTP on loopback) for the client CA's certificates."""
+
+    def setUp(self) -> Any:
+        d = super().setUp()
+
+        def ca(_: object) -> None:
+            self.client_ca = OpensslCa(self.state / "clientca", "Client CA", key="rsa")
+            signer = self.client_ca.issue("responder", OCSP_SIGNER)
+            port = _listen(self, _OcspResponder(self.client_ca, signer))
+            self.ocsp = f"http://127.0.0.1:{port}/"
+            self.start_gateway(
+                'auth = "certificate"\nclient_ca = ["clientca/ca.pem"]\nrevocation = "hard"\n'
+                f'ocsp_url = "{self.ocsp}"\n'
+            )
+
+        return d.addCallback(ca)
+
+    @defer.inlineCallbacks
+    def test_good_and_revoked(self) -> Generator[defer.Deferred[Any], Any, None]:
+        ext = USER + "subjectAltName = DNS:{}\n"
+        good = self.client_ca.issue("good", ext.format("good.example.test"), key="rsa")
+        client, _ = yield self.assert_connects(good.cert, "good.example.test")
+        (accepted,) = [line for line in self.log if "accepted for" in line]
+        self.assertIn(f"OCSP {self.ocsp}: good", accepted)
+        yield client.terminate()
+        yield client.stop()
+        bad = self.client_ca.issue("bad", ext.format("bad.example.test"), key="rsa")
+        self.client_ca.revoke(bad)
+        said = f"reason key_compromise (OCSP {self.ocsp})"
+        yield self.assert_refused(bad.cert, "bad.example.test", said)
