@@ -42,13 +42,13 @@ class DenyCommand(unittest.TestCase):
     def test_deny_list_allow(self) -> Generator[defer.Deferred[Any], Any, None]:
         output, code = yield self.cli("ab:cd:01")
         self.assertEqual(code, 0, output)
-        self.assertEqual(output, "serial ABCD01 denied; live sessions are not ended yet")
+        self.assertEqual(output, "serial ABCD01 denied; 0 live session(s) ended")
         path = self.state / DENY_FILE
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
         self.assertTrue(DenyList(path).denied(0xABCD01))  # what the IKE side will read
         self.assertEqual(
             (yield self.cli("0xABCD01")),
-            ("serial ABCD01 was already denied; live sessions are not ended yet", 0),
+            ("serial ABCD01 was already denied; 0 live session(s) ended", 0),
         )
         yield self.cli("FF")
         self.assertEqual((yield self.cli()), ("FF\nABCD01", 0))

@@ -510,7 +510,7 @@ def parser() -> argparse.ArgumentParser:
     denied = sub.add_parser(
         "deny",
         help="refuse a client certificate by serial from the next authentication on "
-        "(the daemon's deny list; sessions already up are not ended yet)",
+        "(the daemon's deny list) and end the live IKE sessions authenticated with it",
     )
     denied.add_argument("serial", nargs="?", help="hex, as `openssl x509 -serial` shows it")
     denied.add_argument("--remove", action="store_true", help="allow the serial again")

@@ -180,6 +180,14 @@ class ProfileConfig:
     acct_interim_interval: int = 0  # seconds between Interim-Updates; 0: none
     # where a Framed-IP-Address outside the pools may come from (RFC 2865 §5.8)
     framed_networks: tuple[ipaddress.IPv4Network, ...] = ()
+    auth: Literal["eap", "certificate"] = "eap"  # how clients authenticate in IKE_AUTH
+    # auth = "certificate": trust anchors (PEM), CRL files, OCSP responder, failure policy
+    client_ca: tuple[Path, ...] = ()
+    crl_files: tuple[Path, ...] = ()
+    crl_distribution_points: bool = False  # fetch the CRLs certificates point to (HTTP)
+    ocsp_url: str | None = None
+    revocation: Literal["soft", "hard"] = "soft"  # when no source can answer
+    revocation_timeout: float = 5.0  # seconds per OCSP or CRL download
 
 
 @dataclass(frozen=True)
@@ -758,7 +766,7 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
     if legacy:
         ike_names += LEGACY_WINDOWS7
         esp_names += LEGACY_WINDOWS7
-    default = _profile(section, "default", frozenset())
+    default = _profile(section, "default", frozenset(), state_dir)
     raw_profiles = section.table.pop("profiles", [])
     if not isinstance(raw_profiles, list):
         raise section.error("profiles", "must be an array of tables ([[ike.profiles]])")
@@ -767,11 +775,11 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
         sub = _Section(section.source, f"{section.key('profiles')}[{i}]", table)
         name = sub.get("name", str, f"profile{i + 1}")
         matches = frozenset(str(m).lower() for m in sub.get("match", list, []))
-        if not matches:
+        if not matches and sub.table.get("auth") != "certificate":
             raise sub.error("match", "list the IDr names or local addresses that select it")
         if any(p.name == name for p in profiles):
             raise sub.error("name", f"{name!r} is taken: profile names key the lease file")
-        profiles.append(_profile(sub, name, matches))
+        profiles.append(_profile(sub, name, matches, state_dir))
         sub.finish()
     chain = section.get("chain", str, "")
     lease_file = section.get("lease_file", str, "leases.sqlite")
@@ -809,7 +817,9 @@ def _ike(section: _Section, state_dir: Path, tls: TlsConfig, config_path: Path |
     return config
 
 
-def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileConfig:
+def _profile(
+    section: _Section, name: str, matches: frozenset[str], state_dir: Path
+) -> ProfileConfig:
     pool = section.get("pool", str, "10.99.0.0/24")
     try:
         network = ipaddress.IPv4Network(pool)
@@ -839,7 +849,40 @@ def _profile(section: _Section, name: str, matches: frozenset[str]) -> ProfileCo
         rekey=rekey,
         acct_interim_interval=section.get_int("acct_interim_interval", 0, 0, 2**31 - 1),
         framed_networks=_networks(section, "framed_networks"),
+        **_certificate_auth(section, state_dir),
     )
+
+
+def _certificate_auth(section: _Section, state_dir: Path) -> dict[str, Any]:
+    """``auth`` and, with ``auth = "certificate"``, what checks client certificates."""
+    auth = section.get("auth", str, "eap")
+    if auth not in ("eap", "certificate"):
+        raise section.error("auth", f'{auth!r}: use "eap" or "certificate"')
+    keys = ("client_ca", "crl_files", "crl_distribution_points", "ocsp_url", "revocation")
+    keys += ("revocation_timeout",)
+    if auth == "eap":
+        for key in keys:
+            if key in section.table:
+                raise section.error(key, 'only for auth = "certificate" (EAP-TLS: [eap.tls])')
+        return {"auth": auth}
+    client_ca = tuple(state_dir / str(p) for p in section.get("client_ca", list, []))
+    if not client_ca:
+        raise section.error("client_ca", 'auth = "certificate" needs the CA files to trust')
+    ocsp_url = section.get("ocsp_url", str, "")
+    if ocsp_url and not ocsp_url.startswith(("http://", "https://")):
+        raise section.error("ocsp_url", f"{ocsp_url!r} is not an http:// or https:// URL")
+    revocation = section.get("revocation", str, "soft")
+    if revocation not in ("soft", "hard"):
+        raise section.error("revocation", f'{revocation!r}: use "soft" or "hard"')
+    return {
+        "auth": auth,
+        "client_ca": client_ca,
+        "crl_files": tuple(state_dir / str(p) for p in section.get("crl_files", list, [])),
+        "crl_distribution_points": section.get("crl_distribution_points", bool, False),
+        "ocsp_url": ocsp_url or None,
+        "revocation": revocation,
+        "revocation_timeout": section.get_float("revocation_timeout", 5.0, 0.5, 60.0),
+    }
 
 
 def _networks(section: _Section, name: str) -> tuple[ipaddress.IPv4Network, ...]:
@@ -940,7 +983,9 @@ def _tls_version(section: _Section, name: str, default: str) -> str:
 def _peap_versions(tls: _Section, eap: EapConfig, ike: IkeConfig) -> None:
     """PEAP speaks TLS 1.2 at most here: a ``min_version`` above that leaves it none."""
     profiles = ike.profiles if ike.enabled is not False else ()
-    uses_peap = "peap" in eap.methods or any("peap" in p.eap_methods for p in profiles)
+    uses_peap = "peap" in eap.methods or any(
+        "peap" in p.eap_methods for p in profiles if p.auth == "eap"
+    )
     if uses_peap and TLS_VERSIONS.index(eap.tls.min_version) > TLS_VERSIONS.index(PEAP_MAX_TLS):
         raise tls.error(
             "min_version",

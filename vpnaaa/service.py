@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from OpenSSL import SSL
 from twisted.application import internet, service
 from twisted.internet import defer
@@ -23,7 +25,17 @@ from twisted.python.failure import Failure
 
 from vpnaaa import auth, logs, private, privileges
 from vpnaaa.admin import admin_services
-from vpnaaa.certs import DENY_FILE, CertificateError, ClientVerifier, DenyList
+from vpnaaa.certs import (
+    DENY_FILE,
+    CertificateError,
+    ClientVerifier,
+    CrlDistributionPoints,
+    CrlFile,
+    DenyList,
+    HttpFetcher,
+    OcspClient,
+    RevocationChecker,
+)
 from vpnaaa.certs.check import CertificateCheck
 from vpnaaa.certs.verify import load_anchors
 from vpnaaa.config import (
@@ -43,6 +55,7 @@ from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.peap import Peap
 from vpnaaa.eap.tls import server_context
+from vpnaaa.ike.common import CertificateAuth
 from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.proposal import Policy
 from vpnaaa.ike.protocol import IkePort, Limits, Responder, Timing
@@ -305,7 +318,9 @@ class VpnaaaService(service.MultiService):
         if config.ike.enabled is not False:
             owners = private.trusted_owners(config.daemon.user)
             local = self.host.local if self.host is not None else None
-            self.ike = IkeService(config.ike, self._ike_profiles(config), reactor, owners, local)
+            self.ike = IkeService(
+                config.ike, self._ike_profiles(config), reactor, owners, local, self.deny
+            )
             self.ike.responder.keylog = self.keylog
             self.ike.setServiceParent(self)
         self.accounting: AccountingService | None = None  # of the IKE sessions
@@ -324,9 +339,12 @@ class VpnaaaService(service.MultiService):
             for admin in admin_services(self, config.admin):
                 admin.setServiceParent(self)
 
-    def _ike_profiles(self, config: Config) -> list[tuple[ProfileConfig, EapEngine | RadiusRelay]]:
+    def _ike_profiles(
+        self, config: Config
+    ) -> list[tuple[ProfileConfig, EapEngine | RadiusRelay | None]]:
         """Each connection profile with its EAP backend: one local engine per method list,
-        one relay to ``[ike.radius]`` shared by the profiles that use it."""
+        one relay to ``[ike.radius]`` shared by the profiles that use it; none for
+        ``auth = "certificate"``."""
         relay: RadiusRelay | None = None
         if config.ike.relay is not None:
             server = config.ike.relay
@@ -344,8 +362,11 @@ class VpnaaaService(service.MultiService):
             )
             self._expire_regularly(relay)
         engines: dict[tuple[str, ...], EapEngine] = {}
-        chosen: list[tuple[ProfileConfig, EapEngine | RadiusRelay]] = []
+        chosen: list[tuple[ProfileConfig, EapEngine | RadiusRelay | None]] = []
         for profile in config.ike.profiles:
+            if profile.auth == "certificate":
+                chosen.append((profile, None))
+                continue
             if profile.backend == "radius":
                 assert relay is not None
                 chosen.append((profile, relay))
@@ -475,6 +496,8 @@ class VpnaaaService(service.MultiService):
             self.radius.accounting.reopen()
         if self.accounting is not None:
             self.accounting.reopen()
+        for crl_file in self.ike.crl_files if self.ike is not None else ():
+            crl_file.reload()
         before = {user.name: user for user in self.users}
         try:
             count = self.users.load()
@@ -585,6 +608,16 @@ REQID_BASE = 0x76700000  # vpnaaa's reqid range; stale SAs/policies in it are ou
 REQIDS = range(REQID_BASE, REQID_BASE + 0x100000)
 
 
+def certificate_request(anchors: Iterable[x509.Certificate]) -> bytes:
+    """CERTREQ data for X.509 (RFC 7296 §3.7): the SHA-1 hash of each trust anchor's
+    SubjectPublicKeyInfo, concatenated, each once."""
+    spkis = dict.fromkeys(
+        a.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        for a in anchors
+    )
+    return b"".join(hashlib.sha1(spki).digest() for spki in spkis)
+
+
 class IkeService(service.Service):
     """The IKEv2 responder on UDP 500 and 4500, and where its CHILD_SAs go."""
 
@@ -593,16 +626,22 @@ class IkeService(service.Service):
     def __init__(
         self,
         config: IkeConfig,
-        profiles: list[tuple[ProfileConfig, EapEngine | RadiusRelay]],
+        profiles: list[tuple[ProfileConfig, EapEngine | RadiusRelay | None]],
         reactor: Any,
         owners: frozenset[int] = frozenset(),
         local: Callable[[IPv4Address], bool] | None = None,
+        deny: DenyList | None = None,
     ) -> None:
         """``owners``: who may own the key file besides root (the daemon user);
-        ``local``: whether an address is this host's (needed with ``framed_networks``)."""
+        ``local``: whether an address is this host's (needed with ``framed_networks``);
+        ``deny``: the daemon's deny list, which certificate profiles consult."""
         self.config = config
         self.reactor = reactor
         identity = load_server_identity(config.key, config.certificate, config.chain, owners)
+        self.crl_files: list[CrlFile] = []  # of the certificate profiles (SIGHUP rereads)
+        certificates = {
+            p.name: self._certificate_auth(p, deny) for p, _ in profiles if p.auth == "certificate"
+        }
         reqids = itertools.count(REQID_BASE)
         self.leases = SqliteLeases(config.lease_file or ":memory:")  # opened at start
         context = ResponderContext(
@@ -630,12 +669,17 @@ class IkeService(service.Service):
                     p.max_sessions_per_user,
                     p.session_limit,
                     p.rekey,
+                    p.auth,
+                    certificates.get(p.name),
                 )
                 for p, eap in profiles
             ),
             child_lifetime=config.child_lifetime,
             fragment_size=config.fragment_size,
             next_reqid=lambda: next(reqids),
+            certificate_authorities=certificate_request(
+                a for c in certificates.values() for a in c.verifier.anchors
+            ),
         )
         limits = Limits(
             config.cookie_threshold,
@@ -657,6 +701,34 @@ class IkeService(service.Service):
         self.sockets: list[socket.socket] | None = None  # bound, not read yet; None: not opened
         self.ports: list[IListeningPort] = []
         self.started: defer.Deferred[None] | None = None
+
+    def _certificate_auth(self, profile: ProfileConfig, deny: DenyList | None) -> CertificateAuth:
+        """The trust anchors and revocation policy of an ``auth = "certificate"`` profile.
+        Blocks (reads the CA and CRL files)."""
+        try:
+            verifier = ClientVerifier.from_files(profile.client_ca)
+        except CertificateError as e:
+            raise PkiError(f"[ike] profile {profile.name}: client_ca: {e}") from None
+        crl_files = [CrlFile(path) for path in profile.crl_files]
+        self.crl_files += crl_files
+        fetcher = None
+        if profile.ocsp_url or profile.crl_distribution_points:
+            fetcher = HttpFetcher(self.reactor, profile.revocation_timeout)
+        revocation = RevocationChecker(
+            self.reactor,
+            crl_files=crl_files,
+            deny=deny,
+            crl_distribution_points=(
+                CrlDistributionPoints(fetcher)
+                if fetcher is not None and profile.crl_distribution_points
+                else None
+            ),
+            ocsp=OcspClient(profile.ocsp_url, fetcher)
+            if fetcher is not None and profile.ocsp_url
+            else None,
+            hard_fail=profile.revocation == "hard",
+        )
+        return CertificateAuth(verifier, revocation)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -734,7 +806,9 @@ class IkeService(service.Service):
         )
         for profile in config.profiles:
             eap = ", ".join(profile.eap_methods)
-            if profile.backend == "radius" and self.relay is not None:
+            if profile.auth == "certificate":
+                eap = f"none: client certificates from {', '.join(map(str, profile.client_ca))}"
+            elif profile.backend == "radius" and self.relay is not None:
                 eap = f"relayed to RADIUS {self.relay.server[0]}:{self.relay.server[1]}"
             log.info(
                 "profile {name}: pool {pool}, EAP {eap}{matches}",

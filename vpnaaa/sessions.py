@@ -66,6 +66,11 @@ async def _session(responder: Responder, sa: IkeSa, now: float) -> dict[str, Any
         },
         "child_sas": children,
         "weak_algorithms": list(sa.weak_algorithms),
+        "certificate": (
+            {"subject": sa.certificate.subject, "serial": sa.certificate.serial}
+            if sa.certificate is not None
+            else None
+        ),
     }
 
 
@@ -95,6 +100,9 @@ def render(sessions: list[dict[str, Any]]) -> str:
             f"NAT-T {s['nat_t']}",
             "  IKE " + "/".join(str(v) for v in s["ike"].values() if v),
         ]
+        if s.get("certificate"):
+            cert = s["certificate"]
+            lines.append(f"  certificate {cert['subject']}, serial {cert['serial']}")
         if s["weak_algorithms"]:
             lines.append("  WEAK algorithms: " + ", ".join(s["weak_algorithms"]))
         for c in s["child_sas"]:

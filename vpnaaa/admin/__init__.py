@@ -5,7 +5,8 @@ GET /sessions.txt  the same for people (`vpnaaa sessions`)
 POST /disconnect  end a user's sessions or one session (`vpnaaa disconnect`)
 GET|POST /keylog   whether keys for Wireshark are logged; ?state=on|off switches (`vpnaaa keylog`)
 GET|POST /deny     the certificate serials refused (vpnaaa.certs.DenyList in the state
-                   directory); ?serial=HEX denies one, &remove=1 allows it again (`vpnaaa deny`)
+                   directory); ?serial=HEX denies one and ends its live IKE sessions,
+                   &remove=1 allows it again (`vpnaaa deny`)
 GET /metrics       Prometheus text format (prometheus-client, vpnaaa.metrics): sessions,
                    IKE exchanges, EAP outcomes, RADIUS requests, pools, traffic, ...
 
@@ -141,15 +142,16 @@ class _KeyLog(resource.Resource):
 
 class _Deny(resource.Resource):
     """GET /deny: the denied serials, one a line. POST /deny?serial=HEX: refuse that
-    certificate serial from the next authentication on (&remove=1: allow it again).
-    Sessions already up with that certificate are not ended yet (that comes with IKE
-    certificate authentication)."""
+    certificate serial from the next authentication on (&remove=1: allow it again), and
+    end the live IKE sessions authenticated with it (Admin-Reset: a DELETE to each client,
+    RFC 7296 §1.4.1)."""
 
     isLeaf = True
 
-    def __init__(self, deny: DenyList) -> None:
+    def __init__(self, daemon: Any) -> None:
         super().__init__()
-        self.deny = deny
+        self.daemon = daemon
+        self.deny: DenyList = daemon.deny
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -173,7 +175,12 @@ class _Deny(resource.Resource):
             request.setResponseCode(500)
             return f"cannot write {self.deny.path}: {e.strerror}\n".encode()
         said = "denied" if done else "was already denied"
-        return f"serial {shown} {said}; live sessions are not ended yet\n".encode()
+        ike = self.daemon.ike
+        found = ike.responder.find(serial=shown) if ike is not None else []
+        for sa in found:
+            ike.responder.disconnect(sa, f"by the administrator (serial {shown} denied)")
+        names = "".join(f", {sa.session_id} ({sa.identity})" for sa in found)
+        return f"serial {shown} {said}; {len(found)} live session(s) ended{names}\n".encode()
 
 
 class _UnixRequest(server.Request):
@@ -225,7 +232,7 @@ def admin_services(daemon: Any, config: AdminConfig) -> list[service.Service]:
     root.putChild(b"metrics", MetricsResource(daemon.metrics.registry))
     root.putChild(b"disconnect", _Disconnect(daemon))
     root.putChild(b"keylog", _KeyLog(daemon))
-    root.putChild(b"deny", _Deny(daemon.deny))
+    root.putChild(b"deny", _Deny(daemon))
     found: list[service.Service] = []
     if config.socket is not None:
         unix = internet.UNIXServer(

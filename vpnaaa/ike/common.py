@@ -14,10 +14,11 @@ import os
 import random
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from vpnaaa import logs, mschap
 from vpnaaa.eap.backend import EapBackend
@@ -34,6 +35,9 @@ from vpnaaa.ike.message import (
 from vpnaaa.kernel.installer import ChildSaSpec
 from vpnaaa.pki import ServerIdentity
 from vpnaaa.pool import AddressPool
+
+if TYPE_CHECKING:
+    from vpnaaa.certs import ClientVerifier, RevocationChecker
 
 log = logs.get("vpnaaa.ike")
 
@@ -55,6 +59,7 @@ class Event(Enum):
     EAP_BEGUN = "our certificate and the first EAP Request sent"
     EAP_SUCCEEDED = "the backend said EAP Success"
     AUTHENTICATED = "the client's AUTH matched the MSK"
+    CERTIFICATE_ACCEPTED = "the client's certificate, IDi, AUTH signature and revocation checked"
     REKEYED_IN = "created by an IKE rekey of an established SA (§1.3.2)"
     CLOSED = "the SA ended"
 
@@ -64,6 +69,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.INIT_DONE, Event.EAP_BEGUN): State.EAP,
     (State.EAP, Event.EAP_SUCCEEDED): State.AUTHENTICATED,
     (State.AUTHENTICATED, Event.AUTHENTICATED): State.ESTABLISHED,
+    (State.INIT_DONE, Event.CERTIFICATE_ACCEPTED): State.ESTABLISHED,
     (State.INIT_DONE, Event.REKEYED_IN): State.ESTABLISHED,
     **{(state, Event.CLOSED): State.CLOSED for state in State},
 }
@@ -106,6 +112,16 @@ class Endpoint:
 
 
 Rekey = Literal["client", "gateway"]
+AuthKind = Literal["eap", "certificate"]
+
+
+@dataclass(frozen=True)
+class CertificateAuth:
+    """How a ``auth = "certificate"`` profile checks clients (RFC 7296 §2.15, RFC 4945):
+    its trust anchors and key usage rules (``verifier``) and its revocation policy."""
+
+    verifier: ClientVerifier
+    revocation: RevocationChecker
 
 
 @dataclass
@@ -128,6 +144,8 @@ class Profile:
     max_sessions_per_user: int = 0  # 0: any number
     session_limit: str = "replace"  # at the limit: "replace" the oldest or "refuse" the new
     rekey: Rekey = "client"  # who rekeys at the soft lifetimes; the gateway deletes at hard
+    auth: AuthKind = "eap"  # how clients authenticate: EAP, or a certificate in IKE_AUTH
+    certificates: CertificateAuth | None = None  # with auth = "certificate"
 
     def admits(self, identity: str) -> bool:
         """Whether the authenticated ``identity`` may use this profile (an ASA's
@@ -165,21 +183,30 @@ class ResponderContext:
     random_bytes: Callable[[int], bytes] = os.urandom  # SPIs and nonces
     jitter: Callable[[], float] = random.random  # in [0, 1): how early lifetimes end
     dh_generate: Callable[[int], tuple[object, bytes]] = _generate  # (private, public)
+    # seconds since the epoch (the edge sets the reactor's): certificate validity
+    clock: Callable[[], float] = time.time
+    # CERTREQ data (§3.7): SHA-1 of the trust anchors' SubjectPublicKeyInfo, concatenated
+    certificate_authorities: bytes = b""
 
     @property
     def pool(self) -> AddressPool:
         """The default profile's pool."""
         return self.profiles[0].pool
 
-    def profile_for(self, requested: Identification | None, local_host: str) -> Profile:
-        """The profile whose ``matches`` name the IDr the client asked for, or the local
-        address it reached; else the default."""
+    def profile_for(
+        self, requested: Identification | None, local_host: str, auth: AuthKind = "eap"
+    ) -> Profile | None:
+        """Among the profiles that authenticate clients by ``auth`` (EAP, or a certificate
+        when IKE_AUTH carries the client's AUTH), the one whose ``matches`` name the IDr
+        the client asked for, or the local address it reached; else the first of them
+        (the default, for EAP); None when no profile uses ``auth``."""
         wanted = {local_host}
         if requested is not None and requested.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
             wanted.add(str(ipaddress.ip_address(requested.data)))
         elif requested is not None and requested.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
             wanted.add(requested.data.decode("utf-8", "replace").lower())
-        return next((p for p in self.profiles[1:] if p.matches & wanted), self.profiles[0])
+        fitting = [p for p in self.profiles if p.auth == auth]
+        return next((p for p in fitting if p.matches & wanted), fitting[0] if fitting else None)
 
     def lifetimes(self, configured: float) -> tuple[float, float]:
         """(soft, hard) seconds of an SA whose lifetime is ``configured``: it is rekeyed

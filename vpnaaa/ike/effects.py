@@ -3,8 +3,9 @@
 The SA core and its tasks (:mod:`vpnaaa.ike.sa`) never do I/O, read a clock or touch the
 kernel. Each step returns :data:`Effects`, which :class:`vpnaaa.ike.protocol.Responder`
 executes in order: datagrams to send, an EAP Response for the backend, a CHILD_SA to
-install or remove, a session that began or ended. Results of the edge's work come back
-through :meth:`IkeSa.eap_result` and :meth:`IkeSa.child_installed`.
+install or remove, a certificate's revocation to check, a session that began or ended.
+Results of the edge's work come back through :meth:`IkeSa.eap_result`,
+:meth:`IkeSa.revocation_checked` and :meth:`IkeSa.child_installed`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vpnaaa.ike.message import Notify
 from vpnaaa.kernel.installer import ChildSaSpec
 
 if TYPE_CHECKING:
+    from vpnaaa.certs import VerifiedCertificate
     from vpnaaa.ike.common import Ending
     from vpnaaa.ike.keys import IkeKeys
     from vpnaaa.ike.proposal import Choice
@@ -89,6 +91,15 @@ class RunEap:
 
     conversation: bytes
     response: bytes
+
+
+@dataclass(frozen=True)
+class CheckRevocation:
+    """Ask the profile's revocation checker about the client's certificate, then call
+    :meth:`IkeSa.revocation_checked` (IKE_AUTH with a certificate; it may go to the
+    network: CRL distribution points, OCSP)."""
+
+    verified: VerifiedCertificate = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -187,6 +198,7 @@ Effect = (
     | Await
     | Answered
     | RunEap
+    | CheckRevocation
     | Install
     | InstallOutbound
     | ChildUp

@@ -28,12 +28,14 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from vpnaaa import logs
+from vpnaaa.certs import RevocationResult
 from vpnaaa.eap.authenticator import Result
 from vpnaaa.ike.common import EndCause, Ending, exchange_name, local_address_towards
 from vpnaaa.ike.const import DhGroup, ExchangeType, HeaderFlag, NotifyType, PayloadType
 from vpnaaa.ike.effects import (
     Answered,
     Await,
+    CheckRevocation,
     ChildUp,
     Closed,
     Drop,
@@ -86,6 +88,9 @@ COOKIE_SECRET_LIFETIME = 60.0  # seconds one COOKIE secret is used (§2.6); then
 # DH groups refused while half-open SAs are above the cookie threshold: each costs the
 # responder over a millisecond of CPU (MODP4096 2.5 ms here) that an attacker picks for us.
 SHUTDOWN = Ending(EndCause.SHUTDOWN, "shutdown")
+# certificate revocation checks (OCSP, CRL distribution points) waited on at once; more
+# IKE_AUTH requests are refused until some finish
+REVOCATION_IN_FLIGHT = 256
 EXPENSIVE_GROUPS = frozenset(
     {DhGroup.MODP3072, DhGroup.MODP4096, DhGroup.MODP6144, DhGroup.MODP8192}
 )
@@ -213,6 +218,8 @@ class Responder:
         self.drop_counts: Counter[str] = Counter()
         context.sessions_of = self.sessions_of
         context.supersede = self._supersede
+        context.clock = clock.seconds  # certificates' validity: the reactor's wall clock
+        self._revocations = 0  # checks in flight
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
         self.drops = logs.Throttle(log, clock.seconds)
@@ -503,6 +510,29 @@ class Responder:
         if self._serving(sa):  # else it expired or was deleted while the backend worked
             self._run(sa, sa.eap_result(*step))
 
+    def _check_revocation(self, sa: IkeSa, effect: CheckRevocation) -> None:
+        """The profile's revocation checker on the client's certificate; at most
+        :data:`REVOCATION_IN_FLIGHT` at once. An SA gone meanwhile (expired half-open,
+        deleted) is not brought back by the answer."""
+        certificates = sa.profile.certificates
+        assert certificates is not None
+        if self._revocations >= REVOCATION_IN_FLIGHT:
+            busy = f"{self._revocations} revocation checks in flight, the limit"
+            self._run(sa, sa.revocation_checked(RevocationResult(False, busy)))
+            return
+        self._revocations += 1
+
+        def finished(result: Any) -> Any:
+            self._revocations -= 1
+            return result
+
+        def answered(result: RevocationResult) -> None:
+            if self._serving(sa):
+                self._run(sa, sa.revocation_checked(result))
+
+        d = certificates.revocation.check(effect.verified)
+        d.addBoth(finished).addCallback(answered).addErrback(self._failed, sa)
+
     def _keyed(self, sa: IkeSa, effect: Keyed) -> None:
         if self.keylog is not None:
             self.keylog.ike_sa(effect)
@@ -741,9 +771,11 @@ class Responder:
         session_id: str | None = None,
         user: str | None = None,
         framed_ip: ipaddress.IPv4Address | None = None,
+        serial: str | None = None,
     ) -> list[IkeSa]:
         """The live sessions that match every key given (as RFC 5176 §3 identifies one):
-        an Acct-Session-Id (any case), a user (any case, no DOMAIN\\ prefix), a virtual IP."""
+        an Acct-Session-Id (any case), a user (any case, no DOMAIN\\ prefix), a virtual IP;
+        ``serial``: the client certificate's (hex, :func:`vpnaaa.certs.serial_hex`)."""
         found = self._sessions(user_key(user) if user is not None else None)
         if user is not None:  # names the EAP method did not vouch for are not in the index
             found += [
@@ -755,6 +787,8 @@ class Responder:
             found = [sa for sa in found if sa.session_id == session_id.upper()]
         if framed_ip is not None:
             found = [sa for sa in found if sa.virtual_ip == framed_ip]
+        if serial is not None:
+            found = [sa for sa in found if sa.certificate and sa.certificate.serial == serial]
         return found
 
     def disconnect(self, sa: IkeSa, by: str = "by the administrator") -> None:
@@ -966,6 +1000,7 @@ _EFFECTS: dict[type, Callable[[Responder, IkeSa, Any], None]] = {
     Await: Responder._await,
     Answered: Responder._answered,
     RunEap: Responder._run_eap,
+    CheckRevocation: Responder._check_revocation,
     Install: Responder._install,
     InstallOutbound: Responder._install_outbound,
     ChildUp: Responder._child_up,

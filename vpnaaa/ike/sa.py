@@ -5,6 +5,8 @@ and close (RFC 7296 §1.2, §2.1-2.4, §2.16, RFC 7383), with one task per excha
                   (:mod:`tasks.ike_init`)
     IKE_AUTH      IDi, [IDr], CP, SAi2, TSi, TSr -> IDr, CERT, AUTH, EAP ... AUTH(MSK) ->
                   AUTH(MSK), CP, SAr2, TSi, TSr   (:mod:`tasks.ike_auth`, EAP by the backend)
+                  or IDi, CERT, AUTH, CP, SAi2, TSi, TSr -> IDr, CERT, AUTH, CP, SAr2, TSi,
+                  TSr   (:mod:`tasks.certificate`, revocation checked by the edge)
     CREATE_CHILD_SA a new or rekeyed CHILD_SA, either side's (:mod:`tasks.child`), or a
                   rekey of the IKE SA itself, either side's (:mod:`tasks.ike_rekey`)
     INFORMATIONAL deletes and liveness checks, either side's (:mod:`tasks.informational`)
@@ -21,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from vpnaaa import logs
 from vpnaaa.authorization import Authorization
@@ -68,8 +71,19 @@ from vpnaaa.ike.message import (
     describe,
     encode_payloads,
 )
-from vpnaaa.ike.tasks import Task, child, ike_auth, ike_init, ike_rekey, informational
+from vpnaaa.ike.tasks import (
+    Task,
+    certificate,
+    child,
+    ike_auth,
+    ike_init,
+    ike_rekey,
+    informational,
+)
 from vpnaaa.kernel.installer import ChildSaSpec
+
+if TYPE_CHECKING:
+    from vpnaaa.certs import RevocationResult, VerifiedCertificate
 
 __all__ = [
     "MAX_RETRANSMISSIONS",
@@ -92,10 +106,19 @@ REMOVED = Ending(EndCause.GONE, "removed")
 
 Responder = Callable[["IkeSa", Header, Message], Effects]
 
+
+def _first_ike_auth(sa: IkeSa, header: Header, inner: Message) -> Effects:
+    """The first IKE_AUTH request: with the client's AUTH it authenticates with its
+    certificate (§2.15, :mod:`tasks.certificate`); without, it asks for EAP (§2.16)."""
+    if inner.get(PayloadType.AUTH) is not None:
+        return certificate.first(sa, header, inner)
+    return ike_auth.first(sa, header, inner)
+
+
 # How a protected request from the peer is answered, by the SA's state and the exchange
 # (§1.2-1.4). Anything else gets INVALID_SYNTAX in the response.
 RESPONDERS: dict[tuple[State, int], Responder] = {
-    (State.INIT_DONE, ExchangeType.IKE_AUTH): ike_auth.first,
+    (State.INIT_DONE, ExchangeType.IKE_AUTH): _first_ike_auth,
     (State.EAP, ExchangeType.IKE_AUTH): ike_auth.eap,
     (State.AUTHENTICATED, ExchangeType.IKE_AUTH): ike_auth.last,
     (State.ESTABLISHED, ExchangeType.CREATE_CHILD_SA): child.create_child_sa,
@@ -165,6 +188,7 @@ class IkeSa:
         # only then may it replace or count against the same user's other sessions
         self.identity_verified = True
         self.authorization = Authorization()  # what the AAA server granted (RADIUS Accept)
+        self.certificate: VerifiedCertificate | None = None  # the client's, if it used one
         self.virtual_ip = None
         self.children: dict[int, Child] = {}  # by our inbound SPI
         self.deleting: dict[int, ChildSaSpec] = {}  # ours deleted, until the peer answers
@@ -351,6 +375,10 @@ class IkeSa:
     def eap_result(self, conversation_id: bytes, result: Result) -> Effects:
         """The backend answered the EAP Response of the pending IKE_AUTH request."""
         return ike_auth.eap_result(self, result)
+
+    def revocation_checked(self, result: RevocationResult) -> Effects:
+        """The revocation verdict on the client's certificate (pending IKE_AUTH)."""
+        return certificate.revocation_checked(self, result)
 
     def child_installed(
         self, spec: ChildSaSpec, error: str | None, transient: bool = False
@@ -546,6 +574,7 @@ class IkeSa:
         self.port = old.port
         self.identity, self.identity_verified = old.identity, old.identity_verified
         self.session_id, self.authorization = old.session_id, old.authorization
+        self.certificate = old.certificate
         self.profile, self.pool = old.profile, old.pool
         self.initial_contact = False
         self.established_at = old.established_at

@@ -1,4 +1,5 @@
-"""IKE_AUTH with EAP, responder side (RFC 7296 §1.2, §2.15, §2.16, §3.15; RFC 7427).
+"""IKE_AUTH with EAP, responder side (RFC 7296 §1.2, §2.15, §2.16, §3.15; RFC 7427);
+with a client certificate instead: :mod:`vpnaaa.ike.tasks.certificate`.
 
     IDi, [IDr], [N(INITIAL_CONTACT)], CP(request), SAi2, TSi, TSr
                         -> IDr, CERT, AUTH(our signature), EAP(Request)
@@ -6,7 +7,8 @@
     AUTH(from the MSK)  -> AUTH(from the MSK), CP(reply), SAr2, TSi, TSr
 
 :class:`IkeAuth` holds this exchange's state; the functions are the core's responders for
-IKE_AUTH in each state, and :func:`eap_result` takes the backend's answer.
+IKE_AUTH in each state, and :func:`eap_result` takes the backend's answer; :func:`our_auth`,
+:func:`admitted` and :func:`establish` serve both ways of authenticating.
 """
 
 from __future__ import annotations
@@ -17,22 +19,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from vpnaaa import logs
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Result, Success
 from vpnaaa.eap.authenticator import Failure as EapFailure
-from vpnaaa.ike import keys
+from vpnaaa.ike import keys, signatures
 from vpnaaa.ike.common import EndCause, Ending, Event, Profile, log, notify, user_key
 from vpnaaa.ike.const import (
     AuthMethod,
     CertEncoding,
     CfgAttribute,
     CfgType,
-    HashAlgorithm,
     IdType,
     NotifyType,
     PayloadType,
@@ -53,13 +52,11 @@ from vpnaaa.pki import ServerIdentity
 from vpnaaa.pool import AddressPool, PoolExhausted
 
 if TYPE_CHECKING:
+    from vpnaaa.certs import VerifiedCertificate
     from vpnaaa.ike.sa import IkeSa
     from vpnaaa.ike.tasks.ike_init import InitExchange
 
 MIN_MSK = 32  # octets; RFC 3748 §7.10 asks 64, the MS-MPPE keys of a RADIUS Accept carry 32
-# RFC 7427 §3: AlgorithmIdentifier DER for the signature schemes we use in AUTH method 14.
-_RSA_SHA256_ALGORITHM = bytes.fromhex("300d06092a864886f70d01010b0500")
-_ECDSA_SHA256_ALGORITHM = bytes.fromhex("300a06082a8648ce3d040302")
 
 
 @dataclass
@@ -74,23 +71,23 @@ class IkeAuth:
     msk: bytes = field(default=b"", repr=False)
     rounds: int = 0  # EAP Responses the client sent
     method: int | None = None  # how we signed our AUTH
-    pending: Header | None = None  # the request an EAP step answers
+    pending: Header | None = None  # the request an EAP step or the revocation check answers
+    verified: VerifiedCertificate | None = None  # the client's, while revocation is checked
+    scheme: str = ""  # the signature scheme of the client's AUTH, with a certificate
 
 
 def first(sa: IkeSa, header: Header, inner: Message) -> Effects:
-    """IKE_AUTH #1: choose the profile, begin EAP, sign (§2.15, §2.16)."""
+    """IKE_AUTH #1 without the client's AUTH: choose the profile, begin EAP, sign
+    (§2.15, §2.16)."""
     idi = inner.get(PayloadType.IDi)
     if not isinstance(idi, Identification):
         return fail(sa, header, "IKE_AUTH without IDi")
-    if inner.get(PayloadType.AUTH) is not None:
-        return fail(
-            sa,
-            header,
-            "the client authenticates with a certificate or PSK; this gateway expects EAP",
-        )
     requested = inner.get(PayloadType.IDr)
     requested = requested if isinstance(requested, Identification) else None
-    sa.profile = sa.context.profile_for(requested, sa.local.host)
+    profile = sa.context.profile_for(requested, sa.local.host)
+    if profile is None:
+        return fail(sa, header, "the client asks for EAP; no profile has auth = eap")
+    sa.profile = profile
     backend = sa.profile.eap
     if backend is None:
         return fail(sa, header, "no EAP backend configured")
@@ -100,20 +97,28 @@ def first(sa: IkeSa, header: Header, inner: Message) -> Effects:
     log.info(
         "{sa}: IKE_AUTH from IDi {id}, profile {profile}",
         sa=sa.name,
-        id=_describe_id(idi),
+        id=describe_id(idi),
         profile=sa.profile.name,
     )
     auth.conversation, started = backend.begin(sa.remote.host)
     if isinstance(started, EapFailure):  # refused before we spend a signature on it
         return fail(sa, header, f"EAP refused: {started.reason}")
+    entries = our_auth(sa, requested)
+    sa.transition(Event.EAP_BEGUN)
+    entries.append((PayloadType.EAP, Eap(started.eap)))
+    return sa.respond(header, entries)
+
+
+def our_auth(sa: IkeSa, requested: Identification | None) -> list[Entry]:
+    """IDr, our certificate and its intermediates, and our AUTH signature (§2.15, §3.6)."""
+    auth = sa.auth
     assert sa.crypto is not None and auth.exchange is not None
     identity = sa.context.identity
     idr = auth.idr = our_identification(identity, requested)
     octets = keys.signed_octets(
         sa.crypto.prf, auth.exchange.response, auth.exchange.ni, sa.crypto.keys.sk_pr, idr.encode()
     )
-    auth.method, signature = _sign(identity, auth.exchange.signature_hashes, octets)
-    sa.transition(Event.EAP_BEGUN)
+    auth.method, signature = signatures.sign(identity, auth.exchange.signature_hashes, octets)
     entries: list[Entry] = [
         (PayloadType.IDr, idr),
         (PayloadType.CERT, Certificate(CertEncoding.X509_SIGNATURE, _der(identity.cert))),
@@ -123,11 +128,8 @@ def first(sa: IkeSa, header: Header, inner: Message) -> Effects:
             entries.append(
                 (PayloadType.CERT, Certificate(CertEncoding.X509_SIGNATURE, _der(extra)))
             )
-    entries += [
-        (PayloadType.AUTH, Authentication(auth.method, signature)),
-        (PayloadType.EAP, Eap(started.eap)),
-    ]
-    return sa.respond(header, entries)
+    entries.append((PayloadType.AUTH, Authentication(auth.method, signature)))
+    return entries
 
 
 def eap(sa: IkeSa, header: Header, inner: Message) -> Effects:
@@ -210,16 +212,39 @@ def last(sa: IkeSa, header: Header, inner: Message) -> Effects:
     theirs = keys.signed_octets(prf, exchange.request, exchange.nr, sk_pi, idi.encode())
     if not hmac.compare_digest(keys.eap_auth(prf, auth.msk, sk_pi, theirs), payload.data):
         return fail(sa, header, "the client's AUTH does not match the EAP MSK")
+    refusal = admitted(sa)
+    if refusal is not None:
+        return fail(sa, header, refusal)
+    assert auth.idr is not None
+    ours = keys.signed_octets(prf, exchange.response, exchange.ni, sk_pr, auth.idr.encode())
+    entries: list[Entry] = [
+        (
+            PayloadType.AUTH,
+            Authentication(AuthMethod.SHARED_KEY, keys.eap_auth(prf, auth.msk, sk_pr, ours)),
+        )
+    ]
+    return establish(sa, header, Event.AUTHENTICATED, entries)
+
+
+def admitted(sa: IkeSa) -> str | None:
+    """Why the authenticated client may not have one more session, or None: the
+    profile's ``max_sessions_per_user`` with ``session_limit = "refuse"`` (INITIAL_CONTACT
+    does not bypass it)."""
     profile = sa.profile
     limit = profile.max_sessions_per_user
     if limit and profile.session_limit == "refuse" and sa.identity_verified:
-        # INITIAL_CONTACT does not bypass it
         held = sa.context.sessions_of(user_key(sa.identity), profile)
         if held >= limit:
-            return fail(sa, header, f"{held} sessions already (max_sessions_per_user = {limit})")
-    assert auth.idr is not None
-    ours = keys.signed_octets(prf, exchange.response, exchange.ni, sk_pr, auth.idr.encode())
-    sa.transition(Event.AUTHENTICATED)
+            return f"{held} sessions already (max_sessions_per_user = {limit})"
+    return None
+
+
+def establish(sa: IkeSa, header: Header, event: Event, entries: list[Entry]) -> Effects:
+    """The client is authenticated (``event``): the session begins, named; the answer is
+    ``entries`` (our AUTH), the address (CP, §3.15) and the first CHILD_SA (§1.2)."""
+    auth = sa.auth
+    assert auth.request is not None and auth.exchange is not None
+    sa.transition(event)
     sa.session_id = sa.context.random_bytes(8).hex().upper()
     log.info(
         "{sa}: ESTABLISHED for {user} with {suite}{nat}",
@@ -228,12 +253,6 @@ def last(sa: IkeSa, header: Header, inner: Message) -> Effects:
         suite=sa.suite,
         nat=", NAT detected" if sa.nat_detected else "",
     )
-    entries: list[Entry] = [
-        (
-            PayloadType.AUTH,
-            Authentication(AuthMethod.SHARED_KEY, keys.eap_auth(prf, auth.msk, sk_pr, ours)),
-        )
-    ]
     sa.context.supersede(sa)
     request = auth.request
     cp = request.get(PayloadType.CP)
@@ -244,6 +263,7 @@ def last(sa: IkeSa, header: Header, inner: Message) -> Effects:
             log.error("{sa}: no virtual IP: {error}", sa=sa.name, error=str(e))
             entries.append(notify(NotifyType.INTERNAL_ADDRESS_FAILURE))
             return (Established(), *sa.respond(header, entries))
+    exchange = auth.exchange
     return (Established(), *child.negotiate(sa, header, request, entries, exchange.ni, exchange.nr))
 
 
@@ -300,21 +320,6 @@ def fail(sa: IkeSa, header: Header, reason: str) -> Effects:
     return sa.end(effects, Ending(EndCause.REFUSED, f"authentication failed: {reason}"))
 
 
-def _sign(identity: ServerIdentity, announced: frozenset[int], octets: bytes) -> tuple[int, bytes]:
-    """AUTH with our certificate's key: RFC 7427 (method 14, SHA-256) when the peer
-    announced SHA-256 in SIGNATURE_HASH_ALGORITHMS, else RSA PKCS#1 v1.5 with SHA-1
-    (method 1, RFC 7296 §3.8)."""
-    key = identity.key
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        signature = key.sign(octets, ec.ECDSA(hashes.SHA256()))
-        return AuthMethod.DIGITAL_SIGNATURE, _asn1(_ECDSA_SHA256_ALGORITHM) + signature
-    assert isinstance(key, rsa.RSAPrivateKey)
-    if HashAlgorithm.SHA2_256 in announced:
-        signature = key.sign(octets, padding.PKCS1v15(), hashes.SHA256())
-        return AuthMethod.DIGITAL_SIGNATURE, _asn1(_RSA_SHA256_ALGORITHM) + signature
-    return AuthMethod.RSA_SIG, key.sign(octets, padding.PKCS1v15(), hashes.SHA1())
-
-
 def our_identification(
     identity: ServerIdentity, requested: Identification | None
 ) -> Identification:
@@ -344,16 +349,12 @@ def _certificate_names(cert: x509.Certificate, wanted: Identification) -> bool:
     return False
 
 
-def _asn1(algorithm: bytes) -> bytes:
-    """RFC 7427 §3: ASN.1 Length octet, then the AlgorithmIdentifier."""
-    return bytes([len(algorithm)]) + algorithm
-
-
 def _der(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(Encoding.DER)
 
 
-def _describe_id(identification: Identification) -> str:
+def describe_id(identification: Identification) -> str:
+    """An IDi or IDr for a log line (§3.5)."""
     if identification.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
         return str(ipaddress.ip_address(identification.data))
     if identification.id_type in (IdType.FQDN, IdType.RFC822_ADDR):

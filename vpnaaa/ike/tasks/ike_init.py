@@ -1,6 +1,9 @@
 """IKE_SA_INIT, responder side (RFC 7296 §1.2, §2.6-2.10, §2.23; RFC 7383 §2.3; RFC 7427 §4).
 
-    SA, KE, Ni, N(NAT-D)... -> SA, KE, Nr, N(NAT-D)..., [N(FRAG)], [N(SIGNATURE_HASH)]
+    SA, KE, Ni, N(NAT-D)... -> SA, KE, Nr, N(NAT-D)..., [CERTREQ], [N(FRAG)],
+                               [N(SIGNATURE_HASH)]
+
+CERTREQ (§3.7) names the trust anchors of the certificate profiles, when there are any.
 
 The edge admitted the request (cookies, per-source limits); here the proposal is chosen,
 the DH done and the keys derived. What IKE_AUTH needs of this exchange (both messages and
@@ -25,9 +28,18 @@ from vpnaaa.ike.common import (
     notify,
     valid_nonce,
 )
-from vpnaaa.ike.const import HashAlgorithm, NotifyType, PayloadType
+from vpnaaa.ike.const import CertEncoding, HashAlgorithm, NotifyType, PayloadType
 from vpnaaa.ike.effects import Drop, Effects, Exchanged, Keyed, Send
-from vpnaaa.ike.message import Entry, Header, Ke, Message, Nonce, Sa, encode_message
+from vpnaaa.ike.message import (
+    CertificateRequest,
+    Entry,
+    Header,
+    Ke,
+    Message,
+    Nonce,
+    Sa,
+    encode_message,
+)
 
 if TYPE_CHECKING:
     from vpnaaa.ike.sa import IkeSa
@@ -93,6 +105,11 @@ def respond(sa: IkeSa, message: Message, raw: bytes) -> Effects:
         notify(NotifyType.NAT_DETECTION_SOURCE_IP, nat_hash(sa.spi_i, sa.spi_r, sa.local)),
         notify(NotifyType.NAT_DETECTION_DESTINATION_IP, nat_hash(sa.spi_i, sa.spi_r, sa.remote)),
     ]
+    authorities = sa.context.certificate_authorities  # §3.7: whom client certificates chain to
+    if authorities:
+        entries.append(
+            (PayloadType.CERTREQ, CertificateRequest(CertEncoding.X509_SIGNATURE, authorities))
+        )
     if sa.fragmentation:
         entries.append(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
     announced: frozenset[int] = frozenset()
