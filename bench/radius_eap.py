@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import resource
@@ -112,12 +113,20 @@ from tests.interop.freeradius import (
 from tests.interop.load_tester import tail
 
 SERVER_HOSTAPD = "hostapd"
-LABELS = {SERVER_VPNAAA: "vpnaaa", SERVER_FREERADIUS: "FreeRADIUS", SERVER_HOSTAPD: "hostapd"}
+SERVER_FREERADIUS_CACHE = "freeradius-cache"  # its TLS session cache on, for resumption
+LABELS = {
+    SERVER_VPNAAA: "vpnaaa",
+    SERVER_FREERADIUS: "FreeRADIUS",
+    SERVER_FREERADIUS_CACHE: "FreeRADIUS",
+    SERVER_HOSTAPD: "hostapd",
+}
 
 AUTH_TIMEOUT_S = 10  # eapol_test -t: the whole exchange, per authentication
 PROBE_TIMEOUT_S = 2  # shorter while waiting for a server to come up
 
-KEYS_OK = "MPPE keys OK: 1  mismatch: 0"
+KEYS_OK = "MPPE keys OK: {}  mismatch: 0"  # formatted with the authentications per process
+RESUMED_LINE = r"^OpenSSL: Handshake finished - resumed=1"
+EAP_STARTED = "CTRL-EVENT-EAP-STARTED"  # eapol_test logs it as each authentication starts
 SUCCESS = "SUCCESS"
 ACCESS_REJECT = "(Access-Reject)"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -137,10 +146,29 @@ class Scenario:
     title: str
     reference: str
     network: tuple[tuple[str, str], ...]  # wpa_supplicant network={} options (quoted values)
-    tls: bool  # PEAP: report TLS details of the probe
+    tls: bool  # PEAP, EAP-TLS: report TLS details of the probe
+    reauths: int = 0  # eapol_test -r: re-authentications per process, each must resume
+
+    @property
+    def eap(self) -> str:
+        """wpa_supplicant's name of the (outer) EAP method."""
+        return dict(self.network)["eap"]
+
+    @property
+    def per_process(self) -> int:
+        """Authentications one eapol_test process does."""
+        return 1 + self.reauths
 
 
 PEAP_NETWORK = (("eap", "PEAP"), ("phase2", "auth=MSCHAPV2"))
+# wpa_supplicant 2.10 disables TLS 1.3 unless phase1 says otherwise (RFC 9190 §2.1.1 peers).
+TLS12_NETWORK = (("eap", "TLS"), ("phase1", "tls_disable_tlsv1_3=1"))
+TLS13_NETWORK = (("eap", "TLS"), ("phase1", "tls_disable_tlsv1_3=0"))
+# Re-authentications per eapol_test in the resumed scenarios.  One: with TLS 1.3,
+# FreeRADIUS 3.2.1 and eapol_test 2.10 resume only every other re-authentication (a
+# resumed handshake leaves no ticket that is used next time), so more would not measure
+# the reference on resumptions alone.
+RESUMED = 1
 SCENARIOS = (
     Scenario(
         "peap",
@@ -157,21 +185,38 @@ SCENARIOS = (
         tls=True,
     ),
     Scenario("mschapv2", "bare EAP-MSCHAPv2", SERVER_FREERADIUS, (("eap", "MSCHAPV2"),), tls=False),
+    Scenario("tls12", "EAP-TLS, TLS 1.2 (RFC 5216)", SERVER_FREERADIUS, TLS12_NETWORK, tls=True),
+    Scenario("tls13", "EAP-TLS, TLS 1.3 (RFC 9190)", SERVER_FREERADIUS, TLS13_NETWORK, tls=True),
+    Scenario(
+        "tls12-res",
+        f"EAP-TLS, TLS 1.2, per eapol_test 1 full + {RESUMED} resumed (session ID), mixed",
+        SERVER_FREERADIUS_CACHE,
+        TLS12_NETWORK,
+        tls=True,
+        reauths=RESUMED,
+    ),
+    Scenario(
+        "tls13-res",
+        f"EAP-TLS, TLS 1.3, per eapol_test 1 full + {RESUMED} resumed (ticket), mixed",
+        SERVER_FREERADIUS_CACHE,
+        TLS13_NETWORK,
+        tls=True,
+        reauths=RESUMED,
+    ),
 )
 SCENARIO_NAMES = tuple(scenario.name for scenario in SCENARIOS)
 BARE_KEYWORDS = {"eap", "key_mgmt"}  # wpa_supplicant.conf values written without quotes
 
 
-def eapol_config_text(scenario: Scenario, ca_cert: Path) -> str:
+def eapol_config_text(scenario: Scenario, pki: Pki) -> str:
     """The wpa_supplicant configuration eapol_test reads for ``scenario``."""
-    options = [
-        ("key_mgmt", "IEEE8021X"),
-        *scenario.network,
-        ("identity", BENCH_USER),
-        ("password", BENCH_PASSWORD),
-    ]
+    options = [("key_mgmt", "IEEE8021X"), *scenario.network, ("identity", BENCH_USER)]
+    if scenario.eap == "TLS":
+        options += [("client_cert", str(pki.client_cert)), ("private_key", str(pki.client_key))]
+    else:
+        options.append(("password", BENCH_PASSWORD))
     if scenario.tls:
-        options.append(("ca_cert", str(ca_cert)))
+        options.append(("ca_cert", str(pki.ca_cert)))
     body = "".join(
         f"\t{key}={value}\n" if key in BARE_KEYWORDS else f'\t{key}="{value}"\n'
         for key, value in options
@@ -179,8 +224,11 @@ def eapol_config_text(scenario: Scenario, ca_cert: Path) -> str:
     return f"network={{\n{body}}}\n"
 
 
-def eapol_command(config: Path, port: int, worker: int, timeout_s: int) -> list[str]:
-    """One eapol_test authentication (``-r0``: no re-authentication).
+def eapol_command(
+    config: Path, port: int, worker: int, timeout_s: int, reauths: int = 0
+) -> list[str]:
+    """One eapol_test process: one authentication and ``reauths`` re-authentications
+    (``-r``), which keep the supplicant's TLS session and so may resume it.
 
     Each worker has its own Calling-Station-Id (``-M``), as separate
     supplicants would.
@@ -191,19 +239,38 @@ def eapol_command(config: Path, port: int, worker: int, timeout_s: int) -> list[
         "-a", LOOPBACK,
         "-p", str(port),
         "-s", BENCH_SECRET,
-        "-r0",
+        f"-r{reauths}",
         f"-t{timeout_s}",
         "-M", f"02:00:00:00:00:{worker + 1:02x}",
     ]  # fmt: skip
 
 
-def check_output(returncode: int, output: str) -> str | None:
-    """Why an eapol_test run failed, or None when it succeeded with matching keys."""
+def check_output(returncode: int, output: str, auths: int = 1) -> str | None:
+    """Why an eapol_test run of ``auths`` authentications failed, or None when every one
+    succeeded with matching keys."""
     last_lines = output.rstrip().splitlines()[-2:]
+    want = [KEYS_OK.format(auths), SUCCESS]
     if returncode != 0:
         return f"exit status {returncode}"
-    if last_lines != [KEYS_OK, SUCCESS]:
-        return f"last lines {last_lines!r}, want {[KEYS_OK, SUCCESS]!r}"
+    if last_lines != want:
+        return f"last lines {last_lines!r}, want {want!r}"
+    return None
+
+
+def count_resumed(output: str) -> int:
+    """Authentications whose handshake eapol_test's OpenSSL reported as resumed
+    (abbreviated, RFC 5216 §2.1.2; TLS 1.3 with a PSK, RFC 9190 §2.1.3).  Counted per
+    authentication: with TLS 1.3 the line comes twice, the second after the tickets."""
+    return sum(
+        re.search(RESUMED_LINE, auth, re.M) is not None for auth in output.split(EAP_STARTED)
+    )
+
+
+def check_resumed(output: str, reauths: int) -> str | None:
+    """Why a run with ``reauths`` re-authentications did not resume each, or None."""
+    resumed = count_resumed(output)
+    if resumed != reauths:
+        return f"{resumed} of {reauths} re-authentications resumed"
     return None
 
 
@@ -221,6 +288,7 @@ class Handshake:
     cipher_suite: str | None
     server_flight: int | None
     cryptobinding: bool
+    resumed: int  # handshakes that resumed a session
 
     @classmethod
     def parse(cls, output: str) -> Handshake:
@@ -239,17 +307,25 @@ class Handshake:
             cipher_suite=first(r"^OpenSSL: Server selected cipher suite (0x[0-9a-f]+)"),
             server_flight=int(flight) if flight else None,
             cryptobinding="EAP-PEAP: Valid cryptobinding TLV received" in output,
+            resumed=count_resumed(output),
         )
 
-    def describe(self, tls: bool) -> str:
-        """One line for the scenario header."""
-        text = f"{self.access_requests} Access-Requests/auth"
-        if tls:
+    def describe(self, scenario: Scenario) -> str:
+        """One line for the scenario header (the TLS facts are the first handshake's)."""
+        if scenario.reauths:
+            text = (
+                f"{self.access_requests} Access-Requests for {scenario.per_process} auths, "
+                f"{self.resumed} of {scenario.reauths} re-auths resumed"
+            )
+        else:
+            text = f"{self.access_requests} Access-Requests/auth"
+        if scenario.tls:
             text += (
                 f", {self.tls_version}, suite {self.cipher_suite}, "
-                f"server TLS flight {self.server_flight} B, "
-                f"cryptobinding {'yes' if self.cryptobinding else 'no'}"
+                f"server TLS flight {self.server_flight} B"
             )
+        if scenario.eap == "PEAP":
+            text += f", cryptobinding {'yes' if self.cryptobinding else 'no'}"
         return text
 
 
@@ -275,20 +351,25 @@ def client_cpu_seconds() -> float:
 
 
 class Load:
-    """PARALLEL workers, each a loop of one eapol_test process per authentication.
+    """PARALLEL workers, each a loop of one eapol_test process per ticket.
 
+    A ticket is one eapol_test: ``scenario.per_process`` authentications.
     Workers take tickets from a shared counter until ``auths`` were issued or
     ``max_seconds`` have passed; the first failure stops every worker and is
     raised with its eapol_test output.  Each worker writes eapol_test's
     (always debug-level) output to its own file, so the harness only reads
-    the last lines.
+    the last lines, or for re-authentications the whole log, to check that
+    each one resumed.
     """
 
-    def __init__(self, config: Path, port: int, parallel: int, logdir: Path) -> None:
+    def __init__(
+        self, config: Path, port: int, parallel: int, logdir: Path, scenario: Scenario
+    ) -> None:
         self.config = config
         self.port = port
         self.parallel = parallel
         self.logdir = logdir
+        self.scenario = scenario
         self.lock = threading.Lock()
         self.issued = 0
         self.completed = 0
@@ -307,7 +388,8 @@ class Load:
 
     def _worker(self, worker: int) -> None:
         log_path = self.logdir / f"eapol-{worker}.log"
-        command = eapol_command(self.config, self.port, worker, AUTH_TIMEOUT_S)
+        scenario = self.scenario
+        command = eapol_command(self.config, self.port, worker, AUTH_TIMEOUT_S, scenario.reauths)
         while self._take_ticket():
             with log_path.open("w+b") as log:
                 returncode = subprocess.call(
@@ -317,7 +399,9 @@ class Load:
                 size = log.seek(0, os.SEEK_END)
                 log.seek(max(0, size - 4096))
                 last = log.read().decode(errors="replace")
-            problem = check_output(returncode, last)
+            problem = check_output(returncode, last, scenario.per_process)
+            if problem is None and scenario.reauths:
+                problem = check_resumed(log_path.read_text(errors="replace"), scenario.reauths)
             if problem is not None:
                 self.failed.set()
                 output = log_path.read_text(errors="replace")
@@ -326,12 +410,13 @@ class Load:
                     f"output tail:\n{output_tail(output)}"
                 )
             with self.lock:
-                self.completed += 1
+                self.completed += scenario.per_process
 
     def run(self, auths: int, max_seconds: float) -> LoadResult:
-        """Run ``auths`` authentications (fewer if ``max_seconds`` run out)."""
+        """Run ``auths`` authentications, rounded up to whole eapol_test processes (fewer
+        if ``max_seconds`` run out)."""
         self.issued = self.completed = 0
-        self.limit = auths
+        self.limit = -(-auths // self.scenario.per_process)
         self.failed.clear()
         cpu_before = client_cpu_seconds()
         start = time.perf_counter()
@@ -344,7 +429,8 @@ class Load:
             error = future.exception()
             if error is not None:
                 raise error
-        return LoadResult(self.completed, wall, client_cpu, self.completed < auths)
+        timed_out = self.issued < self.limit
+        return LoadResult(self.completed, wall, client_cpu, timed_out)
 
 
 def load_server(server: Server, load: Load, auths: int, max_seconds: float) -> LoadResult:
@@ -356,18 +442,18 @@ def load_server(server: Server, load: Load, auths: int, max_seconds: float) -> L
         raise BenchError(f"{server.label}: {exc}") from None
 
 
-def probe(server: Server, config: Path) -> Handshake:
-    """Authenticate once, retrying until the server is up; return the handshake facts.
+def probe(server: Server, config: Path, scenario: Scenario) -> Handshake:
+    """Run one eapol_test, retrying until the server is up; return the handshake facts.
 
     An Access-Reject fails at once: the server is up but misconfigured.
     """
-    command = eapol_command(config, server.port, 0, PROBE_TIMEOUT_S)
+    command = eapol_command(config, server.port, 0, PROBE_TIMEOUT_S, scenario.reauths)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         server.check_alive()
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         output = completed.stdout + completed.stderr
-        problem = check_output(completed.returncode, output)
+        problem = check_output(completed.returncode, output, scenario.per_process)
         if problem is None:
             return Handshake.parse(output)
         if ACCESS_REJECT in output or time.monotonic() >= deadline:
@@ -386,48 +472,72 @@ def probe(server: Server, config: Path) -> Handshake:
 
 @dataclass(frozen=True)
 class Pki:
-    """vpnaaa's CA and server certificate, shared by every server under test."""
+    """vpnaaa's CA and server certificate, shared by every server under test, and the
+    bench user's client certificate (RSA, as ``vpnaaa pki issue-client`` makes it)."""
 
-    ca_cert: Path
+    ca_cert: Path  # also what vpnaaa and FreeRADIUS check client certificates against
     server_key: Path
     fullchain: Path  # server.pem + chain.pem: what vpnaaa sends, for the references
+    client_cert: Path
+    client_key: Path
 
     @classmethod
     def from_vpnaaa(cls, state_dir: Path, workdir: Path) -> Pki:
-        """Locate the files ``vpnaaa pki init`` / ``pki issue`` made; write the full chain."""
+        """Locate the files ``vpnaaa pki init`` / ``pki issue`` / ``pki issue-client`` made;
+        write the full chain."""
         pki = state_dir / "pki"
-        files = [pki / "ca" / "ca.pem", pki / "server.key", pki / "server.pem", pki / "chain.pem"]
+        client = pki / "clients" / BENCH_USER
+        files = [
+            *(pki / "ca" / "ca.pem", pki / "server.key", pki / "server.pem", pki / "chain.pem"),
+            *(client.with_suffix(".pem"), client.with_suffix(".key")),
+        ]
         missing = [str(path) for path in files if not path.is_file()]
         if missing:
             raise BenchError(f"vpnaaa's PKI files are missing: {', '.join(missing)}")
         fullchain = workdir / "fullchain.pem"
         fullchain.write_text(files[2].read_text() + files[3].read_text())
-        return cls(files[0], files[1], fullchain)
+        return cls(files[0], files[1], fullchain, files[4], files[5])
 
 
-def configure_freeradius_eap(raddb: Path, pki: Pki) -> None:
-    """Point the private copy's eap module at vpnaaa's certificates; offer PEAP first."""
-    edit_module(
-        raddb,
-        "eap",
-        {
-            EAP_DEFAULT_TYPE: "peap",
-            r"\s*private_key_file": str(pki.server_key),
-            r"\s*certificate_file": str(pki.fullchain),
-            r"\s*ca_file": str(pki.ca_cert),
-        },
-    )
+# The eap module's TLS session cache switch (the first "enable" after "cache {").
+CACHE_ENABLE = r"\t\tcache \{\n(?:.*\n)*?\t\t\tenable"
 
 
-def start_freeradius_eap(workdir: Path, pki: Pki, cpus: frozenset[int] | None) -> Server:
-    """Start the private FreeRADIUS of ``tests/interop/freeradius.py`` with the EAP changes."""
+def configure_freeradius_eap(raddb: Path, pki: Pki, cache: bool) -> None:
+    """Point the private copy's eap module at vpnaaa's certificates; offer PEAP first.
+
+    TLS up to 1.3: FreeRADIUS 3.2 does TLS 1.3 for EAP-TLS only; PEAP stays at 1.2 as
+    eapol_test 2.10 disables 1.3 unless phase1 enables it.  ``cache`` turns on its TLS
+    session cache (off by default), which resumption needs.
+    """
+    options = {
+        EAP_DEFAULT_TYPE: "peap",
+        r"\s*private_key_file": str(pki.server_key),
+        r"\s*certificate_file": str(pki.fullchain),
+        r"\s*ca_file": str(pki.ca_cert),
+        r"\s*tls_max_version": '"1.3"',
+    }
+    if cache:
+        # 3.2 caches sessions only with a name and a directory (it has no in-memory cache).
+        tlscache = raddb / "tlscache"
+        tlscache.mkdir(mode=0o700)
+        settings = ("yes", 'name = "vpnaaa-bench"', f'persist_dir = "{tlscache}"')
+        options[CACHE_ENABLE] = "\n\t\t\t".join(settings)
+    edit_module(raddb, "eap", options)
+
+
+def start_freeradius_eap(
+    workdir: Path, pki: Pki, cpus: frozenset[int] | None, name: str = SERVER_FREERADIUS
+) -> Server:
+    """Start the private FreeRADIUS of ``tests/interop/freeradius.py`` with the EAP changes
+    (as ``SERVER_FREERADIUS_CACHE``: with its TLS session cache)."""
     binary = require_executable("freeradius")
     raddb = workdir / "raddb"
     (port,) = free_udp_ports(1)
     write_freeradius_config(raddb, port, BENCH_SECRET, {BENCH_USER: BENCH_PASSWORD})
-    configure_freeradius_eap(raddb, pki)
+    configure_freeradius_eap(raddb, pki, cache=name == SERVER_FREERADIUS_CACHE)
     process = spawn(command(raddb, binary=binary), workdir / "freeradius.out", cpus)
-    return Server(SERVER_FREERADIUS, LABELS[SERVER_FREERADIUS], port, process, log_file(raddb))
+    return Server(name, LABELS[name], port, process, log_file(raddb))
 
 
 def hostapd_config_text(workdir: Path, pki: Pki, port: int) -> str:
@@ -481,7 +591,13 @@ def start_servers(
     # start_vpnaaa keeps its state directory (users, pki/) in SUBDIR/state.
     pki = Pki.from_vpnaaa(subdir / "state", workdir)
     servers = {SERVER_VPNAAA: vpnaaa}
-    starters = {SERVER_FREERADIUS: start_freeradius_eap, SERVER_HOSTAPD: start_hostapd}
+    starters = {
+        SERVER_FREERADIUS: start_freeradius_eap,
+        SERVER_FREERADIUS_CACHE: functools.partial(
+            start_freeradius_eap, name=SERVER_FREERADIUS_CACHE
+        ),
+        SERVER_HOSTAPD: start_hostapd,
+    }
     for name in sorted({scenario.reference for scenario in args.scenarios}):
         subdir = workdir / name
         subdir.mkdir()
@@ -629,16 +745,28 @@ def run_scenario(
     config: Path,
     logdir: Path,
     args: argparse.Namespace,
-) -> ScenarioResult:
-    """Probe, warm up and measure vpnaaa and the scenario's reference, alternating."""
+) -> ScenarioResult | None:
+    """Probe, warm up and measure vpnaaa and the scenario's reference, alternating.
+
+    A resumed scenario is skipped (None) when a server's probe did not resume every
+    re-authentication: there is nothing to measure, and a full handshake must not be
+    counted as a resumed one.
+    """
     pair = [servers[SERVER_VPNAAA], servers[scenario.reference]]
     print(f"\n== {scenario.name}: {scenario.title} ==")
+    not_resuming = []
+    for server in pair:
+        handshake = probe(server, config, scenario)
+        print(f"probe   {server.label:<11} {handshake.describe(scenario)}", flush=True)
+        if handshake.resumed < scenario.reauths:
+            not_resuming.append(server.label)
+    if not_resuming:
+        print(f"skipped: {' and '.join(not_resuming)} did not resume: nothing to measure")
+        return None
     loads = {}
     warmed_up = 0
     for server in pair:
-        handshake = probe(server, config)
-        print(f"probe   {server.label:<11} {handshake.describe(scenario.tls)}", flush=True)
-        loads[server.name] = Load(config, server.port, args.parallel, logdir)
+        loads[server.name] = Load(config, server.port, args.parallel, logdir, scenario)
         if args.warmup:
             warm = load_server(server, loads[server.name], args.warmup, args.max_seconds)
             warmed_up += warm.auths * (server.name == SERVER_VPNAAA)
@@ -658,7 +786,9 @@ def run_scenario(
         print_row("median", server.label, medians[server.name], other)
     print_notes(runs, args)
     served = (
-        1 + warmed_up + sum(r.sample.requests for r in runs if r.sample.server == SERVER_VPNAAA)
+        scenario.per_process
+        + warmed_up
+        + sum(r.sample.requests for r in runs if r.sample.server == SERVER_VPNAAA)
     )
     result = ScenarioResult(scenario, medians[SERVER_VPNAAA], medians[scenario.reference], served)
     print_ratios(result)
@@ -773,7 +903,8 @@ def run_benchmark(args: argparse.Namespace) -> None:
         logdir = workdir / "eapol"
         logdir.mkdir()
         print(
-            f"full EAP authentications, {args.parallel} parallel eapol_test loops (-r0), "
+            f"EAP authentications, {args.parallel} parallel eapol_test loops "
+            f"(-r0, resumed: -r{RESUMED}), "
             f"{args.auths} auths per run, {args.rounds} rounds, warm-up {args.warmup} auths; "
             f"{describe_pinning(plan)}"
         )
@@ -782,8 +913,10 @@ def run_benchmark(args: argparse.Namespace) -> None:
         results = []
         for scenario in args.scenarios:
             config = workdir / f"eapol-{scenario.name}.conf"
-            config.write_text(eapol_config_text(scenario, pki.ca_cert))
-            results.append(run_scenario(scenario, servers, config, logdir, args))
+            config.write_text(eapol_config_text(scenario, pki))
+            result = run_scenario(scenario, servers, config, logdir, args)
+            if result is not None:
+                results.append(result)
         print_summary(results)
         vpnaaa = servers[SERVER_VPNAAA]
         if vpnaaa.profile_path is not None:

@@ -479,6 +479,12 @@ def vpnaaa_config_text(state_dir: Path, auth_port: int, acct_port: int) -> str:
         "[admin]\n"
         "enabled = false\n"
         "\n"
+        "[eap]\n"
+        "# radius_eap.py: PEAP first, as FreeRADIUS; EAP-TLS peers Nak to tls\n"
+        'methods = ["peap", "mschapv2", "tls"]\n'
+        "[eap.tls]\n"
+        'client_ca = "pki/ca/ca.pem"\n'
+        "\n"
         "[[radius.clients]]\n"
         'name = "bench"\n'
         f'address = "{LOOPBACK}/32"\n'
@@ -498,13 +504,15 @@ def vpnaaa_cli(config: Path, *args: str, stdin: str | None = None) -> None:
 
 
 def prepare_vpnaaa_state(config: Path) -> None:
-    """Add the bench user and the certificates the server needs for EAP (PEAP).
+    """Add the bench user, the server certificate for EAP (PEAP, EAP-TLS) and the user's
+    client certificate for EAP-TLS (state_dir/pki/clients/BENCH_USER.pem and .key).
 
     FreeRADIUS, too, runs with its stock EAP module and certificates loaded.
     """
     vpnaaa_cli(config, "user", "add", BENCH_USER, "--password-stdin", stdin=BENCH_PASSWORD + "\n")
     vpnaaa_cli(config, "pki", "init")
     vpnaaa_cli(config, "pki", "issue", LOOPBACK)
+    vpnaaa_cli(config, "pki", "issue-client", BENCH_USER)
 
 
 def twistd_command(config: Path, profile_path: Path | None) -> list[str]:
