@@ -1,6 +1,6 @@
-"""EAP benchmark: full PEAP and EAP-MSCHAPv2 authentications, vpnaaa versus references.
+"""EAP benchmark: PEAP, EAP-MSCHAPv2 and EAP-TLS authentications, vpnaaa versus references.
 
-Three scenarios, each comparing vpnaaa with a reference server on the same load:
+Scenarios, each comparing vpnaaa with a reference server on the same load:
 
 * ``peap``: PEAPv0 with inner EAP-MSCHAPv2, eapol_test's default
   ``crypto_binding=1`` (optional).  Reference: FreeRADIUS 3.  vpnaaa does
@@ -10,11 +10,23 @@ Three scenarios, each comparing vpnaaa with a reference server on the same load:
   (cryptobinding required).  Reference: hostapd's built-in RADIUS server,
   which does cryptobinding.
 * ``mschapv2``: bare EAP-MSCHAPv2.  Reference: FreeRADIUS 3.
+* ``tls12``, ``tls13``: EAP-TLS (RFC 5216, RFC 9190) with the bench user's client
+  certificate (``vpnaaa pki issue-client``), full handshakes; eapol_test's
+  ``phase1="tls_disable_tlsv1_3=1|0"``.  Reference: FreeRADIUS 3.2 with
+  ``tls_max_version = "1.3"`` (it does TLS 1.3 for EAP-TLS only).
+* ``tls12-res``, ``tls13-res``: the same, each eapol_test doing one full and
+  ``RESUMED`` resumed authentications (``-r``); every re-authentication must
+  resume (eapol_test's OpenSSL says ``resumed=1``), so the CPU per
+  authentication is that of the mix.  Reference: a second FreeRADIUS with its
+  TLS session cache on (on disk, the only cache 3.2 has).  When a server's
+  probe does not resume (vpnaaa before it had resumption) the scenario is
+  skipped with a line saying which server.
 
 The client is Debian's ``eapol_test``: PARALLEL workers, each running one
-``eapol_test -r0`` process per authentication in a loop, until the run has
-its count of authentications (or its time limit is up).  Every eapol_test
-must exit 0 and end with "MPPE keys OK: 1  mismatch: 0" and "SUCCESS" (it
+``eapol_test -r0`` process per authentication (``-rN``: per 1 + N in the
+resumed scenarios) in a loop, until the run has its count of
+authentications (or its time limit is up).  Every eapol_test must exit 0 and
+end with "MPPE keys OK: 1  mismatch: 0" (1 + N) and "SUCCESS" (it
 has then seen EAP-Success and checked the MS-MPPE keys against its own MSK);
 anything else aborts the benchmark.  eapol_test costs about 9 ms of CPU per
 PEAP authentication (process start and TLS), so the client limits the
