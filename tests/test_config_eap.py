@@ -116,17 +116,13 @@ class EapTlsOptionTests(unittest.TestCase):
             ),
         )
 
-    def test_peap_needs_tls12(self):
-        """PEAP is TLS 1.2 only here (no RFC 9427): min_version 1.3 leaves it nothing,
-        whether [eap] or an IKE profile offers it."""
-        self.assertIn(
-            "eap.tls.min_version: '1.3' leaves PEAP no TLS version",
-            self.error('[eap.tls]\nmin_version = "1.3"\n'),
-        )
-        self.assertIn(
-            "eap.tls.min_version: '1.3' leaves PEAP no TLS version",
-            self.error(
-                '[eap]\nmethods = ["tls"]\n[eap.tls]\nmin_version = "1.3"\n'
-                '[ike]\neap_methods = ["peap"]\n'
-            ),
-        )
+    def test_peap_with_tls13_only(self):
+        """PEAP speaks TLS 1.3 (RFC 9427): min_version 1.3 is accepted where [eap] or an
+        IKE profile offers PEAP."""
+        for text in (
+            '[eap.tls]\nmin_version = "1.3"\n',
+            '[eap]\nmethods = ["tls"]\n[eap.tls]\nmin_version = "1.3"\n'
+            '[ike]\neap_methods = ["peap"]\n',
+        ):
+            tls = self.load(text).eap.tls
+            self.assertEqual((tls.min_version, tls.max_version), ("1.3", "1.3"))

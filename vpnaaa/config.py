@@ -93,7 +93,6 @@ class UsersConfig:
 EAP_METHODS = ("peap", "mschapv2", "tls")
 DEFAULT_EAP_METHODS = ("peap", "mschapv2")  # "tls" only where client_ca is configured
 TLS_VERSIONS = ("1.2", "1.3")  # oldest first
-PEAP_MAX_TLS = "1.2"  # PEAP with TLS 1.3 needs RFC 9427, not implemented
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ class TlsConfig:
     chain: Path | None
     client_ca: Path
     min_version: str = "1.2"  # one of TLS_VERSIONS
-    max_version: str = "1.3"  # PEAP stops at PEAP_MAX_TLS
+    max_version: str = "1.3"  # PEAP (RFC 9427) and EAP-TLS (RFC 9190) alike
     fragment_size: int = 1024
 
 
@@ -559,7 +558,6 @@ def _load(
         else _disabled(radius_section, state)
     )
     ike = _ike(root.sub("ike"), state, eap.tls, config_path)
-    _peap_versions(eap_section.sub("tls"), eap, ike)
     admin = _admin(root.sub("admin"), state)
     debug = _debug(root.sub("debug"), state)
     dae = _dae(root.sub("dae"), state, config_path, ike)
@@ -978,20 +976,6 @@ def _tls_version(section: _Section, name: str, default: str) -> str:
     if value not in TLS_VERSIONS:
         raise section.error(name, f"{value!r}: use {' or '.join(map(repr, TLS_VERSIONS))}")
     return value
-
-
-def _peap_versions(tls: _Section, eap: EapConfig, ike: IkeConfig) -> None:
-    """PEAP speaks TLS 1.2 at most here: a ``min_version`` above that leaves it none."""
-    profiles = ike.profiles if ike.enabled is not False else ()
-    uses_peap = "peap" in eap.methods or any(
-        "peap" in p.eap_methods for p in profiles if p.auth == "eap"
-    )
-    if uses_peap and TLS_VERSIONS.index(eap.tls.min_version) > TLS_VERSIONS.index(PEAP_MAX_TLS):
-        raise tls.error(
-            "min_version",
-            f"{eap.tls.min_version!r} leaves PEAP no TLS version (PEAP is TLS {PEAP_MAX_TLS} "
-            "only: RFC 9427 is not implemented); remove peap from the EAP method lists",
-        )
 
 
 def _cryptobinding(section: _Section) -> str:

@@ -39,8 +39,6 @@ from vpnaaa.certs import (
 from vpnaaa.certs.check import CertificateCheck
 from vpnaaa.certs.verify import load_anchors
 from vpnaaa.config import (
-    PEAP_MAX_TLS,
-    TLS_VERSIONS,
     Config,
     DaeConfig,
     EapConfig,
@@ -532,23 +530,21 @@ def client_anchors(path: Path) -> tuple[x509.Certificate, ...]:
 def tls_context(
     tls: TlsConfig, method: str, owners: frozenset[int], keylog: KeyLog | None = None
 ) -> SSL.Context:
-    """The TLS server context of ``method`` ("peap": TLS 1.2 at most; "tls": client
-    certificates to ``client_ca``), made (and logged) once for the RADIUS and IKE engines."""
+    """The TLS server context of ``method`` (both: ``min_version`` to ``max_version``,
+    PEAP with TLS 1.3 per RFC 9427; "tls": client certificates to ``client_ca``), made (and
+    logged) once for the RADIUS and IKE engines."""
     identity = load_server_identity(tls.key, tls.certificate, tls.chain, owners)
-    highest = tls.max_version
-    if method == "peap":
-        highest = min(highest, PEAP_MAX_TLS, key=TLS_VERSIONS.index)
     anchors = list(client_anchors(tls.client_ca)) if method == "tls" else []
     log.info(
         "EAP-{method} server certificate: {subject}, TLS {low} to {high}{clients}",
         method=method.upper(),
         subject=identity.cert.subject.rfc4514_string(),
         low=tls.min_version,
-        high=highest,
+        high=tls.max_version,
         clients=f", client certificates from {tls.client_ca}" if anchors else "",
     )
     keylog_line = keylog.tls if keylog is not None else None
-    return server_context(identity, keylog_line, (tls.min_version, highest), anchors)
+    return server_context(identity, keylog_line, (tls.min_version, tls.max_version), anchors)
 
 
 def build_eap_engine(

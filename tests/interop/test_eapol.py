@@ -387,6 +387,81 @@ class RequiredCryptobindingTests(EapolTestCase):
         self.assertIn("no Crypto-Binding TLV (peap_cryptobinding = required)", rejects[0])
 
 
+TLS13 = "tls_disable_tlsv1_3=0 peapver=0"  # wpa_supplicant 2.10 offers TLS 1.3 only so
+TLS_VERSION = re.compile(r"^SSL: Using TLS version (TLSv1\.[0-9])$")
+_PEER_KEY = re.compile(r"^EAP-PEAP: (Derived key|TK) - hexdump\(len=(\d+)\): ([0-9a-f ]+)$")
+
+
+def tls_versions(run: Run) -> set[str]:
+    return {m.group(1) for line in run.lines if (m := TLS_VERSION.match(line))}
+
+
+class Tls13PeapTests(EapolTestCase):
+    """PEAPv0 over TLS 1.3 (RFC 9427) with the default ``max_version = "1.3"``. eapol_test
+    compares the Access-Accept's MS-MPPE keys with the MSK its own peer derived: without
+    cryptobinding that is Key_Material[0:64] = TLS-Exporter("EXPORTER_EAP_TLS_Key_Material",
+    0x19, 128) (RFC 9427 §2.1), with it the compound session key whose Tunnel Key is
+    Key_Material[0:60] (RFC 9427 §2.5, [MS-PEAP] §3.1.5.5.2); "MPPE keys OK" means vpnaaa
+    derived the same."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.start()
+
+    def assertTls13(self, run: Run) -> None:
+        self.assertEqual(tls_versions(run), {"TLSv1.3"}, run.output)
+
+    @defer.inlineCallbacks
+    def test_exporter_msk_without_cryptobinding(self):
+        run = yield self.peap(phase1=f"{TLS13} crypto_binding=0")
+        self.assertTls13(run)
+        self.assertNotIn(VALID_BINDING, run.lines)
+        self.assertSucceeded(run)
+        self.assertTrue(self.logged("sent no cryptobinding TLV"), self.events)
+
+    @defer.inlineCallbacks
+    def test_cryptobinding_optional(self):
+        """The peer's default, crypto_binding=1: it answers the Crypto-Binding TLV."""
+        run = yield self.peap(phase1=TLS13)
+        self.assertTls13(run)
+        self.assertIn(VALID_BINDING, run.lines, run.output)
+        self.assertSucceeded(run)
+
+    @defer.inlineCallbacks
+    def test_cryptobinding_required(self):
+        """crypto_binding=2: the peer checks our Compound MAC, whose CMK comes from the
+        TLS 1.3 Tunnel Key; the peer's TK is the first 60 octets of its TLS MSK (both
+        logged by eapol_test), Key_Material[0:60] as RFC 9427 §2.5 says."""
+        run = yield self.peap(phase1=f"{TLS13} crypto_binding=2")
+        self.assertTls13(run)
+        self.assertIn(REQUIRE_BINDING, run.lines, run.output)
+        self.assertIn(VALID_BINDING, run.lines, run.output)
+        self.assertSucceeded(run)
+        # The peer's TLS MSK (logged when phase 1 ends), its TK, then its final key (CSK).
+        keys = [(m.group(1), m.group(3)) for line in run.lines if (m := _PEER_KEY.match(line))]
+        self.assertEqual([name for name, _ in keys], ["Derived key", "TK", "Derived key"])
+        self.assertEqual(keys[1][1], keys[0][1][: 60 * 3 - 1], run.output)
+
+    @defer.inlineCallbacks
+    def test_wrong_password(self):
+        """Phase 2 failure over TLS 1.3: the Result TLV says failure inside the tunnel and
+        no EAP-Success is ever sent; Access-Reject with EAP-Failure."""
+        run = yield self.peap(password="looking-glass", phase1=TLS13)
+        self.assertTls13(run)
+        self.assertIn(MSCHAPV2_691, run.lines, run.output)
+        self.assertIn("EAP-TLV: TLV Result - Failure", run.lines, run.output)
+        self.assertRejected(run)
+
+    @defer.inlineCallbacks
+    def test_tls12_peer(self):
+        """A peer that keeps TLS 1.3 off (wpa_supplicant 2.10's default) still gets PEAP
+        over TLS 1.2 from the same server."""
+        run = yield self.peap(phase1="peapver=0 crypto_binding=2")
+        self.assertEqual(tls_versions(run), {"TLSv1.2"}, run.output)
+        self.assertIn(VALID_BINDING, run.lines, run.output)
+        self.assertSucceeded(run)
+
+
 SELECTED_SUITE = re.compile(r"^OpenSSL: Server selected cipher suite 0x([0-9a-f]{4})$")
 ECDHE_RSA_AES128_GCM_SHA256 = 0xC02F  # RFC 5289
 ECDHE_RSA_AES256_CBC_SHA384 = 0xC028  # RFC 5289

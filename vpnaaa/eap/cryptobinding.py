@@ -1,6 +1,9 @@
 """PEAP cryptobinding ([MS-PEAP] §3.1.5.5-3.1.5.7): binding the inner method to the tunnel.
 
-    TK         = TLS-PRF(master, "client EAP encryption", randoms), first 40 octets used
+    TK         = Key_Material[0:60], first 40 octets used; Key_Material is
+                 TLS-PRF(master, "client EAP encryption", randoms) in TLS 1.2 and
+                 TLS-Exporter("EXPORTER_EAP_TLS_Key_Material", 0x19, 128) in TLS 1.3
+                 (RFC 9427 §2.5; the derivations below are unchanged there)
     ISK        = the inner method's MSK, zero-padded to 32 octets (MS-CHAPv2: 32 octets)
     IPMK | CMK = PRF+(TK[0:40], "Inner Methods Compound Keys" | ISK, 60); 40 + 20 octets
     Compound MAC = HMAC-SHA1(CMK, Crypto-Binding TLV with a zero MAC | EAP type 25)

@@ -1,13 +1,27 @@
 """PEAPv0, server side (draft-josefsson-pppext-eap-tls-eap-06, Microsoft [MS-PEAP]).
 
-Phase 1 is a TLS 1.2 handshake carried in EAP-TLS framing (:mod:`vpnaaa.eap.tls`).
-Phase 2 runs an inner EAP conversation inside the tunnel. PEAPv0 compresses the inner
-packets to Type + Type-Data (no Code, Identifier or Length), except the Extensions
-packets (type 33) that end phase 2 with a Result TLV, which keep their full header
-([MS-PEAP] §3.1.5.6). The inner identity, stripped of a ``DOMAIN\\`` prefix, is the user.
+Phase 1 is a TLS 1.2 or TLS 1.3 handshake carried in EAP-TLS framing
+(:mod:`vpnaaa.eap.tls`). Phase 2 runs an inner EAP conversation inside the tunnel.
+PEAPv0 compresses the inner packets to Type + Type-Data (no Code, Identifier or Length),
+except the Extensions packets (type 33) that end phase 2 with a Result TLV, which keep
+their full header ([MS-PEAP] §3.1.5.6). The inner identity, stripped of a ``DOMAIN\\``
+prefix, is the user.
 
-The MSK is TLS-PRF(master, "client EAP encryption", randoms)[0:64] (draft §2.6,
-RFC 5216 §2.3), or with cryptobinding the compound session key ([MS-PEAP] §3.1.5.7).
+Keys: Key_Material is TLS-PRF(master, "client EAP encryption", randoms)[0:128] in TLS 1.2
+(draft §2.6, RFC 5216 §2.3) and TLS-Exporter("EXPORTER_EAP_TLS_Key_Material", 0x19, 128)
+in TLS 1.3 (RFC 9427 §2.1, §2.5). The MSK is its first 64 octets, or with cryptobinding
+the compound session key ([MS-PEAP] §3.1.5.7), whose Tunnel Key is Key_Material's first
+60 octets in either version (RFC 9427 §2.5). TLS 1.3 also exports the EMSK
+(Key_Material[64:128]) and Session-Id (0x19 || TLS-Exporter("EXPORTER_EAP_TLS_Method-Id",
+0x19, 64)), RFC 9427 §2.1; eapol_test 2.10 derives all of these the same way.
+
+The server never ends the conversation before phase 2 has: success needs the inner
+method's success and the Result TLV (with "required" cryptobinding, the Crypto-Binding
+TLV too) in the peer's Extensions response, inside the tunnel: the protected result RFC
+9427 keeps for PEAP (no RFC 9190 §2.5 0x00 octet). TLS 1.3 early data is never accepted:
+OpenSSL's server takes none unless SSL_CTX_set_max_early_data raises the limit, which
+vpnaaa never does, and phase 2 starts only after the client's Finished.
+
 Cryptobinding is "off" (no Crypto-Binding TLV offered), "optional" (offered; a peer that
 answers without one still gets the TLS MSK) or "required" (hostapd's crypto_binding=2: a
 peer without a valid Crypto-Binding TLV fails, so an attacker cannot relay the inner
@@ -26,12 +40,11 @@ from vpnaaa.eap import cryptobinding, packet
 from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, MethodFactory, Success
 from vpnaaa.eap.method import Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Code, Type
-from vpnaaa.eap.tls import Framing, TlsServer
+from vpnaaa.eap.tls import Framing, TlsServer, eap_tls_keys
 
 log = logs.get("vpnaaa.eap")
 
 PEAP_VERSION = 0
-TLS_KEY_LABEL = b"client EAP encryption"
 _TLV = struct.Struct("!HH")
 TLV_MANDATORY = 0x8000
 TLV_RESULT = 3  # [MS-PEAP] §2.2.8.1
@@ -140,9 +153,8 @@ class Peap:
         success = isinstance(result, Success)
         tlvs = tlv(TLV_RESULT, struct.pack("!H", RESULT_SUCCESS if success else RESULT_FAILURE))
         if success and self.cryptobinding != "off":
-            self.binding = cryptobinding.Binding(
-                self.tls.export_key(TLS_KEY_LABEL, 128), result.msk
-            )
+            tunnel = eap_tls_keys(self.tls, Type.PEAP)  # Key_Material = MSK | EMSK
+            self.binding = cryptobinding.Binding(tunnel.msk + tunnel.emsk, result.msk)
             tlvs += tlv(TLV_CRYPTOBINDING, self.binding.request(), mandatory=False)
         self.inner.identifier = (self.inner.identifier + 1) % 256
         extensions = packet.request(self.inner.identifier, Type.EXTENSIONS, tlvs)
@@ -164,7 +176,8 @@ class Peap:
             return Done(False, identity=getattr(inner, "identity", ""), reason=reason)
         if result != struct.pack("!H", RESULT_SUCCESS):
             return Done(False, identity=inner.identity, reason="peer reported phase 2 failure")
-        msk = self.tls.export_key(TLS_KEY_LABEL, 64)
+        keys = eap_tls_keys(self.tls, Type.PEAP)
+        msk = keys.msk
         if self.binding is not None:
             peer_binding = tlvs.get(TLV_CRYPTOBINDING)
             if peer_binding is None and self.cryptobinding == "required":
@@ -184,7 +197,15 @@ class Peap:
                         False, identity=inner.identity, reason="cryptobinding Compound MAC mismatch"
                     )
                 msk = self.binding.msk()
-        return Done(True, identity=inner.identity, msk=msk, authorization=inner.authorization)
+        tls13 = self.tls.tls13  # RFC 9427 §2.1; [MS-PEAP] defines no EMSK or Session-Id
+        return Done(
+            True,
+            identity=inner.identity,
+            msk=msk,
+            authorization=inner.authorization,
+            emsk=keys.emsk if tls13 else b"",
+            session_id=keys.session_id if tls13 else b"",
+        )
 
 
 # Phase -> handler, unbound: a table of bound methods on the instance would be a reference

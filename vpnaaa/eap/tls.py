@@ -10,7 +10,7 @@ request; each of ours with M set waits for the peer's empty response.
 :func:`server_context` makes the context both methods share; with trust anchors it asks
 for a client certificate and OpenSSL validates the chain in the handshake (EAP-TLS).
 :func:`eap_tls_keys` derives EAP-TLS's MSK, EMSK and Session-Id for TLS 1.2 (RFC 5216
-§2.3) and TLS 1.3 (RFC 9190 §2.3).
+§2.3) and TLS 1.3 (RFC 9190 §2.3), and PEAP's (RFC 9427 §2.1) with its own Type.
 """
 
 from __future__ import annotations
