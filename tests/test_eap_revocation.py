@@ -30,7 +30,7 @@ from vpnaaa.eap.engine import EapEngine
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.tls import server_context
 from vpnaaa.pki import load_server_identity
-from vpnaaa.service import RevocationCheckers
+from vpnaaa.service import RevocationCheckers, VpnaaaService, make_service
 from vpnaaa.users import User
 
 TLS12, TLS13 = SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION
@@ -261,16 +261,46 @@ class SharedCheckers(unittest.TestCase):
         self.assertIs(one.deny, checkers.deny)
         self.assertEqual(len([line for line in self.log if "CRL file" in line]), 1)
 
-    def test_sighup_rereads_eap_tls_crl_files(self):
+    def test_ike_profile_and_eap_tls_share_a_checker(self):
+        """The daemon's wiring: a certificate profile and [eap.tls] with the same keys
+        get the same checker; another profile's policy gets its own."""
+        revocation = f'crl_files = ["{self.crl}"]\nrevocation = "hard"\n'
+        profile = (
+            '[[ike.profiles]]\nauth = "certificate"\npool = "10.99.20.0/24"\n'
+            f'client_ca = ["{self.ca.cert}"]\n'
+        )
+        daemon = self.daemon(
+            revocation,
+            f'{profile}name = "same"\n{revocation}{profile}name = "soft"\n'
+            f'crl_files = ["{self.crl}"]\n',
+        )
+        assert daemon.eap is not None and daemon.ike is not None
+        certificates = {
+            p.name: p.certificates for p in daemon.ike.responder.context.profiles if p.certificates
+        }
+        self.assertIs(certificates["same"].revocation, daemon.eap.revocation)
+        self.assertIsNot(certificates["soft"].revocation, daemon.eap.revocation)
+        self.assertFalse(certificates["soft"].revocation.hard_fail)
+        self.assertEqual(len([line for line in self.log if f"CRL file {self.crl}:" in line]), 1)
+
+    def daemon(self, tls_options: str, ike_options: str = "") -> VpnaaaService:
+        """Started when no IKE (which binds ports at start-up) is configured."""
         path = radius_config(self.state)
         text = path.read_text().replace(
             "[eap.tls]\n",
-            f'[eap]\nmethods = ["tls"]\n\n[eap.tls]\nclient_ca = "{self.ca.cert}"\n'
-            f'crl_files = ["{self.crl}"]\n',
+            f'[eap]\nmethods = ["tls"]\n\n[eap.tls]\nclient_ca = "{self.ca.cert}"\n' + tls_options,
         )
+        if ike_options:
+            text = text.replace("[ike]\nenabled = false\n", "") + "\n[ike]\nenabled = true\n"
+            text += ike_options
         path.write_text(text)
         add_users(self.state, {"bob": User.create("bob", "builder")})
-        daemon = start_daemon(self, path)
+        if ike_options:
+            return make_service(configuration.load(path))
+        return start_daemon(self, path)
+
+    def test_sighup_rereads_eap_tls_crl_files(self):
+        daemon = self.daemon(f'crl_files = ["{self.crl}"]\n')
         assert daemon.eap is not None
         (crl_file,) = daemon.eap.revocation.crl_files
         self.assertEqual(crl_file.path, self.crl)
