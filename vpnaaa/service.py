@@ -493,8 +493,8 @@ class VpnaaaService(service.MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     def reload(self) -> None:
-        """Re-read the user store and reopen the accounting log (SIGHUP, e.g. logrotate);
-        a broken user file keeps the users in force."""
+        """Re-read the user store and the CRL files, reopen the accounting log (SIGHUP,
+        e.g. logrotate); a broken user file keeps the users in force."""
         if self.radius is not None:
             self.radius.accounting.reopen()
         if self.accounting is not None:

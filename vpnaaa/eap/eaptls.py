@@ -22,8 +22,8 @@ peer it is authenticated, waits for that verdict::
     EAP-Success, keys (RFC 5216 §2.3, RFC 9190 §2.3)
 
 A chain OpenSSL refuses, or one the check or the revocation verdict refuses, ends the
-conversation with EAP-Failure (as hostapd does: no further TLS alert round) and a reason naming the
-certificate's subject and serial: the front end's one log line for the refusal.
+conversation with EAP-Failure (as hostapd does: no further TLS alert round) and a reason
+naming the certificate's subject and serial: the front end's one log line for the refusal.
 """
 
 from __future__ import annotations
