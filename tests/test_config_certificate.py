@@ -20,10 +20,11 @@ class CertificateProfileConfig(ConfigTestCase):
         self.assertEqual(devices.auth, "certificate")
         self.assertEqual(devices.matches, frozenset())  # chosen for clients sending AUTH
         self.assertEqual(devices.client_ca, (self.state / "ca.pem",))
-        self.assertEqual(devices.crl_files, (self.state / "a.crl", self.state / "b.crl"))
-        self.assertEqual(devices.ocsp_url, "http://127.0.0.1:8080/")
-        self.assertEqual((devices.revocation, devices.revocation_timeout), ("hard", 2.0))
-        self.assertFalse(devices.crl_distribution_points)
+        revocation = devices.revocation
+        self.assertEqual(revocation.crl_files, (self.state / "a.crl", self.state / "b.crl"))
+        self.assertEqual(revocation.ocsp_url, "http://127.0.0.1:8080/")
+        self.assertEqual((revocation.hard_fail, revocation.timeout), (True, 2.0))
+        self.assertFalse(revocation.crl_distribution_points)
 
     def test_certificate_profile_needs_anchors(self):
         self.assertConfigError(DEVICES, "ike.profiles[0].client_ca", "CA files to trust")

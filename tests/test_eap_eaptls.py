@@ -188,7 +188,7 @@ class CertificateCheckTests(unittest.TestCase):
         self.check = daemons_check(self, self.ca, self.deny)
 
     def identity(self, client: x509.Certificate) -> str:
-        return self.check.check([client, self.ca])
+        return self.check.check([client, self.ca]).identity.value
 
     def test_order_of_names(self):
         both = issue_client("c", email="c@x.test", dns="h.x.test").cert

@@ -96,9 +96,24 @@ TLS_VERSIONS = ("1.2", "1.3")  # oldest first
 
 
 @dataclass(frozen=True)
+class RevocationConfig:
+    """How client certificates are checked for revocation: an ``auth = "certificate"``
+    IKE profile's, or EAP-TLS's (``[eap.tls]``). The keys have the same names in both
+    places: ``crl_files``, ``crl_distribution_points``, ``ocsp_url``, ``revocation``
+    (``"hard"``: :attr:`hard_fail`) and ``revocation_timeout`` (:attr:`timeout`). Equal
+    values share one checker (vpnaaa/service.py)."""
+
+    crl_files: tuple[Path, ...] = ()
+    crl_distribution_points: bool = False  # fetch the CRLs certificates point to (HTTP)
+    ocsp_url: str | None = None
+    hard_fail: bool = False  # refuse when no source can answer ("soft": accept)
+    timeout: float = 5.0  # seconds per OCSP request or CRL download
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """The TLS server of PEAP and EAP-TLS: identity files, versions, EAP-TLS's trust
-    anchors for client certificates, and the fragment size."""
+    anchors for client certificates and revocation policy, and the fragment size."""
 
     certificate: Path
     key: Path
@@ -107,6 +122,7 @@ class TlsConfig:
     min_version: str = "1.2"  # one of TLS_VERSIONS
     max_version: str = "1.3"  # PEAP (RFC 9427) and EAP-TLS (RFC 9190) alike
     fragment_size: int = 1024
+    revocation: RevocationConfig = RevocationConfig()  # EAP-TLS
 
 
 PEAP_CRYPTOBINDING = ("off", "optional", "required")  # hostapd's crypto_binding 0, 1, 2
@@ -182,11 +198,7 @@ class ProfileConfig:
     auth: Literal["eap", "certificate"] = "eap"  # how clients authenticate in IKE_AUTH
     # auth = "certificate": trust anchors (PEM), CRL files, OCSP responder, failure policy
     client_ca: tuple[Path, ...] = ()
-    crl_files: tuple[Path, ...] = ()
-    crl_distribution_points: bool = False  # fetch the CRLs certificates point to (HTTP)
-    ocsp_url: str | None = None
-    revocation: Literal["soft", "hard"] = "soft"  # when no source can answer
-    revocation_timeout: float = 5.0  # seconds per OCSP or CRL download
+    revocation: RevocationConfig = RevocationConfig()
 
 
 @dataclass(frozen=True)
@@ -856,31 +868,42 @@ def _certificate_auth(section: _Section, state_dir: Path) -> dict[str, Any]:
     auth = section.get("auth", str, "eap")
     if auth not in ("eap", "certificate"):
         raise section.error("auth", f'{auth!r}: use "eap" or "certificate"')
-    keys = ("client_ca", "crl_files", "crl_distribution_points", "ocsp_url", "revocation")
-    keys += ("revocation_timeout",)
     if auth == "eap":
-        for key in keys:
+        for key in ("client_ca", *REVOCATION_KEYS):
             if key in section.table:
                 raise section.error(key, 'only for auth = "certificate" (EAP-TLS: [eap.tls])')
         return {"auth": auth}
     client_ca = tuple(state_dir / str(p) for p in section.get("client_ca", list, []))
     if not client_ca:
         raise section.error("client_ca", 'auth = "certificate" needs the CA files to trust')
+    return {"auth": auth, "client_ca": client_ca, "revocation": _revocation(section, state_dir)}
+
+
+REVOCATION_KEYS = (
+    "crl_files",
+    "crl_distribution_points",
+    "ocsp_url",
+    "revocation",
+    "revocation_timeout",
+)
+
+
+def _revocation(section: _Section, state_dir: Path) -> RevocationConfig:
+    """The revocation keys (:class:`RevocationConfig`) of a certificate profile or of
+    ``[eap.tls]``; CRL file names are relative to ``state_dir``."""
     ocsp_url = section.get("ocsp_url", str, "")
     if ocsp_url and not ocsp_url.startswith(("http://", "https://")):
         raise section.error("ocsp_url", f"{ocsp_url!r} is not an http:// or https:// URL")
     revocation = section.get("revocation", str, "soft")
     if revocation not in ("soft", "hard"):
         raise section.error("revocation", f'{revocation!r}: use "soft" or "hard"')
-    return {
-        "auth": auth,
-        "client_ca": client_ca,
-        "crl_files": tuple(state_dir / str(p) for p in section.get("crl_files", list, [])),
-        "crl_distribution_points": section.get("crl_distribution_points", bool, False),
-        "ocsp_url": ocsp_url or None,
-        "revocation": revocation,
-        "revocation_timeout": section.get_float("revocation_timeout", 5.0, 0.5, 60.0),
-    }
+    return RevocationConfig(
+        crl_files=tuple(state_dir / str(p) for p in section.get("crl_files", list, [])),
+        crl_distribution_points=section.get("crl_distribution_points", bool, False),
+        ocsp_url=ocsp_url or None,
+        hard_fail=revocation == "hard",
+        timeout=section.get_float("revocation_timeout", 5.0, 0.5, 60.0),
+    )
 
 
 def _networks(section: _Section, name: str) -> tuple[ipaddress.IPv4Network, ...]:
@@ -943,6 +966,7 @@ def _eap(section: _Section, state_dir: Path) -> EapConfig:
         min_version=_tls_version(tls, "min_version", "1.2"),
         max_version=_tls_version(tls, "max_version", "1.3"),
         fragment_size=tls.get_int("fragment_size", 1024, 100, 4000),
+        revocation=_revocation(tls, state_dir),
     )
     if TLS_VERSIONS.index(tls_config.min_version) > TLS_VERSIONS.index(tls_config.max_version):
         raise tls.error("min_version", f"{tls_config.min_version!r} is above max_version")

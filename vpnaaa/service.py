@@ -44,6 +44,7 @@ from vpnaaa.config import (
     EapConfig,
     IkeConfig,
     ProfileConfig,
+    RevocationConfig,
     TlsConfig,
 )
 from vpnaaa.eap.authenticator import MethodFactory
@@ -294,6 +295,8 @@ class VpnaaaService(service.MultiService):
         log.info("loaded {n} users from {path}", n=count, path=str(config.users.file))
         self.keylog = KeyLog(config.debug.keylog_dir, owners)
         self.deny = DenyList(config.state_dir / DENY_FILE)  # `vpnaaa deny`; EAP-TLS reads it
+        # of the IKE certificate profiles and EAP-TLS; SIGHUP rereads their CRL files
+        self.revocation = RevocationCheckers(reactor, self.deny)
         self.host: HostAddressService | None = None
         ike = config.ike.enabled is not False
         if (config.dae.enabled and ike and not config.dae.nas_addresses) or (
@@ -305,7 +308,7 @@ class VpnaaaService(service.MultiService):
         self.eap: EapEngine | None = None
         if config.eap.enabled and config.radius.enabled:
             self.eap = build_eap_engine(
-                config.eap, config.eap.methods, self.users, reactor, self.keylog, self.deny
+                config.eap, config.eap.methods, self.users, reactor, self.keylog, self.revocation
             )
             self._expire_regularly(self.eap)
         self.radius: RadiusService | None = None
@@ -317,7 +320,7 @@ class VpnaaaService(service.MultiService):
             owners = private.trusted_owners(config.daemon.user)
             local = self.host.local if self.host is not None else None
             self.ike = IkeService(
-                config.ike, self._ike_profiles(config), reactor, owners, local, self.deny
+                config.ike, self._ike_profiles(config), reactor, owners, local, self.revocation
             )
             self.ike.responder.keylog = self.keylog
             self.ike.setServiceParent(self)
@@ -377,7 +380,7 @@ class VpnaaaService(service.MultiService):
                     self.users,
                     self.reactor,
                     self.keylog,
-                    self.deny,
+                    self.revocation,
                 )
                 engines[profile.eap_methods] = engine
                 self._expire_regularly(engine)
@@ -488,14 +491,13 @@ class VpnaaaService(service.MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     def reload(self) -> None:
-        """Re-read the user store and reopen the accounting log (SIGHUP, e.g. logrotate);
-        a broken user file keeps the users in force."""
+        """Re-read the user store and the CRL files, reopen the accounting log (SIGHUP,
+        e.g. logrotate); a broken user file keeps the users in force."""
         if self.radius is not None:
             self.radius.accounting.reopen()
         if self.accounting is not None:
             self.accounting.reopen()
-        for crl_file in self.ike.crl_files if self.ike is not None else ():
-            crl_file.reload()
+        self.revocation.reload()
         before = {user.name: user for user in self.users}
         try:
             count = self.users.load()
@@ -553,15 +555,16 @@ def build_eap_engine(
     users: UserStore,
     reactor: Any,
     keylog: KeyLog | None = None,
-    deny: DenyList | None = None,
+    revocation: RevocationCheckers | None = None,
 ) -> EapEngine:
-    """An EAP engine offering the methods ``names``, in that order; ``deny``: the
-    certificate serials EAP-TLS refuses (needed when it is offered)."""
+    """An EAP engine offering the methods ``names``, in that order; ``revocation``: the
+    deny list and revocation checkers EAP-TLS asks (needed when it is offered)."""
 
     def mschapv2(source: str | None) -> MsChapV2:
         return MsChapV2(users, config.server_name, source)
 
     factories: dict[str, tuple[int, MethodFactory]] = {"mschapv2": (Type.MSCHAPV2, mschapv2)}
+    checker: RevocationChecker | None = None
     tls = config.tls
     owners = frozenset(users.owners or private.trusted_owners())
     if "peap" in names:
@@ -574,8 +577,10 @@ def build_eap_engine(
         factories["peap"] = (Type.PEAP, peap)
     if "tls" in names:
         eap_tls_context = tls_context(tls, "tls", owners, keylog)
-        assert deny is not None
-        check = CertificateCheck(ClientVerifier(client_anchors(tls.client_ca)), deny, time.time)
+        assert revocation is not None
+        anchors = ClientVerifier(client_anchors(tls.client_ca))
+        check = CertificateCheck(anchors, revocation.deny, time.time)
+        checker = revocation.checker(tls.revocation)
 
         def eap_tls(source: str | None) -> EapTls:
             return EapTls(eap_tls_context, check, tls.fragment_size)
@@ -588,6 +593,7 @@ def build_eap_engine(
         config.idle_timeout,
         config.memory_budget_mib * MIB,
         config.max_conversations_per_source,
+        checker,
     )
     log.info(
         "EAP {methods}: up to {n} live conversations ([eap] memory_budget_mib = {mib}), "
@@ -614,6 +620,67 @@ def certificate_request(anchors: Iterable[x509.Certificate]) -> bytes:
     return b"".join(hashlib.sha1(spki).digest() for spki in spkis)
 
 
+class RevocationCheckers:
+    """The revocation checkers of the ``auth = "certificate"`` IKE profiles and of
+    EAP-TLS (``[eap.tls]``): one per distinct :class:`RevocationConfig`, so equal settings
+    share one, over shared sources (one :class:`CrlFile` per path, the daemon's deny list)."""
+
+    def __init__(self, reactor: Any, deny: DenyList) -> None:
+        self.reactor = reactor
+        self.deny = deny
+        self._checkers: dict[RevocationConfig, RevocationChecker] = {}
+        self._crl_files: dict[Path, CrlFile] = {}
+
+    def checker(self, config: RevocationConfig) -> RevocationChecker:
+        """The checker for ``config``; blocks the first time it names a CRL file (reads it)."""
+        checker = self._checkers.get(config)
+        if checker is not None:
+            return checker
+        fetcher = None
+        if config.ocsp_url or config.crl_distribution_points:
+            fetcher = HttpFetcher(self.reactor, config.timeout)
+        checker = RevocationChecker(
+            self.reactor,
+            crl_files=[self._crl_file(path) for path in config.crl_files],
+            deny=self.deny,
+            crl_distribution_points=(
+                CrlDistributionPoints(fetcher)
+                if fetcher is not None and config.crl_distribution_points
+                else None
+            ),
+            ocsp=OcspClient(config.ocsp_url, fetcher)
+            if fetcher is not None and config.ocsp_url
+            else None,
+            hard_fail=config.hard_fail,
+        )
+        self._checkers[config] = checker
+        return checker
+
+    def _crl_file(self, path: Path) -> CrlFile:
+        crl_file = self._crl_files.get(path)
+        if crl_file is None:
+            crl_file = self._crl_files[path] = CrlFile(path)
+        return crl_file
+
+    def reload(self) -> None:
+        """Reread every CRL file (SIGHUP)."""
+        for crl_file in self._crl_files.values():
+            crl_file.reload()
+
+
+def _certificate_auth(
+    profile: ProfileConfig, revocation: RevocationCheckers | None
+) -> CertificateAuth:
+    """The trust anchors and revocation policy of an ``auth = "certificate"`` profile.
+    Blocks (reads the CA and CRL files)."""
+    assert revocation is not None
+    try:
+        verifier = ClientVerifier.from_files(profile.client_ca)
+    except CertificateError as e:
+        raise PkiError(f"[ike] profile {profile.name}: client_ca: {e}") from None
+    return CertificateAuth(verifier, revocation.checker(profile.revocation))
+
+
 class IkeService(service.Service):
     """The IKEv2 responder on UDP 500 and 4500, and where its CHILD_SAs go."""
 
@@ -626,17 +693,16 @@ class IkeService(service.Service):
         reactor: Any,
         owners: frozenset[int] = frozenset(),
         local: Callable[[IPv4Address], bool] | None = None,
-        deny: DenyList | None = None,
+        revocation: RevocationCheckers | None = None,
     ) -> None:
         """``owners``: who may own the key file besides root (the daemon user);
         ``local``: whether an address is this host's (needed with ``framed_networks``);
-        ``deny``: the daemon's deny list, which certificate profiles consult."""
+        ``revocation``: the daemon's revocation checkers (needed by certificate profiles)."""
         self.config = config
         self.reactor = reactor
         identity = load_server_identity(config.key, config.certificate, config.chain, owners)
-        self.crl_files: list[CrlFile] = []  # of the certificate profiles (SIGHUP rereads)
         certificates = {
-            p.name: self._certificate_auth(p, deny) for p, _ in profiles if p.auth == "certificate"
+            p.name: _certificate_auth(p, revocation) for p, _ in profiles if p.auth == "certificate"
         }
         reqids = itertools.count(REQID_BASE)
         self.leases = SqliteLeases(config.lease_file or ":memory:")  # opened at start
@@ -697,34 +763,6 @@ class IkeService(service.Service):
         self.sockets: list[socket.socket] | None = None  # bound, not read yet; None: not opened
         self.ports: list[IListeningPort] = []
         self.started: defer.Deferred[None] | None = None
-
-    def _certificate_auth(self, profile: ProfileConfig, deny: DenyList | None) -> CertificateAuth:
-        """The trust anchors and revocation policy of an ``auth = "certificate"`` profile.
-        Blocks (reads the CA and CRL files)."""
-        try:
-            verifier = ClientVerifier.from_files(profile.client_ca)
-        except CertificateError as e:
-            raise PkiError(f"[ike] profile {profile.name}: client_ca: {e}") from None
-        crl_files = [CrlFile(path) for path in profile.crl_files]
-        self.crl_files += crl_files
-        fetcher = None
-        if profile.ocsp_url or profile.crl_distribution_points:
-            fetcher = HttpFetcher(self.reactor, profile.revocation_timeout)
-        revocation = RevocationChecker(
-            self.reactor,
-            crl_files=crl_files,
-            deny=deny,
-            crl_distribution_points=(
-                CrlDistributionPoints(fetcher)
-                if fetcher is not None and profile.crl_distribution_points
-                else None
-            ),
-            ocsp=OcspClient(profile.ocsp_url, fetcher)
-            if fetcher is not None and profile.ocsp_url
-            else None,
-            hard_fail=profile.revocation == "hard",
-        )
-        return CertificateAuth(verifier, revocation)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()

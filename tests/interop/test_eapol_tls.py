@@ -19,6 +19,7 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from tests.certs_openssl import OCSP_SIGNER, USER, Issued, OpensslCa
 from tests.interop.test_eapol import (
     EAP_FAILURE,
     EAP_SUCCESS,
@@ -28,6 +29,7 @@ from tests.interop.test_eapol import (
     eap_config,
 )
 from tests.support import state_dir, test_pki
+from tests.test_certs_revocation import _closed_port, _listen, _OcspResponder
 from vpnaaa import pki
 from vpnaaa.certs import DENY_FILE, DenyList, serial_hex
 from vpnaaa.eap.authenticator import Success
@@ -70,8 +72,8 @@ def serial(cert: Path) -> int:
     return int(out.strip().split("=")[1], 16)
 
 
-class EapTlsTests(EapolTestCase):
-    """``[eap] methods = ["tls"]``, client certificates from the test CA."""
+class EapTlsCase(EapolTestCase):
+    """A daemon offering EAP-TLS only (helpers); the server's CA is the test PKI's."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -79,15 +81,14 @@ class EapTlsTests(EapolTestCase):
             raise unittest.SkipTest("openssl command not found")
         self.ca = test_pki()[0]
         self.certs = state_dir(self)
-        self.carol = client_certificate(
-            self.certs,
-            self.ca.cert.parent,
-            "carol",
-            "extendedKeyUsage=clientAuth\nsubjectAltName=email:carol@example.test\n",
-        )
-        client_ca = f'client_ca = "{self.ca.cert}"\n'
-        self.start(eap_config(self.state, eap_options='methods = ["tls"]\n', tls_options=client_ca))
         self.results: list[object] = []
+
+    def start_tls(self, tls_options: str) -> None:
+        """Start with ``[eap] methods = ["tls"]`` and more ``[eap.tls]`` lines; record the
+        results the RADIUS front end receives from the engine."""
+        self.start(
+            eap_config(self.state, eap_options='methods = ["tls"]\n', tls_options=tls_options)
+        )
         engine = self.daemon.eap
         assert engine is not None
         step = engine.step
@@ -126,6 +127,20 @@ class EapTlsTests(EapolTestCase):
             self.assertEqual(bytes.fromhex(theirs.replace(" ", "")), ours, what)
         self.assertEqual((len(success.emsk), len(success.session_id)), (64, 65))
         self.assertEqual(success.session_id[0], 13)
+
+
+class EapTlsTests(EapTlsCase):
+    """``[eap] methods = ["tls"]``, client certificates from the test CA."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.carol = client_certificate(
+            self.certs,
+            self.ca.cert.parent,
+            "carol",
+            "extendedKeyUsage=clientAuth\nsubjectAltName=email:carol@example.test\n",
+        )
+        self.start_tls(f'client_ca = "{self.ca.cert}"\n')
 
     @defer.inlineCallbacks
     def test_tls12(self):
@@ -190,3 +205,97 @@ class EapTlsTests(EapolTestCase):
         self.assertTrue(listed.remove(number))
         run = yield self.eap_tls(self.carol, TLS12)
         self.assertSucceeded(run, user="carol@example.test")
+
+
+class RevocationTests(EapTlsCase):
+    """``[eap.tls]`` revocation, the keys of IKE's certificate profiles: a client CA made
+    by ``openssl ca`` (tests.certs_openssl), its CRL file and its ``openssl ocsp -index``
+    responder over HTTP on loopback. A refusal is Access-Reject with EAP-Failure, sent
+    instead of our last flight, and one log line with subject, serial and reason."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.client_ca = OpensslCa(self.certs / "clientca", "Client CA")
+
+    def issue(self, name: str) -> Issued:
+        return self.client_ca.issue(name, USER + f"subjectAltName = email:{name}@example.test\n")
+
+    def start_with(self, options: str) -> None:
+        self.start_tls(f'client_ca = "{self.client_ca.cert}"\n' + options)
+
+    def ocsp_responder(self) -> str:
+        signer = self.client_ca.issue("responder", OCSP_SIGNER)
+        port = _listen(self, _OcspResponder(self.client_ca, signer))
+        return f"http://127.0.0.1:{port}/"
+
+    def assertRefused(self, run: Run, issued: Issued, *reasons: str) -> None:
+        """Rejected, and the one log line names the certificate and says each of
+        ``reasons`` ({serial}: the certificate's, as openssl writes it)."""
+        self.assertRejected(run)
+        (line,) = self.logged("Access-Reject")
+        number = serial(issued.cert)
+        self.assertIn(f"client certificate 'CN={issued.cert.stem}' serial {number:#x}: ", line)
+        for reason in reasons:
+            self.assertIn(reason.format(serial=serial_hex(number)), line)
+        self.events.clear()
+
+    @defer.inlineCallbacks
+    def test_revoked_in_crl_file(self):
+        """A certificate the CRL file lists is refused with TLS 1.2 and 1.3, another
+        accepted; one revoked after start-up is refused once the CRL is rewritten and
+        SIGHUP rereads it."""
+        carol, dave = self.issue("carol"), self.issue("dave")
+        self.client_ca.revoke(dave)
+        crl = self.client_ca.crl(self.certs / "client.crl")
+        self.start_with(f'crl_files = ["{crl}"]\nrevocation = "hard"\n')
+        for phase1 in (TLS12, TLS13):
+            run = yield self.eap_tls(dave.cert, phase1)
+            self.assertRefused(run, dave, "certificate {serial} revoked", f"(CRL {crl})")
+            run = yield self.eap_tls(carol.cert, phase1)
+            self.assertSucceeded(run, user="carol@example.test")
+            self.events.clear()
+        self.client_ca.revoke(carol)
+        self.client_ca.crl(crl)
+        self.daemon.reload()  # what SIGHUP runs
+        run = yield self.eap_tls(carol.cert, TLS13)
+        self.assertRefused(run, carol, "certificate {serial} revoked", f"(CRL {crl})")
+
+    @defer.inlineCallbacks
+    def test_ocsp_good_and_revoked(self):
+        """``ocsp_url``, ``revocation = "hard"``: the responder says good (accepted) and
+        revoked (refused), with TLS 1.2 and 1.3."""
+        ocsp = self.ocsp_responder()
+        self.start_with(f'ocsp_url = "{ocsp}"\nrevocation = "hard"\n')
+        good, bad = self.issue("carol"), self.issue("mallory")
+        self.client_ca.revoke(bad)
+        for phase1 in (TLS12, TLS13):
+            run = yield self.eap_tls(good.cert, phase1)
+            self.assertSucceeded(run, user="carol@example.test")
+            self.events.clear()
+            run = yield self.eap_tls(bad.cert, phase1)
+            self.assertRefused(
+                run, bad, "certificate {serial} revoked", f"reason key_compromise (OCSP {ocsp})"
+            )
+
+    @defer.inlineCallbacks
+    def test_ocsp_responder_down(self):
+        """Nobody answers at ``ocsp_url``: soft-fail accepts with a log line saying why."""
+        url = f"http://127.0.0.1:{_closed_port()}/"
+        self.start_with(f'ocsp_url = "{url}"\nrevocation = "soft"\nrevocation_timeout = 2\n')
+        carol = self.issue("carol")
+        run = yield self.eap_tls(carol.cert, TLS13)
+        self.assertSucceeded(run, user="carol@example.test")
+        (line,) = self.logged("soft-fail")
+        self.assertIn(
+            f"revocation status of certificate {serial_hex(serial(carol.cert))} unknown", line
+        )
+
+    @defer.inlineCallbacks
+    def test_ocsp_responder_down_hard(self):
+        """... and hard-fail refuses."""
+        url = f"http://127.0.0.1:{_closed_port()}/"
+        self.start_with(f'ocsp_url = "{url}"\nrevocation = "hard"\nrevocation_timeout = 2\n')
+        carol = self.issue("carol")
+        for phase1 in (TLS12, TLS13):
+            run = yield self.eap_tls(carol.cert, phase1)
+            self.assertRefused(run, carol, "revocation status of {serial} unknown (hard-fail)")

@@ -4,8 +4,8 @@ cryptography's verifier (:class:`~vpnaaa.certs.verify.ClientVerifier`: chain, EK
 usage), and the deny list (``vpnaaa deny``). OpenSSL has validated the chain once already
 in the handshake (it needs the anchors to send the CertificateRequest's names); this check
 holds EAP-TLS to the same rules as every other certificate here. CRLs and OCSP answer
-through a Deferred (:class:`~vpnaaa.certs.revocation.RevocationChecker`) and are not part
-of it yet.
+through a Deferred (:class:`~vpnaaa.certs.revocation.RevocationChecker`), which the EAP
+engine asks next.
 """
 
 from __future__ import annotations
@@ -16,11 +16,16 @@ from collections.abc import Callable, Sequence
 from cryptography import x509
 
 from vpnaaa.certs.deny import DenyList
-from vpnaaa.certs.verify import CertificateRejected, ClientVerifier, parse_serial
+from vpnaaa.certs.verify import (
+    CertificateRejected,
+    ClientVerifier,
+    VerifiedCertificate,
+    parse_serial,
+)
 
 
 class CertificateCheck:
-    """``check(chain)`` -> the identity the certificate names (its best candidate:
+    """``check(chain)`` -> the verified certificate (its ``identity``: the best candidate,
     :mod:`vpnaaa.certs.identity`), or :class:`CertificateRejected` with the reason."""
 
     def __init__(
@@ -31,10 +36,10 @@ class CertificateCheck:
         self.deny = deny
         self.clock = clock
 
-    def check(self, chain: Sequence[x509.Certificate]) -> str:
+    def check(self, chain: Sequence[x509.Certificate]) -> VerifiedCertificate:
         """``chain``: the client's certificate first, then what OpenSSL built above it."""
         now = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
         verified = self.verifier.verify(chain[0], chain[1:], now)
         if self.deny.denied(parse_serial(verified.serial)):
             raise CertificateRejected(f"serial {verified.serial} is on the deny list")
-        return verified.identity.value
+        return verified

@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vpnaaa.authorization import NOTHING, Authorization
 from vpnaaa.eap import packet
-from vpnaaa.eap.method import Done, Method, MethodError, Send
+from vpnaaa.eap.method import CheckRevocation, Done, Method, MethodError, Send, Step
 from vpnaaa.eap.packet import Code, EapError, Type
+
+if TYPE_CHECKING:
+    from vpnaaa.certs import RevocationResult, VerifiedCertificate
 
 # A method for one conversation with a peer at a source (its address, for the lockout;
 # None when unknown, as for a NAS's users).
@@ -58,6 +62,15 @@ class Failure:
 Result = Challenge | Success | Failure
 
 
+@dataclass(frozen=True)
+class Pending:
+    """No answer yet: the method waits for the revocation verdict on ``verified``
+    (:class:`~vpnaaa.eap.method.CheckRevocation`). The engine asks, then calls
+    :meth:`Conversation.revocation_checked` for the Result; front ends never see it."""
+
+    verified: VerifiedCertificate = field(repr=False)
+
+
 class Conversation:
     """One authenticator-side EAP conversation with a peer at ``source`` (see
     :data:`MethodFactory`)."""
@@ -76,6 +89,8 @@ class Conversation:
         self.rounds = 0
         self.last: Challenge | None = None
         self.finished = False
+        # while a revocation check is under way: what the method continues with
+        self._resume: Callable[[RevocationResult], Step] | None = None
 
     def refusal(self) -> Failure | None:
         """The failure the method decided and the peer has not acknowledged, if any."""
@@ -88,12 +103,14 @@ class Conversation:
         """The first Request: EAP-Request/Identity (RFC 3748 §5.1)."""
         return self._request(Type.IDENTITY, b"")
 
-    def receive(self, data: bytes, room: int | None = None) -> Result:
+    def receive(self, data: bytes, room: int | None = None) -> Result | Pending:
         """Process one EAP Response. The first may be an unsolicited Identity response
         (a RADIUS NAS asks for the identity itself, RFC 3579 §2.1). ``room``: the most
         octets the next Request may take (the method fragments to fit)."""
         if self.finished:
             return self._failure("conversation already finished")
+        if self._resume is not None:
+            return self._failure("an EAP Response while the revocation check was under way")
         try:
             response = packet.parse(data)
         except EapError as e:
@@ -122,8 +139,26 @@ class Conversation:
             step = self.method.process(response.data, self._next_identifier(), room)
         except MethodError as e:
             return self._failure(str(e))
+        return self._answer(step)
+
+    def revocation_checked(self, verdict: RevocationResult) -> Result | Pending:
+        """The revocation verdict the method asked for with :class:`Pending`: its answer
+        to the Response that was waiting."""
+        resume, self._resume = self._resume, None
+        assert resume is not None, "a verdict without a Pending"
+        try:
+            step = resume(verdict)
+        except MethodError as e:
+            return self._failure(str(e))
+        return self._answer(step)
+
+    def _answer(self, step: Step) -> Result | Pending:
+        assert self.method is not None
         if isinstance(step, Send):
             return self._request(self.method.type, step.data)
+        if isinstance(step, CheckRevocation):
+            self._resume = step.resume
+            return Pending(step.verified)
         return self._finish(step)
 
     def _next_identifier(self) -> int:

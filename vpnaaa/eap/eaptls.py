@@ -4,7 +4,10 @@ The peer authenticates with a certificate; the TLS server and the EAP-TLS framin
 PEAP's (:mod:`vpnaaa.eap.tls`). OpenSSL validates the client's chain to the configured
 trust anchors during the handshake; then a :class:`ClientCertificateCheck` decides on the
 validated chain and names the identity, which replaces the unauthenticated
-EAP-Identity::
+EAP-Identity; then the engine asks whether the certificate is revoked
+(:class:`~vpnaaa.eap.method.CheckRevocation`: deny list, CRL files, CRL distribution
+points, OCSP, as for IKEv2 certificate authentication). Our last flight, which tells the
+peer it is authenticated, waits for that verdict::
 
     server                                    peer
     EAP-TLS Start                     ->
@@ -12,15 +15,15 @@ EAP-Identity::
     ServerHello .. [CertificateRequest] .. ServerHelloDone / Finished   (fragmented)
                                       <-      Certificate, [ClientKeyExchange],
                                               CertificateVerify, [CCS], Finished
-    (chain validated by OpenSSL, then the certificate check)
+    (chain validated by OpenSSL, then the certificate check, then revocation)
     TLS 1.2: CCS, Finished            ->
     TLS 1.3: [NewSessionTicket], application data 0x00 (RFC 9190 §2.5)
                                       <-      empty EAP-TLS response (the ACK)
     EAP-Success, keys (RFC 5216 §2.3, RFC 9190 §2.3)
 
-A chain OpenSSL refuses, or one the check refuses, ends the conversation with
-EAP-Failure (as hostapd does: no further TLS alert round) and a reason naming the
-certificate's subject and serial: the front end's one log line for the refusal.
+A chain OpenSSL refuses, or one the check or the revocation verdict refuses, ends the
+conversation with EAP-Failure (as hostapd does: no further TLS alert round) and a reason
+naming the certificate's subject and serial: the front end's one log line for the refusal.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from typing import Protocol
 from cryptography import x509
 from OpenSSL import SSL
 
-from vpnaaa.certs.verify import CertificateRejected
-from vpnaaa.eap.method import Done, MethodError, Send, Step
+from vpnaaa.certs.revocation import RevocationResult
+from vpnaaa.certs.verify import CertificateRejected, VerifiedCertificate
+from vpnaaa.eap.method import CheckRevocation, Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.tls import Framing, TlsServer, eap_tls_keys
 
@@ -43,9 +47,10 @@ class ClientCertificateCheck(Protocol):
     """What decides on a client certificate after OpenSSL has validated its chain (the
     daemon's: :class:`vpnaaa.certs.check.CertificateCheck`)."""
 
-    def check(self, chain: Sequence[x509.Certificate]) -> str:
-        """The identity ``chain`` (the client's certificate first, its trust anchor last)
-        authenticates; raises :class:`CertificateRejected` with the reason."""
+    def check(self, chain: Sequence[x509.Certificate]) -> VerifiedCertificate:
+        """``chain`` (the client's certificate first, its trust anchor last) verified,
+        with the identity it authenticates; raises :class:`CertificateRejected` with the
+        reason."""
         ...
 
 
@@ -66,6 +71,7 @@ class EapTls:
         self.framing = Framing(fragment_size)
         self.check = check
         self.identity = ""
+        self.verified: VerifiedCertificate | None = None  # while revocation is checked
         self.phase = "handshake"
 
     def start(self, identifier: int) -> bytes:
@@ -101,9 +107,22 @@ class EapTls:
         if not chain:  # VERIFY_FAIL_IF_NO_PEER_CERT makes this unreachable; never trust it
             raise MethodError("TLS handshake finished without a client certificate")
         try:
-            self.identity = self.check.check(chain)
+            verified = self.check.check(chain)
         except CertificateRejected as e:
             return self._refuse(f"client certificate {describe(chain[0])}: {e}")
+        self.verified = verified
+        return CheckRevocation(verified, self._revocation_checked)
+
+    def _revocation_checked(self, result: RevocationResult) -> Step:
+        """The verdict on the client's certificate: refuse, or release our last flight
+        (TLS 1.2: CCS and Finished; TLS 1.3: the protected success indication)."""
+        verified, self.verified = self.verified, None
+        assert verified is not None
+        if not result.accepted:
+            return self._refuse(
+                f"client certificate {describe(verified.certificate)}: {result.reason}"
+            )
+        self.identity = verified.identity.value
         if self.tls.tls13:
             self.tls.send(PROTECTED_SUCCESS)
         self.phase = "acknowledge"

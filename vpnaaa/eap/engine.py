@@ -3,8 +3,13 @@
 ``step(conversation_id, eap) -> Deferred[(conversation_id, Result)]`` is the in-process
 interface: the RADIUS server calls it with the State attribute as conversation id (None
 for a NAS's first packet), the IKEv2 responder with the id :meth:`EapEngine.begin` gave
-its IKE SA. Methods are sans-IO and answer at once; the Deferred keeps the seam identical
-to the relay backend, which waits on an external RADIUS server.
+its IKE SA. Methods are sans-IO and answer at once, but for one question: EAP-TLS asks
+whether the client's certificate is revoked (:class:`~vpnaaa.eap.authenticator.Pending`),
+which may go to the network (CRL distribution points, OCSP). The engine asks its
+:class:`~vpnaaa.certs.RevocationChecker`, at most ``revocation_in_flight`` at once (beyond
+that the certificate is refused), and answers the Response when the verdict arrives. The
+Deferred keeps the seam identical to the relay backend, which waits on an external RADIUS
+server.
 
 Every live conversation holds memory until it ends, is forgotten (its IKE SA closed) or
 sits idle for ``idle_timeout`` seconds. The table is sized from a memory budget: what one
@@ -34,14 +39,17 @@ from collections.abc import Sequence
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure as TwistedFailure
 
 from vpnaaa import logs
+from vpnaaa.certs import RevocationChecker, RevocationResult
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import (
     Challenge,
     Conversation,
     Failure,
     MethodFactory,
+    Pending,
     Result,
     Success,
 )
@@ -57,6 +65,9 @@ COST = {Type.PEAP: 128 * KIB, Type.TLS: 128 * KIB, Type.MSCHAPV2: 4 * KIB}
 DEFAULT_COST = 4 * KIB  # a conversation before its method starts, or an unlisted method
 DEFAULT_MEMORY_BUDGET = 256 * MIB
 DEFAULT_PER_SOURCE = 32
+# revocation checks (OCSP, CRL distribution points) one engine waits on at once; beyond
+# that a certificate is refused until some finish (the IKE responder's bound, too)
+REVOCATION_IN_FLIGHT = 256
 
 
 def capacity(methods: Sequence[int], memory_budget: int) -> int:
@@ -74,8 +85,15 @@ class EapEngine:
         idle_timeout: float = 30.0,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         per_source: int = DEFAULT_PER_SOURCE,
+        revocation: RevocationChecker | None = None,
+        revocation_in_flight: int = REVOCATION_IN_FLIGHT,
     ) -> None:
+        """``revocation``: what EAP-TLS asks about client certificates (``[eap.tls]``);
+        None: a checker with no source, which accepts every certificate."""
         self.methods = list(methods)
+        self.revocation = revocation if revocation is not None else RevocationChecker(clock)
+        self.revocation_in_flight = revocation_in_flight
+        self._revocations = 0  # checks in flight
         self.clock = clock
         self.memory_budget = memory_budget
         self._live: ConversationTable[Conversation] = ConversationTable(
@@ -136,13 +154,50 @@ class EapEngine:
                     )
                 )
             conversation = found
-        result = conversation.receive(eap, room)
+        return self._answer(conversation_id, conversation, conversation.receive(eap, room))
+
+    def _answer(
+        self, conversation_id: bytes, conversation: Conversation, result: Result | Pending
+    ) -> defer.Deferred[tuple[bytes, Result]]:
+        if isinstance(result, Pending):
+            return self._check_revocation(conversation_id, result, conversation.identifier)
         if not isinstance(result, Challenge):
             self._live.pop(conversation_id)
             method = conversation.method
             name = Type(method.type).name.lower() if method is not None else "none"
             self.outcomes[name, "success" if isinstance(result, Success) else "failure"] += 1
         return defer.succeed((conversation_id, result))
+
+    def _check_revocation(
+        self, conversation_id: bytes, pending: Pending, identifier: int
+    ) -> defer.Deferred[tuple[bytes, Result]]:
+        """Ask the revocation checker, then resume the conversation with its verdict.
+        Only the conversation's id waits with the check: one forgotten meanwhile (its
+        IKE SA closed) or expired is freed at once and never resumed."""
+        if self._revocations >= self.revocation_in_flight:
+            busy = f"{self._revocations} revocation checks in flight, the limit"
+            return self._resume(RevocationResult(False, busy), conversation_id, identifier)
+        self._revocations += 1
+
+        def finished(result: object) -> object:
+            self._revocations -= 1
+            return result
+
+        d = self.revocation.check(pending.verified)
+        d.addBoth(finished)
+        d.addErrback(_check_failed)
+        return d.addCallback(self._resume, conversation_id, identifier)
+
+    def _resume(
+        self, verdict: RevocationResult, conversation_id: bytes, identifier: int
+    ) -> defer.Deferred[tuple[bytes, Result]]:
+        """``identifier``: of the Response that waited (an EAP-Failure carries it)."""
+        conversation = self._live.get(conversation_id)
+        if conversation is None:
+            reason = "conversation forgotten or expired during the revocation check"
+            failure = packet.failure(identifier).encode()
+            return defer.succeed((conversation_id, Failure(failure, "", reason)))
+        return self._answer(conversation_id, conversation, conversation.revocation_checked(verdict))
 
     def refusal(self, conversation_id: bytes) -> Failure | None:
         conversation = self._live.get(conversation_id)
@@ -180,6 +235,13 @@ class EapEngine:
         )
         self.outcomes["none", "failure"] += 1
         return Failure(packet.failure(identifier).encode(), "", refusal)
+
+
+def _check_failed(failure: TwistedFailure) -> RevocationResult:
+    """A revocation checker never errbacks for a revocation problem; if it does (a bug),
+    the certificate is refused and the traceback logged once, not passed to the front."""
+    log.failure("revocation check failed", failure)
+    return RevocationResult(False, f"revocation check failed: {failure.getErrorMessage()}")
 
 
 def _identifier(eap: bytes) -> int:

@@ -7,11 +7,15 @@ identifiers, Nak and the conversation's lifetime; methods own nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vpnaaa.authorization import NOTHING, Authorization
 from vpnaaa.users import Candidate
+
+if TYPE_CHECKING:
+    from vpnaaa.certs import RevocationResult, VerifiedCertificate
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,19 @@ class Done:
     session_id: bytes = b""
 
 
-Step = Send | Done
+@dataclass(frozen=True)
+class CheckRevocation:
+    """Ask whether the client's certificate is revoked before answering (EAP-TLS after
+    the handshake, RFC 5216 §5.3; the answer may come from the network: CRL distribution
+    points, OCSP). The engine asks its revocation checker and hands the verdict to
+    ``resume``, whose step answers the same Response. A conversation forgotten meanwhile
+    is never resumed."""
+
+    verified: VerifiedCertificate = field(repr=False)
+    resume: Callable[[RevocationResult], Step] = field(repr=False, compare=False)
+
+
+Step = Send | Done | CheckRevocation
 
 
 class Directory(Protocol):
