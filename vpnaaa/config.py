@@ -108,6 +108,9 @@ class TlsConfig:
     min_version: str = "1.2"  # one of TLS_VERSIONS
     max_version: str = "1.3"  # PEAP stops at PEAP_MAX_TLS
     fragment_size: int = 1024
+    resumption: bool = False  # session resumption (fast reconnect), eap/tls.py SessionCache
+    session_lifetime: int = 3600  # seconds a session may be resumed
+    session_cache_size: int = 10000  # sessions kept, per TLS context (PEAP, EAP-TLS)
 
 
 PEAP_CRYPTOBINDING = ("off", "optional", "required")  # hostapd's crypto_binding 0, 1, 2
@@ -945,6 +948,9 @@ def _eap(section: _Section, state_dir: Path) -> EapConfig:
         min_version=_tls_version(tls, "min_version", "1.2"),
         max_version=_tls_version(tls, "max_version", "1.3"),
         fragment_size=tls.get_int("fragment_size", 1024, 100, 4000),
+        resumption=tls.get("resumption", bool, False),
+        session_lifetime=tls.get_int("session_lifetime", 3600, 60, 86400),
+        session_cache_size=tls.get_int("session_cache_size", 10000, 1, 1_000_000),
     )
     if TLS_VERSIONS.index(tls_config.min_version) > TLS_VERSIONS.index(tls_config.max_version):
         raise tls.error("min_version", f"{tls_config.min_version!r} is above max_version")
