@@ -7,6 +7,8 @@ tests/interop/test_eapol_tls.py."""
 
 from __future__ import annotations
 
+import gc
+
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib
@@ -17,6 +19,7 @@ from tests.client_certs import issue_client
 from tests.peap_peer import PeapPeer
 from tests.support import state_dir, test_pki
 from tests.test_eap_eaptls import TLS12, TLS13, daemons_check
+from tests.test_eap_memory import _libc, heap_in_use
 from vpnaaa.certs import DenyList
 from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
 from vpnaaa.eap.eaptls import EapTls
@@ -177,3 +180,37 @@ class EapTlsResumptionTests(unittest.TestCase):
             result, _ = self.converse(engine, again := resuming(peer))
             self.assertIsInstance(result, Success)
             self.assertFalse(resumed(again))
+
+    def test_memory_per_session(self):
+        """What a cached session costs (OpenSSL's SSL_SESSION with the client's
+        certificate, plus this cache's entry), measured with glibc's mallinfo2 as
+        tests/test_eap_memory.py measures conversations: the heap growth over 100
+        authentications with the cache, minus that without it (the conversations
+        themselves are freed either way). The cache is bounded by entries, so this figure
+        times ``session_cache_size`` is its bound in octets (etc/vpnaaa.toml)."""
+        libc = _libc()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        client = issue_client("carol", email="carol@example.test")
+        for version, tickets in ((TLS12, 1), (TLS13, 2)):
+            growth = {}
+            for capacity in (1, 1000):  # 1: stores the warm-up's session, then none
+                engine = self.engine(capacity=capacity)
+                self.first(engine, version)  # OpenSSL's first-use allocations
+                heap = heap_in_use(libc)
+                for _ in range(COUNT):
+                    peer = PeapPeer(kind=Type.TLS, certificate=client.pem_pair, max_version=version)
+                    result, _ = self.converse(engine, peer)
+                    assert isinstance(result, Success), result
+                    del peer
+                growth[capacity] = heap_in_use(libc) - heap
+                stored = tickets if capacity == 1 else tickets * (1 + COUNT)
+                self.assertEqual(len(self.sessions), stored)
+            per_session = (growth[1000] - growth[1]) / (COUNT * tickets)
+            self.assertLess(per_session, SESSION_COST, version)
+            self.assertGreater(per_session, SESSION_COST / 8, version)  # it measures something
+
+
+COUNT = 100
+SESSION_COST = 8 * 1024  # octets a cached session may hold, as etc/vpnaaa.toml documents
