@@ -3,7 +3,7 @@ authentications in one run (``-r1``: it re-authenticates with the same TLS conte
 offers the session the first one left: a TLS 1.2 session ID, a TLS 1.3 ticket). The second
 resumes (OpenSSL says so, and it takes fewer EAP round trips), and "MPPE keys OK" holds for
 both, so the MSK of the resumed handshake is the one the peer derived (RFC 5216 §2.3,
-RFC 9190 §2.3, [MS-PEAP] §3.1.5.4). A serial denied between the two is refused on
+RFC 9190 §2.3, [MS-PEAP] fast reconnect). A serial denied between the two is refused on
 resumption (RFC 5216 §5.7 / RFC 9190 §5.7).
 """
 
@@ -174,7 +174,7 @@ class PeapResumptionTests(ResumptionTestCase):
 
     @defer.inlineCallbacks
     def test_fast_reconnect(self):
-        """[MS-PEAP] §3.1.5.4 fast reconnect over a TLS 1.2 session ID: no inner
+        """[MS-PEAP] fast reconnect over a TLS 1.2 session ID: no inner
         MSCHAPv2 the second time (wpa_supplicant sees the Result TLV at once), the user
         restored, MPPE keys OK both times (the TLS MSK of the new handshake): 4 EAP
         Requests (Identity, Start, ServerHello/CCS/Finished, the Result TLV) where the full

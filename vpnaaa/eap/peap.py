@@ -13,12 +13,12 @@ answers without one still gets the TLS MSK) or "required" (hostapd's crypto_bind
 peer without a valid Crypto-Binding TLV fails, so an attacker cannot relay the inner
 method into a tunnel of its own, [MS-PEAP] §3.1.5.5).
 
-Fast reconnect ([MS-PEAP] §3.1.5.4, RFC 9427 §3.4), with ``[eap.tls] resumption``: a
+Fast reconnect ([MS-PEAP]), with ``[eap.tls] resumption``: a
 resumed TLS session whose user still exists with the same password skips the inner method;
 the server sends the Result TLV at once, the user is the one the session authenticated,
 the MSK the TLS one of the new handshake. No Crypto-Binding TLV then: there is no inner
-key to bind (hostapd does the same). Otherwise (not cached, user deleted, password changed,
-locked out) phase 2 runs in full.
+key to bind. Otherwise (not cached, user deleted, password changed, locked out) phase 2
+runs in full.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class Peap:
 
     def _reconnecting(self) -> User | None:
         """The user a resumed session authenticated, if the user store still has them
-        with the same password and not locked out ([MS-PEAP] §3.1.5.4: the server decides)."""
+        with the same password and not locked out ([MS-PEAP]: the server decides)."""
         grant = self.tls.restored()
         if not isinstance(grant, Grant) or self.users is None:
             return None
