@@ -53,7 +53,7 @@ from vpnaaa.eap.engine import MIB, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.peap import Peap
-from vpnaaa.eap.tls import server_context
+from vpnaaa.eap.tls import SessionCache, server_context
 from vpnaaa.ike.common import CertificateAuth
 from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.proposal import Policy
@@ -538,15 +538,24 @@ def tls_context(
     identity = load_server_identity(tls.key, tls.certificate, tls.chain, owners)
     anchors = list(client_anchors(tls.client_ca)) if method == "tls" else []
     log.info(
-        "EAP-{method} server certificate: {subject}, TLS {low} to {high}{clients}",
+        "EAP-{method} server certificate: {subject}, TLS {low} to {high}{clients}{resumption}",
         method=method.upper(),
         subject=identity.cert.subject.rfc4514_string(),
         low=tls.min_version,
         high=tls.max_version,
         clients=f", client certificates from {tls.client_ca}" if anchors else "",
+        resumption=(
+            f", resumption for {tls.session_lifetime} s, up to {tls.session_cache_size} sessions"
+            if tls.resumption
+            else ""
+        ),
     )
     keylog_line = keylog.tls if keylog is not None else None
-    return server_context(identity, keylog_line, (tls.min_version, tls.max_version), anchors)
+    sessions = None
+    if tls.resumption:
+        sessions = SessionCache(time.time, tls.session_lifetime, tls.session_cache_size)
+    versions = (tls.min_version, tls.max_version)
+    return server_context(identity, keylog_line, versions, anchors, sessions)
 
 
 def build_eap_engine(
@@ -572,7 +581,9 @@ def build_eap_engine(
 
         def peap(source: str | None) -> Peap:
             inner = [(Type.MSCHAPV2, mschapv2)]
-            return Peap(peap_context, inner, tls.fragment_size, config.peap_cryptobinding, source)
+            return Peap(
+                peap_context, inner, tls.fragment_size, config.peap_cryptobinding, source, users
+            )
 
         factories["peap"] = (Type.PEAP, peap)
     if "tls" in names:

@@ -21,6 +21,12 @@ peer it is authenticated, waits for that verdict::
                                       <-      empty EAP-TLS response (the ACK)
     EAP-Success, keys (RFC 5216 §2.3, RFC 9190 §2.3)
 
+Resumption (RFC 5216 §2.1.3, RFC 9190 §2.1.2), with ``[eap.tls] resumption``: the session
+keeps the client's certificate and intermediates, and the check and the revocation verdict
+run on them again (RFC 5216 §5.7, RFC 9190 §5.7: a certificate revoked or denied since is
+refused). In TLS 1.2 the abbreviated handshake ends with the peer's Finished, and
+EAP-Success follows the verdict at once.
+
 A chain OpenSSL refuses, or one the check or the revocation verdict refuses, ends the
 conversation with EAP-Failure (as hostapd does: no further TLS alert round) and a reason
 naming the certificate's subject and serial: the front end's one log line for the refusal.
@@ -103,15 +109,20 @@ class EapTls:
             )
         if not self.tls.established:
             return self.framing.send(self.tls.outgoing())
+        self.tls.restored()  # out of the cache: stored again only if this one succeeds
         chain = self.tls.client_chain()
         if not chain:  # VERIFY_FAIL_IF_NO_PEER_CERT makes this unreachable; never trust it
             raise MethodError("TLS handshake finished without a client certificate")
         try:
             verified = self.check.check(chain)
         except CertificateRejected as e:
-            return self._refuse(f"client certificate {describe(chain[0])}: {e}")
+            return self._refuse(f"client certificate {describe(chain[0])}{self._resumed}: {e}")
         self.verified = verified
         return CheckRevocation(verified, self._revocation_checked)
+
+    @property
+    def _resumed(self) -> str:
+        return " (resumed session)" if self.tls.resumed else ""
 
     def _revocation_checked(self, result: RevocationResult) -> Step:
         """The verdict on the client's certificate: refuse, or release our last flight
@@ -120,13 +131,17 @@ class EapTls:
         assert verified is not None
         if not result.accepted:
             return self._refuse(
-                f"client certificate {describe(verified.certificate)}: {result.reason}"
+                f"client certificate {describe(verified.certificate)}{self._resumed}: "
+                f"{result.reason}"
             )
         self.identity = verified.identity.value
         if self.tls.tls13:
             self.tls.send(PROTECTED_SUCCESS)
+        records = self.tls.outgoing()
+        if not records:  # TLS 1.2 resumed: the peer's Finished ended it (RFC 5216 §2.1.3)
+            return self._success()
         self.phase = "acknowledge"
-        return self.framing.send(self.tls.outgoing())
+        return self.framing.send(records)
 
     def _acknowledge(self, message: bytes) -> Step:
         """The peer's empty response to our last flight (RFC 5216 §2.1.1, RFC 9190
@@ -135,6 +150,12 @@ class EapTls:
             raise MethodError("application data from the peer after the handshake")
         if message:
             raise MethodError("TLS records instead of the final acknowledgement")
+        return self._success()
+
+    def _success(self) -> Done:
+        """Keys over this handshake's randoms or exporter, resumed or not (RFC 5216 §2.3,
+        RFC 9190 §2.3); the session may be resumed later."""
+        self.tls.succeeded(None)
         keys = eap_tls_keys(self.tls, Type.TLS)
         return Done(
             True,

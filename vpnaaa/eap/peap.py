@@ -26,21 +26,31 @@ Cryptobinding is "off" (no Crypto-Binding TLV offered), "optional" (offered; a p
 answers without one still gets the TLS MSK) or "required" (hostapd's crypto_binding=2: a
 peer without a valid Crypto-Binding TLV fails, so an attacker cannot relay the inner
 method into a tunnel of its own, [MS-PEAP] §3.1.5.5).
+
+Fast reconnect ([MS-PEAP]), with ``[eap.tls] resumption``: a
+resumed TLS session whose user still exists with the same password skips the inner method;
+the server sends the Result TLV at once, the user is the one the session authenticated,
+the MSK the TLS one of the new handshake. No Crypto-Binding TLV then: there is no inner
+key to bind. Otherwise (not cached, user deleted, password changed, locked out) phase 2
+runs in full.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from OpenSSL import SSL
 
 from vpnaaa import logs
 from vpnaaa.eap import cryptobinding, packet
 from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, MethodFactory, Success
-from vpnaaa.eap.method import Done, MethodError, Send, Step
+from vpnaaa.eap.method import Directory, Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Code, Type
 from vpnaaa.eap.tls import Framing, TlsServer, eap_tls_keys
+from vpnaaa.users import User
 
 log = logs.get("vpnaaa.eap")
 
@@ -73,6 +83,19 @@ def parse_tlvs(data: bytes) -> dict[int, bytes]:
     return found
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What a PEAP session that may be resumed authenticated: the user, and a digest of
+    the password hashes it was checked against (a changed password voids it)."""
+
+    identity: str
+    credentials: bytes = field(repr=False)
+
+
+def credentials(user: User) -> bytes:
+    return hashlib.sha256(user.password_hash.encode() + b"\x00" + (user.nt_hash or b"")).digest()
+
+
 class Peap:
     """One PEAPv0 exchange: TLS, an inner conversation, the Result (and cryptobinding)."""
 
@@ -85,8 +108,11 @@ class Peap:
         fragment_size: int = 1024,
         cryptobinding: str = "optional",
         source: str | None = None,
+        users: Directory | None = None,
     ) -> None:
         self.tls = TlsServer(context)
+        self.users = users  # for fast reconnect: who a resumed session's user is now
+        self.source = source
         self.framing = Framing(fragment_size, PEAP_VERSION)
         self.inner = Conversation(inner_methods, source)
         self.inner_done: Success | Done | None = None
@@ -119,16 +145,55 @@ class Peap:
         if not message:
             raise MethodError("empty response during the TLS handshake")
         self.tls.receive(message)
-        if self.tls.established:
-            self.phase = "tunnel-ready"
-        return self._send_records()
+        if not self.tls.established:
+            return self._send_records()
+        records = self.tls.outgoing()
+        if not records:  # TLS 1.2 resumed: the peer's Finished ended it; phase 2 now
+            return self._phase2()
+        self.phase = "tunnel-ready"
+        return self.framing.send(records)
 
     def _tunnel_ready(self, message: bytes) -> Step:
-        """The peer acknowledged our Finished: phase 2 begins with an inner Identity."""
+        """The peer acknowledged our Finished: phase 2 begins."""
         if message:
             self.tls.receive(message)  # e.g. a peer that sends nothing useful; ignore data
-        self.phase = "inner"
-        return self._send_inner(self.inner.start().eap)
+        return self._phase2()
+
+    def _phase2(self) -> Step:
+        """An inner Identity request, or for a session resumed by a user who is still the
+        same, the Result TLV (fast reconnect)."""
+        user = self._reconnecting()
+        if user is None:
+            self.phase = "inner"
+            return self._send_inner(self.inner.start().eap)
+        self.inner_done = Success(b"", user.name, b"", "MSCHAPV2", authorization=user.authorization)
+        self.phase = "result"
+        self.inner.identifier = (self.inner.identifier + 1) % 256
+        result = tlv(TLV_RESULT, struct.pack("!H", RESULT_SUCCESS))
+        return self._send_inner(
+            packet.request(self.inner.identifier, Type.EXTENSIONS, result).encode()
+        )
+
+    def _reconnecting(self) -> User | None:
+        """The user a resumed session authenticated, if the user store still has them
+        with the same password and not locked out ([MS-PEAP]: the server decides)."""
+        grant = self.tls.restored()
+        if not isinstance(grant, Grant) or self.users is None:
+            return None
+        candidate = self.users.candidate(grant.identity, self.source)
+        user = candidate.user
+        if (
+            candidate.refusal is None
+            and user is not None
+            and credentials(user) == grant.credentials
+        ):
+            return user
+        log.info(
+            "PEAP session of {user} resumed, but {why}: inner authentication again",
+            user=logs.quoted(grant.identity),
+            why=candidate.refusal or "the password changed",
+        )
+        return None
 
     def _send_inner(self, eap: bytes) -> Send:
         inner = packet.parse(eap)
@@ -197,6 +262,7 @@ class Peap:
                         False, identity=inner.identity, reason="cryptobinding Compound MAC mismatch"
                     )
                 msk = self.binding.msk()
+        self._keep_session(inner.identity)
         tls13 = self.tls.tls13  # RFC 9427 §2.1; [MS-PEAP] defines no EMSK or Session-Id
         return Done(
             True,
@@ -206,6 +272,11 @@ class Peap:
             emsk=keys.emsk if tls13 else b"",
             session_id=keys.session_id if tls13 else b"",
         )
+
+    def _keep_session(self, identity: str) -> None:
+        """Let the session be resumed for ``identity`` (fast reconnect)."""
+        user = self.users.candidate(identity, self.source).user if self.users else None
+        self.tls.succeeded(Grant(identity, credentials(user)) if user is not None else None)
 
 
 # Phase -> handler, unbound: a table of bound methods on the instance would be a reference

@@ -11,13 +11,17 @@ request; each of ours with M set waits for the peer's empty response.
 for a client certificate and OpenSSL validates the chain in the handshake (EAP-TLS).
 :func:`eap_tls_keys` derives EAP-TLS's MSK, EMSK and Session-Id for TLS 1.2 (RFC 5216
 §2.3) and TLS 1.3 (RFC 9190 §2.3), and PEAP's (RFC 9427 §2.1) with its own Type.
+:class:`SessionCache` is the bounded record of the sessions that may be resumed (RFC 5216
+§2.1.3, RFC 9190 §2.1.2/§5.7).
 """
 
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -61,15 +65,19 @@ def server_context(
     keylog: Callable[[bytes], None] | None = None,
     versions: tuple[str, str] = ("1.2", "1.2"),
     client_ca: Sequence[x509.Certificate] = (),
+    sessions: SessionCache | None = None,
 ) -> SSL.Context:
     """A TLS server context for PEAP or EAP-TLS, TLS ``versions`` (lowest, highest, keys
     of :data:`VERSIONS`): in TLS 1.2 the :data:`CIPHERS` only (TLS 1.3 has AEAD suites
     only, OpenSSL's defaults), our preference over the client's, no renegotiation (inside
     EAP it serves no peer and is attack surface, RFC 5746), no compression (CRIME), no
-    session cache (no resumption). TLS 1.2 tickets are off; TLS 1.3's NewSessionTicket
-    cannot be switched off through pyOpenSSL (SSL_CTX_set_num_tickets is not bound), so
-    OpenSSL sends two stateful tickets that no cache will ever redeem (a client offering
-    one gets a full handshake; RFC 9190 §2.1.2 ties tickets to resumption, not done here).
+    TLS 1.2 tickets (RFC 5077) ever: the state stays here. Without ``sessions`` there is no
+    session cache: no resumption (TLS 1.3's NewSessionTicket cannot be switched off through
+    pyOpenSSL, SSL_CTX_set_num_tickets is not bound, so a client gets two tickets that a
+    full handshake answers). With ``sessions`` OpenSSL's internal server cache keeps TLS
+    1.2 sessions by session ID and, SSL_OP_NO_TICKET being set, TLS 1.3 stateful tickets
+    (the ticket is the cache key, single use) for ``sessions.lifetime`` seconds, and
+    ``sessions`` decides which of them may be stored (:class:`SessionCache`).
 
     With ``client_ca`` (EAP-TLS, RFC 5216 §2.1.1) the server sends CertificateRequest
     naming those anchors, refuses a client without a certificate and has OpenSSL validate
@@ -86,7 +94,10 @@ def server_context(
         | SSL.OP_CIPHER_SERVER_PREFERENCE
         | SSL.OP_NO_RENEGOTIATION
     )
-    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if sessions is None:
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    else:
+        sessions.serve(context)
     context.use_certificate(crypto.X509.from_cryptography(identity.cert))
     context.use_privatekey(crypto.PKey.from_cryptography_key(identity.key))
     for certificate in identity.chain:
@@ -121,12 +132,131 @@ def _record_verify_error(
     """OpenSSL's verdict for each certificate of the client's chain, unchanged; the first
     failure is kept in the connection's app data (a list: no reference back to the
     connection, so no cycle) for :attr:`TlsServer.verify_error`."""
-    errors = connection.get_app_data()
-    if not ok and isinstance(errors, list) and not errors:
+    errors = connection.get_app_data().errors
+    if not ok and not errors:
         cert = certificate.to_cryptography()
         reason = ffi.string(lib.X509_verify_cert_error_string(errno)).decode()
         errors.append(VerifyError(cert.subject.rfc4514_string(), cert.serial_number, reason, depth))
     return bool(ok)
+
+
+@dataclass
+class _Handshake:
+    """What the callbacks record about one connection (its app data: no reference back
+    to the connection, so no cycle): the first chain validation failure, and the session
+    IDs the connection used, in order (TLS 1.3 replaces the session with each ticket)."""
+
+    errors: list[VerifyError] = field(default_factory=list)
+    sessions: list[bytes] = field(default_factory=list)
+
+
+def _record_session(connection: SSL.Connection, where: int, _ret: int) -> None:
+    """The info callback (each handshake state): the ID of the connection's session now."""
+    session_id = _session_id(lib.SSL_get_session(connection._ssl))
+    seen = connection.get_app_data().sessions
+    if session_id and session_id not in seen:
+        seen.append(session_id)
+
+
+def _session_id(session: object) -> bytes:
+    """The session ID of an SSL_SESSION, read from its DER form (OpenSSL's ASN.1
+    SSL_SESSION: SEQUENCE { version INTEGER, sslVersion INTEGER, cipher OCTET STRING,
+    sessionID OCTET STRING, ... }; pyOpenSSL binds no SSL_SESSION_get_id)."""
+    if session == ffi.NULL:
+        return b""
+    size = lib.i2d_SSL_SESSION(session, ffi.NULL)
+    if size <= 0:  # early in a handshake: no cipher chosen yet, nothing to encode
+        return b""
+    buffer = ffi.new("unsigned char[]", size)
+    lib.i2d_SSL_SESSION(session, ffi.new("unsigned char **", buffer))
+    der = bytes(ffi.buffer(buffer, size))
+    position = _der_header(der, 0)[0]  # into the SEQUENCE
+    for _ in range(3):  # past version, sslVersion, cipher
+        start, length = _der_header(der, position)
+        position = start + length
+    start, length = _der_header(der, position)
+    return der[start : start + length]
+
+
+def _der_header(der: bytes, position: int) -> tuple[int, int]:
+    """(offset of the contents, their length) of the DER element at ``position``."""
+    length = der[position + 1]
+    position += 2
+    if length & 0x80:
+        octets = length & 0x7F
+        length = int.from_bytes(der[position : position + octets], "big")
+        position += octets
+    return position, length
+
+
+T = TypeVar("T")
+
+
+class SessionCache(Generic[T]):
+    """The sessions of successful authentications that may be resumed, each with what
+    the method restores (``T``: PEAP's inner identity; EAP-TLS re-checks the certificate
+    the session keeps), at most ``capacity`` of them for ``lifetime`` seconds.
+
+    It mirrors OpenSSL's internal cache of the same context: OpenSSL stores every
+    session it creates and removes it when expired (``lifetime`` is its timeout), when a
+    TLS 1.3 ticket is used, or when a connection ends without success (freed without a
+    shutdown). Once ``capacity`` live entries are here, the context stops storing new
+    sessions (SSL_SESS_CACHE_NO_INTERNAL_STORE) until some expire: the bound holds for
+    OpenSSL's memory too (pyOpenSSL binds no SSL_CTX_sess_set_cache_size). ``clock``:
+    seconds since the epoch, OpenSSL's time base for session timeouts.
+    """
+
+    def __init__(self, clock: Callable[[], float], lifetime: int, capacity: int) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self.capacity = capacity
+        self._entries: OrderedDict[bytes, tuple[float, T]] = OrderedDict()
+        self._context: SSL.Context | None = None
+        self._storing = True
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def serve(self, context: SSL.Context) -> None:
+        """Turn on ``context``'s server cache for this cache's sessions."""
+        self._context = context
+        context.set_session_id(b"vpnaaa")  # the session ID context resumption requires
+        context.set_timeout(self.lifetime)
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        context.set_info_callback(_record_session)
+        context.set_app_data(self)  # what TlsServer finds
+
+    def take(self, session_id: bytes) -> T | None:
+        """What the session ``session_id`` restores, removed (a successful end stores it
+        again); None if unknown or expired."""
+        self.expire()
+        entry = self._entries.pop(session_id, None)
+        return entry[1] if entry is not None else None
+
+    def store(self, session_ids: Sequence[bytes], value: T) -> None:
+        """Remember a successful authentication's sessions, unless the context was not
+        storing them (full) when they were made."""
+        if self._storing:
+            now = self.clock()
+            for session_id in session_ids:
+                self._entries[session_id] = (now, value)
+        self.expire()
+
+    def expire(self) -> None:
+        """Drop entries older than ``lifetime``; store again once below ``capacity``."""
+        horizon = self.clock() - self.lifetime
+        while self._entries:
+            session_id, (created, _) = next(iter(self._entries.items()))
+            if created > horizon:
+                break
+            del self._entries[session_id]
+        storing = len(self._entries) < self.capacity
+        if storing != self._storing and self._context is not None:
+            mode = SSL.SESS_CACHE_SERVER
+            if not storing:
+                mode |= lib.SSL_SESS_CACHE_NO_INTERNAL_STORE
+            lib.SSL_CTX_set_session_cache_mode(self._context._context, mode)  # in use: raw
+        self._storing = storing
 
 
 class TlsServer:
@@ -135,22 +265,55 @@ class TlsServer:
     def __init__(self, context: SSL.Context) -> None:
         self.connection = SSL.Connection(context, None)
         self.connection.set_accept_state()
-        self.connection.set_app_data([])  # see _record_verify_error
+        self.connection.set_app_data(_Handshake())  # see _record_verify_error
         self.established = False
+        self.sessions: SessionCache | None = context.get_app_data()  # see SessionCache.serve
 
     @property
     def verify_error(self) -> VerifyError | None:
         """Why the client's certificate chain failed validation, if it did."""
-        errors = self.connection.get_app_data()
+        errors = self.connection.get_app_data().errors
         return errors[0] if errors else None
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the handshake resumed a cached session (RFC 5216 §2.1.3)."""
+        return bool(lib.SSL_session_reused(self.connection._ssl))
+
+    def restored(self) -> object | None:
+        """For a resumed handshake: what the cache kept for the session it resumed (the
+        first the connection used), taken out of the cache; None when not resumed, not
+        cached, or expired."""
+        sessions = self.connection.get_app_data().sessions
+        if self.sessions is None or not self.resumed or not sessions:
+            return None
+        return self.sessions.take(sessions[0])
+
+    def succeeded(self, value: object) -> None:
+        """The authentication succeeded: keep its sessions (OpenSSL drops a session whose
+        connection is freed without a shutdown; EAP ends without close_notify) and
+        remember ``value`` for each of them."""
+        if self.sessions is None:
+            return
+        self.connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
+        sessions = self.connection.get_app_data().sessions
+        if self.resumed and self.tls13:
+            sessions = sessions[1:]  # the ticket it used is gone: single use
+        self.sessions.store(sessions, value)
 
     @property
     def tls13(self) -> bool:
         return self.connection.get_protocol_version() == SSL.TLS1_3_VERSION
 
     def client_chain(self) -> list[x509.Certificate]:
-        """The client's validated chain, leaf first, ending with the trust anchor."""
-        chain = self.connection.get_verified_chain() or []
+        """The client's validated chain, leaf first, ending with the trust anchor; after
+        a resumption, the certificate and intermediates the session kept (validated when
+        the session was made: the caller checks them again)."""
+        if self.resumed:
+            leaf = self.connection.get_peer_certificate()
+            chain = [leaf, *(self.connection.get_peer_cert_chain() or [])] if leaf else []
+        else:
+            chain = self.connection.get_verified_chain() or []
         return [certificate.to_cryptography() for certificate in chain]
 
     def receive(self, records: bytes) -> bytes:

@@ -1,0 +1,216 @@
+"""Session resumption (fast reconnect) in the EAP engine: EAP-TLS (RFC 5216 §2.1.3 with TLS
+1.2 session IDs, RFC 9190 §2.1.2 with TLS 1.3 stateful tickets) against the pyOpenSSL peer
+of tests.peap_peer, offering the session its previous conversation got; the keys compared
+with what the peer's own TLS stack exports for the resumed handshake; the certificate check
+run again on resumption; the cache's bounds. Interop with wpa_supplicant (eapol_test -r1) is
+tests/interop/test_eapol_tls.py."""
+
+from __future__ import annotations
+
+import gc
+
+from cryptography import x509
+from OpenSSL import SSL
+from OpenSSL._util import lib
+from twisted.internet import task
+from twisted.trial import unittest
+
+from tests.client_certs import issue_client
+from tests.peap_peer import PeapPeer
+from tests.support import state_dir, test_pki
+from tests.test_eap_eaptls import TLS12, TLS13, daemons_check
+from tests.test_eap_memory import _libc, heap_in_use
+from vpnaaa.certs import DenyList
+from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
+from vpnaaa.eap.eaptls import EapTls
+from vpnaaa.eap.engine import EapEngine
+from vpnaaa.eap.packet import Type
+from vpnaaa.eap.tls import SessionCache, server_context
+from vpnaaa.pki import load_server_identity
+
+
+def resuming(previous: PeapPeer, kind: int = Type.TLS) -> PeapPeer:
+    """A peer on ``previous``'s TLS context offering the session it ended with."""
+    peer = PeapPeer(kind=kind)
+    session = previous.tls.get_session()
+    assert session is not None
+    previous.tls.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)  # keep it resumable
+    peer.tls = SSL.Connection(previous.tls.get_context(), None)
+    peer.tls.set_connect_state()
+    peer.tls.set_session(session)
+    return peer
+
+
+def resumed(peer: PeapPeer) -> bool:
+    return bool(lib.SSL_session_reused(peer.tls._ssl))
+
+
+class EapTlsResumptionTests(unittest.TestCase):
+    def setUp(self) -> None:
+        ca, server = test_pki()
+        self.ca = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+        self.identity = load_server_identity(server.key, server.cert, server.chain)
+        self.clock = task.Clock()
+        self.clock.advance(1.8e9)  # OpenSSL's own timeouts run on the wall clock
+        self.deny = DenyList(state_dir(self) / "denied-serials")
+
+    def engine(self, lifetime: int = 3600, capacity: int = 100) -> EapEngine:
+        self.sessions: SessionCache[None] = SessionCache(self.clock.seconds, lifetime, capacity)
+        context = server_context(self.identity, None, ("1.2", "1.3"), [self.ca], self.sessions)
+        check = daemons_check(self, self.ca, self.deny)
+
+        def factory(source: str | None) -> EapTls:
+            return EapTls(context, check)
+
+        return EapEngine([(Type.TLS, factory)], self.clock, 30)
+
+    def converse(self, engine: EapEngine, peer: PeapPeer) -> tuple[Result, int]:
+        conversation_id, request = engine.begin("192.0.2.1")
+        result: Result = engine.step(conversation_id, peer.identity(request.eap, b"anon")).result[1]
+        requests = 1
+        while isinstance(result, Challenge):
+            requests += 1
+            result = engine.step(conversation_id, peer.answer(result.eap)).result[1]
+        return result, requests
+
+    def first(self, engine: EapEngine, version: int) -> tuple[PeapPeer, Success, int]:
+        self.client = issue_client("carol", email="carol@example.test")
+        peer = PeapPeer(kind=Type.TLS, certificate=self.client.pem_pair, max_version=version)
+        result, requests = self.converse(engine, peer)
+        assert isinstance(result, Success), result
+        self.assertFalse(resumed(peer))
+        return peer, result, requests
+
+    def test_tls12_session_id(self):
+        """RFC 5216 §2.1.3: the peer offers the session ID; ServerHello, CCS and Finished
+        in one request, the peer's Finished, then EAP-Success: 3 requests (Identity, Start,
+        that flight) where the full handshake took 6 (its certificate flight in two
+        1024-octet fragments, then CCS and Finished). The MSK is the same formula over the
+        new randoms (§2.3), the identity the certificate's, as the first time."""
+        engine = self.engine()
+        peer, full, full_requests = self.first(engine, TLS12)
+        again = resuming(peer)
+        result, requests = self.converse(engine, again)
+        assert isinstance(result, Success), result
+        self.assertTrue(resumed(again))
+        self.assertEqual(again.tls.get_protocol_version_name(), "TLSv1.2")
+        material = again.tls.export_keying_material(b"client EAP encryption", 128)
+        self.assertEqual((result.msk, result.emsk), (material[:64], material[64:]))
+        self.assertNotEqual(result.msk, full.msk)
+        self.assertEqual(
+            result.session_id, b"\x0d" + again.tls.client_random() + again.tls.server_random()
+        )
+        self.assertEqual(result.identity, "carol@example.test")
+        self.assertEqual((full_requests, requests), (6, 3))
+        self.assertEqual(len(self.sessions), 1)  # the same session ID, once
+
+    def test_tls13_ticket(self):
+        """RFC 9190 §2.1.2: the peer offers a stateful ticket (the cache key, single use);
+        no Certificate flight, so fewer requests; the exporter keys of the new handshake;
+        and it can resume again with the ticket the resumption gave it."""
+        engine = self.engine()
+        peer, full, full_requests = self.first(engine, TLS13)
+        self.assertEqual(len(self.sessions), 2)  # OpenSSL's two tickets
+        for _ in range(2):
+            again = resuming(peer)
+            result, requests = self.converse(engine, again)
+            assert isinstance(result, Success), result
+            self.assertTrue(resumed(again))
+            material = again.tls.export_keying_material(
+                b"EXPORTER_EAP_TLS_Key_Material", 128, b"\x0d"
+            )
+            self.assertEqual((result.msk, result.emsk), (material[:64], material[64:]))
+            self.assertNotEqual(result.msk, full.msk)
+            self.assertEqual(again.inner, b"\x00")  # the protected success indication
+            self.assertEqual(result.identity, "carol@example.test")
+            self.assertLess(requests, full_requests)
+            peer = again
+
+    def test_denied_serial_is_refused_on_resumption(self):
+        """RFC 5216 §5.7 / RFC 9190 §5.7: the certificate the session keeps is checked
+        again; a serial denied since the first authentication gets EAP-Failure naming it."""
+        for version in (TLS12, TLS13):
+            engine = self.engine()
+            peer, _, _ = self.first(engine, version)
+            self.assertTrue(self.deny.add(self.client.cert.serial_number))
+            again = resuming(peer)
+            result, _ = self.converse(engine, again)
+            assert isinstance(result, Failure), result
+            self.assertTrue(resumed(again))
+            self.assertIn("'CN=carol'", result.reason)
+            self.assertIn("(resumed session): serial", result.reason)
+            self.assertIn("is on the deny list", result.reason)
+            self.assertTrue(self.deny.remove(self.client.cert.serial_number))
+
+    def test_capacity(self):
+        """At capacity the context stops storing sessions: a third client's session is
+        not resumable (a full handshake again), the first one's still is."""
+        engine = self.engine(capacity=1)
+        peer, _, _ = self.first(engine, TLS12)
+        other, _, _ = self.first(engine, TLS12)
+        self.assertEqual(len(self.sessions), 1)
+        result, _ = self.converse(engine, again := resuming(other))
+        self.assertIsInstance(result, Success)
+        self.assertFalse(resumed(again))
+        result, _ = self.converse(engine, again := resuming(peer))
+        self.assertIsInstance(result, Success)
+        self.assertTrue(resumed(again))
+
+    def test_lifetime(self):
+        """Entries older than session_lifetime leave the cache, which then stores again."""
+        engine = self.engine(lifetime=60, capacity=1)
+        self.first(engine, TLS12)
+        self.assertEqual(len(self.sessions), 1)
+        self.clock.advance(61)
+        self.sessions.expire()
+        self.assertEqual(len(self.sessions), 0)
+        peer, _, _ = self.first(engine, TLS12)
+        self.assertEqual(len(self.sessions), 1)
+        result, _ = self.converse(engine, again := resuming(peer))
+        self.assertIsInstance(result, Success)
+        self.assertTrue(resumed(again))
+
+    def test_off(self):
+        """Without a cache (resumption = false) an offered session gets a full handshake."""
+        context = server_context(self.identity, None, ("1.2", "1.3"), [self.ca])
+        check = daemons_check(self, self.ca, self.deny)
+        engine = EapEngine([(Type.TLS, lambda source: EapTls(context, check))], self.clock, 30)
+        for version in (TLS12, TLS13):
+            peer, _, _ = self.first(engine, version)
+            result, _ = self.converse(engine, again := resuming(peer))
+            self.assertIsInstance(result, Success)
+            self.assertFalse(resumed(again))
+
+    def test_memory_per_session(self):
+        """What a cached session costs (OpenSSL's SSL_SESSION with the client's
+        certificate, plus this cache's entry), measured with glibc's mallinfo2 as
+        tests/test_eap_memory.py measures conversations: the heap growth over 100
+        authentications with the cache, minus that without it (the conversations
+        themselves are freed either way). The cache is bounded by entries, so this figure
+        times ``session_cache_size`` is its bound in octets (etc/vpnaaa.toml)."""
+        libc = _libc()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        client = issue_client("carol", email="carol@example.test")
+        for version, tickets in ((TLS12, 1), (TLS13, 2)):
+            growth = {}
+            for capacity in (1, 1000):  # 1: stores the warm-up's session, then none
+                engine = self.engine(capacity=capacity)
+                self.first(engine, version)  # OpenSSL's first-use allocations
+                heap = heap_in_use(libc)
+                for _ in range(COUNT):
+                    peer = PeapPeer(kind=Type.TLS, certificate=client.pem_pair, max_version=version)
+                    result, _ = self.converse(engine, peer)
+                    assert isinstance(result, Success), result
+                    del peer
+                growth[capacity] = heap_in_use(libc) - heap
+                stored = tickets if capacity == 1 else tickets * (1 + COUNT)
+                self.assertEqual(len(self.sessions), stored)
+            per_session = (growth[1000] - growth[1]) / (COUNT * tickets)
+            self.assertLess(per_session, SESSION_COST, version)
+            self.assertGreater(per_session, SESSION_COST / 8, version)  # it measures something
+
+
+COUNT = 100
+SESSION_COST = 8 * 1024  # octets a cached session may hold, as etc/vpnaaa.toml documents
