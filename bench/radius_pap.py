@@ -484,6 +484,7 @@ def vpnaaa_config_text(state_dir: Path, auth_port: int, acct_port: int) -> str:
         'methods = ["peap", "mschapv2", "tls"]\n'
         "[eap.tls]\n"
         'client_ca = "pki/ca/ca.pem"\n'
+        "resumption = true  # radius_eap.py's tls12-res/tls13-res scenarios\n"
         "\n"
         "[[radius.clients]]\n"
         'name = "bench"\n'
