@@ -159,8 +159,9 @@ class PeapResumptionTests(ResumptionTestCase):
         super().setUp()
         self.start_with('["peap"]')
 
-    def peap_twice(self):
-        """PEAPv0/MSCHAPv2 as :meth:`EapolTestCase.peap`, TLS 1.2, two authentications."""
+    def peap_twice(self, tls: str = TLS12):
+        """PEAPv0/MSCHAPv2 as :meth:`EapolTestCase.peap`, TLS 1.2 (or ``tls``), two
+        authentications."""
         return self.eapol_test(
             "-r1",
             eap="PEAP",
@@ -168,7 +169,7 @@ class PeapResumptionTests(ResumptionTestCase):
             anonymous_identity="anonymous",
             password=PASSWORD,
             ca_cert=str(test_pki()[0].cert),
-            phase1=f"peapver=0 {TLS12}",
+            phase1=f"peapver=0 {tls}",
             phase2="auth=MSCHAPV2",
         )
 
@@ -184,6 +185,16 @@ class PeapResumptionTests(ResumptionTestCase):
         self.assertEqual(run.lines.count(PHASE2_DONE), 2, run.output)
         self.assertEqual(run.output.count("EAP-MSCHAPV2: Received challenge"), 1, run.output)
         self.assertResumed(run, USER, 6)
+
+    @defer.inlineCallbacks
+    def test_fast_reconnect_tls13(self):
+        """The same over a TLS 1.3 stateful ticket (RFC 9427 PEAP keys): the inner
+        MSCHAPv2 runs once, MPPE keys OK both times, 5 EAP Requests fewer the second time."""
+        run = yield self.peap_twice(TLS13)
+        self.assertIn("SSL: Using TLS version TLSv1.3", run.lines, run.output)
+        self.assertEqual(run.lines.count(PHASE2_DONE), 2, run.output)
+        self.assertEqual(run.output.count("EAP-MSCHAPV2: Received challenge"), 1, run.output)
+        self.assertResumed(run, USER, 5)
 
     @defer.inlineCallbacks
     def test_changed_password(self):
