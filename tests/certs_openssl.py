@@ -239,9 +239,12 @@ class OpensslCa:
             _check(run("crl", "-in", pem, "-outform", "DER", "-out", out))
         return out
 
-    def ocsp_response(self, request: bytes, signer: Issued | None = None) -> bytes:
+    def ocsp_response(
+        self, request: bytes, signer: Issued | None = None, next_update: bool = True
+    ) -> bytes:
         """``openssl ocsp -index`` answering ``request`` (DER), signed by ``signer`` (a
-        delegated responder) or by the CA itself."""
+        delegated responder) or by the CA itself; with ``next_update``, valid 10 minutes
+        (nextUpdate), else without a nextUpdate."""
         reqin = self.dir / "ocsp-req.der"
         respout = self.dir / "ocsp-resp.der"
         reqin.write_bytes(request)
@@ -261,8 +264,7 @@ class OpensslCa:
                 reqin,
                 "-respout",
                 respout,
-                "-nmin",
-                "10",
+                *(("-nmin", "10") if next_update else ()),
             )
         )
         return respout.read_bytes()

@@ -116,6 +116,15 @@ class Agreement(unittest.TestCase):
                 self.pki.verify(self.cases[name])
             self.assertIn(words.lower(), caught.exception.reason.lower(), name)
 
+    def test_malformed_certificate(self) -> None:
+        """A certificate whose subject does not parse (a byte-mutated one an outsider's
+        fuzzer made; cryptography parses the field only on use): refused, no ValueError
+        past the verifier."""
+        data = (Path(__file__).parent / "data" / "malformed-subject.der").read_bytes()
+        with self.assertRaises(CertificateRejected) as caught:
+            self.pki.verifier.verify(data, [], _now())
+        self.assertIn("malformed certificate", caught.exception.reason)
+
     def test_missing_intermediate(self) -> None:
         """A chain is built from what the peer sent: without the intermediate, no path."""
         with self.assertRaises(CertificateRejected):

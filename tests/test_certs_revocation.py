@@ -8,6 +8,8 @@ import os
 import socket
 import stat
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from twisted.web import resource, server
@@ -313,6 +315,21 @@ class Ocsp(unittest.TestCase):
         later = _now() + datetime.timedelta(hours=1)  # -nmin 10: stale by then
         with self.assertRaises(OcspError):
             ocsp_answer(data, alice, issuer, b"A" * 32, later)
+
+    def test_no_nonce_needs_a_next_update(self) -> None:
+        """An answer without our nonce (the request had none, as a replayer's would not)
+        and without nextUpdate has no bounded age: not proof of "good"; with a nextUpdate
+        it is (RFC 5019 responders answer so)."""
+        alice = self.pki.alice.load()
+        issuer = Issued(self.pki.inter.cert, self.pki.inter.key).load()
+        bare = ocsp.OCSPRequestBuilder().add_certificate(alice, issuer, hashes.SHA1()).build()
+        request = bare.public_bytes(serialization.Encoding.DER)
+        ageless = self.pki.inter.ocsp_response(request, self.signer, next_update=False)
+        with self.assertRaises(OcspError) as caught:
+            ocsp_answer(ageless, alice, issuer, b"A" * 32, _now())
+        self.assertIn("neither our nonce nor a nextUpdate", str(caught.exception))
+        bounded = self.pki.inter.ocsp_response(request, self.signer)
+        self.assertEqual(ocsp_answer(bounded, alice, issuer, b"A" * 32, _now()).status, "good")
 
 
 class _Counting(resource.Resource):

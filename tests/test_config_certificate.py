@@ -41,6 +41,13 @@ class CertificateProfileConfig(ConfigTestCase):
         self.assertConfigError(
             base + 'ocsp_url = "ldap://x"\n', "ike.profiles[0].ocsp_url", "not an http"
         )
+        # the fetcher speaks plain HTTP only (RFC 6960 A.1; answers are signed): an https
+        # URL would fail every check, and soft fail would then accept revoked certificates
+        self.assertConfigError(
+            base + 'ocsp_url = "https://ocsp.example.test/"\n',
+            "ike.profiles[0].ocsp_url",
+            "not an http:// URL",
+        )
 
     def test_an_eap_profile_still_needs_match(self):
         self.assertConfigError(

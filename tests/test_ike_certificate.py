@@ -23,7 +23,7 @@ from tests.ike_peer import Gateway, Initiator
 from tests.support import log_lines, state_dir
 from vpnaaa.certs import ClientVerifier, RevocationChecker, RevocationResult, VerifiedCertificate
 from vpnaaa.ike import protocol
-from vpnaaa.ike.common import CertificateAuth
+from vpnaaa.ike.common import CertificateAuth, user_key
 from vpnaaa.ike.const import (
     AuthMethod,
     CertEncoding,
@@ -150,6 +150,17 @@ class CertificateAuthTests(unittest.TestCase):
         response = self.auth_request(Initiator(gateway), idi=idi, key=self.key(self.device))
         self.refused(response, "does not name IDi 'other.example.test'")
 
+    def test_the_profile_users_list_holds(self) -> None:
+        """A profile's users list (an ASA's group-lock) refuses a certificate it does not
+        name, as it refuses an EAP user: the client chooses the profile (IDr)."""
+        gateway = self.gateway()
+        gateway.context.profiles[0].users = frozenset({"laptop.example.test"})
+        peer = Initiator(gateway)
+        response = self.auth_request(peer, idi=self.fqdn(), key=self.key(self.device))
+        self.refused(response, "not in the users list of profile")
+        self.assertEqual(gateway.responder.sessions(), [])
+        self.assertEqual(gateway.leaks(), [])
+
     def test_too_many_certificates(self) -> None:
         gateway = self.gateway()
         certs = [self.device.der()] * 11
@@ -204,3 +215,19 @@ class CertificateAuthTests(unittest.TestCase):
         assert request is not None
         self.assertEqual(request.encoding, CertEncoding.X509_SIGNATURE)
         self.assertEqual(request.data, hashlib.sha1(spki).digest())  # once, not twice
+
+
+class UserKeyTests(unittest.TestCase):
+    """The key INITIAL_CONTACT, max_sessions_per_user, leases and users lists compare."""
+
+    def test_subject_dns_keep_their_escapes(self) -> None:
+        """RFC 4514 escapes (``\\,``) are no DOMAIN\\ prefix: two people whose CNs differ
+        before an escaped comma stay two users."""
+        smith = user_key("CN=Smith\\, John,OU=Users,DC=corp,DC=com")
+        doe = user_key("CN=Doe\\, John,OU=Users,DC=corp,DC=com")
+        self.assertNotEqual(smith, doe)
+        self.assertEqual(smith, "cn=smith\\, john,ou=users,dc=corp,dc=com")
+        self.assertNotEqual(user_key("CN=alice\\+admin"), user_key("CN=bob\\+admin"))
+        self.assertEqual(user_key("2.5.4.3=x\\,y"), "2.5.4.3=x\\,y")
+        self.assertEqual(user_key("CORP\\Alice"), "alice")
+        self.assertEqual(user_key("alice@corp.example"), "alice@corp.example")

@@ -895,8 +895,8 @@ def _revocation(section: _Section, state_dir: Path) -> RevocationConfig:
     """The revocation keys (:class:`RevocationConfig`) of a certificate profile or of
     ``[eap.tls]``; CRL file names are relative to ``state_dir``."""
     ocsp_url = section.get("ocsp_url", str, "")
-    if ocsp_url and not ocsp_url.startswith(("http://", "https://")):
-        raise section.error("ocsp_url", f"{ocsp_url!r} is not an http:// or https:// URL")
+    if ocsp_url and not ocsp_url.startswith("http://"):  # RFC 6960 A.1; answers are signed
+        raise section.error("ocsp_url", f"{ocsp_url!r} is not an http:// URL")
     revocation = section.get("revocation", str, "soft")
     if revocation not in ("soft", "hard"):
         raise section.error("revocation", f'{revocation!r}: use "soft" or "hard"')

@@ -9,7 +9,9 @@ certificate's CertID, is signed by the CA that issued the certificate or by a re
 that CA delegated (a certificate the CA issued, carrying id-kp-OCSPSigning and valid now,
 RFC 6960 §4.2.2.2), is current (thisUpdate not ahead of ``now``, nextUpdate not behind,
 with :data:`SKEW` of slack) and carries our nonce when it carries one. A responder may
-leave the nonce out (RFC 6960 §4.4.1, RFC 8954 §2.1); a different nonce is a replay.
+leave the nonce out (RFC 6960 §4.4.1, RFC 8954 §2.1), but then it must give a nextUpdate
+(else nothing bounds its age: an old "good" could be replayed); a different nonce is a
+replay.
 Anything else raises :class:`OcspError`, which the caller's soft/hard-fail policy decides.
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
@@ -59,7 +61,21 @@ def ocsp_answer(
     nonce: bytes,
     now: datetime.datetime,
 ) -> OcspAnswer:
-    """Check the responder's ``data`` (module docstring) and say what it proves."""
+    """Check the responder's ``data`` (module docstring) and say what it proves;
+    OcspError for anything it cannot prove, a field that fails to parse included."""
+    try:
+        return _answer(data, cert, issuer, nonce, now)
+    except (ValueError, UnsupportedAlgorithm) as e:  # fields cryptography parses on use
+        raise OcspError(f"a malformed response ({e})") from None
+
+
+def _answer(
+    data: bytes,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    nonce: bytes,
+    now: datetime.datetime,
+) -> OcspAnswer:
     try:
         response = ocsp.load_der_ocsp_response(data)
     except ValueError as e:
@@ -77,6 +93,8 @@ def ocsp_answer(
     if single.this_update_utc > now + SKEW:
         raise OcspError(f"thisUpdate {single.this_update_utc:%Y-%m-%d %H:%M:%SZ} is ahead")
     next_update = single.next_update_utc
+    if sent is None and next_update is None:  # nothing bounds its age: a replay could be
+        raise OcspError("the response has neither our nonce nor a nextUpdate (RFC 6960 §4.2.2.1)")
     if next_update is not None and next_update < now - SKEW:
         raise OcspError(f"nextUpdate {next_update:%Y-%m-%d %H:%M:%SZ} has passed")
     status = single.certificate_status

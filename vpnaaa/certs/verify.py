@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
@@ -257,19 +258,21 @@ class ClientVerifier:
         )
         try:
             verified = verifier.verify(cert, others)
+            return VerifiedCertificate(
+                identities=identities(cert),
+                subject=cert.subject.rfc4514_string(),
+                serial=serial_hex(cert.serial_number),
+                issuer=cert.issuer.rfc4514_string(),
+                not_after=cert.not_valid_after_utc,
+                key_type=key_type(cert.public_key()),
+                chain=tuple(verified.chain),
+            )
         except VerificationError as e:
             raise CertificateRejected(_reason(e, [cert, *others, *self.anchors], now)) from None
         except x509.UnsupportedGeneralNameType as e:
             raise CertificateRejected(f"unsupported subjectAltName: {e}") from None
-        return VerifiedCertificate(
-            identities=identities(cert),
-            subject=cert.subject.rfc4514_string(),
-            serial=serial_hex(cert.serial_number),
-            issuer=cert.issuer.rfc4514_string(),
-            not_after=cert.not_valid_after_utc,
-            key_type=key_type(cert.public_key()),
-            chain=tuple(verified.chain),
-        )
+        except (ValueError, UnsupportedAlgorithm) as e:  # a field only parsed on use
+            raise CertificateRejected(f"a malformed certificate ({e})") from None
 
 
 def _parse(data: bytes | x509.Certificate, what: str) -> x509.Certificate:

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import os
 import random
+import re
 import socket
 import struct
 import time
@@ -155,8 +156,15 @@ class Profile:
 
 def user_key(identity: str) -> str:
     """One user however the client spells it: no DOMAIN\\ prefix, lower case (what the
-    users lists, INITIAL_CONTACT and max_sessions_per_user compare)."""
+    users lists, INITIAL_CONTACT and max_sessions_per_user compare). A certificate's
+    subject DN (RFC 4514: it begins with an attribute type and "=") keeps its backslashes:
+    they escape characters there (``CN=Smith\\, John``), and no domain precedes them."""
+    if _DN.match(identity):
+        return identity.lower()
     return mschap.strip_domain(identity).lower()
+
+
+_DN = re.compile(r"([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+)=")  # RFC 4514 §3 attributeType
 
 
 def _generate(group: int) -> tuple[object, bytes]:

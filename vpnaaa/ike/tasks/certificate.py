@@ -87,6 +87,9 @@ def revocation_checked(sa: IkeSa, result: RevocationResult) -> Effects:
     assert isinstance(idi, Identification)
     sa.identity = named_identity(verified, idi).value
     sa.identity_verified = True
+    if not sa.profile.admits(sa.identity):
+        reason = f"not in the users list of profile {sa.profile.name}"
+        return ike_auth.fail(sa, header, f"certificate {described}: {reason}")
     refusal = ike_auth.admitted(sa)
     if refusal is not None:
         return ike_auth.fail(sa, header, f"certificate {described}: {refusal}")
