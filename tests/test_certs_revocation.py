@@ -7,6 +7,7 @@ import datetime
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -18,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET
 from tests.certs_openssl import OCSP_SIGNER, USER, Issued, OpensslCa, forget
 from tests.support import log_lines, state_dir
 from vpnaaa.certs import (
+    DENY_FILE,
     ClientVerifier,
     CrlDistributionPoints,
     CrlFile,
@@ -27,6 +29,7 @@ from vpnaaa.certs import (
     RevocationChecker,
     VerifiedCertificate,
     parse_serial,
+    serial_hex,
 )
 from vpnaaa.certs.ocsp import OcspError, ocsp_answer, ocsp_request
 
@@ -209,12 +212,17 @@ class _OcspResponder(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, ca: OpensslCa, signer: Issued | None) -> None:
+    def __init__(
+        self, ca: OpensslCa, signer: Issued | None, meanwhile: Callable[[], None] = lambda: None
+    ) -> None:
+        """``meanwhile``: what happens while the request is being answered."""
         super().__init__()
         self.ca = ca
         self.signer = signer
+        self.meanwhile = meanwhile
 
     def render_POST(self, request: server.Request) -> bytes:
+        self.meanwhile()
         assert request.getHeader(b"content-type") == b"application/ocsp-request"
         request.setHeader(b"content-type", b"application/ocsp-response")
         return self.ca.ocsp_response(request.content.read(), self.signer)
@@ -263,6 +271,25 @@ class Ocsp(unittest.TestCase):
         self.assertIn("does not know", unknown.reason)
         soft = yield self.check(url, self.stranger, hard_fail=False)
         self.assertTrue(soft.accepted)
+
+    @defer.inlineCallbacks
+    def test_denied_while_the_responder_answers(self) -> defer.Generator:
+        """`vpnaaa deny` while the OCSP answer ("good") is on its way: refused, since the
+        session it would make is not there yet for the deny to end."""
+        deny = DenyList(state_dir(self) / DENY_FILE)
+        alice = self.pki.alice.load()
+        responder = _OcspResponder(
+            self.pki.inter, self.signer, lambda: deny.add(alice.serial_number)
+        )
+        url = f"http://127.0.0.1:{_listen(self, responder)}/"
+        checker = RevocationChecker(
+            reactor, deny=deny, ocsp=OcspClient(url, HttpFetcher(reactor, timeout=5.0))
+        )
+        result = yield checker.check(self.pki.verified(self.pki.alice))
+        self.assertFalse(result.accepted)
+        self.assertEqual(
+            result.reason, f"serial {serial_hex(alice.serial_number)} is on the deny list"
+        )
 
     @defer.inlineCallbacks
     def test_signed_by_the_ca(self) -> defer.Generator:

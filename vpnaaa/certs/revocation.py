@@ -77,14 +77,27 @@ class RevocationChecker:
 
     def check(self, verified: VerifiedCertificate) -> defer.Deferred[RevocationResult]:
         """The verdict on ``verified`` (a chain :class:`ClientVerifier` accepted)."""
-        return defer.ensureDeferred(self._check(verified))
+        return defer.ensureDeferred(self._decide(verified))
+
+    async def _decide(self, verified: VerifiedCertificate) -> RevocationResult:
+        """The deny list before the sources and again after them: a serial denied while
+        a responder was asked (`vpnaaa deny` ends only sessions already up) is refused."""
+        denied = self._denied(verified)
+        if denied is not None:
+            return denied
+        result = await self._check(verified)
+        return (self._denied(verified) if result.accepted else None) or result
+
+    def _denied(self, verified: VerifiedCertificate) -> RevocationResult | None:
+        serial = verified.chain[0].serial_number
+        if self.deny is not None and self.deny.denied(serial):
+            return RevocationResult(False, f"serial {serial_hex(serial)} is on the deny list")
+        return None
 
     async def _check(self, verified: VerifiedCertificate) -> RevocationResult:
         chain = verified.chain
         leaf = chain[0]
         serial = serial_hex(leaf.serial_number)
-        if self.deny is not None and self.deny.denied(leaf.serial_number):
-            return RevocationResult(False, f"serial {serial} is on the deny list")
         now = self._now()
         said: list[str] = []  # what the sources answered for the leaf, for the reason
         good = False
