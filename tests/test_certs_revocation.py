@@ -9,6 +9,7 @@ import socket
 import stat
 from collections.abc import Callable
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from twisted.internet import defer, reactor, task
@@ -31,6 +32,7 @@ from vpnaaa.certs import (
     parse_serial,
     serial_hex,
 )
+from vpnaaa.certs.crl import crl_answer
 from vpnaaa.certs.ocsp import OcspError, ocsp_answer, ocsp_request
 
 
@@ -74,6 +76,56 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PartialCrls(unittest.TestCase):
+    """RFC 5280 §5.2.4-5.2.5: a delta CRL, or one its issuingDistributionPoint scopes to
+    CA certificates or some reasons, proves the revocations it lists and nothing else."""
+
+    def setUp(self) -> None:
+        self.pki = _Setup(self)
+        self.issuer = Issued(self.pki.inter.cert, self.pki.inter.key).load()
+        key = serialization.load_pem_private_key(self.pki.inter.key.read_bytes(), None)
+        self.key = key
+
+    def crl(self, *extensions: x509.ExtensionType) -> x509.CertificateRevocationList:
+        bob = self.pki.bob.load()
+        revoked = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(bob.serial_number)
+            .revocation_date(_now() - datetime.timedelta(hours=1))
+            .build()
+        )
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.issuer.subject)
+            .last_update(_now() - datetime.timedelta(minutes=5))
+            .next_update(_now() + datetime.timedelta(days=1))
+            .add_revoked_certificate(revoked)
+        )
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=True)
+        return builder.sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
+
+    def test_partial_crls_prove_only_revocations(self) -> None:
+        alice, bob = self.pki.alice.load(), self.pki.bob.load()
+        scoped = [
+            x509.DeltaCRLIndicator(1),
+            x509.IssuingDistributionPoint(None, None, False, True, None, False, False),
+            x509.IssuingDistributionPoint(
+                None, None, False, False, frozenset({x509.ReasonFlags.key_compromise}), False, False
+            ),
+        ]
+        for extension in scoped:
+            crl = self.crl(extension)
+            self.assertIsNone(crl_answer(crl, alice, self.issuer, _now()), extension)
+            answer = crl_answer(crl, bob, self.issuer, _now())
+            assert answer is not None
+            self.assertEqual(answer.status, "revoked")
+        full = self.crl()
+        answer = crl_answer(full, alice, self.issuer, _now())
+        assert answer is not None
+        self.assertEqual(answer.status, "good")
 
 
 class CrlFiles(unittest.TestCase):

@@ -73,7 +73,9 @@ def crl_answer(
     now: datetime.datetime,
 ) -> CrlAnswer | None:
     """What ``crl`` says about ``cert`` (issued by ``issuer``) at ``now``; None when the
-    CRL is not the issuer's (:func:`issued_by`) or not yet valid (thisUpdate ahead)."""
+    CRL is not the issuer's (:func:`issued_by`) or not yet valid (thisUpdate ahead), and
+    when it is partial (:func:`partial`) and does not list ``cert``: such a CRL proves a
+    revocation, never that a certificate is good."""
     if cert.issuer != issuer.subject or not issued_by(crl, issuer):
         return None
     if crl.last_update_utc > now:
@@ -81,10 +83,41 @@ def crl_answer(
     entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
     if entry is not None:
         return CrlAnswer("revoked", _revocation(entry))
+    if partial(crl, cert):
+        return None
     next_update = crl.next_update_utc
     if next_update is not None and next_update < now:
         return CrlAnswer("stale", f"nextUpdate {next_update:%Y-%m-%d %H:%M:%SZ} has passed")
     return CrlAnswer("good", f"not listed (thisUpdate {crl.last_update_utc:%Y-%m-%d %H:%M}Z)")
+
+
+def partial(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
+    """Whether ``crl`` covers less than every certificate of its issuer for every reason:
+    a delta CRL (RFC 5280 §5.2.4), or an issuingDistributionPoint (§5.2.5) that limits it
+    to CA, user or attribute certificates ``cert`` is not, to some reasons, or makes it
+    indirect (§6.3.3 (b)). A distribution point name alone scopes nothing here (Active
+    Directory Certificate Services puts its own in full CRLs)."""
+    extensions = crl.extensions
+    try:
+        extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+        return True
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        scope = extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        ca = False
+    return bool(
+        (scope.only_contains_ca_certs and not ca)
+        or (scope.only_contains_user_certs and ca)
+        or scope.only_contains_attribute_certs
+        or scope.only_some_reasons
+        or scope.indirect_crl
+    )
 
 
 def _revocation(entry: x509.RevokedCertificate) -> str:
