@@ -16,7 +16,6 @@ it blocks (small local files), like the users file.
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +23,7 @@ from typing import Literal
 from cryptography import x509
 
 from vpnaaa import logs
+from vpnaaa.certs.files import Version, version
 
 log = logs.get("vpnaaa.certs")
 
@@ -135,18 +135,18 @@ class CrlFile:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._crls: tuple[x509.CertificateRevocationList, ...] = ()
-        self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read
+        self._seen: Version | None = None  # (inode, size, mtime_ns) last read
         self.reload()
 
     def crls(self) -> tuple[x509.CertificateRevocationList, ...]:
         """The file's CRLs, read again first if the file changed since."""
-        if self._stat() != self._seen:
+        if version(self.path) != self._seen:
             self.reload()
         return self._crls
 
     def reload(self) -> None:
         """Read the file again now (SIGHUP); keeps the last good CRLs when it cannot."""
-        seen = self._stat()
+        seen = version(self.path)
         changed = seen != self._seen
         self._seen = seen
         try:
@@ -181,10 +181,3 @@ class CrlFile:
                 for crl in crls
             ),
         )
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)

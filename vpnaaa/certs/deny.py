@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from vpnaaa import logs, private
+from vpnaaa.certs.files import Version, version
 from vpnaaa.certs.verify import parse_serial, serial_hex
 
 log = logs.get("vpnaaa.certs")
@@ -33,18 +34,18 @@ class DenyList:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._serials: frozenset[int] = frozenset()
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: Version | None = None
         self.reload()
 
     def denied(self, serial: int) -> bool:
         """Whether ``serial`` is on the list (read again first if the file changed)."""
-        if self._stat() != self._seen:
+        if version(self.path) != self._seen:
             self.reload()
         return serial in self._serials
 
     def serials(self) -> tuple[str, ...]:
         """The list, sorted, in hex."""
-        if self._stat() != self._seen:
+        if version(self.path) != self._seen:
             self.reload()
         return tuple(serial_hex(s) for s in sorted(self._serials))
 
@@ -66,7 +67,7 @@ class DenyList:
 
     def reload(self) -> None:
         """Read the file again now; keeps the last list when it cannot."""
-        seen = self._stat()
+        seen = version(self.path)
         changed = seen != self._seen
         self._seen = seen
         if seen is None:
@@ -119,11 +120,4 @@ class DenyList:
             os.unlink(tmp)
             raise
         self._serials = serials
-        self._seen = self._stat()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._seen = version(self.path)
