@@ -50,6 +50,17 @@ def daemons_check(
     return CertificateCheck(ClientVerifier([ca]), deny, time.time)
 
 
+def converse(engine: EapEngine, peer: PeapPeer) -> tuple[Result, int]:
+    """Drive one conversation to its end; (result, Requests the server sent)."""
+    conversation_id, request = engine.begin("192.0.2.1")
+    result: Result = engine.step(conversation_id, peer.identity(request.eap, b"anon")).result[1]
+    requests = 1
+    while isinstance(result, Challenge):
+        requests += 1
+        result = engine.step(conversation_id, peer.answer(result.eap)).result[1]
+    return result, requests
+
+
 class EapTlsTests(unittest.TestCase):
     def setUp(self) -> None:
         ca, server = test_pki()
@@ -71,13 +82,8 @@ class EapTlsTests(unittest.TestCase):
         return EapEngine([(Type.TLS, factory)], task.Clock(), 30)
 
     def converse(self, engine: EapEngine, peer: PeapPeer) -> tuple[Result, int]:
-        """Drive one conversation to its end; (result, Requests the server sent)."""
-        conversation_id, request = engine.begin("192.0.2.1")
-        result: Result = engine.step(conversation_id, peer.identity(request.eap, b"anon")).result[1]
-        requests = 1
-        while isinstance(result, Challenge):
-            requests += 1
-            result = engine.step(conversation_id, peer.answer(result.eap)).result[1]
+        """:func:`converse`, and the conversation is gone from the engine at its end."""
+        result, requests = converse(engine, peer)
         self.assertEqual(len(engine), 0)
         return result, requests
 

@@ -18,10 +18,10 @@ from twisted.trial import unittest
 from tests.client_certs import issue_client
 from tests.peap_peer import PeapPeer
 from tests.support import state_dir, test_pki
-from tests.test_eap_eaptls import TLS12, TLS13, daemons_check
+from tests.test_eap_eaptls import TLS12, TLS13, converse, daemons_check
 from tests.test_eap_memory import _libc, heap_in_use
 from vpnaaa.certs import DenyList
-from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
+from vpnaaa.eap.authenticator import Failure, Success
 from vpnaaa.eap.eaptls import EapTls
 from vpnaaa.eap.engine import EapEngine
 from vpnaaa.eap.packet import Type
@@ -64,19 +64,10 @@ class EapTlsResumptionTests(unittest.TestCase):
 
         return EapEngine([(Type.TLS, factory)], self.clock, 30)
 
-    def converse(self, engine: EapEngine, peer: PeapPeer) -> tuple[Result, int]:
-        conversation_id, request = engine.begin("192.0.2.1")
-        result: Result = engine.step(conversation_id, peer.identity(request.eap, b"anon")).result[1]
-        requests = 1
-        while isinstance(result, Challenge):
-            requests += 1
-            result = engine.step(conversation_id, peer.answer(result.eap)).result[1]
-        return result, requests
-
     def first(self, engine: EapEngine, version: int) -> tuple[PeapPeer, Success, int]:
         self.client = issue_client("carol", email="carol@example.test")
         peer = PeapPeer(kind=Type.TLS, certificate=self.client.pem_pair, max_version=version)
-        result, requests = self.converse(engine, peer)
+        result, requests = converse(engine, peer)
         assert isinstance(result, Success), result
         self.assertFalse(resumed(peer))
         return peer, result, requests
@@ -90,7 +81,7 @@ class EapTlsResumptionTests(unittest.TestCase):
         engine = self.engine()
         peer, full, full_requests = self.first(engine, TLS12)
         again = resuming(peer)
-        result, requests = self.converse(engine, again)
+        result, requests = converse(engine, again)
         assert isinstance(result, Success), result
         self.assertTrue(resumed(again))
         self.assertEqual(again.tls.get_protocol_version_name(), "TLSv1.2")
@@ -113,7 +104,7 @@ class EapTlsResumptionTests(unittest.TestCase):
         self.assertEqual(len(self.sessions), 2)  # OpenSSL's two tickets
         for _ in range(2):
             again = resuming(peer)
-            result, requests = self.converse(engine, again)
+            result, requests = converse(engine, again)
             assert isinstance(result, Success), result
             self.assertTrue(resumed(again))
             material = again.tls.export_keying_material(
@@ -134,7 +125,7 @@ class EapTlsResumptionTests(unittest.TestCase):
             peer, _, _ = self.first(engine, version)
             self.assertTrue(self.deny.add(self.client.cert.serial_number))
             again = resuming(peer)
-            result, _ = self.converse(engine, again)
+            result, _ = converse(engine, again)
             assert isinstance(result, Failure), result
             self.assertTrue(resumed(again))
             self.assertIn("'CN=carol'", result.reason)
@@ -149,10 +140,10 @@ class EapTlsResumptionTests(unittest.TestCase):
         peer, _, _ = self.first(engine, TLS12)
         other, _, _ = self.first(engine, TLS12)
         self.assertEqual(len(self.sessions), 1)
-        result, _ = self.converse(engine, again := resuming(other))
+        result, _ = converse(engine, again := resuming(other))
         self.assertIsInstance(result, Success)
         self.assertFalse(resumed(again))
-        result, _ = self.converse(engine, again := resuming(peer))
+        result, _ = converse(engine, again := resuming(peer))
         self.assertIsInstance(result, Success)
         self.assertTrue(resumed(again))
 
@@ -166,7 +157,7 @@ class EapTlsResumptionTests(unittest.TestCase):
         self.assertEqual(len(self.sessions), 0)
         peer, _, _ = self.first(engine, TLS12)
         self.assertEqual(len(self.sessions), 1)
-        result, _ = self.converse(engine, again := resuming(peer))
+        result, _ = converse(engine, again := resuming(peer))
         self.assertIsInstance(result, Success)
         self.assertTrue(resumed(again))
 
@@ -177,7 +168,7 @@ class EapTlsResumptionTests(unittest.TestCase):
         engine = EapEngine([(Type.TLS, lambda source: EapTls(context, check))], self.clock, 30)
         for version in (TLS12, TLS13):
             peer, _, _ = self.first(engine, version)
-            result, _ = self.converse(engine, again := resuming(peer))
+            result, _ = converse(engine, again := resuming(peer))
             self.assertIsInstance(result, Success)
             self.assertFalse(resumed(again))
 
@@ -201,7 +192,7 @@ class EapTlsResumptionTests(unittest.TestCase):
                 heap = heap_in_use(libc)
                 for _ in range(COUNT):
                     peer = PeapPeer(kind=Type.TLS, certificate=client.pem_pair, max_version=version)
-                    result, _ = self.converse(engine, peer)
+                    result, _ = converse(engine, peer)
                     assert isinstance(result, Success), result
                     del peer
                 growth[capacity] = heap_in_use(libc) - heap
