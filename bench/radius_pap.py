@@ -485,10 +485,6 @@ def vpnaaa_config_text(state_dir: Path, auth_port: int, acct_port: int) -> str:
         "[eap.tls]\n"
         'client_ca = "pki/ca/ca.pem"\n'
         "resumption = true  # radius_eap.py's tls12-res/tls13-res scenarios\n"
-        "# every successful authentication of the run is kept for session_lifetime (TLS 1.3:\n"
-        "# two tickets each); with the default 4096 the cache fills during the run and then\n"
-        "# keeps no new sessions (documented), so the resumed scenarios would not resume\n"
-        "session_cache_size = 65536\n"
         "\n"
         "[[radius.clients]]\n"
         'name = "bench"\n'

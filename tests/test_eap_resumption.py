@@ -7,7 +7,9 @@ tests/interop/test_eapol_tls.py."""
 
 from __future__ import annotations
 
+import functools
 import gc
+from pathlib import Path
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -25,7 +27,7 @@ from vpnaaa.eap.authenticator import Failure, Success
 from vpnaaa.eap.eaptls import EapTls
 from vpnaaa.eap.engine import EapEngine
 from vpnaaa.eap.packet import Type
-from vpnaaa.eap.tls import SessionCache, server_context
+from vpnaaa.eap.tls import SessionCache, TlsContexts, offered_sessions, server_context
 from vpnaaa.pki import load_server_identity
 
 
@@ -54,18 +56,26 @@ class EapTlsResumptionTests(unittest.TestCase):
         self.clock.advance(1.8e9)  # OpenSSL's own timeouts run on the wall clock
         self.deny = DenyList(state_dir(self) / "denied-serials")
 
-    def engine(self, lifetime: int = 3600, capacity: int = 100) -> EapEngine:
-        self.sessions: SessionCache[None] = SessionCache(self.clock.seconds, lifetime, capacity)
-        context = server_context(self.identity, None, ("1.2", "1.3"), [self.ca], self.sessions)
+    def engine(self, lifetime: int = 3600, capacity: int | None = 100) -> EapEngine:
+        """An EAP-TLS engine with a session cache (None: resumption off)."""
+        make = functools.partial(server_context, self.identity, None, ("1.2", "1.3"), [self.ca])
+        contexts: TlsContexts = make()
+        if capacity is not None:
+            self.sessions: SessionCache[None] = SessionCache(
+                make, self.clock.seconds, lifetime, capacity
+            )
+            contexts = self.sessions
         check = daemons_check(self, self.ca, self.deny)
 
         def factory(source: str | None) -> EapTls:
-            return EapTls(context, check)
+            return EapTls(contexts, check)
 
         return EapEngine([(Type.TLS, factory)], self.clock, 30)
 
-    def first(self, engine: EapEngine, version: int) -> tuple[PeapPeer, Success, int]:
-        self.client = issue_client("carol", email="carol@example.test")
+    def first(
+        self, engine: EapEngine, version: int, name: str = "carol"
+    ) -> tuple[PeapPeer, Success, int]:
+        self.client = issue_client(name, email=f"{name}@example.test")
         peer = PeapPeer(kind=Type.TLS, certificate=self.client.pem_pair, max_version=version)
         result, requests = converse(engine, peer)
         assert isinstance(result, Success), result
@@ -133,28 +143,57 @@ class EapTlsResumptionTests(unittest.TestCase):
             self.assertIn("is on the deny list", result.reason)
             self.assertTrue(self.deny.remove(self.client.cert.serial_number))
 
-    def test_capacity(self):
-        """At capacity the context stops storing sessions: a third client's session is
-        not resumable (a full handshake again), the first one's still is."""
-        engine = self.engine(capacity=1)
-        peer, _, _ = self.first(engine, TLS12)
-        other, _, _ = self.first(engine, TLS12)
-        self.assertEqual(len(self.sessions), 1)
-        result, _ = converse(engine, again := resuming(other))
+    def test_generations(self):
+        """Under steady load resumption keeps working for the newest sessions: with room
+        for 4 (two generations of 2), five clients one after the other leave the last
+        three resumable (the previous generation's two through its own context, the
+        current one's), the first two forgotten with their context (a full handshake),
+        and never more than 4 sessions kept."""
+        engine = self.engine(capacity=4)
+        peers = []
+        for name in ("ann", "bob", "cat", "dan", "eve"):
+            peers.append(self.first(engine, TLS12, name)[0])
+            self.assertLessEqual(len(self.sessions), 4)
+        self.assertEqual(len(self.sessions), 3)
+        # newest first: a full handshake stores a new session, which may start a generation
+        for peer, resumable in zip(peers[::-1], (True, True, True, False, False), strict=True):
+            result, _ = converse(engine, again := resuming(peer))
+            assert isinstance(result, Success), result
+            self.assertEqual(resumed(again), resumable, peer.tls.get_peer_certificate())
+        self.assertLessEqual(len(self.sessions), 4)
+
+    def test_generations_tls13(self):
+        """The same with TLS 1.3 tickets (two per authentication, single use): a client
+        of the previous generation resumes there and can resume again with the ticket it
+        got; a forgotten one gets a full handshake."""
+        engine = self.engine(capacity=4)
+        old = self.first(engine, TLS13, "ann")[0]
+        self.first(engine, TLS13, "bob")
+        peer = self.first(engine, TLS13, "cat")[0]  # each fills a generation: previous now
+        self.assertEqual(len(self.sessions), 2)
+        for _ in range(2):
+            result, _ = converse(engine, again := resuming(peer))
+            assert isinstance(result, Success), result
+            self.assertTrue(resumed(again))
+            peer = again
+        result, _ = converse(engine, again := resuming(old))
         self.assertIsInstance(result, Success)
         self.assertFalse(resumed(again))
+
+    def test_lifetime(self):
+        """Entries older than session_lifetime leave the cache, and a generation whose
+        sessions all expired is dropped with its context."""
+        engine = self.engine(lifetime=60, capacity=2)
+        peer, _, _ = self.first(engine, TLS12)
+        self.assertIsNotNone(self.sessions.previous)  # full at one: the next is current
+        self.assertEqual(len(self.sessions), 1)
         result, _ = converse(engine, again := resuming(peer))
         self.assertIsInstance(result, Success)
         self.assertTrue(resumed(again))
-
-    def test_lifetime(self):
-        """Entries older than session_lifetime leave the cache, which then stores again."""
-        engine = self.engine(lifetime=60, capacity=1)
-        self.first(engine, TLS12)
-        self.assertEqual(len(self.sessions), 1)
         self.clock.advance(61)
         self.sessions.expire()
         self.assertEqual(len(self.sessions), 0)
+        self.assertIsNone(self.sessions.previous)
         peer, _, _ = self.first(engine, TLS12)
         self.assertEqual(len(self.sessions), 1)
         result, _ = converse(engine, again := resuming(peer))
@@ -163,9 +202,7 @@ class EapTlsResumptionTests(unittest.TestCase):
 
     def test_off(self):
         """Without a cache (resumption = false) an offered session gets a full handshake."""
-        context = server_context(self.identity, None, ("1.2", "1.3"), [self.ca])
-        check = daemons_check(self, self.ca, self.deny)
-        engine = EapEngine([(Type.TLS, lambda source: EapTls(context, check))], self.clock, 30)
+        engine = self.engine(capacity=None)
         for version in (TLS12, TLS13):
             peer, _, _ = self.first(engine, version)
             result, _ = converse(engine, again := resuming(peer))
@@ -176,7 +213,7 @@ class EapTlsResumptionTests(unittest.TestCase):
         """What a cached session costs (OpenSSL's SSL_SESSION with the client's
         certificate, plus this cache's entry), measured with glibc's mallinfo2 as
         tests/test_eap_memory.py measures conversations: the heap growth over 100
-        authentications with the cache, minus that without it (the conversations
+        authentications with the cache, minus that with resumption off (the conversations
         themselves are freed either way). The cache is bounded by entries, so this figure
         times ``session_cache_size`` is its bound in octets (etc/vpnaaa.toml)."""
         libc = _libc()
@@ -186,7 +223,7 @@ class EapTlsResumptionTests(unittest.TestCase):
         client = issue_client("carol", email="carol@example.test")
         for version, tickets in ((TLS12, 1), (TLS13, 2)):
             growth = {}
-            for capacity in (1, 1000):  # 1: stores the warm-up's session, then none
+            for capacity in (None, 1000):  # None: resumption off, nothing kept
                 engine = self.engine(capacity=capacity)
                 self.first(engine, version)  # OpenSSL's first-use allocations
                 heap = heap_in_use(libc)
@@ -196,12 +233,53 @@ class EapTlsResumptionTests(unittest.TestCase):
                     assert isinstance(result, Success), result
                     del peer
                 growth[capacity] = heap_in_use(libc) - heap
-                stored = tickets if capacity == 1 else tickets * (1 + COUNT)
-                self.assertEqual(len(self.sessions), stored)
-            per_session = (growth[1000] - growth[1]) / (COUNT * tickets)
+                if capacity is not None:
+                    self.assertEqual(len(self.sessions), tickets * (1 + COUNT))
+            per_session = (growth[1000] - growth[None]) / (COUNT * tickets)
             self.assertLess(per_session, SESSION_COST, version)
             self.assertGreater(per_session, SESSION_COST / 8, version)  # it measures something
 
 
 COUNT = 100
 SESSION_COST = 8 * 1024  # octets a cached session may hold, as etc/vpnaaa.toml documents
+
+
+class OfferedSessionsTests(unittest.TestCase):
+    """:func:`offered_sessions` on ClientHellos captured from OpenSSL 3.0's s_client
+    resuming a session of s_server (``-no_ticket``: TLS 1.3 stateful tickets): ``-sess_out``
+    after a first connection, then ``-sess_in`` to a socket that kept the first flight.
+    The expected IDs are what ``openssl sess_id -text`` printed for the saved session."""
+
+    def hello(self, name: str) -> bytes:
+        return (Path(__file__).parent / "data" / name).read_bytes()
+
+    def test_tls12_session_id(self):
+        hello = self.hello("client-hello-tls12-resuming.bin")
+        session_id = bytes.fromhex(
+            "88CF197BC30ABCE0AF3A7B1DD451D9794A20BAB1C83A5E9D0378F8EC2A0314DE"
+        )
+        self.assertEqual(offered_sessions(hello), {session_id})
+
+    def test_tls13_ticket(self):
+        """The ticket in pre_shared_key, and the random legacy_session_id of the middlebox
+        compatibility mode (RFC 8446 §D.4), which matches no session of ours."""
+        hello = self.hello("client-hello-tls13-resuming.bin")
+        ticket = bytes.fromhex("13f17867e823f9b4671d48cbfb3a86bebb8a30762184334e7240b1b431ffa67f")
+        compatibility = bytes.fromhex(
+            "a126c901b51ae65c498543b10ee08e4a4e7000565877b1a2949cb5d2b730ae5f"
+        )
+        self.assertEqual(offered_sessions(hello), {ticket, compatibility})
+
+    def test_cut_or_garbled(self):
+        """Any prefix, and any one octet changed, gives a subset of the true answer or
+        garbage identities but never an exception (the edge must not raise)."""
+        hello = self.hello("client-hello-tls13-resuming.bin")
+        for end in range(len(hello)):
+            offered_sessions(hello[:end])
+        for position in range(len(hello)):
+            for value in (0x00, 0xFF):
+                offered = offered_sessions(
+                    hello[:position] + bytes([value]) + hello[position + 1 :]
+                )
+                self.assertIsInstance(offered, frozenset)
+        self.assertEqual(offered_sessions(b"\x17\x03\x03\x00\x01\x01"), frozenset())

@@ -125,7 +125,7 @@ class TlsConfig:
     revocation: RevocationConfig = RevocationConfig()  # EAP-TLS
     resumption: bool = False  # session resumption (fast reconnect), eap/tls.py SessionCache
     session_lifetime: int = 3600  # seconds a session may be resumed
-    session_cache_size: int = 4096  # sessions kept, per TLS context (PEAP, EAP-TLS)
+    session_cache_size: int = 4096  # sessions kept, per TLS server (PEAP, EAP-TLS)
 
 
 PEAP_CRYPTOBINDING = ("off", "optional", "required")  # hostapd's crypto_binding 0, 1, 2
@@ -972,7 +972,7 @@ def _eap(section: _Section, state_dir: Path) -> EapConfig:
         revocation=_revocation(tls, state_dir),
         resumption=tls.get("resumption", bool, False),
         session_lifetime=tls.get_int("session_lifetime", 3600, 60, 86400),
-        session_cache_size=tls.get_int("session_cache_size", 4096, 1, 1_000_000),
+        session_cache_size=tls.get_int("session_cache_size", 4096, 2, 40960),
     )
     if TLS_VERSIONS.index(tls_config.min_version) > TLS_VERSIONS.index(tls_config.max_version):
         raise tls.error("min_version", f"{tls_config.min_version!r} is above max_version")

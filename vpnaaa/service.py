@@ -16,7 +16,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from OpenSSL import SSL
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -53,7 +52,7 @@ from vpnaaa.eap.engine import MIB, EapEngine
 from vpnaaa.eap.mschapv2 import MsChapV2
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.peap import Peap
-from vpnaaa.eap.tls import SessionCache, server_context
+from vpnaaa.eap.tls import SessionCache, TlsContexts, server_context
 from vpnaaa.ike.common import CertificateAuth
 from vpnaaa.ike.const import ProtocolId
 from vpnaaa.ike.proposal import Policy
@@ -531,8 +530,8 @@ def client_anchors(path: Path) -> tuple[x509.Certificate, ...]:
 @functools.cache
 def tls_context(
     tls: TlsConfig, method: str, owners: frozenset[int], keylog: KeyLog | None = None
-) -> SSL.Context:
-    """The TLS server context of ``method`` (both: ``min_version`` to ``max_version``,
+) -> TlsContexts:
+    """The TLS server contexts of ``method`` (both: ``min_version`` to ``max_version``,
     PEAP with TLS 1.3 per RFC 9427; "tls": client certificates to ``client_ca``), made (and
     logged) once for the RADIUS and IKE engines."""
     identity = load_server_identity(tls.key, tls.certificate, tls.chain, owners)
@@ -551,11 +550,11 @@ def tls_context(
         ),
     )
     keylog_line = keylog.tls if keylog is not None else None
-    sessions = None
-    if tls.resumption:
-        sessions = SessionCache(time.time, tls.session_lifetime, tls.session_cache_size)
     versions = (tls.min_version, tls.max_version)
-    return server_context(identity, keylog_line, versions, anchors, sessions)
+    make = functools.partial(server_context, identity, keylog_line, versions, anchors)
+    if tls.resumption:
+        return SessionCache(make, time.time, tls.session_lifetime, tls.session_cache_size)
+    return make()
 
 
 def build_eap_engine(

@@ -38,13 +38,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from cryptography import x509
-from OpenSSL import SSL
 
 from vpnaaa.certs.revocation import RevocationResult
 from vpnaaa.certs.verify import CertificateRejected, VerifiedCertificate
 from vpnaaa.eap.method import CheckRevocation, Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Type
-from vpnaaa.eap.tls import Framing, TlsServer, eap_tls_keys
+from vpnaaa.eap.tls import Framing, TlsContexts, TlsServer, eap_tls_keys
 
 PROTECTED_SUCCESS = b"\x00"  # RFC 9190 §2.5: the server's last application data
 
@@ -71,9 +70,9 @@ class EapTls:
     type = Type.TLS
 
     def __init__(
-        self, context: SSL.Context, check: ClientCertificateCheck, fragment_size: int = 1024
+        self, contexts: TlsContexts, check: ClientCertificateCheck, fragment_size: int = 1024
     ) -> None:
-        self.tls = TlsServer(context)
+        self.tls = TlsServer(contexts)
         self.framing = Framing(fragment_size)
         self.check = check
         self.identity = ""

@@ -42,14 +42,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from OpenSSL import SSL
-
 from vpnaaa import logs
 from vpnaaa.eap import cryptobinding, packet
 from vpnaaa.eap.authenticator import Challenge, Conversation, Failure, MethodFactory, Success
 from vpnaaa.eap.method import Directory, Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Code, Type
-from vpnaaa.eap.tls import Framing, TlsServer, eap_tls_keys
+from vpnaaa.eap.tls import Framing, TlsContexts, TlsServer, eap_tls_keys
 from vpnaaa.users import User
 
 log = logs.get("vpnaaa.eap")
@@ -103,14 +101,14 @@ class Peap:
 
     def __init__(
         self,
-        context: SSL.Context,
+        contexts: TlsContexts,
         inner_methods: list[tuple[int, MethodFactory]],
         fragment_size: int = 1024,
         cryptobinding: str = "optional",
         source: str | None = None,
         users: Directory | None = None,
     ) -> None:
-        self.tls = TlsServer(context)
+        self.tls = TlsServer(contexts)
         self.users = users  # for fast reconnect: who a resumed session's user is now
         self.source = source
         self.framing = Framing(fragment_size, PEAP_VERSION)

@@ -65,19 +65,17 @@ def server_context(
     keylog: Callable[[bytes], None] | None = None,
     versions: tuple[str, str] = ("1.2", "1.2"),
     client_ca: Sequence[x509.Certificate] = (),
-    sessions: SessionCache | None = None,
 ) -> SSL.Context:
     """A TLS server context for PEAP or EAP-TLS, TLS ``versions`` (lowest, highest, keys
     of :data:`VERSIONS`): in TLS 1.2 the :data:`CIPHERS` only (TLS 1.3 has AEAD suites
     only, OpenSSL's defaults), our preference over the client's, no renegotiation (inside
     EAP it serves no peer and is attack surface, RFC 5746), no compression (CRIME), no
-    TLS 1.2 tickets (RFC 5077) ever: the state stays here. Without ``sessions`` there is no
-    session cache: no resumption (TLS 1.3's NewSessionTicket cannot be switched off through
-    pyOpenSSL, SSL_CTX_set_num_tickets is not bound, so a client gets two tickets that a
-    full handshake answers). With ``sessions`` OpenSSL's internal server cache keeps TLS
-    1.2 sessions by session ID and, SSL_OP_NO_TICKET being set, TLS 1.3 stateful tickets
-    (the ticket is the cache key, single use) for ``sessions.lifetime`` seconds, and
-    ``sessions`` decides which of them may be stored (:class:`SessionCache`).
+    TLS 1.2 tickets (RFC 5077) ever: the state stays here. No session cache: no
+    resumption (TLS 1.3's NewSessionTicket cannot be switched off through pyOpenSSL,
+    SSL_CTX_set_num_tickets is not bound, so a client gets two tickets that a full
+    handshake answers) unless a :class:`SessionCache` turns OpenSSL's internal server
+    cache on: TLS 1.2 sessions by session ID and, SSL_OP_NO_TICKET being set, TLS 1.3
+    stateful tickets (the ticket is the cache key, single use).
 
     With ``client_ca`` (EAP-TLS, RFC 5216 §2.1.1) the server sends CertificateRequest
     naming those anchors, refuses a client without a certificate and has OpenSSL validate
@@ -94,10 +92,7 @@ def server_context(
         | SSL.OP_CIPHER_SERVER_PREFERENCE
         | SSL.OP_NO_RENEGOTIATION
     )
-    if sessions is None:
-        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    else:
-        sessions.serve(context)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.use_certificate(crypto.X509.from_cryptography(identity.cert))
     context.use_privatekey(crypto.PKey.from_cryptography_key(identity.key))
     for certificate in identity.chain:
@@ -192,87 +187,211 @@ def _der_header(der: bytes, position: int) -> tuple[int, int]:
 T = TypeVar("T")
 
 
+@dataclass(eq=False)
+class _Generation(Generic[T]):
+    """One TLS context and the sessions of it that may be resumed: session ID (TLS 1.3:
+    the stateful ticket) -> (when it was stored, what it restores), oldest first.
+    ``storing``: whether OpenSSL adds new sessions to the context's internal cache;
+    ``stored``: when a session was last stored (clock seconds)."""
+
+    context: SSL.Context
+    entries: OrderedDict[bytes, tuple[float, T]] = field(default_factory=OrderedDict)
+    storing: bool = True
+    stored: float = 0.0
+
+    def allow(self, storing: bool) -> None:
+        """Let OpenSSL store new sessions in this context's cache, or only look them up."""
+        if storing != self.storing:
+            mode = SSL.SESS_CACHE_SERVER
+            if not storing:
+                mode |= lib.SSL_SESS_CACHE_NO_INTERNAL_STORE
+            lib.SSL_CTX_set_session_cache_mode(self.context._context, mode)  # in use: raw
+            self.storing = storing
+
+
 class SessionCache(Generic[T]):
     """The sessions of successful authentications that may be resumed, each with what
     the method restores (``T``: PEAP's inner identity; EAP-TLS re-checks the certificate
     the session keeps), at most ``capacity`` of them for ``lifetime`` seconds.
 
-    It mirrors OpenSSL's internal cache of the same context: OpenSSL stores every
-    session it creates and removes it when expired (``lifetime`` is its timeout), when a
-    TLS 1.3 ticket is used, or when a connection ends without success (freed without a
-    shutdown). Once ``capacity`` live entries are here, the context stops storing new
-    sessions (SSL_SESS_CACHE_NO_INTERNAL_STORE) until some expire: the bound holds for
-    OpenSSL's memory too (pyOpenSSL binds no SSL_CTX_sess_set_cache_size). ``clock``:
-    seconds since the epoch, OpenSSL's time base for session timeouts.
+    Sessions live in OpenSSL's internal cache of a context: OpenSSL stores every session
+    it creates and removes it when expired (``lifetime`` is its timeout), when a TLS 1.3
+    ticket is used, or when a connection ends without success (freed without a
+    shutdown); pyOpenSSL binds no way to remove one, nor to size that cache. So the
+    bound works by generations of ``capacity // 2`` sessions, each a context made by
+    ``make_context``. New sessions go to the current generation; once it holds its share
+    it becomes the previous one and a new context takes over, the former previous one
+    being dropped with OpenSSL's memory of it (as it is once all its sessions expired).
+    Only resumptions of its own sessions reach the previous generation (a ClientHello
+    offering one is handed its context, :meth:`context_for`); it stores the tickets they
+    make while at most at its share. Resumption so keeps working under any steady load
+    for the newest ``capacity // 2`` to ``capacity`` sessions, much like the eviction of
+    the oldest that OpenSSL's own cache does. ``clock``: seconds since the epoch,
+    OpenSSL's time base for session timeouts.
     """
 
-    def __init__(self, clock: Callable[[], float], lifetime: int, capacity: int) -> None:
+    def __init__(
+        self,
+        make_context: Callable[[], SSL.Context],
+        clock: Callable[[], float],
+        lifetime: int,
+        capacity: int,
+    ) -> None:
+        self.make_context = make_context
         self.clock = clock
         self.lifetime = lifetime
-        self.capacity = capacity
-        self._entries: OrderedDict[bytes, tuple[float, T]] = OrderedDict()
-        self._context: SSL.Context | None = None
-        self._storing = True
+        self.share = max(1, capacity // 2)  # sessions per generation
+        self.current: _Generation[T] = self._generation()
+        self.previous: _Generation[T] | None = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        previous = len(self.previous.entries) if self.previous is not None else 0
+        return len(self.current.entries) + previous
 
-    def serve(self, context: SSL.Context) -> None:
-        """Turn on ``context``'s server cache for this cache's sessions."""
-        self._context = context
+    def _generation(self) -> _Generation[T]:
+        """A new context with OpenSSL's server cache on."""
+        context = self.make_context()
         context.set_session_id(b"vpnaaa")  # the session ID context resumption requires
         context.set_timeout(self.lifetime)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         context.set_info_callback(_record_session)
-        context.set_app_data(self)  # what TlsServer finds
+        return _Generation(context)
 
-    def take(self, session_id: bytes) -> T | None:
-        """What the session ``session_id`` restores, removed (a successful end stores it
-        again); None if unknown or expired."""
+    def context_for(self, client_hello: bytes) -> _Generation[T]:
+        """The generation whose context answers ``client_hello`` (the first TLS records
+        of a connection): the previous one if the client offers a session it keeps, else
+        the current one."""
         self.expire()
-        entry = self._entries.pop(session_id, None)
+        previous = self.previous
+        if previous is not None and not previous.entries.keys().isdisjoint(
+            offered_sessions(client_hello)
+        ):
+            return previous
+        return self.current
+
+    def take(self, generation: _Generation[T], session_id: bytes) -> T | None:
+        """What the session ``session_id`` of ``generation`` restores, removed (a
+        successful end stores it again); None if unknown or expired."""
+        self.expire()
+        entry = generation.entries.pop(session_id, None)
         return entry[1] if entry is not None else None
 
-    def store(self, session_ids: Sequence[bytes], value: T) -> None:
-        """Remember a successful authentication's sessions, unless the context was not
-        storing them (full) when they were made."""
-        if self._storing:
-            now = self.clock()
-            for session_id in session_ids:
-                self._entries[session_id] = (now, value)
+    def store(self, generation: _Generation[T], session_ids: Sequence[bytes], value: T) -> None:
+        """Remember a successful authentication's sessions in ``generation``, which
+        OpenSSL stored them in (TLS 1.3: both its tickets, so a generation may exceed its
+        share by one)."""
+        generation.stored = now = self.clock()
+        for session_id in session_ids:
+            generation.entries[session_id] = (now, value)
         self.expire()
 
     def expire(self) -> None:
-        """Drop entries older than ``lifetime``; store again once below ``capacity``."""
+        """Drop entries older than ``lifetime``, and the previous generation once all its
+        sessions have expired; start a new generation once the current one holds its
+        share."""
         horizon = self.clock() - self.lifetime
-        while self._entries:
-            session_id, (created, _) = next(iter(self._entries.items()))
-            if created > horizon:
-                break
-            del self._entries[session_id]
-        storing = len(self._entries) < self.capacity
-        if storing != self._storing and self._context is not None:
-            mode = SSL.SESS_CACHE_SERVER
-            if not storing:
-                mode |= lib.SSL_SESS_CACHE_NO_INTERNAL_STORE
-            lib.SSL_CTX_set_session_cache_mode(self._context._context, mode)  # in use: raw
-        self._storing = storing
+        for generation in (self.current, self.previous):
+            entries = generation.entries if generation is not None else {}
+            while entries:
+                session_id, (created, _) = next(iter(entries.items()))
+                if created > horizon:
+                    break
+                del entries[session_id]
+        if self.previous is not None and self.previous.stored <= horizon:
+            self.previous = None
+        if len(self.current.entries) >= self.share:
+            self.previous, self.current = self.current, self._generation()
+        if self.previous is not None:  # only resumptions reach it: each nets one ticket
+            self.previous.allow(len(self.previous.entries) <= self.share)
+
+
+# What a TLS server runs on: one context, or (resumption) a cache's generations of them.
+TlsContexts = SSL.Context | SessionCache
+
+
+HANDSHAKE = 22  # TLS ContentType handshake (RFC 8446 §5.1)
+CLIENT_HELLO = 1  # HandshakeType client_hello (RFC 8446 §4)
+PRE_SHARED_KEY = 41  # ExtensionType pre_shared_key (RFC 8446 §4.2.11)
+
+
+def offered_sessions(records: bytes) -> frozenset[bytes]:
+    """The sessions a ClientHello offers to resume: its legacy_session_id (TLS 1.2, RFC
+    5246 §7.4.1.2) and the identities of its pre_shared_key extension (TLS 1.3, RFC 8446
+    §4.2.11; OpenSSL's stateful tickets are session IDs). Read from the first record
+    only, and as far as it goes: anything malformed or cut short offers nothing more
+    (OpenSSL judges the ClientHello itself)."""
+    if len(records) < 6 or records[0] != HANDSHAKE or records[5] != CLIENT_HELLO:
+        return frozenset()
+    offered = set()
+    hello = records[9 : 5 + int.from_bytes(records[3:5], "big")]  # past msg_type, length
+    try:
+        session_id, position = _vector(hello, 2 + 32, 1)  # past legacy_version, random
+        offered.add(session_id)
+        position = _vector(hello, position, 2)[1]  # cipher_suites
+        position = _vector(hello, position, 1)[1]  # legacy_compression_methods
+        extensions = _vector(hello, position, 2)[0]
+        position = 0
+        while position < len(extensions):
+            kind = int.from_bytes(extensions[position : position + 2], "big")
+            body, position = _vector(extensions, position + 2, 2)
+            if kind == PRE_SHARED_KEY:
+                identities, cursor = _vector(body, 0, 2)[0], 0
+                while cursor < len(identities):
+                    identity, cursor = _vector(identities, cursor, 2)
+                    offered.add(identity)
+                    cursor += 4  # obfuscated_ticket_age
+    except IndexError:
+        pass
+    offered.discard(b"")
+    return frozenset(offered)
+
+
+def _vector(data: bytes, position: int, width: int) -> tuple[bytes, int]:
+    """The vector at ``position`` in ``data`` (a ``width``-octet length, then that many
+    octets) and the position after it; IndexError if ``data`` ends before it does."""
+    end = position + width + int.from_bytes(data[position : position + width], "big")
+    if position + width > len(data) or end > len(data):
+        raise IndexError(position)
+    return data[position + width : end], end
 
 
 class TlsServer:
-    """One server-side TLS connection driven through memory BIOs."""
+    """One server-side TLS connection driven through memory BIOs, on ``contexts`` (a
+    :class:`SessionCache`'s generation picked by the ClientHello, with resumption)."""
 
-    def __init__(self, context: SSL.Context) -> None:
-        self.connection = SSL.Connection(context, None)
-        self.connection.set_accept_state()
-        self.connection.set_app_data(_Handshake())  # see _record_verify_error
+    def __init__(self, contexts: TlsContexts) -> None:
+        self.contexts = contexts
+        self.generation: _Generation | None = None
+        self.kept = False  # whether OpenSSL stored the sessions the handshake made
+        self.sessions = contexts if isinstance(contexts, SessionCache) else None
+        self._connection: SSL.Connection | None = None
         self.established = False
-        self.sessions: SessionCache | None = context.get_app_data()  # see SessionCache.serve
+
+    @property
+    def connection(self) -> SSL.Connection:
+        """The connection, made for the peer's first records (:meth:`receive`)."""
+        if self._connection is None:
+            raise MethodError("TLS: no ClientHello yet")
+        return self._connection
+
+    def _open(self, client_hello: bytes) -> SSL.Connection:
+        if self.sessions is not None:
+            self.generation = self.sessions.context_for(client_hello)
+            context = self.generation.context
+        else:
+            assert isinstance(self.contexts, SSL.Context)
+            context = self.contexts
+        self._connection = connection = SSL.Connection(context, None)
+        connection.set_accept_state()
+        connection.set_app_data(_Handshake())  # see _record_verify_error
+        return connection
 
     @property
     def verify_error(self) -> VerifyError | None:
         """Why the client's certificate chain failed validation, if it did."""
-        errors = self.connection.get_app_data().errors
+        if self._connection is None:
+            return None
+        errors = self._connection.get_app_data().errors
         return errors[0] if errors else None
 
     @property
@@ -285,21 +404,22 @@ class TlsServer:
         first the connection used), taken out of the cache; None when not resumed, not
         cached, or expired."""
         sessions = self.connection.get_app_data().sessions
-        if self.sessions is None or not self.resumed or not sessions:
+        if self.sessions is None or self.generation is None or not self.resumed or not sessions:
             return None
-        return self.sessions.take(sessions[0])
+        return self.sessions.take(self.generation, sessions[0])
 
     def succeeded(self, value: object) -> None:
         """The authentication succeeded: keep its sessions (OpenSSL drops a session whose
         connection is freed without a shutdown; EAP ends without close_notify) and
         remember ``value`` for each of them."""
-        if self.sessions is None:
+        if self.sessions is None or self.generation is None:
             return
         self.connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
         sessions = self.connection.get_app_data().sessions
-        if self.resumed and self.tls13:
-            sessions = sessions[1:]  # the ticket it used is gone: single use
-        self.sessions.store(sessions, value)
+        if self.resumed and not self.tls13:  # the session it resumed, still in OpenSSL's
+            self.sessions.store(self.generation, sessions, value)
+        elif self.kept:  # new: a full handshake's, or TLS 1.3 tickets (the used one is gone)
+            self.sessions.store(self.generation, sessions[1:] if self.resumed else sessions, value)
 
     @property
     def tls13(self) -> bool:
@@ -320,11 +440,13 @@ class TlsServer:
         """Feed TLS records from the peer; return decrypted application data, if any."""
         if not records:
             return b""  # a memory BIO refuses an empty write
+        connection = self._connection or self._open(records)
         try:
-            self.connection.bio_write(records)
+            connection.bio_write(records)
             if not self.established:
-                self.connection.do_handshake()
+                connection.do_handshake()
                 self.established = True
+                self.kept = self.generation is not None and self.generation.storing
             return self._read_application_data()
         except SSL.WantReadError:
             return b""
@@ -340,10 +462,12 @@ class TlsServer:
 
     def outgoing(self) -> bytes:
         """TLS records waiting to go to the peer."""
+        if self._connection is None:
+            return b""
         chunks = []
         while True:
             try:
-                chunks.append(self.connection.bio_read(16384))
+                chunks.append(self._connection.bio_read(16384))
             except SSL.WantReadError:
                 return b"".join(chunks)
 
