@@ -51,6 +51,8 @@ from vpnaaa.certs.fetch import CrlDistributionPoints, HttpFetcher, OcspClient
 from vpnaaa.certs.identity import Identity, matches_id
 from vpnaaa.certs.revocation import RevocationChecker, RevocationResult
 from vpnaaa.certs.verify import (
+    MAX_CERTIFICATE_SIZE,
+    MAX_CERTIFICATES,
     CertificateError,
     CertificateRejected,
     ClientVerifier,
@@ -61,6 +63,8 @@ from vpnaaa.certs.verify import (
 
 __all__ = [
     "DENY_FILE",
+    "MAX_CERTIFICATES",
+    "MAX_CERTIFICATE_SIZE",
     "CertificateError",
     "CertificateRejected",
     "ClientVerifier",

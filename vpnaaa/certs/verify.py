@@ -52,6 +52,11 @@ from cryptography.x509.verification import (
 
 from vpnaaa.certs.identity import Identity, identities
 
+# What a client may send (IKE CERT payloads, an EAP-TLS Certificate message): its own
+# certificate, up to 8 intermediates, maybe its root; each of a sane size.
+MAX_CERTIFICATES = 10
+MAX_CERTIFICATE_SIZE = 8192  # octets of one DER certificate
+
 IKE_INTERMEDIATE = x509.ObjectIdentifier("1.3.6.1.5.5.8.2.2")
 IPSEC_IKE = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.17")  # RFC 4945 §5.1.3.12
 ACCEPTED_EKUS = frozenset(

@@ -40,7 +40,12 @@ from typing import Protocol
 from cryptography import x509
 
 from vpnaaa.certs.revocation import RevocationResult
-from vpnaaa.certs.verify import CertificateRejected, VerifiedCertificate
+from vpnaaa.certs.verify import (
+    MAX_CERTIFICATE_SIZE,
+    MAX_CERTIFICATES,
+    CertificateRejected,
+    VerifiedCertificate,
+)
 from vpnaaa.eap.method import CheckRevocation, Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.tls import Framing, TlsContexts, TlsServer, eap_tls_keys
@@ -108,6 +113,14 @@ class EapTls:
             )
         if not self.tls.established:
             return self.framing.send(self.tls.outgoing())
+        sent = self.tls.sent_certificates()
+        if len(sent) > MAX_CERTIFICATES or max(map(len, sent), default=0) > MAX_CERTIFICATE_SIZE:
+            # what a session of it would keep; the same limits as IKE's CERT payloads
+            return self._refuse(
+                f"the client sent {len(sent)} certificates of up to "
+                f"{max(map(len, sent))} octets (at most {MAX_CERTIFICATES} of "
+                f"{MAX_CERTIFICATE_SIZE})"
+            )
         self.tls.restored()  # out of the cache: stored again only if this one succeeds
         chain = self.tls.client_chain()
         if not chain:  # VERIFY_FAIL_IF_NO_PEER_CERT makes this unreachable; never trust it

@@ -65,17 +65,19 @@ def server_context(
     keylog: Callable[[bytes], None] | None = None,
     versions: tuple[str, str] = ("1.2", "1.2"),
     client_ca: Sequence[x509.Certificate] = (),
+    tickets: bool = False,
 ) -> SSL.Context:
     """A TLS server context for PEAP or EAP-TLS, TLS ``versions`` (lowest, highest, keys
     of :data:`VERSIONS`): in TLS 1.2 the :data:`CIPHERS` only (TLS 1.3 has AEAD suites
     only, OpenSSL's defaults), our preference over the client's, no renegotiation (inside
     EAP it serves no peer and is attack surface, RFC 5746), no compression (CRIME), no
-    TLS 1.2 tickets (RFC 5077) ever: the state stays here. No session cache: no
+    TLS 1.2 tickets (RFC 5077) ever: a TLS 1.2 session stays here. No session cache: no
     resumption (TLS 1.3's NewSessionTicket cannot be switched off through pyOpenSSL,
     SSL_CTX_set_num_tickets is not bound, so a client gets two tickets that a full
     handshake answers) unless a :class:`SessionCache` turns OpenSSL's internal server
-    cache on: TLS 1.2 sessions by session ID and, SSL_OP_NO_TICKET being set, TLS 1.3
-    stateful tickets (the ticket is the cache key, single use).
+    cache on for TLS 1.2 session IDs, or asks for ``tickets``: a TLS 1.3-only context
+    whose tickets are stateless (RFC 8446 §4.6.1, the session state sealed under a key
+    OpenSSL makes for the context).
 
     With ``client_ca`` (EAP-TLS, RFC 5216 §2.1.1) the server sends CertificateRequest
     naming those anchors, refuses a client without a certificate and has OpenSSL validate
@@ -86,12 +88,8 @@ def server_context(
     context.set_min_proto_version(VERSIONS[versions[0]])
     context.set_max_proto_version(VERSIONS[versions[1]])
     context.set_cipher_list(":".join(CIPHERS).encode())
-    context.set_options(
-        SSL.OP_NO_TICKET
-        | SSL.OP_NO_COMPRESSION
-        | SSL.OP_CIPHER_SERVER_PREFERENCE
-        | SSL.OP_NO_RENEGOTIATION
-    )
+    options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+    context.set_options(options if tickets else options | SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.use_certificate(crypto.X509.from_cryptography(identity.cert))
     context.use_privatekey(crypto.PKey.from_cryptography_key(identity.key))
@@ -189,15 +187,16 @@ T = TypeVar("T")
 
 @dataclass(eq=False)
 class _Generation(Generic[T]):
-    """One TLS context and the sessions of it that may be resumed: session ID (TLS 1.3:
-    the stateful ticket) -> (when it was stored, what it restores), oldest first.
-    ``storing``: whether OpenSSL adds new sessions to the context's internal cache;
-    ``stored``: when a session was last stored (clock seconds)."""
+    """One TLS context and the sessions of it that may be resumed: session ID -> (when it
+    was stored, what it restores), oldest first. ``storing``: whether OpenSSL adds new
+    sessions to the context's internal cache; ``stored``: when a session was last stored
+    (clock seconds); ``stateless``: TLS 1.3 tickets, no cache."""
 
     context: SSL.Context
     entries: OrderedDict[bytes, tuple[float, T]] = field(default_factory=OrderedDict)
     storing: bool = True
     stored: float = 0.0
+    stateless: bool = False
 
     def allow(self, storing: bool) -> None:
         """Let OpenSSL store new sessions in this context's cache, or only look them up."""
@@ -212,27 +211,37 @@ class _Generation(Generic[T]):
 class SessionCache(Generic[T]):
     """The sessions of successful authentications that may be resumed, each with what
     the method restores (``T``: PEAP's inner identity; EAP-TLS re-checks the certificate
-    the session keeps), at most ``capacity`` of them for ``lifetime`` seconds.
+    the session keeps), for ``lifetime`` seconds. ``make_context(versions, tickets)``
+    makes the contexts (:func:`server_context`); ``versions`` are the configured ones.
 
-    Sessions live in OpenSSL's internal cache of a context: OpenSSL stores every session
-    it creates and removes it when expired (``lifetime`` is its timeout), when a TLS 1.3
-    ticket is used, or when a connection ends without success (freed without a
-    shutdown); pyOpenSSL binds no way to remove one, nor to size that cache. So the
-    bound works by generations of ``capacity // 2`` sessions, each a context made by
-    ``make_context``. New sessions go to the current generation; once it holds its share
-    it becomes the previous one and a new context takes over, the former previous one
-    being dropped with OpenSSL's memory of it (as it is once all its sessions expired).
-    Only resumptions of its own sessions reach the previous generation (a ClientHello
-    offering one is handed its context, :meth:`context_for`); it stores the tickets they
-    make while at most at its share. Resumption so keeps working under any steady load
-    for the newest ``capacity // 2`` to ``capacity`` sessions, much like the eviction of
-    the oldest that OpenSSL's own cache does. ``clock``: seconds since the epoch,
-    OpenSSL's time base for session timeouts.
+    TLS 1.3 (RFC 8446 §4.6.1): one TLS 1.3-only context with stateless tickets. The
+    session state travels in the ticket, so it costs no memory here, and neither do the
+    two tickets OpenSSL sends as each handshake ends, before the EAP method has decided
+    (stateful, a failed or abandoned handshake's first ticket would stay in OpenSSL's
+    cache: pyOpenSSL binds neither SSL_CTX_set_num_tickets nor a way to remove it). The
+    ticket key lives in this process's memory only. Kept here: what the newest
+    ``capacity`` tickets of successful authentications restore, by the session ID the
+    ticket carries.
+
+    TLS 1.2 (RFC 5246 §7.4.1.2): session IDs in OpenSSL's internal cache, which keeps a
+    session once its handshake ends and removes it when expired (``lifetime`` is its
+    timeout) or when a connection ends without success (freed without a shutdown), so it
+    holds successes only. pyOpenSSL binds no way to remove one or to size that cache, so
+    the bound of ``capacity`` works by generations of ``capacity // 2`` sessions, each a
+    context. New sessions go to the current generation; once it holds its share it
+    becomes the previous one (its new sessions are only the same ones resumed) and a
+    new context takes over, the former previous one being dropped with OpenSSL's memory
+    of it (as it is once all its sessions expired). A ClientHello offering a session ID
+    of the previous generation is handed its context (:meth:`context_for`). Resumption
+    so keeps working under any steady load for the newest ``capacity // 2`` to
+    ``capacity`` sessions, much like the eviction of the oldest that OpenSSL's own cache
+    does. ``clock``: seconds since the epoch, OpenSSL's time base for session timeouts.
     """
 
     def __init__(
         self,
-        make_context: Callable[[], SSL.Context],
+        make_context: Callable[[tuple[str, str], bool], SSL.Context],
+        versions: tuple[str, str],
         clock: Callable[[], float],
         lifetime: int,
         capacity: int,
@@ -240,33 +249,45 @@ class SessionCache(Generic[T]):
         self.make_context = make_context
         self.clock = clock
         self.lifetime = lifetime
-        self.share = max(1, capacity // 2)  # sessions per generation
-        self.current: _Generation[T] = self._generation()
+        self.capacity = capacity
+        self.share = max(1, capacity // 2)  # TLS 1.2 sessions per generation
+        self.tls12 = (versions[0], "1.2") if versions[0] == "1.2" else None
+        self.tls13: _Generation[T] | None = None
+        if versions[1] == "1.3":
+            context = self._serve(make_context(("1.3", "1.3"), True))
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)  # the tickets hold it all
+            self.tls13 = _Generation(context, stateless=True)
+        self.current = self._generation() if self.tls12 else None
         self.previous: _Generation[T] | None = None
 
     def __len__(self) -> int:
-        previous = len(self.previous.entries) if self.previous is not None else 0
-        return len(self.current.entries) + previous
+        generations = (self.tls13, self.current, self.previous)
+        return sum(len(g.entries) for g in generations if g is not None)
 
-    def _generation(self) -> _Generation[T]:
-        """A new context with OpenSSL's server cache on."""
-        context = self.make_context()
+    def _serve(self, context: SSL.Context) -> SSL.Context:
+        """``context`` with OpenSSL's server cache on, and its sessions recorded."""
         context.set_session_id(b"vpnaaa")  # the session ID context resumption requires
         context.set_timeout(self.lifetime)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         context.set_info_callback(_record_session)
-        return _Generation(context)
+        return context
 
-    def context_for(self, client_hello: bytes) -> _Generation[T]:
-        """The generation whose context answers ``client_hello`` (the first TLS records
-        of a connection): the previous one if the client offers a session it keeps, else
-        the current one."""
+    def _generation(self) -> _Generation[T]:
+        assert self.tls12 is not None
+        return _Generation(self._serve(self.make_context(self.tls12, False)))
+
+    def context_for(self, records: bytes) -> _Generation[T]:
+        """Where the connection whose first TLS records are ``records`` runs: the TLS 1.3
+        context if the ClientHello offers TLS 1.3 and we do (or we speak nothing else),
+        else the TLS 1.2 generation that keeps the session ID it offers, or the current
+        one."""
         self.expire()
-        previous = self.previous
-        if previous is not None and not previous.entries.keys().isdisjoint(
-            offered_sessions(client_hello)
-        ):
-            return previous
+        hello = client_hello(records)
+        if self.tls13 is not None and (hello.tls13 or self.current is None):
+            return self.tls13
+        assert self.current is not None
+        if self.previous is not None and hello.session_id in self.previous.entries:
+            return self.previous
         return self.current
 
     def take(self, generation: _Generation[T], session_id: bytes) -> T | None:
@@ -277,12 +298,15 @@ class SessionCache(Generic[T]):
         return entry[1] if entry is not None else None
 
     def store(self, generation: _Generation[T], session_ids: Sequence[bytes], value: T) -> None:
-        """Remember a successful authentication's sessions in ``generation``, which
-        OpenSSL stored them in (TLS 1.3: both its tickets, so a generation may exceed its
-        share by one)."""
+        """Remember a successful authentication's sessions in ``generation`` (TLS 1.3:
+        both its tickets, the newest ``capacity`` kept; TLS 1.2: the one OpenSSL
+        stored)."""
         generation.stored = now = self.clock()
         for session_id in session_ids:
             generation.entries[session_id] = (now, value)
+        if generation is self.tls13:
+            while len(generation.entries) > self.capacity:
+                generation.entries.popitem(last=False)
         self.expire()
 
     def expire(self) -> None:
@@ -290,19 +314,21 @@ class SessionCache(Generic[T]):
         sessions have expired; start a new generation once the current one holds its
         share."""
         horizon = self.clock() - self.lifetime
-        for generation in (self.current, self.previous):
+        for generation in (self.tls13, self.current, self.previous):
             entries = generation.entries if generation is not None else {}
             while entries:
                 session_id, (created, _) = next(iter(entries.items()))
                 if created > horizon:
                     break
                 del entries[session_id]
+        if self.current is None:
+            return
         if self.previous is not None and self.previous.stored <= horizon:
             self.previous = None
         if len(self.current.entries) >= self.share:
             self.previous, self.current = self.current, self._generation()
-        if self.previous is not None:  # only resumptions reach it: each nets one ticket
-            self.previous.allow(len(self.previous.entries) <= self.share)
+        if self.previous is not None:  # only its own sessions resumed reach it
+            self.previous.allow(len(self.previous.entries) < self.share)
 
 
 # What a TLS server runs on: one context, or (resumption) a cache's generations of them.
@@ -311,22 +337,37 @@ TlsContexts = SSL.Context | SessionCache
 
 HANDSHAKE = 22  # TLS ContentType handshake (RFC 8446 §5.1)
 CLIENT_HELLO = 1  # HandshakeType client_hello (RFC 8446 §4)
-PRE_SHARED_KEY = 41  # ExtensionType pre_shared_key (RFC 8446 §4.2.11)
+SUPPORTED_VERSIONS = 43  # ExtensionType supported_versions (RFC 8446 §4.2.1)
+TLS13 = b"\x03\x04"
 
 
-def offered_sessions(records: bytes) -> frozenset[bytes]:
-    """The sessions a ClientHello offers to resume: its legacy_session_id (TLS 1.2, RFC
-    5246 §7.4.1.2) and the identities of its pre_shared_key extension (TLS 1.3, RFC 8446
-    §4.2.11; OpenSSL's stateful tickets are session IDs). Read from the first record
-    only, and as far as it goes: anything malformed or cut short offers nothing more
-    (OpenSSL judges the ClientHello itself)."""
-    if len(records) < 6 or records[0] != HANDSHAKE or records[5] != CLIENT_HELLO:
-        return frozenset()
-    offered = set()
-    hello = records[9 : 5 + int.from_bytes(records[3:5], "big")]  # past msg_type, length
+@dataclass(frozen=True)
+class ClientHello:
+    """What a ClientHello says about resumption: the session ID it offers
+    (legacy_session_id, RFC 5246 §7.4.1.2; random in TLS 1.3's middlebox compatibility
+    mode) and whether it offers TLS 1.3 (supported_versions, RFC 8446 §4.2.1)."""
+
+    session_id: bytes = b""
+    tls13: bool = False
+
+
+def client_hello(records: bytes) -> ClientHello:
+    """The :class:`ClientHello` in the handshake records that open a connection (its
+    fragments reassembled across records, RFC 8446 §5.1), read as far as it goes:
+    anything malformed or cut short says no more (OpenSSL judges the ClientHello
+    itself)."""
+    message = bytearray()
+    position = 0
+    while position + 5 <= len(records) and records[position] == HANDSHAKE:
+        length = int.from_bytes(records[position + 3 : position + 5], "big")
+        message += records[position + 5 : position + 5 + length]
+        position += 5 + length
+    if len(message) < 4 or message[0] != CLIENT_HELLO:
+        return ClientHello()
+    hello = bytes(message[4 : 4 + int.from_bytes(message[1:4], "big")])
+    session_id, tls13 = b"", False
     try:
         session_id, position = _vector(hello, 2 + 32, 1)  # past legacy_version, random
-        offered.add(session_id)
         position = _vector(hello, position, 2)[1]  # cipher_suites
         position = _vector(hello, position, 1)[1]  # legacy_compression_methods
         extensions = _vector(hello, position, 2)[0]
@@ -334,16 +375,12 @@ def offered_sessions(records: bytes) -> frozenset[bytes]:
         while position < len(extensions):
             kind = int.from_bytes(extensions[position : position + 2], "big")
             body, position = _vector(extensions, position + 2, 2)
-            if kind == PRE_SHARED_KEY:
-                identities, cursor = _vector(body, 0, 2)[0], 0
-                while cursor < len(identities):
-                    identity, cursor = _vector(identities, cursor, 2)
-                    offered.add(identity)
-                    cursor += 4  # obfuscated_ticket_age
+            if kind == SUPPORTED_VERSIONS:
+                versions = _vector(body, 0, 1)[0]
+                tls13 = any(versions[i : i + 2] == TLS13 for i in range(0, len(versions), 2))
     except IndexError:
         pass
-    offered.discard(b"")
-    return frozenset(offered)
+    return ClientHello(session_id, tls13)
 
 
 def _vector(data: bytes, position: int, width: int) -> tuple[bytes, int]:
@@ -425,6 +462,13 @@ class TlsServer:
     def tls13(self) -> bool:
         return self.connection.get_protocol_version() == SSL.TLS1_3_VERSION
 
+    def sent_certificates(self) -> list[bytes]:
+        """The DER certificates the client sent (RFC 8446 §4.4.2, RFC 5246 §7.4.6), its
+        own first, or that its resumed session kept."""
+        leaf = self.connection.get_peer_certificate()
+        sent = [leaf, *(self.connection.get_peer_cert_chain() or [])] if leaf else []
+        return [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in sent]
+
     def client_chain(self) -> list[x509.Certificate]:
         """The client's validated chain, leaf first, ending with the trust anchor; after
         a resumption, the certificate and intermediates the session kept (validated when
@@ -446,7 +490,8 @@ class TlsServer:
             if not self.established:
                 connection.do_handshake()
                 self.established = True
-                self.kept = self.generation is not None and self.generation.storing
+                generation = self.generation
+                self.kept = generation is not None and (generation.stateless or generation.storing)
             return self._read_application_data()
         except SSL.WantReadError:
             return b""
