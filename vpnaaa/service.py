@@ -92,6 +92,7 @@ from vpnaaa.users import UserStore, UserStoreError
 
 log = logs.get("vpnaaa")
 EXPIRY_INTERVAL = 5.0  # seconds between sweeps of idle EAP conversations
+CRL_FOLLOW_INTERVAL = 5.0  # seconds between looks (a stat each) at the CRL files
 
 
 class StartupError(Exception):
@@ -324,6 +325,12 @@ class VpnaaaService(service.MultiService):
             )
             self.ike.responder.keylog = self.keylog
             self.ike.setServiceParent(self)
+            # a CRL file read again (changed on disk, SIGHUP) ends the sessions it revokes
+            responder = self.ike.responder
+            self.revocation.watch(lambda crl_file: reactor.callLater(0, responder.revoke, crl_file))
+            follow = internet.TimerService(CRL_FOLLOW_INTERVAL, self.revocation.follow)
+            follow.clock = reactor
+            follow.setServiceParent(self)
         self.accounting: AccountingService | None = None  # of the IKE sessions
         if self.ike is not None and config.accounting.enabled:
             shared = self.radius.accounting if self.radius is not None else None
@@ -644,6 +651,7 @@ class RevocationCheckers:
         self.deny = deny
         self._checkers: dict[RevocationConfig, RevocationChecker] = {}
         self._crl_files: dict[Path, CrlFile] = {}
+        self._listeners: list[Callable[[CrlFile], None]] = []
 
     def checker(self, config: RevocationConfig) -> RevocationChecker:
         """The checker for ``config``; blocks the first time it names a CRL file (reads it)."""
@@ -674,12 +682,24 @@ class RevocationCheckers:
         crl_file = self._crl_files.get(path)
         if crl_file is None:
             crl_file = self._crl_files[path] = CrlFile(path)
+            crl_file.listeners += self._listeners
         return crl_file
 
     def reload(self) -> None:
         """Reread every CRL file (SIGHUP)."""
         for crl_file in self._crl_files.values():
             crl_file.reload()
+
+    def follow(self) -> None:
+        """Reread the CRL files that changed on disk (a ``stat`` each)."""
+        for crl_file in self._crl_files.values():
+            crl_file.follow()
+
+    def watch(self, listener: Callable[[CrlFile], None]) -> None:
+        """Call ``listener`` with every CRL file, of now and later, after each read."""
+        self._listeners.append(listener)
+        for crl_file in self._crl_files.values():
+            crl_file.listeners.append(listener)
 
 
 def _certificate_auth(

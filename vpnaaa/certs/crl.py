@@ -8,14 +8,17 @@ silence proves nothing any more.
 
 :class:`CrlFile` is a CRL file on disk (PEM, one or more CRLs, or DER), read at
 construction and again whenever its inode, size or modification time changes (one
-``stat`` per look-up) or :meth:`CrlFile.reload` is called (SIGHUP). A file that cannot be
-read or parsed keeps the CRLs read last, with one log line per change of the file. All of
+``stat`` per look-up or :meth:`CrlFile.follow`) or :meth:`CrlFile.reload` is called
+(SIGHUP). A file that cannot be read or parsed keeps the CRLs read last, with one log line
+per change of the file. Its ``listeners`` are told after every read that succeeded (the
+IKE responder ends the live sessions a new CRL revokes, :meth:`CrlFile.revoked`). All of
 it blocks (small local files), like the users file.
 """
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -136,13 +139,40 @@ class CrlFile:
         self.path = Path(path)
         self._crls: tuple[x509.CertificateRevocationList, ...] = ()
         self._seen: Version | None = None  # (inode, size, mtime_ns) last read
+        # serial -> the CRLs listing it, built on the first revoked() after a read
+        self._listed: dict[int, list[x509.CertificateRevocationList]] | None = None
+        self.listeners: list[Callable[[CrlFile], None]] = []  # told after each good read
         self.reload()
 
     def crls(self) -> tuple[x509.CertificateRevocationList, ...]:
         """The file's CRLs, read again first if the file changed since."""
+        self.follow()
+        return self._crls
+
+    def follow(self) -> None:
+        """Read the file again if it changed since the last read (one ``stat``)."""
         if version(self.path) != self._seen:
             self.reload()
-        return self._crls
+
+    def revoked(
+        self, chain: Sequence[x509.Certificate], now: datetime.datetime
+    ) -> tuple[x509.Certificate, CrlAnswer] | None:
+        """The first certificate of a validated ``chain`` (leaf first, trust anchor last)
+        that a CRL of this file revokes (:func:`crl_answer`: its issuer's CRL, signed by
+        that issuer), with the answer; None when none is listed. The serials are indexed
+        once per read, so asking for every live session costs a look-up per certificate
+        and a signature check only where a serial is listed. Does not read the file."""
+        if self._listed is None:
+            self._listed = {}
+            for crl in self._crls:
+                for entry in crl:
+                    self._listed.setdefault(entry.serial_number, []).append(crl)
+        for position, cert in enumerate(chain[:-1]):
+            for crl in self._listed.get(cert.serial_number, ()):
+                answer = crl_answer(crl, cert, chain[position + 1], now)
+                if answer is not None and answer.status == "revoked":
+                    return cert, answer
+        return None
 
     def reload(self) -> None:
         """Read the file again now (SIGHUP); keeps the last good CRLs when it cannot."""
@@ -171,7 +201,7 @@ class CrlFile:
                     n=len(self._crls),
                 )
             return
-        self._crls = crls
+        self._crls, self._listed = crls, None
         log.info(
             "CRL file {path}: {summary}",
             path=str(self.path),
@@ -181,3 +211,5 @@ class CrlFile:
                 for crl in crls
             ),
         )
+        for listener in self.listeners:
+            listener(self)

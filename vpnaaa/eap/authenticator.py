@@ -38,7 +38,9 @@ class Success:
     ``verified``: the method authenticated ``identity`` itself; False when it is only the
     client's own EAP identity (a RADIUS server's Access-Accept without User-Name).
     ``emsk`` and ``session_id``: the method's other exports (RFC 5247 §1.4), where it
-    has them (EAP-TLS); the fronts key their links with the MSK only."""
+    has them (EAP-TLS); the fronts key their links with the MSK only. ``certificate``:
+    the client certificate the method verified (EAP-TLS), which the IKEv2 responder keeps
+    with the session (its view, ``vpnaaa deny``, CRL reloads end it)."""
 
     eap: bytes
     identity: str
@@ -48,6 +50,7 @@ class Success:
     authorization: Authorization = NOTHING
     emsk: bytes = field(default=b"", repr=False)
     session_id: bytes = b""
+    certificate: VerifiedCertificate | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ class Conversation:
                 authorization=done.authorization,
                 emsk=done.emsk,
                 session_id=done.session_id,
+                certificate=done.certificate,
             )
         return Failure(
             packet.failure(identifier).encode(), done.identity or self.identity, done.reason

@@ -82,6 +82,7 @@ class EapTls:
         self.check = check
         self.identity = ""
         self.verified: VerifiedCertificate | None = None  # while revocation is checked
+        self.accepted: VerifiedCertificate | None = None  # once revocation said yes
         self.phase = "handshake"
 
     def start(self, identifier: int) -> bytes:
@@ -146,7 +147,7 @@ class EapTls:
                 f"client certificate {describe(verified.certificate)}{self._resumed}: "
                 f"{result.reason}"
             )
-        self.identity = verified.identity.value
+        self.identity, self.accepted = verified.identity.value, verified
         if self.tls.tls13:
             self.tls.send(PROTECTED_SUCCESS)
         records = self.tls.outgoing()
@@ -166,7 +167,8 @@ class EapTls:
 
     def _success(self) -> Done:
         """Keys over this handshake's randoms or exporter, resumed or not (RFC 5216 §2.3,
-        RFC 9190 §2.3); the session may be resumed later."""
+        RFC 9190 §2.3), and the certificate they authenticated; the session may be
+        resumed later."""
         self.tls.succeeded(None)
         keys = eap_tls_keys(self.tls, Type.TLS)
         return Done(
@@ -175,6 +177,7 @@ class EapTls:
             msk=keys.msk,
             emsk=keys.emsk,
             session_id=keys.session_id,
+            certificate=self.accepted,
         )
 
     @staticmethod

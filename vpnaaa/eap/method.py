@@ -28,7 +28,8 @@ class Send:
 @dataclass(frozen=True)
 class Done:
     """The method finished: success with the MSK (RFC 3748 §7.10) or failure with a reason.
-    A method that defines them also exports the EMSK and Session-Id (RFC 5247 §1.4)."""
+    A method that defines them also exports the EMSK and Session-Id (RFC 5247 §1.4).
+    ``certificate``: the client certificate a success authenticated (EAP-TLS)."""
 
     success: bool
     identity: str = ""
@@ -37,6 +38,7 @@ class Done:
     authorization: Authorization = NOTHING  # what the user's record grants
     emsk: bytes = field(default=b"", repr=False)
     session_id: bytes = b""
+    certificate: VerifiedCertificate | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

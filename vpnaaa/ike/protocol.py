@@ -8,6 +8,7 @@ Responses leave from the socket and to the address the request came from.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import hashlib
 import hmac
@@ -28,8 +29,9 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from vpnaaa import logs
-from vpnaaa.certs import RevocationResult
+from vpnaaa.certs import CrlFile, RevocationChecker, RevocationResult, serial_hex
 from vpnaaa.eap.authenticator import Result
+from vpnaaa.eap.engine import EapEngine
 from vpnaaa.ike.common import EndCause, Ending, exchange_name, local_address_towards
 from vpnaaa.ike.const import DhGroup, ExchangeType, HeaderFlag, NotifyType, PayloadType
 from vpnaaa.ike.effects import (
@@ -796,6 +798,35 @@ class Responder:
         client, everything freed once it answers or gives no answer."""
         self.delete(sa, Ending(EndCause.ADMIN_RESET, f"disconnected {by}"))
 
+    def revoke(self, crl_file: CrlFile) -> list[IkeSa]:
+        """``crl_file`` was read again (it changed, or SIGHUP): the live sessions whose
+        certificate, or a CA of its chain, one of its CRLs revokes end as `vpnaaa deny`
+        ends them (a DELETE, RFC 7296 §1.4.1; Acct-Terminate-Cause Admin-Reset), their
+        end's log line naming the certificate and the file. Only sessions whose revocation
+        policy reads that file: their profile's (``auth = "certificate"``) or ``[eap.tls]``'s
+        (EAP-TLS in the in-process engine). Returns them."""
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+        ended = []
+        for sa in self._sessions():
+            checker = _revocation_of(sa)
+            if sa.certificate is None or checker is None or crl_file not in checker.crl_files:
+                continue
+            found = crl_file.revoked(sa.certificate.chain, now)
+            if found is None:
+                continue
+            cert, answer = found
+            what = "certificate" if cert is sa.certificate.certificate else "its CA"
+            self.delete(
+                sa,
+                Ending(
+                    EndCause.ADMIN_RESET,
+                    f"disconnected: {what} {cert.subject.rfc4514_string()} serial "
+                    f"{serial_hex(cert.serial_number)} {answer.detail} (CRL file {crl_file.path})",
+                ),
+            )
+            ended.append(sa)
+        return ended
+
     def limit(self, sa: IkeSa, seconds: float) -> None:
         """The session ends ``seconds`` from now (RFC 2865 §5.27 Session-Timeout, or a
         CoA-Request's, RFC 5176 §3.1), whatever its IKE rekeys; a later call replaces it."""
@@ -1057,3 +1088,11 @@ class IkePort(DatagramProtocol):
 
 def _since(sa: IkeSa) -> float:
     return sa.established_at or 0.0
+
+
+def _revocation_of(sa: IkeSa) -> RevocationChecker | None:
+    """The revocation policy that accepted the session's certificate: its certificate
+    profile's, or the in-process EAP engine's (EAP-TLS; a relay's server keeps its own)."""
+    if sa.profile.certificates is not None:
+        return sa.profile.certificates.revocation
+    return sa.profile.eap.revocation if isinstance(sa.profile.eap, EapEngine) else None

@@ -160,11 +160,14 @@ def eap_result(sa: IkeSa, result: Result) -> Effects:
             sa.identity, auth.msk = result.identity, result.msk
             sa.identity_verified = result.verified
             sa.authorization = result.authorization
+            sa.certificate = result.certificate  # EAP-TLS: deny and CRL reloads end it
+            cert = result.certificate
             log.info(
-                "{sa}: EAP-{method} succeeded for {user}",
+                "{sa}: EAP-{method} succeeded for {user}{certificate}",
                 sa=sa.name,
                 method=result.method,
                 user=logs.quoted(result.identity),
+                certificate=f" (certificate {cert.subject} serial {cert.serial})" if cert else "",
             )
             return sa.respond(header, entries)
         failure = packet.failure(result.eap[1]).encode()
