@@ -29,7 +29,7 @@ from tests.interop.test_ike_certificate import (
     serial_of,
 )
 from tests.interop.test_ike_charon import assert_established
-from tests.interop.test_ike_eaptls import EapTlsInitiator
+from tests.interop.test_ike_eaptls import eap_tls_client
 from tests.test_admin import UnixEndpoints
 from vpnaaa import pki
 from vpnaaa.certs import serial_hex
@@ -100,16 +100,7 @@ class EapTlsSessionTests(LiveCase):
 
     @defer.inlineCallbacks
     def connect_tls(self) -> Generator[defer.Deferred[Any], Any, tuple[charon.Charon, Any]]:
-        role = EapTlsInitiator(
-            gateway=self.netns.gateway_address,
-            ca_cert=self.ca,
-            auth="eap-tls",
-            eap_id="carol@example.test",
-            cert=self.cert,
-        )
-        plugins = [*charon.PLUGINS, "eap-tls"]
-        client = charon.Charon(self.state / "charon", self.netns.name, role, plugins=plugins)
-        self.addCleanup(client.stop)
+        client = eap_tls_client(self, self.cert)
         yield client.start()
         result = yield client.initiate()
         self.assertTrue(result.ok, result.output + client.tail())

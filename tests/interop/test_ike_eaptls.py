@@ -34,6 +34,22 @@ class EapTlsInitiator(charon.Initiator):
         }
 
 
+def eap_tls_client(case: CharonTestCase, cert: Path) -> charon.Charon:
+    """charon authenticating as carol@example.test with EAP-TLS and ``cert`` to the
+    case's gateway, stopped at the case's cleanup."""
+    role = EapTlsInitiator(
+        gateway=case.netns.gateway_address,
+        ca_cert=case.ca,
+        auth="eap-tls",
+        eap_id="carol@example.test",
+        cert=cert,
+    )
+    plugins = [*charon.PLUGINS, "eap-tls"]
+    client = charon.Charon(case.state / "charon", case.netns.name, role, plugins=plugins)
+    case.addCleanup(client.stop)
+    return client
+
+
 class EapTlsOverIkeTests(CharonTestCase):
     @defer.inlineCallbacks
     def test_eap_tls(self) -> Generator[defer.Deferred[Any], Any, None]:
@@ -46,16 +62,7 @@ class EapTlsOverIkeTests(CharonTestCase):
         self.start_gateway(
             'eap_methods = ["tls"]', eap='methods = ["tls"]\n[eap.tls]\nclient_ca = "ca/ca.pem"\n'
         )
-        role = EapTlsInitiator(
-            gateway=self.netns.gateway_address,
-            ca_cert=self.ca,
-            auth="eap-tls",
-            eap_id="carol@example.test",
-            cert=cert,
-        )
-        plugins = [*charon.PLUGINS, "eap-tls"]
-        client = charon.Charon(self.state / "charon", self.netns.name, role, plugins=plugins)
-        self.addCleanup(client.stop)
+        client = eap_tls_client(self, cert)
         yield client.start()
         result = yield client.initiate()
         self.assertTrue(result.ok, result.output + client.tail())

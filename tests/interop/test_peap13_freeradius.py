@@ -23,6 +23,7 @@ second opinion here: with libtls version_max = 1.3 it crashes on that indication
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -47,20 +48,34 @@ SNAKEOIL = Path("/etc/ssl/certs/ssl-cert-snakeoil.pem")
 
 
 class Tls13FreeRadius(freeradius.FreeRadius):
-    """The private FreeRADIUS with its eap module allowing TLS 1.3."""
+    """The private FreeRADIUS with its eap module allowing TLS 1.3 and, with ``ca``,
+    trusting it for EAP-TLS client certificates (its own certificate stays Debian's
+    snakeoil one)."""
+
+    def __init__(self, *args: Any, ca: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ca = ca
 
     def _write_config(self, port: int) -> None:
         super()._write_config(port)
-        freeradius.edit_module(self.raddb, "eap", {r"\t\ttls_max_version": '"1.3"'})
+        options = {r"\t\ttls_max_version": '"1.3"'}
+        if self.ca is not None:
+            options[r"\t\tca_file"] = str(self.ca)
+        freeradius.edit_module(self.raddb, "eap", options)
+
+
+def require_freeradius() -> None:
+    """Skip unless Debian's FreeRADIUS and its snakeoil certificate are here."""
+    reason = freeradius.unavailable()
+    if reason is not None:
+        raise unittest.SkipTest(reason)
+    if not SNAKEOIL.exists():
+        raise unittest.SkipTest(f"{SNAKEOIL} missing (Debian's ssl-cert package)")
 
 
 class FreeRadiusPeapTls13Tests(EapolTestCase):
     def setUp(self) -> None:
-        reason = freeradius.unavailable()
-        if reason is not None:
-            raise unittest.SkipTest(reason)
-        if not SNAKEOIL.exists():
-            raise unittest.SkipTest(f"{SNAKEOIL} missing (Debian's ssl-cert package)")
+        require_freeradius()
         super().setUp()
 
     @defer.inlineCallbacks
@@ -97,27 +112,9 @@ class FreeRadiusPeapTls13Tests(EapolTestCase):
         self.assertIn("Login OK: [alice]", server.log_text())
 
 
-class Tls13EapTlsFreeRadius(freeradius.FreeRadius):
-    """The private FreeRADIUS proposing EAP-TLS, TLS 1.3 allowed, its eap module trusting
-    ``ca`` for client certificates (Debian's snakeoil certificate stays its own)."""
-
-    def __init__(self, *args, ca: Path, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.ca = ca
-
-    def _write_config(self, port: int) -> None:
-        super()._write_config(port)
-        options = {r"\t\ttls_max_version": '"1.3"', r"\t\tca_file": str(self.ca)}
-        freeradius.edit_module(self.raddb, "eap", options)
-
-
 class FreeRadiusEapTls13Tests(EapTlsCase):
     def setUp(self) -> None:
-        reason = freeradius.unavailable()
-        if reason is not None:
-            raise unittest.SkipTest(reason)
-        if not SNAKEOIL.exists():
-            raise unittest.SkipTest(f"{SNAKEOIL} missing (Debian's ssl-cert package)")
+        require_freeradius()
         super().setUp()
 
     @defer.inlineCallbacks
@@ -128,7 +125,7 @@ class FreeRadiusEapTls13Tests(EapTlsCase):
             "carol",
             "extendedKeyUsage=clientAuth\nsubjectAltName=email:carol@example.test\n",
         )
-        server = Tls13EapTlsFreeRadius(
+        server = Tls13FreeRadius(
             self.state / "freeradius", SECRET, {}, default_eap_type="tls", ca=self.ca.cert
         )
         self.addCleanup(server.stop)
