@@ -21,8 +21,16 @@ from tests.peap_peer import PeapPeer
 from tests.support import add_users, log_lines, radius_config, start_daemon, state_dir, test_pki
 from tests.test_config import ConfigTestCase
 from tests.test_eap_eaptls import daemons_check
+from tests.test_revocation_bounds import HeldOcsp
 from vpnaaa import config as configuration
-from vpnaaa.certs import DENY_FILE, DenyList, RevocationResult, VerifiedCertificate
+from vpnaaa.certs import (
+    DENY_FILE,
+    DenyList,
+    RevocationChecker,
+    RevocationResult,
+    VerifiedCertificate,
+)
+from vpnaaa.certs.ocsp import OcspAnswer
 from vpnaaa.config import RevocationConfig
 from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
 from vpnaaa.eap.eaptls import EapTls
@@ -59,7 +67,7 @@ class PendingStepTests(unittest.TestCase):
         self.checker = HeldChecker()
         self.methods: list[weakref.ref[EapTls]] = []
 
-    def engine(self, in_flight: int = 256) -> EapEngine:
+    def engine(self, checker: object = None) -> EapEngine:
         check = daemons_check(self, self.ca)
 
         def factory(source: str | None) -> EapTls:
@@ -71,8 +79,7 @@ class PendingStepTests(unittest.TestCase):
             [(Type.TLS, factory)],
             self.clock,
             IDLE,
-            revocation=self.checker,  # type: ignore[arg-type]
-            revocation_in_flight=in_flight,
+            revocation=checker or self.checker,  # type: ignore[arg-type]
         )
 
     def until_pending(
@@ -176,21 +183,24 @@ class PendingStepTests(unittest.TestCase):
         self.assertIn("forgotten or expired", late.reason)
 
     def test_in_flight_bound(self):
-        """Two checks in flight at most: the third certificate is refused at once, without
-        asking; when one check ends, the next is asked again."""
-        engine = self.engine(in_flight=2)
-        first = self.until_pending(engine)
-        self.until_pending(engine)
-        third = self.until_pending(engine)[2]
-        result = self.successResultOf(third)[1]
-        assert isinstance(result, Failure), result
-        self.assertIn("2 revocation checks in flight, the limit", result.reason)
-        self.assertEqual(len(self.checker.asked), 2)
-        self.verdict(True, "good", 0)
-        self.assertIsInstance(self.successResultOf(first[2])[1], Challenge)
-        fourth = self.until_pending(engine)[2]
-        self.assertNoResult(fourth)
-        self.assertEqual(len(self.checker.asked), 3)
+        """The checker's bound on checks waiting on the network (one here): the second
+        certificate, with soft-fail, is accepted without waiting for the responder; with
+        hard-fail it is refused (tests/test_revocation_bounds.py has the rest)."""
+        for hard_fail in (False, True):
+            ocsp = HeldOcsp()
+            checker = RevocationChecker(self.clock, ocsp=ocsp, hard_fail=hard_fail, max_in_flight=1)  # type: ignore[arg-type]
+            engine = self.engine(checker)
+            first = self.until_pending(engine)[2]
+            self.assertNoResult(first)
+            second = self.successResultOf(self.until_pending(engine)[2])[1]
+            if hard_fail:
+                assert isinstance(second, Failure), second
+                self.assertIn("not asked: 1 checks wait on them, the limit", second.reason)
+            else:
+                assert isinstance(second, Success), second  # no wait, to the end
+            self.assertEqual(len(ocsp.asked), 1)
+            ocsp.asked[0].callback(OcspAnswer("good", "good"))
+            self.assertIsInstance(self.successResultOf(first)[1], Challenge)
 
     def test_checker_failure_refuses(self):
         """A checker that errbacks (a bug) refuses the certificate; nothing escapes."""

@@ -1,7 +1,8 @@
 """IKE_AUTH with the client's certificate, in process (tests/ike_peer.py on a fake clock):
 the cases charon does not produce. A forged AUTH, an IDi the certificate does not name,
 RFC 4754 ECDSA (method 9), too many CERT payloads, a revocation answer that arrives after
-the SA is gone, the bound on revocation checks in flight, and the CERTREQ contents.
+the SA is gone, and the CERTREQ contents (the bound on revocation checks in flight:
+tests/test_revocation_bounds.py).
 Certificates come from the openssl CLI (tests/certs_openssl.py); the client's AUTH is
 signed here with cryptography, over RFC 7296 §2.15's octets as the test computes them."""
 
@@ -22,7 +23,6 @@ from tests.certs_openssl import USER, Issued, OpensslCa
 from tests.ike_peer import Gateway, Initiator
 from tests.support import log_lines, state_dir
 from vpnaaa.certs import ClientVerifier, RevocationChecker, RevocationResult, VerifiedCertificate
-from vpnaaa.ike import protocol
 from vpnaaa.ike.common import CertificateAuth, user_key
 from vpnaaa.ike.const import (
     AuthMethod,
@@ -185,19 +185,6 @@ class CertificateAuthTests(unittest.TestCase):
         self.assertEqual(gateway.responder.sessions(), [])
         self.assertEqual(gateway.leaks(), [])
         self.assertEqual(gateway.pool.leased, 0)
-
-    def test_revocation_checks_in_flight_are_bounded(self) -> None:
-        self.patch(protocol, "REVOCATION_IN_FLIGHT", 1)
-        pending = PendingRevocation()
-        gateway = self.gateway(pending)
-        first = Initiator(gateway)
-        self.assertIsNone(self.auth_request(first, idi=self.fqdn(), key=self.key(self.device)))
-        second = Initiator(gateway)
-        response = self.auth_request(second, idi=self.fqdn(), key=self.key(self.device))
-        self.refused(response, "1 revocation checks in flight, the limit")
-        self.assertEqual(len(pending.asked), 1)
-        pending.asked[0].callback(RevocationResult(True, "OCSP: good"))
-        self.assertEqual(len(gateway.responder.sessions()), 1)
 
     def test_certreq_names_the_anchor(self) -> None:
         """§3.7: SHA-1 of the CA's SubjectPublicKeyInfo, as openssl computes it."""

@@ -202,6 +202,7 @@ class ProfileConfig:
     # auth = "certificate": trust anchors (PEM), CRL files, OCSP responder, failure policy
     client_ca: tuple[Path, ...] = ()
     revocation: RevocationConfig = RevocationConfig()
+    sha1_signatures: bool = True  # accept the client's AUTH method 1 (RSA with SHA-1)
 
 
 @dataclass(frozen=True)
@@ -872,14 +873,19 @@ def _certificate_auth(section: _Section, state_dir: Path) -> dict[str, Any]:
     if auth not in ("eap", "certificate"):
         raise section.error("auth", f'{auth!r}: use "eap" or "certificate"')
     if auth == "eap":
-        for key in ("client_ca", *REVOCATION_KEYS):
+        for key in ("client_ca", "sha1_signatures", *REVOCATION_KEYS):
             if key in section.table:
                 raise section.error(key, 'only for auth = "certificate" (EAP-TLS: [eap.tls])')
         return {"auth": auth}
     client_ca = tuple(state_dir / str(p) for p in section.get("client_ca", list, []))
     if not client_ca:
         raise section.error("client_ca", 'auth = "certificate" needs the CA files to trust')
-    return {"auth": auth, "client_ca": client_ca, "revocation": _revocation(section, state_dir)}
+    return {
+        "auth": auth,
+        "client_ca": client_ca,
+        "revocation": _revocation(section, state_dir),
+        "sha1_signatures": section.get("sha1_signatures", bool, True),
+    }
 
 
 REVOCATION_KEYS = (

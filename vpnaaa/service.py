@@ -712,7 +712,8 @@ def _certificate_auth(
         verifier = ClientVerifier.from_files(profile.client_ca)
     except CertificateError as e:
         raise PkiError(f"[ike] profile {profile.name}: client_ca: {e}") from None
-    return CertificateAuth(verifier, revocation.checker(profile.revocation))
+    checker = revocation.checker(profile.revocation)
+    return CertificateAuth(verifier, checker, profile.sha1_signatures)
 
 
 class IkeService(service.Service):

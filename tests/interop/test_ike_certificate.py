@@ -80,13 +80,15 @@ def serial_of(cert: Path) -> int:
 
 @dataclass
 class PubkeyInitiator(charon.Initiator):
-    """charon authenticating with its certificate (``auth = pubkey``), IDi ``local_id``."""
+    """charon authenticating with its certificate (``auth = pubkey``, or a constraint
+    like ``rsa/pss-sha256`` that also picks the signature scheme), IDi ``local_id``."""
 
     cert: Path = Path()
 
     def swanctl_conf(self, name: str) -> str:
         text = super().swanctl_conf(name)
-        return text.replace("auth = pubkey", "auth = pubkey\n\t\t\tcerts = client.pem", 1)
+        local = f"auth = {self.auth}"
+        return text.replace(local, local + "\n\t\t\tcerts = client.pem", 1)
 
     def credentials(self) -> dict[str, Path]:
         return super().credentials() | {
@@ -119,16 +121,18 @@ class CertificateCase(CharonTestCase):
 
     @defer.inlineCallbacks
     def connect_with(
-        self, cert: Path, local_id: str
+        self, cert: Path, local_id: str, auth: str = "pubkey", rfc7427: bool = True
     ) -> Generator[defer.Deferred[Any], Any, tuple[charon.Charon, Any]]:
+        """``rfc7427`` False: charon's signature_authentication = no (RSA: method 1)."""
         role = PubkeyInitiator(
             gateway=self.netns.gateway_address,
             ca_cert=self.ca,
-            auth="pubkey",
+            auth=auth,
             local_id=local_id,
             cert=cert,
         )
-        client = charon.Charon(self.state / "charon", self.netns.name, role)
+        settings = () if rfc7427 else ("signature_authentication = no",)
+        client = charon.Charon(self.state / "charon", self.netns.name, role, settings=settings)
         self.addCleanup(client.stop)
         yield client.start()
         result = yield client.initiate()
@@ -139,9 +143,9 @@ class CertificateCase(CharonTestCase):
 
     @defer.inlineCallbacks
     def assert_refused(
-        self, cert: Path, local_id: str, reason: str
+        self, cert: Path, local_id: str, reason: str, rfc7427: bool = True
     ) -> Generator[defer.Deferred[Any], Any, None]:
-        client, result = yield self.connect_with(cert, local_id)
+        client, result = yield self.connect_with(cert, local_id, rfc7427=rfc7427)
         self.assertFalse(result.ok, result.output)
         self.assertIn("AUTHENTICATION_FAILED", client.log_text())
         (line,) = self.refusals()
@@ -152,9 +156,9 @@ class CertificateCase(CharonTestCase):
 
     @defer.inlineCallbacks
     def assert_connects(
-        self, cert: Path, local_id: str
+        self, cert: Path, local_id: str, auth: str = "pubkey"
     ) -> Generator[defer.Deferred[Any], Any, tuple[charon.Charon, Any]]:
-        client, result = yield self.connect_with(cert, local_id)
+        client, result = yield self.connect_with(cert, local_id, auth)
         self.assertTrue(result.ok, result.output + client.tail())
         yield assert_established(self, client, self.installer, "10.99.7.")
         (sa,) = self.daemon.ike.responder.sessions()
@@ -196,6 +200,30 @@ class CertificateAuthTests(CertificateCase):
         cert = self.issue("carol", "ec", ext)
         self.start()
         yield self.assert_connects(cert, "carol@example.test")
+
+    @defer.inlineCallbacks
+    def test_rsa_pss(self) -> Generator[defer.Deferred[Any], Any, None]:
+        """charon told to sign with RSASSA-PSS and SHA-256 (``auth = rsa/pss-sha256``):
+        RFC 7427 method 14 with id-RSASSA-PSS and its parameters (RFC 4055 §3.1); the
+        profile refuses SHA-1 (``sha1_signatures = false``), which PSS never needs."""
+        cert = self.issue("dev7.example.test", "rsa", DEVICE_EXT)
+        self.start("sha1_signatures = false\n")
+        client, _ = yield self.assert_connects(cert, "dev7.example.test", "rsa/pss-sha256")
+        (accepted,) = [line for line in self.log if "accepted for" in line]
+        self.assertIn("AUTH RSASSA-PSS with SHA256", accepted)
+        (signed,) = [line for line in client.log_text().splitlines() if "(myself)" in line]
+        self.assertIn("with RSA_EMSA_PSS_SHA2_256_SALT_32 successful", signed)
+
+    @defer.inlineCallbacks
+    def test_sha1_refused(self) -> Generator[defer.Deferred[Any], Any, None]:
+        """charon without RFC 7427 (``signature_authentication = no``) signs with RSA
+        and SHA-1, AUTH method 1, as Windows does: refused with ``sha1_signatures =
+        false``."""
+        cert = self.issue("dev8.example.test", "rsa", DEVICE_EXT)
+        self.start("sha1_signatures = false\n")
+        yield self.assert_refused(
+            cert, "dev8.example.test", "refused by sha1_signatures = false", rfc7427=False
+        )
 
     @defer.inlineCallbacks
     def test_revoked_in_crl_file(self) -> Generator[defer.Deferred[Any], Any, None]:

@@ -11,8 +11,12 @@ DER request, ``application/ocsp-request``) and checks the answer with
 :class:`CrlDistributionPoints` fetches the CRLs a certificate's cRLDistributionPoints name
 (RFC 5280 §4.2.1.13; the ``http://`` fullName URIs; LDAP and others are skipped) and keeps
 each until its nextUpdate (one hour when it has none; a stale one a minute); concurrent
-look-ups of one URL share one request. Whether a fetched CRL is really the issuer's is
-the caller's check (:func:`vpnaaa.certs.crl.crl_answer`), as for CRL files.
+look-ups of one URL share one request. A URL whose fetch failed is not asked again for
+:data:`FAILED_CRL_RETRY` seconds: look-ups meanwhile fail at once with the same reason (the
+caller's soft or hard fail decides), so a dead distribution point costs one request a
+minute, not one per login (at most :data:`MAX_FAILED_URLS` such URLs are remembered).
+Whether a fetched CRL is really the issuer's is the caller's check
+(:func:`vpnaaa.certs.crl.crl_answer`), as for CRL files.
 
 Every method returns a Deferred; nothing blocks.
 """
@@ -37,6 +41,8 @@ from vpnaaa.certs.ocsp import OcspAnswer, OcspError, ocsp_answer, ocsp_request
 
 DEFAULT_CRL_LIFETIME = 3600.0  # seconds a fetched CRL without nextUpdate is kept
 MIN_CRL_LIFETIME = 60.0  # a stale CRL (nextUpdate passed) is fetched again at most this often
+FAILED_CRL_RETRY = 60.0  # seconds a CRL distribution point that failed is not asked again
+MAX_FAILED_URLS = 1024  # failed distribution points remembered; beyond, the oldest go
 
 
 class FetchError(Exception):
@@ -195,6 +201,7 @@ class CrlDistributionPoints:
         self.fetcher = fetcher
         self._cache: dict[str, tuple[tuple[x509.CertificateRevocationList, ...], float]] = {}
         self._pending: dict[str, list[defer.Deferred[Any]]] = {}
+        self._failed: dict[str, tuple[FetchError, float]] = {}  # url -> (why, retry at)
 
     @staticmethod
     def urls(cert: x509.Certificate) -> tuple[str, ...]:
@@ -213,11 +220,16 @@ class CrlDistributionPoints:
         return tuple(found)
 
     def crls(self, url: str) -> defer.Deferred[tuple[x509.CertificateRevocationList, ...]]:
-        """The CRLs at ``url``: cached until their nextUpdate, else fetched."""
+        """The CRLs at ``url``: cached until their nextUpdate, else fetched; a failure
+        of the last :data:`FAILED_CRL_RETRY` seconds again, without a request."""
         now = self.fetcher.reactor.seconds()
         cached = self._cache.get(url)
         if cached is not None and cached[1] > now:
             return defer.succeed(cached[0])
+        failed = self._failed.get(url)
+        if failed is not None and failed[1] > now:
+            retry = failed[1] - now
+            return defer.fail(FetchError(f"{failed[0]} (asked again in {retry:.0f} s)"))
         waiter: defer.Deferred[tuple[x509.CertificateRevocationList, ...]] = defer.Deferred()
         waiting = self._pending.get(url)
         if waiting is not None:
@@ -242,8 +254,24 @@ class CrlDistributionPoints:
         return crls
 
     def _deliver(self, result: Any, url: str) -> None:
+        if isinstance(result, Failure) and result.check(FetchError):
+            self._remember_failure(url, result.value)
+        else:
+            self._failed.pop(url, None)
         for waiter in self._pending.pop(url, []):
             if isinstance(result, Failure):
                 waiter.errback(result)
             else:
                 waiter.callback(result)
+
+    def _remember_failure(self, url: str, error: FetchError) -> None:
+        """Keep ``error`` for ``url`` for :data:`FAILED_CRL_RETRY` seconds; when
+        :data:`MAX_FAILED_URLS` are kept, the expired ones go, then the oldest."""
+        now = self.fetcher.reactor.seconds()
+        self._failed.pop(url, None)
+        if len(self._failed) >= MAX_FAILED_URLS:
+            for old in [u for u, (_, retry) in self._failed.items() if retry <= now]:
+                del self._failed[old]
+        while len(self._failed) >= MAX_FAILED_URLS:
+            del self._failed[next(iter(self._failed))]
+        self._failed[url] = (error, now + FAILED_CRL_RETRY)

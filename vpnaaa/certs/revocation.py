@@ -17,6 +17,13 @@ source configured (only a deny list, or nothing) accepts what the deny list does
 Revocation of intermediate CAs is read from CRL files only, and their silence is not held
 against them (hard-fail concerns the leaf).
 
+One checker waits on the network (OCSP, CRL distribution points) for at most
+``max_in_flight`` certificates at once (:data:`NETWORK_IN_FLIGHT`), for the IKE responder
+and the EAP engine alike. Beyond that a certificate still gets the deny list and the CRL
+files (local, synchronous), and the network sources count as unavailable: soft-fail
+accepts it, hard-fail refuses it (unless a CRL file vouched for it), with one rate-limited
+log line saying so.
+
 Lines about stale CRLs and failing responders are rate-limited (:class:`vpnaaa.logs.Throttle`);
 the refusal itself is the caller's one log line, from :attr:`RevocationResult.reason`.
 """
@@ -40,6 +47,8 @@ from vpnaaa.certs.ocsp import OcspError
 from vpnaaa.certs.verify import VerifiedCertificate, serial_hex
 
 log = logs.get("vpnaaa.certs")
+# certificates one checker waits on OCSP or CRL distribution points for at once
+NETWORK_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class RevocationChecker:
 
     ``clock``: the reactor (``seconds()``). CrlFile, DenyList, CrlDistributionPoints and
     OcspClient instances may be shared between checkers (one per profile, say).
+    ``max_in_flight``: the bound on checks waiting on the network (module docstring).
     """
 
     def __init__(
@@ -66,6 +76,7 @@ class RevocationChecker:
         crl_distribution_points: CrlDistributionPoints | None = None,
         ocsp: OcspClient | None = None,
         hard_fail: bool = False,
+        max_in_flight: int = NETWORK_IN_FLIGHT,
     ) -> None:
         self.clock = clock
         self.crl_files = tuple(crl_files)
@@ -73,6 +84,8 @@ class RevocationChecker:
         self.crl_distribution_points = crl_distribution_points
         self.ocsp = ocsp
         self.hard_fail = hard_fail
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0  # checks waiting on OCSP or a CRL distribution point
         self._log = logs.Throttle(log, clock.seconds, interval=60.0)
 
     def check(self, verified: VerifiedCertificate) -> defer.Deferred[RevocationResult]:
@@ -119,14 +132,49 @@ class RevocationChecker:
                         good = good or answer.status == "good"
         if len(chain) < 2:  # the leaf is itself a trust anchor: no issuer to ask about it
             return self._verdict(serial, good, said)
-        if self.crl_distribution_points is not None and not good:
-            verdict = await self._distribution_points(leaf, chain[1], now, said)
+        points = self.crl_distribution_points is not None and not good
+        if not points and self.ocsp is None:
+            return self._verdict(serial, good, said)
+        if self._in_flight >= self.max_in_flight:
+            self._log.emit(
+                ("busy",),
+                LogLevel.warn,
+                "{n} revocation checks wait on OCSP or CRL distribution points already, the "
+                "limit: certificate {serial} checked against the deny list and CRL files only",
+                n=self._in_flight,
+                serial=serial,
+            )
+            said.append(
+                f"OCSP and CRL distribution points not asked: {self._in_flight} checks wait "
+                "on them, the limit"
+            )
+            return self._verdict(serial, good, said, quiet=True)
+        self._in_flight += 1
+        try:
+            return await self._network(verified, now, points, good, said)
+        finally:
+            self._in_flight -= 1
+
+    async def _network(
+        self,
+        verified: VerifiedCertificate,
+        now: datetime.datetime,
+        points: bool,
+        good: bool,
+        said: list[str],
+    ) -> RevocationResult:
+        """The CRL distribution points (when ``points``) and the OCSP responder on the
+        leaf; ``good``: whether a CRL file already vouched for it."""
+        leaf, issuer = verified.chain[0], verified.chain[1]
+        serial = serial_hex(leaf.serial_number)
+        if points:
+            verdict = await self._distribution_points(leaf, issuer, now, said)
             if isinstance(verdict, RevocationResult):
                 return verdict
             good = verdict
         if self.ocsp is not None:
             try:
-                answer = await self.ocsp.check(leaf, chain[1])
+                answer = await self.ocsp.check(leaf, issuer)
             except (FetchError, OcspError) as e:
                 self._log.emit(("ocsp", self.ocsp.url), LogLevel.warn, "OCSP: {why}", why=str(e))
                 said.append(f"OCSP: {e}")
@@ -179,7 +227,10 @@ class RevocationChecker:
                 said.append(f"CRL {url}: not the issuer's CRL")
         return good
 
-    def _verdict(self, serial: str, good: bool, said: list[str]) -> RevocationResult:
+    def _verdict(
+        self, serial: str, good: bool, said: list[str], *, quiet: bool = False
+    ) -> RevocationResult:
+        """``quiet``: the soft-fail acceptance was logged already (the network bound)."""
         sources = bool(self.crl_files or self.crl_distribution_points or self.ocsp)
         summary = "; ".join(said) or "no CRL from the issuer"
         if good or not sources:
@@ -188,13 +239,14 @@ class RevocationChecker:
             return RevocationResult(
                 False, f"revocation status of {serial} unknown (hard-fail): {summary}"
             )
-        self._log.emit(
-            ("soft-fail", summary),
-            LogLevel.warn,
-            "revocation status of certificate {serial} unknown, accepted (soft-fail): {why}",
-            serial=serial,
-            why=summary,
-        )
+        if not quiet:
+            self._log.emit(
+                ("soft-fail", summary),
+                LogLevel.warn,
+                "revocation status of certificate {serial} unknown, accepted (soft-fail): {why}",
+                serial=serial,
+                why=summary,
+            )
         return RevocationResult(True, f"revocation status unknown (soft-fail): {summary}")
 
     def _stale(self, source: str, crl: x509.CertificateRevocationList, detail: str) -> None:

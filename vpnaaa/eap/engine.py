@@ -6,8 +6,8 @@ for a NAS's first packet), the IKEv2 responder with the id :meth:`EapEngine.begi
 its IKE SA. Methods are sans-IO and answer at once, but for one question: EAP-TLS asks
 whether the client's certificate is revoked (:class:`~vpnaaa.eap.authenticator.Pending`),
 which may go to the network (CRL distribution points, OCSP). The engine asks its
-:class:`~vpnaaa.certs.RevocationChecker`, at most ``revocation_in_flight`` at once (beyond
-that the certificate is refused), and answers the Response when the verdict arrives. The
+:class:`~vpnaaa.certs.RevocationChecker` (which bounds the checks it sends to the network)
+and answers the Response when the verdict arrives. The
 Deferred keeps the seam identical to the relay backend, which waits on an external RADIUS
 server.
 
@@ -65,9 +65,6 @@ COST = {Type.PEAP: 128 * KIB, Type.TLS: 128 * KIB, Type.MSCHAPV2: 4 * KIB}
 DEFAULT_COST = 4 * KIB  # a conversation before its method starts, or an unlisted method
 DEFAULT_MEMORY_BUDGET = 256 * MIB
 DEFAULT_PER_SOURCE = 32
-# revocation checks (OCSP, CRL distribution points) one engine waits on at once; beyond
-# that a certificate is refused until some finish (the IKE responder's bound, too)
-REVOCATION_IN_FLIGHT = 256
 
 
 def capacity(methods: Sequence[int], memory_budget: int) -> int:
@@ -86,14 +83,11 @@ class EapEngine:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         per_source: int = DEFAULT_PER_SOURCE,
         revocation: RevocationChecker | None = None,
-        revocation_in_flight: int = REVOCATION_IN_FLIGHT,
     ) -> None:
         """``revocation``: what EAP-TLS asks about client certificates (``[eap.tls]``);
         None: a checker with no source, which accepts every certificate."""
         self.methods = list(methods)
         self.revocation = revocation if revocation is not None else RevocationChecker(clock)
-        self.revocation_in_flight = revocation_in_flight
-        self._revocations = 0  # checks in flight
         self.clock = clock
         self.memory_budget = memory_budget
         self._live: ConversationTable[Conversation] = ConversationTable(
@@ -174,17 +168,7 @@ class EapEngine:
         """Ask the revocation checker, then resume the conversation with its verdict.
         Only the conversation's id waits with the check: one forgotten meanwhile (its
         IKE SA closed) or expired is freed at once and never resumed."""
-        if self._revocations >= self.revocation_in_flight:
-            busy = f"{self._revocations} revocation checks in flight, the limit"
-            return self._resume(RevocationResult(False, busy), conversation_id, identifier)
-        self._revocations += 1
-
-        def finished(result: object) -> object:
-            self._revocations -= 1
-            return result
-
         d = self.revocation.check(pending.verified)
-        d.addBoth(finished)
         d.addErrback(_check_failed)
         return d.addCallback(self._resume, conversation_id, identifier)
 

@@ -123,6 +123,7 @@ class CertificateAuth:
 
     verifier: ClientVerifier
     revocation: RevocationChecker
+    sha1_signatures: bool = True  # AUTH method 1, RSA with SHA-1 (ike/signatures.py)
 
 
 @dataclass

@@ -263,13 +263,17 @@ class Ke:
 
 @dataclass(frozen=True, slots=True)
 class Identification:
-    """IDi or IDr payload (§3.5); its encoding is the IDx' of the AUTH computation (§2.15)."""
+    """IDi or IDr payload (§3.5); its encoding is the IDx' of the AUTH computation (§2.15).
+
+    ``reserved`` keeps the three RESERVED octets as received: §2.15 signs the ID payload's
+    body as it came (RestOfInitIDPayload), and §3.5 only asks that we send zeros."""
 
     id_type: int
     data: bytes
+    reserved: bytes = bytes(3)
 
     def encode(self) -> bytes:
-        return struct.pack("!B3x", self.id_type) + self.data
+        return bytes([self.id_type]) + self.reserved + self.data
 
     @classmethod
     def decode(cls, body: bytes) -> Identification:
@@ -279,7 +283,7 @@ class Identification:
         size = _ADDRESS_SIZES.get(body[0])
         if size is not None and len(body) - 4 != size:
             raise _syntax(f"ID of type {body[0]} with {len(body) - 4} octets, {size} expected")
-        return cls(body[0], body[4:])
+        return cls(body[0], body[4:], body[1:4])
 
 
 _ADDRESS_SIZES = {IdType.IPV4_ADDR: 4, IdType.IPV6_ADDR: 16}

@@ -90,9 +90,6 @@ COOKIE_SECRET_LIFETIME = 60.0  # seconds one COOKIE secret is used (§2.6); then
 # DH groups refused while half-open SAs are above the cookie threshold: each costs the
 # responder over a millisecond of CPU (MODP4096 2.5 ms here) that an attacker picks for us.
 SHUTDOWN = Ending(EndCause.SHUTDOWN, "shutdown")
-# certificate revocation checks (OCSP, CRL distribution points) waited on at once; more
-# IKE_AUTH requests are refused until some finish
-REVOCATION_IN_FLIGHT = 256
 EXPENSIVE_GROUPS = frozenset(
     {DhGroup.MODP3072, DhGroup.MODP4096, DhGroup.MODP6144, DhGroup.MODP8192}
 )
@@ -221,7 +218,6 @@ class Responder:
         context.sessions_of = self.sessions_of
         context.supersede = self._supersede
         context.clock = clock.seconds  # certificates' validity: the reactor's wall clock
-        self._revocations = 0  # checks in flight
         self._cookie_secrets: tuple[int, bytes, bytes] = (-1, b"", b"")  # epoch, now, before
         self._cheap_policy = context.ike_policy.without_groups(EXPENSIVE_GROUPS)
         self.drops = logs.Throttle(log, clock.seconds)
@@ -513,27 +509,18 @@ class Responder:
             self._run(sa, sa.eap_result(*step))
 
     def _check_revocation(self, sa: IkeSa, effect: CheckRevocation) -> None:
-        """The profile's revocation checker on the client's certificate; at most
-        :data:`REVOCATION_IN_FLIGHT` at once. An SA gone meanwhile (expired half-open,
-        deleted) is not brought back by the answer."""
+        """The profile's revocation checker on the client's certificate (it bounds what
+        waits on the network). An SA gone meanwhile (expired half-open, deleted) is not
+        brought back by the answer."""
         certificates = sa.profile.certificates
         assert certificates is not None
-        if self._revocations >= REVOCATION_IN_FLIGHT:
-            busy = f"{self._revocations} revocation checks in flight, the limit"
-            self._run(sa, sa.revocation_checked(RevocationResult(False, busy)))
-            return
-        self._revocations += 1
-
-        def finished(result: Any) -> Any:
-            self._revocations -= 1
-            return result
 
         def answered(result: RevocationResult) -> None:
             if self._serving(sa):
                 self._run(sa, sa.revocation_checked(result))
 
         d = certificates.revocation.check(effect.verified)
-        d.addBoth(finished).addCallback(answered).addErrback(self._failed, sa)
+        d.addCallback(answered).addErrback(self._failed, sa)
 
     def _keyed(self, sa: IkeSa, effect: Keyed) -> None:
         if self.keylog is not None:

@@ -141,7 +141,11 @@ def _check(sa: IkeSa, inner: Message, idi: Identification) -> VerifiedCertificat
     )
     try:
         scheme = signatures.verify(
-            verified.certificate.public_key(), auth.method, auth.data, octets
+            verified.certificate.public_key(),
+            auth.method,
+            auth.data,
+            octets,
+            sha1=certificates.sha1_signatures,
         )
     except signatures.SignatureRejected as e:
         raise Refusal(str(e)) from None

@@ -327,10 +327,11 @@ def our_identification(
     identity: ServerIdentity, requested: Identification | None
 ) -> Identification:
     """IDr: the identity the initiator asked for when our certificate carries it (an
-    iPAddress or dNSName SAN, or the subject), else the subject DN (RFC 7296 §3.5)."""
+    iPAddress or dNSName SAN, or the subject), else the subject DN (RFC 7296 §3.5); with
+    RESERVED zero, whatever the initiator's held."""
     cert = identity.cert
     if requested is not None and _certificate_names(cert, requested):
-        return requested
+        return Identification(requested.id_type, requested.data)
     return Identification(IdType.DER_ASN1_DN, cert.subject.public_bytes())
 
 
