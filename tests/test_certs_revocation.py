@@ -344,6 +344,33 @@ class Ocsp(unittest.TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_crl_file_revokes_while_the_responder_answers(self) -> defer.Generator:
+        """A CRL file rewritten to revoke alice while the OCSP answer ("good") is on its
+        way: refused, naming the file, for the same reason as the deny list above (the
+        file's readers end only sessions already up)."""
+        path, later = self.pki.dir / "issuing.crl", self.pki.dir / "later.crl"
+        self.pki.inter.crl(path)
+        crl_file = CrlFile(path)
+        index = self.pki.inter.dir / "index.txt"
+        valid = index.read_text()
+        self.pki.inter.revoke(self.pki.alice)
+        self.pki.inter.crl(later)
+        index.write_text(valid)  # the responder still says "good"
+
+        def revoke() -> None:
+            path.write_bytes(later.read_bytes())
+            os.utime(path, (1, 1))  # the stat must change, whatever the clock's resolution
+
+        responder = _OcspResponder(self.pki.inter, self.signer, revoke)
+        url = f"http://127.0.0.1:{_listen(self, responder)}/"
+        ocsp = OcspClient(url, HttpFetcher(reactor, timeout=5.0))
+        checker = RevocationChecker(reactor, crl_files=[crl_file], ocsp=ocsp, hard_fail=True)
+        result = yield checker.check(self.pki.verified(self.pki.alice))
+        self.assertFalse(result.accepted)
+        self.assertIn("revoked", result.reason)
+        self.assertIn(f"(CRL {path})", result.reason)
+
+    @defer.inlineCallbacks
     def test_signed_by_the_ca(self) -> defer.Generator:
         url = self.responder(signer=None, delegated=False)
         result = yield self.check(url, self.pki.alice)

@@ -271,6 +271,28 @@ class SharedCheckers(unittest.TestCase):
         self.assertIs(one.deny, checkers.deny)
         self.assertEqual(len([line for line in self.log if "CRL file" in line]), 1)
 
+    def test_distribution_points_shared(self):
+        """Policies that differ but fetch with the same timeout share the fetcher and the
+        distribution point cache (a CRL downloaded, a failing URL remembered, once); another
+        timeout gets its own, and a policy without network sources none."""
+        checkers = RevocationCheckers(task.Clock(), DenyList(self.state / DENY_FILE))
+        soft = checkers.checker(RevocationConfig(crl_distribution_points=True))
+        hard = checkers.checker(
+            RevocationConfig(
+                crl_distribution_points=True, ocsp_url="http://127.0.0.1:9/", hard_fail=True
+            )
+        )
+        slow = checkers.checker(RevocationConfig(crl_distribution_points=True, timeout=30.0))
+        local = checkers.checker(RevocationConfig(crl_files=(self.crl,)))
+        self.assertIsNot(soft, hard)
+        self.assertIsNotNone(soft.crl_distribution_points)
+        self.assertIs(soft.crl_distribution_points, hard.crl_distribution_points)
+        assert hard.ocsp is not None and soft.crl_distribution_points is not None
+        self.assertIs(hard.ocsp.fetcher, soft.crl_distribution_points.fetcher)
+        self.assertIsNot(slow.crl_distribution_points, soft.crl_distribution_points)
+        self.assertIsNone(local.crl_distribution_points)
+        self.assertIsNone(local.ocsp)
+
     def test_ike_profile_and_eap_tls_share_a_checker(self):
         """The daemon's wiring: a certificate profile and [eap.tls] with the same keys
         get the same checker; another profile's policy gets its own."""

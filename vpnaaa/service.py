@@ -644,13 +644,17 @@ def certificate_request(anchors: Iterable[x509.Certificate]) -> bytes:
 class RevocationCheckers:
     """The revocation checkers of the ``auth = "certificate"`` IKE profiles and of
     EAP-TLS (``[eap.tls]``): one per distinct :class:`RevocationConfig`, so equal settings
-    share one, over shared sources (one :class:`CrlFile` per path, the daemon's deny list)."""
+    share one, over shared sources (one :class:`CrlFile` per path, the daemon's deny list,
+    one HTTP fetcher and distribution point cache per timeout: a CRL downloaded, or a URL
+    that failed, once for all)."""
 
     def __init__(self, reactor: Any, deny: DenyList) -> None:
         self.reactor = reactor
         self.deny = deny
         self._checkers: dict[RevocationConfig, RevocationChecker] = {}
         self._crl_files: dict[Path, CrlFile] = {}
+        self._fetchers: dict[float, HttpFetcher] = {}
+        self._points: dict[float, CrlDistributionPoints] = {}
         self._listeners: list[Callable[[CrlFile], None]] = []
 
     def checker(self, config: RevocationConfig) -> RevocationChecker:
@@ -658,21 +662,19 @@ class RevocationCheckers:
         checker = self._checkers.get(config)
         if checker is not None:
             return checker
-        fetcher = None
-        if config.ocsp_url or config.crl_distribution_points:
-            fetcher = HttpFetcher(self.reactor, config.timeout)
+        timeout = config.timeout
+        fetcher = self._fetchers.get(timeout)
+        if fetcher is None and (config.ocsp_url or config.crl_distribution_points):
+            fetcher = self._fetchers[timeout] = HttpFetcher(self.reactor, timeout)
+        points = self._points.get(timeout)
+        if points is None and fetcher is not None and config.crl_distribution_points:
+            points = self._points[timeout] = CrlDistributionPoints(fetcher)
         checker = RevocationChecker(
             self.reactor,
             crl_files=[self._crl_file(path) for path in config.crl_files],
             deny=self.deny,
-            crl_distribution_points=(
-                CrlDistributionPoints(fetcher)
-                if fetcher is not None and config.crl_distribution_points
-                else None
-            ),
-            ocsp=OcspClient(config.ocsp_url, fetcher)
-            if fetcher is not None and config.ocsp_url
-            else None,
+            crl_distribution_points=points if config.crl_distribution_points else None,
+            ocsp=OcspClient(config.ocsp_url, fetcher) if fetcher and config.ocsp_url else None,
             hard_fail=config.hard_fail,
         )
         self._checkers[config] = checker

@@ -93,18 +93,33 @@ class RevocationChecker:
         return defer.ensureDeferred(self._decide(verified))
 
     async def _decide(self, verified: VerifiedCertificate) -> RevocationResult:
-        """The deny list before the sources and again after them: a serial denied while
-        a responder was asked (`vpnaaa deny` ends only sessions already up) is refused."""
+        """The deny list before the sources, and it and the CRL files again after them: a
+        serial denied, or a CRL file reread, while a responder was asked (both end only
+        sessions already up) is refused."""
         denied = self._denied(verified)
         if denied is not None:
             return denied
         result = await self._check(verified)
-        return (self._denied(verified) if result.accepted else None) or result
+        return (self._revoked_since(verified) if result.accepted else None) or result
 
     def _denied(self, verified: VerifiedCertificate) -> RevocationResult | None:
         serial = verified.chain[0].serial_number
         if self.deny is not None and self.deny.denied(serial):
             return RevocationResult(False, f"serial {serial_hex(serial)} is on the deny list")
+        return None
+
+    def _revoked_since(self, verified: VerifiedCertificate) -> RevocationResult | None:
+        """The deny list and the CRL files (read again if changed) asked once more."""
+        denied = self._denied(verified)
+        if denied is not None:
+            return denied
+        for crl_file in self.crl_files:
+            crl_file.follow()
+            found = crl_file.revoked(verified.chain, self._now())
+            if found is not None:
+                cert, answer = found
+                position = verified.chain.index(cert)
+                return RevocationResult(False, _revoked(cert, position, answer.detail, crl_file))
         return None
 
     async def _check(self, verified: VerifiedCertificate) -> RevocationResult:

@@ -39,13 +39,9 @@ from typing import Protocol
 
 from cryptography import x509
 
+from vpnaaa.certs import MAX_CERTIFICATE_SIZE, MAX_CERTIFICATES
 from vpnaaa.certs.revocation import RevocationResult
-from vpnaaa.certs.verify import (
-    MAX_CERTIFICATE_SIZE,
-    MAX_CERTIFICATES,
-    CertificateRejected,
-    VerifiedCertificate,
-)
+from vpnaaa.certs.verify import CertificateRejected, VerifiedCertificate
 from vpnaaa.eap.method import CheckRevocation, Done, MethodError, Send, Step
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.tls import Framing, TlsContexts, TlsServer, eap_tls_keys

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from vpnaaa import logs
-from vpnaaa.certs import CertificateRejected, VerifiedCertificate, matches_id, serial_hex
+from vpnaaa.certs import (
+    MAX_CERTIFICATE_SIZE,
+    MAX_CERTIFICATES,
+    CertificateRejected,
+    VerifiedCertificate,
+    matches_id,
+    serial_hex,
+)
 from vpnaaa.certs.identity import Identity, same_dns, same_email
 from vpnaaa.ike import keys, signatures
 from vpnaaa.ike.common import Event, log
@@ -36,9 +43,6 @@ from vpnaaa.ike.tasks.ike_auth import describe_id
 if TYPE_CHECKING:
     from vpnaaa.certs import RevocationResult
     from vpnaaa.ike.sa import IkeSa
-
-MAX_CERTIFICATES = 10  # CERT payloads: the client's, up to 8 intermediates, maybe its root
-MAX_CERTIFICATE_SIZE = 8192  # octets of one DER certificate
 
 
 class Refusal(Exception):
