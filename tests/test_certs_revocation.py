@@ -454,16 +454,18 @@ class _Counting(resource.Resource):
         return self.path.read_bytes()  # type: ignore[attr-defined]
 
 
-class DistributionPoints(unittest.TestCase):
+class ServedCrlCase(unittest.TestCase):
+    """Certificates pointing to a loopback HTTP server that serves ``self.crl`` (503
+    while it is missing) and counts requests; :meth:`check` asks that distribution point."""
+
     def setUp(self) -> None:
         self.dir = state_dir(self)
         self.crl = self.dir / "served.crl"
         self.served = _Counting(self.crl)
-        port = _listen(self, self.served)
-        self.url = f"http://127.0.0.1:{port}/issuing.crl"
+        self.port = _listen(self, self.served)
+        self.url = f"http://127.0.0.1:{self.port}/issuing.crl"
         extensions = USER + f"crlDistributionPoints = URI:{self.url}\n"
         self.pki = _Setup(self, extensions)
-        self.pki.inter.crl(self.crl, der=True)
         self.points = CrlDistributionPoints(HttpFetcher(reactor, timeout=2.0))
 
     def check(self, issued: Issued, hard_fail: bool = True) -> defer.Deferred:
@@ -471,6 +473,12 @@ class DistributionPoints(unittest.TestCase):
             reactor, crl_distribution_points=self.points, hard_fail=hard_fail
         )
         return checker.check(self.pki.verified(issued))
+
+
+class DistributionPoints(ServedCrlCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.pki.inter.crl(self.crl, der=True)
 
     @defer.inlineCallbacks
     def test_fetched_once(self) -> defer.Generator:

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.certs_openssl import USER, Issued, OpensslCa
+from tests.certs_openssl import USER, OpensslCa
 from tests.ike_peer import Gateway, Initiator
 from tests.support import log_lines, state_dir
-from tests.test_certs_revocation import _clock, _Counting, _listen, _Setup
+from tests.test_certs_revocation import ServedCrlCase, _clock, _Setup
 from tests.test_ike_certificate import ECDSA_SHA256
 from vpnaaa.certs import (
     ClientVerifier,
@@ -188,24 +188,8 @@ class IkeBound(unittest.TestCase):
         self.assertEqual(len(gateway.responder.sessions()), 1)
 
 
-class DistributionPointFailures(unittest.TestCase):
-    """A loopback HTTP server that answers 503 (its CRL file missing) and counts."""
-
-    def setUp(self) -> None:
-        self.dir = state_dir(self)
-        self.crl = self.dir / "served.crl"
-        self.served = _Counting(self.crl)
-        self.port = _listen(self, self.served)
-        self.url = f"http://127.0.0.1:{self.port}/issuing.crl"
-        extensions = USER + f"crlDistributionPoints = URI:{self.url}\n"
-        self.pki = _Setup(self, extensions)
-        self.points = CrlDistributionPoints(HttpFetcher(reactor, timeout=2.0))
-
-    def check(self, issued: Issued, hard_fail: bool = True) -> defer.Deferred:
-        checker = RevocationChecker(
-            reactor, crl_distribution_points=self.points, hard_fail=hard_fail
-        )
-        return checker.check(self.pki.verified(issued))
+class DistributionPointFailures(ServedCrlCase):
+    """The served CRL file missing: the server answers 503."""
 
     @defer.inlineCallbacks
     def test_a_failure_is_not_fetched_again_for_a_while(self) -> defer.Generator:
