@@ -32,6 +32,7 @@ from vpnaaa.certs import (
 )
 from vpnaaa.certs.ocsp import OcspAnswer
 from vpnaaa.config import RevocationConfig
+from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import Challenge, Failure, Result, Success
 from vpnaaa.eap.eaptls import EapTls
 from vpnaaa.eap.engine import EapEngine
@@ -50,11 +51,15 @@ class HeldChecker:
 
     def __init__(self) -> None:
         self.asked: list[tuple[VerifiedCertificate, defer.Deferred[RevocationResult]]] = []
+        self.since: RevocationResult | None = None  # what recheck() says
 
     def check(self, verified: VerifiedCertificate) -> defer.Deferred[RevocationResult]:
         d: defer.Deferred[RevocationResult] = defer.Deferred()
         self.asked.append((verified, d))
         return d
+
+    def recheck(self, verified: VerifiedCertificate) -> RevocationResult | None:
+        return self.since
 
 
 class PendingStepTests(unittest.TestCase):
@@ -119,6 +124,26 @@ class PendingStepTests(unittest.TestCase):
             self.assertEqual(success.identity, "carol@example.test")
             self.assertEqual(peer.inner, b"\x00" if version == TLS13 else b"")
             self.assertEqual(len(engine), 0)
+
+    def test_denied_after_the_verdict(self):
+        """The peer holds back its answer to our last flight after an accepting verdict;
+        a serial denied meanwhile (the checker's recheck: the deny list and CRL files
+        asked again) turns the Success into EAP-Failure naming the certificate."""
+        for version in (TLS12, TLS13):
+            engine = self.engine()
+            conversation_id, peer, d, _ = self.until_pending(engine, version)
+            self.verdict(True, "CRL ca.crl: good")
+            result = self.successResultOf(d)[1]
+            assert isinstance(result, Challenge), result
+            self.checker.since = RevocationResult(False, "serial 01 is on the deny list")
+            final = engine.step(conversation_id, peer.answer(result.eap))
+            failure = self.successResultOf(final)[1]
+            assert isinstance(failure, Failure), failure
+            self.assertIn("'CN=carol'", failure.reason)
+            self.assertIn("is on the deny list (since the verdict)", failure.reason)
+            self.assertEqual(failure.eap[0], packet.Code.FAILURE)
+            self.assertEqual(len(engine), 0)
+            self.checker.since = None
 
     def test_refused(self):
         """A refusing verdict is EAP-Failure with subject, serial and the checker's reason;

@@ -100,7 +100,7 @@ class RevocationChecker:
         if denied is not None:
             return denied
         result = await self._check(verified)
-        return (self._revoked_since(verified) if result.accepted else None) or result
+        return (self.recheck(verified) if result.accepted else None) or result
 
     def _denied(self, verified: VerifiedCertificate) -> RevocationResult | None:
         serial = verified.chain[0].serial_number
@@ -108,8 +108,10 @@ class RevocationChecker:
             return RevocationResult(False, f"serial {serial_hex(serial)} is on the deny list")
         return None
 
-    def _revoked_since(self, verified: VerifiedCertificate) -> RevocationResult | None:
-        """The deny list and the CRL files (read again if changed) asked once more."""
+    def recheck(self, verified: VerifiedCertificate) -> RevocationResult | None:
+        """The refusal if the deny list or the CRL files (read again if changed) now
+        revoke ``verified``, accepted before; local and synchronous, for the moments
+        between a verdict and the session it lets in."""
         denied = self._denied(verified)
         if denied is not None:
             return denied

@@ -42,7 +42,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure as TwistedFailure
 
 from vpnaaa import logs
-from vpnaaa.certs import RevocationChecker, RevocationResult
+from vpnaaa.certs import RevocationChecker, RevocationResult, VerifiedCertificate
 from vpnaaa.eap import packet
 from vpnaaa.eap.authenticator import (
     Challenge,
@@ -155,12 +155,27 @@ class EapEngine:
     ) -> defer.Deferred[tuple[bytes, Result]]:
         if isinstance(result, Pending):
             return self._check_revocation(conversation_id, result, conversation.identifier)
+        if isinstance(result, Success) and result.certificate is not None:
+            result = self._recheck(result, result.certificate)
         if not isinstance(result, Challenge):
             self._live.pop(conversation_id)
             method = conversation.method
             name = Type(method.type).name.lower() if method is not None else "none"
             self.outcomes[name, "success" if isinstance(result, Success) else "failure"] += 1
         return defer.succeed((conversation_id, result))
+
+    def _recheck(self, success: Success, verified: VerifiedCertificate) -> Success | Failure:
+        """EAP-TLS ends with the client's answer to our last flight, which it may hold
+        back after the revocation verdict: a serial denied or a CRL file reread meanwhile
+        turns the Success into an EAP-Failure (RFC 3748 §4.2 allows it in its place)."""
+        refusal = self.revocation.recheck(verified)
+        if refusal is None:
+            return success
+        reason = (
+            f"client certificate {verified.subject!r} serial {verified.serial}: "
+            f"{refusal.reason} (since the verdict)"
+        )
+        return Failure(packet.failure(success.eap[1]).encode(), success.identity, reason)
 
     def _check_revocation(
         self, conversation_id: bytes, pending: Pending, identifier: int

@@ -750,6 +750,16 @@ class Responder:
         """The live sessions (established, neither rekeyed away nor being deleted)."""
         return self._sessions()
 
+    def _certified(self) -> list[IkeSa]:
+        """The SAs whose client certificate was accepted: the live sessions, and those
+        whose EAP-TLS succeeded but whose last IKE_AUTH has not come yet (it may come up
+        to HALF_OPEN_TIMEOUT later: a deny or a CRL meanwhile must not let it in)."""
+        return [
+            sa
+            for sa in self.sas.values()
+            if sa.certificate is not None and not sa.rekeyed and not sa.closing
+        ]
+
     def sessions_of(self, user: str, profile: Profile) -> int:
         """Established sessions of ``user`` (a user_key) in ``profile``."""
         return sum(1 for sa in self._sessions(user) if sa.profile is profile)
@@ -765,7 +775,10 @@ class Responder:
         """The live sessions that match every key given (as RFC 5176 §3 identifies one):
         an Acct-Session-Id (any case), a user (any case, no DOMAIN\\ prefix), a virtual IP;
         ``serial``: the client certificate's (hex, :func:`vpnaaa.certs.serial_hex`)."""
-        found = self._sessions(user_key(user) if user is not None else None)
+        if serial is not None:
+            found = [sa for sa in self._certified() if sa.certificate.serial == serial]
+        else:
+            found = self._sessions(user_key(user) if user is not None else None)
         if user is not None:  # names the EAP method did not vouch for are not in the index
             found += [
                 sa
@@ -776,25 +789,33 @@ class Responder:
             found = [sa for sa in found if sa.session_id == session_id.upper()]
         if framed_ip is not None:
             found = [sa for sa in found if sa.virtual_ip == framed_ip]
-        if serial is not None:
-            found = [sa for sa in found if sa.certificate and sa.certificate.serial == serial]
         return found
 
     def disconnect(self, sa: IkeSa, by: str = "by the administrator") -> None:
         """End a session for an administrator (RFC 2866 Admin-Reset): a DELETE to the
         client, everything freed once it answers or gives no answer."""
-        self.delete(sa, Ending(EndCause.ADMIN_RESET, f"disconnected {by}"))
+        self._end(sa, Ending(EndCause.ADMIN_RESET, f"disconnected {by}"))
+
+    def _end(self, sa: IkeSa, cause: Ending) -> None:
+        """End a session (:meth:`delete`), or drop an SA still authenticating: its last
+        IKE_AUTH then finds nothing (§2.21.2)."""
+        if sa.state == State.ESTABLISHED:
+            self.delete(sa, cause)
+        else:
+            log.info("{sa}: removed before its last IKE_AUTH: {why}", sa=sa.name, why=cause)
+            self._run(sa, sa.close(cause))
 
     def revoke(self, crl_file: CrlFile) -> list[IkeSa]:
-        """``crl_file`` was read again (it changed, or SIGHUP): the live sessions whose
-        certificate, or a CA of its chain, one of its CRLs revokes end as `vpnaaa deny`
-        ends them (a DELETE, RFC 7296 §1.4.1; Acct-Terminate-Cause Admin-Reset), their
-        end's log line naming the certificate and the file. Only sessions whose revocation
-        policy reads that file: their profile's (``auth = "certificate"``) or ``[eap.tls]``'s
-        (EAP-TLS in the in-process engine). Returns them."""
+        """``crl_file`` was read again (it changed, or SIGHUP): the live sessions (and
+        those between EAP-TLS and their last IKE_AUTH) whose certificate, or a CA of its
+        chain, one of its CRLs revokes end as `vpnaaa deny` ends them (a DELETE, RFC 7296
+        §1.4.1; Acct-Terminate-Cause Admin-Reset), their end's log line naming the
+        certificate and the file. Only sessions whose revocation policy reads that file:
+        their profile's (``auth = "certificate"``) or ``[eap.tls]``'s (EAP-TLS in the
+        in-process engine). Returns them."""
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
         ended = []
-        for sa in self._sessions():
+        for sa in self._certified():
             checker = _revocation_of(sa)
             if sa.certificate is None or checker is None or crl_file not in checker.crl_files:
                 continue
@@ -803,7 +824,7 @@ class Responder:
                 continue
             cert, answer = found
             what = "certificate" if cert is sa.certificate.certificate else "its CA"
-            self.delete(
+            self._end(
                 sa,
                 Ending(
                     EndCause.ADMIN_RESET,
