@@ -28,7 +28,7 @@ from vpnaaa.certs import (
     parse_serial,
     serial_hex,
 )
-from vpnaaa.certs.identity import same_dn
+from vpnaaa.certs.identity import identities, same_dn
 from vpnaaa.ike.const import IdType
 
 UPN_SAN = "subjectAltName = otherName:1.3.6.1.4.1.311.20.2.3;UTF8:alice@corp.example,"
@@ -285,6 +285,28 @@ class Identities(unittest.TestCase):
         other = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Alice Smith")]).public_bytes()
         self.assertFalse(matches_id(self.user, IdType.DER_ASN1_DN, other))
         self.assertFalse(same_dn(b"\x30\x05garbage", exact))
+
+    def test_names_that_would_read_as_others(self) -> None:
+        """A dNSName with "@" (an e-mail address) or a backslash (a DOMAIN\\ prefix in
+        the session's user), an e-mail or UPN with a backslash: names a CA may build from
+        what a device reports, which would make one user out of another (``user_key``
+        strips DOMAIN\\). They name nothing, for IDi and for the session alike."""
+        ca = OpensslCa(state_dir(self) / "ca", "Test CA")
+        san = (
+            "subjectAltName = DNS:alice@example.test, DNS:evil.example\\\\alice, "
+            "email:x\\\\alice@example.test, DNS:pc4.corp.example\n"
+        )
+        cert = ca.issue("odd", USER + san, subject="/CN=odd").load()
+        dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertIn("evil.example\\alice", dns.get_values_for_type(x509.DNSName))
+        self.assertEqual(
+            [(i.kind, i.value) for i in identities(cert)],
+            [("dns", "pc4.corp.example"), ("dn", "CN=odd")],
+        )
+        self.assertFalse(matches_id(cert, IdType.FQDN, b"alice@example.test"))
+        self.assertFalse(matches_id(cert, IdType.FQDN, b"evil.example\\alice"))
+        self.assertFalse(matches_id(cert, IdType.RFC822_ADDR, b"x\\alice@example.test"))
+        self.assertTrue(matches_id(cert, IdType.FQDN, b"pc4.corp.example"))
 
     def test_unknown_types(self) -> None:
         self.assertFalse(matches_id(self.user, IdType.KEY_ID, b"x"))

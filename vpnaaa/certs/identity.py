@@ -62,18 +62,37 @@ def identities(cert: x509.Certificate) -> tuple[Identity, ...]:
     san = _san(cert)
     found: list[Identity] = []
     if san is not None:
-        for other in san.get_values_for_type(x509.OtherName):
-            upn = _upn(other)
-            if upn is not None:
-                found.append(Identity("upn", upn))
-        found += [Identity("email", v) for v in san.get_values_for_type(x509.RFC822Name)]
-        found += [Identity("dns", v) for v in san.get_values_for_type(x509.DNSName)]
+        found += [Identity("upn", v) for v in _upns(san)]
+        found += [Identity("email", v) for v in _emails(san)]
+        found += [Identity("dns", v) for v in _dns_names(san)]
         found += [Identity("ip", str(v)) for v in san.get_values_for_type(x509.IPAddress)]
     fqdn = _cn_fqdn(cert, san)
     if fqdn is not None:
         found.append(Identity("cn-fqdn", fqdn))
     found.append(Identity("dn", cert.subject.rfc4514_string()))
     return tuple(found)
+
+
+def _upns(san: x509.SubjectAlternativeName) -> list[str]:
+    upns = (_upn(other) for other in san.get_values_for_type(x509.OtherName))
+    return [v for v in upns if v is not None and _plain(v, "\\")]
+
+
+def _emails(san: x509.SubjectAlternativeName) -> list[str]:
+    return [v for v in san.get_values_for_type(x509.RFC822Name) if _plain(v, "\\")]
+
+
+def _dns_names(san: x509.SubjectAlternativeName | None) -> list[str]:
+    names = san.get_values_for_type(x509.DNSName) if san is not None else []
+    return [v for v in names if _plain(v, "@\\")]
+
+
+def _plain(name: str, refused: str) -> bool:
+    """Whether a name is one to authenticate as: no whitespace, nothing unprintable and
+    none of ``refused`` — a backslash would read as a DOMAIN\\ prefix in the session's
+    user (``CORP\\alice`` is alice), an "@" in a dNSName as an e-mail address: a CA
+    that builds names from what devices report must not make one user out of another."""
+    return not any(c in refused or c.isspace() or not c.isprintable() for c in name)
 
 
 def matches_id(cert: x509.Certificate, id_type: int, data: bytes) -> bool:
@@ -86,7 +105,7 @@ def matches_id(cert: x509.Certificate, id_type: int, data: bytes) -> bool:
         wanted = _text(data)
         if wanted is None:
             return False
-        names = list(san.get_values_for_type(x509.DNSName)) if san is not None else []
+        names = _dns_names(san)
         fqdn = _cn_fqdn(cert, san)
         if fqdn is not None:
             names.append(fqdn)
@@ -95,9 +114,7 @@ def matches_id(cert: x509.Certificate, id_type: int, data: bytes) -> bool:
         wanted = _text(data)
         if wanted is None or san is None:
             return False
-        names = list(san.get_values_for_type(x509.RFC822Name))
-        names += [u for u in map(_upn, san.get_values_for_type(x509.OtherName)) if u]
-        return any(same_email(wanted, name) for name in names)
+        return any(same_email(wanted, name) for name in _emails(san) + _upns(san))
     if id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
         if san is None or len(data) != (4 if id_type == IdType.IPV4_ADDR else 16):
             return False
