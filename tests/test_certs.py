@@ -107,7 +107,7 @@ class Agreement(unittest.TestCase):
     def test_reasons(self) -> None:
         """Each refusal says why, in words an operator can act on."""
         for name, words in (
-            ("expired", "cn=expired expired at 2020-02-01 00:00:00z"),
+            ("expired", "'cn=expired' expired at 2020-02-01 00:00:00z"),
             ("wrong-eku", "extendedKeyUsage"),
             ("untrusted", "no chain to a trusted issuer"),
             ("no-signature-ku", "digitalSignature"),

@@ -162,7 +162,7 @@ class ClientAuthCase(unittest.TestCase):
         self.assertIsNone(response.get(PayloadType.AUTH))
         lines = [line for line in self.log if "AUTHENTICATION_FAILED" in line]
         self.assertEqual(len(lines), 1, lines)
-        self.assertIn("CN=dev.example.test serial ", lines[0])
+        self.assertIn("'CN=dev.example.test' serial ", lines[0])
         self.assertIn(reason, lines[0])
         self.assertEqual(gateway.responder.sessions(), [])
 

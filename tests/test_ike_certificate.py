@@ -139,7 +139,7 @@ class CertificateAuthTests(unittest.TestCase):
         """The certificate of dev, the AUTH signed with another key: refused."""
         gateway = self.gateway()
         response = self.auth_request(Initiator(gateway), idi=self.fqdn(), key=self.other_key)
-        self.refused(response, "CN=dev.example.test serial ")
+        self.refused(response, "'CN=dev.example.test' serial ")
         self.refused(response, "the AUTH signature does not verify")
         self.assertEqual(gateway.responder.sessions(), [])
         self.assertEqual(gateway.leaks(), [])

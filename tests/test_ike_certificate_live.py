@@ -105,7 +105,7 @@ class LiveCertificateTests(unittest.TestCase):
         self.assertIs(ended, sa)
         self.assertEqual(ending.cause, EndCause.ADMIN_RESET)
         (line,) = [line for line in self.log if "session of" in line and "ended" in line]
-        self.assertIn(f"certificate CN=dev.example.test serial {self.serial} revoked", line)
+        self.assertIn(f"certificate 'CN=dev.example.test' serial {self.serial} revoked", line)
         self.assertIn("reason key_compromise", line)
         self.assertIn(f"(CRL file {self.crl_path})", line)
 

@@ -150,7 +150,7 @@ class CertificateCase(CharonTestCase):
         self.assertIn("AUTHENTICATION_FAILED", client.log_text())
         (line,) = self.refusals()
         serial = serial_hex(serial_of(cert))
-        self.assertIn(f"CN={cert.stem} serial {serial}", line)
+        self.assertIn(f"'CN={cert.stem}' serial {serial}", line)
         self.assertIn(reason, line)
         self.assertEqual(self.daemon.ike.responder.sessions(), [])
 

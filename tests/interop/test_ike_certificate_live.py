@@ -118,7 +118,7 @@ class EapTlsSessionTests(LiveCase):
         (session,) = json.loads((yield self.admin(b"GET", "/sessions")))
         self.assertEqual(session["certificate"], {"subject": "CN=carol", "serial": self.serial})
         (line,) = [line for line in self.log if "EAP-TLS succeeded" in line]
-        self.assertIn(f"(certificate CN=carol serial {self.serial})", line)
+        self.assertIn(f"(certificate 'CN=carol' serial {self.serial})", line)
         yield self.deny_ends(client, self.serial, sa.session_id)
 
     @defer.inlineCallbacks
@@ -132,7 +132,7 @@ class EapTlsSessionTests(LiveCase):
         self.daemon.reload()
         yield self.assert_deleted(
             client,
-            f"certificate CN=carol serial {self.serial} revoked",
+            f"certificate 'CN=carol' serial {self.serial} revoked",
             "reason key_compromise",
             f"(CRL file {self.state / 'ca' / 'crl.pem'})",
         )
@@ -163,7 +163,7 @@ class CertificateSessionTests(LiveCase):
         )
         yield self.assert_deleted(
             client,
-            f"certificate CN=dev7.example.test serial {serial} revoked",
+            f"certificate 'CN=dev7.example.test' serial {serial} revoked",
             f"(CRL file {self.state / 'ca' / 'crl.pem'})",
         )
 

@@ -50,6 +50,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from vpnaaa import logs
 from vpnaaa.certs.identity import Identity, identities
 
 # What a client may send (IKE CERT payloads, an EAP-TLS Certificate message): its own
@@ -214,7 +215,7 @@ def _reason(error: Exception, certs: Sequence[x509.Certificate], now: datetime.d
     text = text.removeprefix("Python extension validator failed: ValueError: ")
     if "not valid at validation time" in text:
         for cert in certs:
-            name = cert.subject.rfc4514_string()
+            name = logs.quoted(cert.subject.rfc4514_string())
             if cert.not_valid_after_utc < now:
                 return f"{name} expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}"
             if cert.not_valid_before_utc > now:

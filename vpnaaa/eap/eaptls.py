@@ -39,6 +39,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from vpnaaa import logs
 from vpnaaa.certs import MAX_CERTIFICATE_SIZE, MAX_CERTIFICATES
 from vpnaaa.certs.revocation import RevocationResult
 from vpnaaa.certs.verify import CertificateRejected, VerifiedCertificate
@@ -62,7 +63,9 @@ class ClientCertificateCheck(Protocol):
 
 def describe(certificate: x509.Certificate) -> str:
     """Subject and serial, as the refusal's log line names a certificate."""
-    return f"{certificate.subject.rfc4514_string()!r} serial {certificate.serial_number:#x}"
+    return (
+        f"{logs.quoted(certificate.subject.rfc4514_string())} serial {certificate.serial_number:#x}"
+    )
 
 
 class EapTls:

@@ -828,7 +828,7 @@ class Responder:
                 sa,
                 Ending(
                     EndCause.ADMIN_RESET,
-                    f"disconnected: {what} {cert.subject.rfc4514_string()} serial "
+                    f"disconnected: {what} {logs.quoted(cert.subject.rfc4514_string())} serial "
                     f"{serial_hex(cert.serial_number)} {answer.detail} (CRL file {crl_file.path})",
                 ),
             )

@@ -83,7 +83,7 @@ def revocation_checked(sa: IkeSa, result: RevocationResult) -> Effects:
     header, verified = auth.pending, auth.verified
     assert header is not None and verified is not None and sa.working == header.message_id
     sa.working = auth.pending = None
-    described = f"{verified.subject} serial {verified.serial}"
+    described = f"{logs.quoted(verified.subject)} serial {verified.serial}"
     if not result.accepted:
         return ike_auth.fail(sa, header, f"certificate {described}: {result.reason}")
     assert auth.request is not None
@@ -164,7 +164,9 @@ def _leaf(inner: Message) -> str:
         return "(none)"
     try:
         cert = x509.load_der_x509_certificate(payload.data)
-        return f"{cert.subject.rfc4514_string()} serial {serial_hex(cert.serial_number)}"
+        return (
+            f"{logs.quoted(cert.subject.rfc4514_string())} serial {serial_hex(cert.serial_number)}"
+        )
     except ValueError:
         return "(not DER X.509)"
 

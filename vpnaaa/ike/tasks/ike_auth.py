@@ -167,7 +167,11 @@ def eap_result(sa: IkeSa, result: Result) -> Effects:
                 sa=sa.name,
                 method=result.method,
                 user=logs.quoted(result.identity),
-                certificate=f" (certificate {cert.subject} serial {cert.serial})" if cert else "",
+                certificate=(
+                    f" (certificate {logs.quoted(cert.subject)} serial {cert.serial})"
+                    if cert
+                    else ""
+                ),
             )
             return sa.respond(header, entries)
         failure = packet.failure(result.eap[1]).encode()
