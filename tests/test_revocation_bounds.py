@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -176,6 +177,28 @@ class IkeBound(unittest.TestCase):
         ocsp.asked[0].callback(OcspAnswer("good", "good"))
         self.assertEqual(len(gateway.responder.sessions()), 2)
 
+    def test_a_failing_check_refuses(self) -> None:
+        """A checker whose Deferred fails (a bug; RevocationChecker itself refuses on
+        its own): AUTHENTICATION_FAILED with one log line, no internal error."""
+
+        class Broken:
+            def check(self, verified: object) -> defer.Deferred[object]:
+                return defer.fail(RuntimeError("a bug in the checker"))
+
+        gateway, _ = self.gateway({})
+        profile = gateway.context.profiles[0]
+        assert profile.certificates is not None
+        broken = Broken()
+        profile.certificates = dataclasses.replace(profile.certificates, revocation=broken)  # type: ignore[arg-type]
+        answer = self.auth(Initiator(gateway))
+        assert answer is not None
+        self.assertIsNotNone(answer.notify(NotifyType.AUTHENTICATION_FAILED))
+        (line,) = [x for x in self.log if "revocation check failed" in x]
+        self.assertIn("AUTHENTICATION_FAILED", line)
+        self.assertIn("revocation check failed: a bug in the checker", line)
+        self.assertEqual([x for x in self.log if "internal error" in x], [])
+        self.assertEqual(gateway.responder.sessions(), [])
+
     def test_hard_fail_refuses_beyond_the_bound(self) -> None:
         gateway, ocsp = self.gateway({"hard_fail": True})
         self.assertIsNone(self.auth(Initiator(gateway)))
@@ -230,10 +253,11 @@ class DistributionPointFailures(ServedCrlCase):
         fetched again, the newest is not."""
         self.patch(fetch, "MAX_FAILED_URLS", 2)
         urls = [f"http://127.0.0.1:{self.port}/{n}.crl" for n in "abc"]
+        issuer = self.pki.verified(self.pki.alice).chain[1]
         for url in urls:
-            yield self.assertFailure(self.points.crls(url), fetch.FetchError)
+            yield self.assertFailure(self.points.crls(url, issuer), fetch.FetchError)
         self.assertEqual(self.served.requests, 3)
-        yield self.assertFailure(self.points.crls(urls[2]), fetch.FetchError)
+        yield self.assertFailure(self.points.crls(urls[2], issuer), fetch.FetchError)
         self.assertEqual(self.served.requests, 3)
-        yield self.assertFailure(self.points.crls(urls[0]), fetch.FetchError)
+        yield self.assertFailure(self.points.crls(urls[0], issuer), fetch.FetchError)
         self.assertEqual(self.served.requests, 4)

@@ -9,10 +9,11 @@ silence proves nothing any more.
 :class:`CrlFile` is a CRL file on disk (PEM, one or more CRLs, or DER), read at
 construction and again whenever its inode, size or modification time changes (one
 ``stat`` per look-up or :meth:`CrlFile.follow`) or :meth:`CrlFile.reload` is called
-(SIGHUP). A file that cannot be read or parsed keeps the CRLs read last, with one log line
-per change of the file. Its ``listeners`` are told after every read that succeeded (the
-IKE responder ends the live sessions a new CRL revokes, :meth:`CrlFile.revoked`). All of
-it blocks (small local files), like the users file.
+(SIGHUP). A file that cannot be read or parsed (:func:`parse_crls`: whatever
+cryptography raises on hostile input becomes :class:`CrlError`) keeps the CRLs read last,
+with one log line per change of the file. Its ``listeners`` are told after every read
+that succeeded (the IKE responder ends the live sessions a new CRL revokes,
+:meth:`CrlFile.revoked`). All of it blocks (small local files), like the users file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from vpnaaa import logs
 from vpnaaa.certs.files import Version, version
@@ -39,23 +41,66 @@ class CrlAnswer:
     detail: str
 
 
-def parse_crls(data: bytes) -> tuple[x509.CertificateRevocationList, ...]:
-    """The CRLs in ``data``: PEM blocks (any number) or one DER CRL. Raises ValueError."""
-    if b"-----BEGIN X509 CRL-----" in data:
-        crls = []
-        for block in data.split(b"-----END X509 CRL-----")[:-1]:
-            start = block.find(b"-----BEGIN X509 CRL-----")
-            if start < 0:
-                raise ValueError("a PEM END line without its BEGIN line")
-            crls.append(x509.load_pem_x509_crl(block[start:] + b"-----END X509 CRL-----\n"))
-        return tuple(crls)
-    return (x509.load_der_x509_crl(data),)
+class CrlError(ValueError):
+    """Data that is not a CRL we can read (:func:`parse_crls`)."""
+
+
+# what cryptography raises on hostile CRL input: bad DER (ValueError, also for a Name that
+# is not valid UTF-8), a version other than v1/v2, an extension twice or of a kind it
+# cannot represent, an unknown signature algorithm
+_UNREADABLE = (
+    ValueError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    UnsupportedAlgorithm,
+)
+
+
+def parse_crls(data: bytes, limit: int | None = None) -> tuple[x509.CertificateRevocationList, ...]:
+    """The CRLs in ``data``: PEM blocks (any number; a block repeated counts once) or one
+    DER CRL. More than ``limit`` distinct PEM blocks, or anything cryptography cannot
+    read, raises :class:`CrlError`: this is the one place that catches what it raises. The
+    fields it parses only when first asked (the issuer Name, the extensions of the CRL
+    and of its entries) are read here, so the CRLs returned answer without raising."""
+    pem = b"-----BEGIN X509 CRL-----" in data
+    blocks = _pem_blocks(data, limit) if pem else []
+    try:
+        if pem:
+            crls = tuple(x509.load_pem_x509_crl(block) for block in blocks)
+        else:
+            crls = (x509.load_der_x509_crl(data),)
+        for crl in crls:
+            crl.issuer.rfc4514_string()
+            len(crl.extensions)
+            for entry in crl:
+                len(entry.extensions)
+    except _UNREADABLE as e:
+        raise CrlError(f"{type(e).__name__}: {e}") from None
+    return crls
+
+
+def _pem_blocks(data: bytes, limit: int | None) -> list[bytes]:
+    """The distinct PEM CRL blocks of ``data`` (white space aside), at most ``limit``."""
+    blocks: dict[bytes, bytes] = {}  # the block without white space -> the block
+    for part in data.split(b"-----END X509 CRL-----")[:-1]:
+        start = part.find(b"-----BEGIN X509 CRL-----")
+        if start < 0:
+            raise CrlError("a PEM END line without its BEGIN line")
+        blocks.setdefault(b"".join(part[start:].split()), part[start:])
+        if limit is not None and len(blocks) > limit:
+            raise CrlError(f"more than {limit} CRLs")
+    return [block + b"-----END X509 CRL-----\n" for block in blocks.values()]
 
 
 def issued_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     """Whether ``issuer`` signed ``crl``: its subject is the CRL's issuer, its key verifies
-    the signature, and its keyUsage (when present) asserts cRLSign (RFC 5280 §6.3.3 (f))."""
-    if crl.issuer != issuer.subject:
+    the signature, and its keyUsage (when present) asserts cRLSign (RFC 5280 §6.3.3 (f)).
+    A CRL whose issuer Name cannot be read (not from :func:`parse_crls`) is nobody's."""
+    try:
+        if crl.issuer != issuer.subject:
+            return False
+    except ValueError:
         return False
     try:
         usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -183,23 +228,10 @@ class CrlFile:
             data = self.path.read_bytes()
             crls = parse_crls(data)
         except OSError as e:
-            if changed:
-                log.warn(
-                    "CRL file {path}: cannot read: {why}; keeping the {n} CRL(s) read before",
-                    path=str(self.path),
-                    why=e.strerror,
-                    n=len(self._crls),
-                )
+            self._keep(changed, f"cannot read: {e.strerror}")
             return
-        except ValueError as e:
-            if changed:
-                log.warn(
-                    "CRL file {path}: not a PEM or DER CRL ({why}); keeping the {n} CRL(s) "
-                    "read before",
-                    path=str(self.path),
-                    why=str(e),
-                    n=len(self._crls),
-                )
+        except CrlError as e:
+            self._keep(changed, f"not a PEM or DER CRL we can read ({e})")
             return
         self._crls, self._listed = crls, None
         log.info(
@@ -213,3 +245,13 @@ class CrlFile:
         )
         for listener in self.listeners:
             listener(self)
+
+    def _keep(self, changed: bool, why: str) -> None:
+        """The file could not be read: the last good CRLs stay; one line per change."""
+        if changed:
+            log.warn(
+                "CRL file {path}: {why}; keeping the {n} CRL(s) read before",
+                path=str(self.path),
+                why=why,
+                n=len(self._crls),
+            )

@@ -9,13 +9,18 @@ DER request, ``application/ocsp-request``) and checks the answer with
 :func:`vpnaaa.certs.ocsp.ocsp_answer`, with a fresh 32-octet nonce each time.
 
 :class:`CrlDistributionPoints` fetches the CRLs a certificate's cRLDistributionPoints name
-(RFC 5280 §4.2.1.13; the ``http://`` fullName URIs; LDAP and others are skipped) and keeps
-each until its nextUpdate (one hour when it has none; a stale one a minute); concurrent
-look-ups of one URL share one request. A URL whose fetch failed is not asked again for
+(RFC 5280 §4.2.1.13; the ``http://`` fullName URIs; LDAP and others are skipped) for that
+certificate's issuer, and keeps those the issuer signed (:func:`vpnaaa.certs.crl.issued_by`:
+its name, its key, cRLSign) until their nextUpdate, at most :data:`MAX_CRL_LIFETIME` (also
+when they have none; a stale one :data:`MIN_CRL_LIFETIME`): nothing a distribution point
+says that the issuer did not sign decides how long it is believed. An answer with no CRL
+of the issuer, or more than :data:`MAX_CRLS_PER_ANSWER` distinct CRLs, or one
+cryptography cannot read, is a failed fetch. Look-ups are keyed on (URL, issuer);
+concurrent ones share one request. A look-up whose fetch failed is not asked again for
 :data:`FAILED_CRL_RETRY` seconds: look-ups meanwhile fail at once with the same reason (the
 caller's soft or hard fail decides), so a dead distribution point costs one request a
-minute, not one per login (at most :data:`MAX_FAILED_URLS` such URLs are remembered).
-Whether a fetched CRL is really the issuer's is the caller's check
+minute, not one per login (at most :data:`MAX_FAILED_URLS` such look-ups are remembered).
+What a CRL of the issuer says about a certificate is the caller's question
 (:func:`vpnaaa.certs.crl.crl_answer`), as for CRL files.
 
 Every method returns a Deferred; nothing blocks.
@@ -36,17 +41,19 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from vpnaaa.certs.crl import parse_crls
+from vpnaaa.certs.crl import CrlError, issued_by, parse_crls
 from vpnaaa.certs.ocsp import OcspAnswer, OcspError, ocsp_answer, ocsp_request
 
-DEFAULT_CRL_LIFETIME = 3600.0  # seconds a fetched CRL without nextUpdate is kept
+MAX_CRL_LIFETIME = 3600.0  # seconds a fetched CRL is kept at most (also without nextUpdate)
 MIN_CRL_LIFETIME = 60.0  # a stale CRL (nextUpdate passed) is fetched again at most this often
+MAX_CRLS_PER_ANSWER = 4  # distinct CRLs one distribution point answer may hold
 FAILED_CRL_RETRY = 60.0  # seconds a CRL distribution point that failed is not asked again
 MAX_FAILED_URLS = 1024  # failed distribution points remembered; beyond, the oldest go
 
 
 class FetchError(Exception):
-    """An HTTP look-up that failed (refused, timed out, too large, not 200, not a CRL)."""
+    """An HTTP look-up that failed (refused, timed out, too large, not 200, not a CRL of
+    the issuer)."""
 
 
 class _Bounded(protocol.Protocol):
@@ -194,14 +201,18 @@ class OcspClient:
         return d
 
 
+_Crls = tuple[x509.CertificateRevocationList, ...]
+_Key = tuple[str, x509.Certificate]  # (URL, the issuer asked for)
+
+
 class CrlDistributionPoints:
     """CRLs from cRLDistributionPoints over HTTP, cached (module docstring)."""
 
     def __init__(self, fetcher: HttpFetcher) -> None:
         self.fetcher = fetcher
-        self._cache: dict[str, tuple[tuple[x509.CertificateRevocationList, ...], float]] = {}
-        self._pending: dict[str, list[defer.Deferred[Any]]] = {}
-        self._failed: dict[str, tuple[FetchError, float]] = {}  # url -> (why, retry at)
+        self._cache: dict[_Key, tuple[_Crls, float]] = {}  # -> (the issuer's CRLs, until)
+        self._pending: dict[_Key, list[defer.Deferred[_Crls]]] = {}
+        self._failed: dict[_Key, tuple[FetchError, float]] = {}  # -> (why, retry at)
 
     @staticmethod
     def urls(cert: x509.Certificate) -> tuple[str, ...]:
@@ -219,59 +230,70 @@ class CrlDistributionPoints:
                     found.append(name.value)
         return tuple(found)
 
-    def crls(self, url: str) -> defer.Deferred[tuple[x509.CertificateRevocationList, ...]]:
-        """The CRLs at ``url``: cached until their nextUpdate, else fetched; a failure
-        of the last :data:`FAILED_CRL_RETRY` seconds again, without a request."""
+    def crls(self, url: str, issuer: x509.Certificate) -> defer.Deferred[_Crls]:
+        """The CRLs at ``url`` that ``issuer`` signed (at least one): cached, else
+        fetched; a failure of the last :data:`FAILED_CRL_RETRY` seconds again, without a
+        request."""
+        key = (url, issuer)
         now = self.fetcher.reactor.seconds()
-        cached = self._cache.get(url)
+        cached = self._cache.get(key)
         if cached is not None and cached[1] > now:
             return defer.succeed(cached[0])
-        failed = self._failed.get(url)
+        failed = self._failed.get(key)
         if failed is not None and failed[1] > now:
             retry = failed[1] - now
             return defer.fail(FetchError(f"{failed[0]} (asked again in {retry:.0f} s)"))
-        waiter: defer.Deferred[tuple[x509.CertificateRevocationList, ...]] = defer.Deferred()
-        waiting = self._pending.get(url)
+        waiter: defer.Deferred[_Crls] = defer.Deferred()
+        waiting = self._pending.get(key)
         if waiting is not None:
             waiting.append(waiter)
             return waiter
-        self._pending[url] = [waiter]
+        self._pending[key] = [waiter]
         d = self.fetcher.get(url)
-        d.addCallback(self._parsed, url)
-        d.addBoth(self._deliver, url)
+        d.addCallback(self._parsed, key)
+        d.addBoth(self._deliver, key)
         return waiter
 
-    def _parsed(self, data: bytes, url: str) -> tuple[x509.CertificateRevocationList, ...]:
+    def _parsed(self, data: bytes, key: _Key) -> _Crls:
+        """The issuer's CRLs in ``data``, cached until the earliest nextUpdate among them,
+        at most :data:`MAX_CRL_LIFETIME`; FetchError when there is none."""
+        url, issuer = key
         try:
-            crls = parse_crls(data)
-        except ValueError as e:
+            crls = parse_crls(data, MAX_CRLS_PER_ANSWER)
+        except CrlError as e:
             raise FetchError(f"{url}: not a CRL ({e})") from None
+        own = tuple(crl for crl in crls if issued_by(crl, issuer))
+        if not own:
+            raise FetchError(
+                f"{url}: no CRL signed by {issuer.subject.rfc4514_string()} "
+                f"({len(crls)} CRL(s) of others)"
+            )
         now = self.fetcher.reactor.seconds()
-        updates = [c.next_update_utc.timestamp() for c in crls if c.next_update_utc is not None]
-        expires = min(updates) if updates else now + DEFAULT_CRL_LIFETIME
+        updates = [c.next_update_utc.timestamp() for c in own if c.next_update_utc is not None]
+        expires = min([*updates, now + MAX_CRL_LIFETIME])
         expires = max(expires, now + MIN_CRL_LIFETIME)
-        self._cache[url] = (crls, expires)
-        return crls
+        self._cache[key] = (own, expires)
+        return own
 
-    def _deliver(self, result: Any, url: str) -> None:
+    def _deliver(self, result: _Crls | Failure, key: _Key) -> None:
         if isinstance(result, Failure) and result.check(FetchError):
-            self._remember_failure(url, result.value)
+            self._remember_failure(key, result.value)
         else:
-            self._failed.pop(url, None)
-        for waiter in self._pending.pop(url, []):
+            self._failed.pop(key, None)
+        for waiter in self._pending.pop(key, []):
             if isinstance(result, Failure):
                 waiter.errback(result)
             else:
                 waiter.callback(result)
 
-    def _remember_failure(self, url: str, error: FetchError) -> None:
-        """Keep ``error`` for ``url`` for :data:`FAILED_CRL_RETRY` seconds; when
+    def _remember_failure(self, key: _Key, error: FetchError) -> None:
+        """Keep ``error`` for ``key`` for :data:`FAILED_CRL_RETRY` seconds; when
         :data:`MAX_FAILED_URLS` are kept, the expired ones go, then the oldest."""
         now = self.fetcher.reactor.seconds()
-        self._failed.pop(url, None)
+        self._failed.pop(key, None)
         if len(self._failed) >= MAX_FAILED_URLS:
-            for old in [u for u, (_, retry) in self._failed.items() if retry <= now]:
+            for old in [k for k, (_, retry) in self._failed.items() if retry <= now]:
                 del self._failed[old]
         while len(self._failed) >= MAX_FAILED_URLS:
             del self._failed[next(iter(self._failed))]
-        self._failed[url] = (error, now + FAILED_CRL_RETRY)
+        self._failed[key] = (error, now + FAILED_CRL_RETRY)

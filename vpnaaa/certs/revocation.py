@@ -25,7 +25,9 @@ accepts it, hard-fail refuses it (unless a CRL file vouched for it), with one ra
 log line saying so.
 
 Lines about stale CRLs and failing responders are rate-limited (:class:`vpnaaa.logs.Throttle`);
-the refusal itself is the caller's one log line, from :attr:`RevocationResult.reason`.
+the refusal itself is the caller's one log line, from :attr:`RevocationResult.reason`, which
+names at most :data:`MAX_SAID` of the sources' answers (then how many more). The check never
+fails: an exception in it (a bug) refuses the certificate with one rate-limited log line.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 from cryptography import x509
 from twisted.internet import defer
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
 from vpnaaa import logs
 from vpnaaa.certs.crl import CrlFile, crl_answer
@@ -49,6 +52,7 @@ from vpnaaa.certs.verify import VerifiedCertificate, serial_hex
 log = logs.get("vpnaaa.certs")
 # certificates one checker waits on OCSP or CRL distribution points for at once
 NETWORK_IN_FLIGHT = 256
+MAX_SAID = 4  # the sources' answers a reason names; the others are counted
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,24 @@ class RevocationChecker:
         self._log = logs.Throttle(log, clock.seconds, interval=60.0)
 
     def check(self, verified: VerifiedCertificate) -> defer.Deferred[RevocationResult]:
-        """The verdict on ``verified`` (a chain :class:`ClientVerifier` accepted)."""
-        return defer.ensureDeferred(self._decide(verified))
+        """The verdict on ``verified`` (a chain :class:`ClientVerifier` accepted); never
+        fails (an exception refuses, :meth:`_failed`)."""
+        d = defer.ensureDeferred(self._decide(verified))
+        return d.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> RevocationResult:
+        """A bug, not a revocation problem: the certificate refused, and one log line a
+        minute (with the traceback) rather than one per login."""
+        self._log.emit(
+            ("failed", failure.type),
+            LogLevel.error,
+            "revocation check failed: {why}",
+            why=failure.getErrorMessage(),
+            log_failure=failure,
+        )
+        return RevocationResult(
+            False, f"revocation check failed: {failure.type.__name__}: {failure.getErrorMessage()}"
+        )
 
     async def _decide(self, verified: VerifiedCertificate) -> RevocationResult:
         """The deny list before the sources, and it and the CRL files again after them: a
@@ -220,7 +240,7 @@ class RevocationChecker:
         good = False
         for url in urls:
             try:
-                crls = await self.crl_distribution_points.crls(url)
+                crls = await self.crl_distribution_points.crls(url, issuer)
             except FetchError as e:
                 self._log.emit(("crl-dp", url), LogLevel.warn, "CRL: {why}", why=str(e))
                 said.append(f"CRL {e}")
@@ -240,8 +260,8 @@ class RevocationChecker:
                     self._stale(url, crl, answer.detail)
                 said.append(f"CRL {url}: {answer.status}")
                 good = good or answer.status == "good"
-            if not answered:
-                said.append(f"CRL {url}: not the issuer's CRL")
+            if not answered:  # the issuer's, but partial or not yet valid
+                said.append(f"CRL {url}: none in force for this certificate")
         return good
 
     def _verdict(
@@ -249,7 +269,7 @@ class RevocationChecker:
     ) -> RevocationResult:
         """``quiet``: the soft-fail acceptance was logged already (the network bound)."""
         sources = bool(self.crl_files or self.crl_distribution_points or self.ocsp)
-        summary = "; ".join(said) or "no CRL from the issuer"
+        summary = _summary(said) or "no CRL from the issuer"
         if good or not sources:
             return RevocationResult(True, summary if sources else "no revocation source configured")
         if self.hard_fail:
@@ -284,3 +304,9 @@ class RevocationChecker:
 def _revoked(cert: x509.Certificate, position: int, detail: str, crl_file: CrlFile) -> str:
     what = "certificate" if position == 0 else f"intermediate CA {cert.subject.rfc4514_string()}"
     return f"{what} {serial_hex(cert.serial_number)} {detail} (CRL {crl_file.path})"
+
+
+def _summary(said: list[str]) -> str:
+    """The first :data:`MAX_SAID` answers, and how many more there were."""
+    shown = "; ".join(said[:MAX_SAID])
+    return f"{shown}; and {len(said) - MAX_SAID} more" if len(said) > MAX_SAID else shown

@@ -184,8 +184,21 @@ class EapEngine:
         Only the conversation's id waits with the check: one forgotten meanwhile (its
         IKE SA closed) or expired is freed at once and never resumed."""
         d = self.revocation.check(pending.verified)
-        d.addErrback(_check_failed)
+        d.addErrback(self._check_failed)
         return d.addCallback(self._resume, conversation_id, identifier)
+
+    def _check_failed(self, failure: TwistedFailure) -> RevocationResult:
+        """A revocation checker never errbacks (it refuses on its own bugs); if one does,
+        the certificate is refused, not the error passed to the front, and the traceback
+        logged once per interval, not once per login."""
+        self._refusals.emit(
+            ("revocation-failed",),
+            LogLevel.error,
+            "revocation check failed: {why}",
+            why=failure.getErrorMessage(),
+            log_failure=failure,
+        )
+        return RevocationResult(False, f"revocation check failed: {failure.getErrorMessage()}")
 
     def _resume(
         self, verdict: RevocationResult, conversation_id: bytes, identifier: int
@@ -234,13 +247,6 @@ class EapEngine:
         )
         self.outcomes["none", "failure"] += 1
         return Failure(packet.failure(identifier).encode(), "", refusal)
-
-
-def _check_failed(failure: TwistedFailure) -> RevocationResult:
-    """A revocation checker never errbacks for a revocation problem; if it does (a bug),
-    the certificate is refused and the traceback logged once, not passed to the front."""
-    log.failure("revocation check failed", failure)
-    return RevocationResult(False, f"revocation check failed: {failure.getErrorMessage()}")
 
 
 def _identifier(eap: bytes) -> int:

@@ -511,16 +511,20 @@ class Responder:
     def _check_revocation(self, sa: IkeSa, effect: CheckRevocation) -> None:
         """The profile's revocation checker on the client's certificate (it bounds what
         waits on the network). An SA gone meanwhile (expired half-open, deleted) is not
-        brought back by the answer."""
+        brought back by the answer. A check that fails (the checker logs its own bugs) is
+        a refusal: AUTHENTICATION_FAILED and its one log line, the daemon unharmed."""
         certificates = sa.profile.certificates
         assert certificates is not None
+
+        def refused(failure: Failure) -> RevocationResult:
+            return RevocationResult(False, f"revocation check failed: {failure.getErrorMessage()}")
 
         def answered(result: RevocationResult) -> None:
             if self._serving(sa):
                 self._run(sa, sa.revocation_checked(result))
 
         d = certificates.revocation.check(effect.verified)
-        d.addCallback(answered).addErrback(self._failed, sa)
+        d.addErrback(refused).addCallback(answered).addErrback(self._failed, sa)
 
     def _keyed(self, sa: IkeSa, effect: Keyed) -> None:
         if self.keylog is not None:
