@@ -16,7 +16,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from OpenSSL import SSL
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
@@ -559,13 +558,10 @@ def tls_context(
     )
     keylog_line = keylog.tls if keylog is not None else None
     versions = (tls.min_version, tls.max_version)
-
-    def make(versions: tuple[str, str], tickets: bool = False) -> SSL.Context:
-        return server_context(identity, keylog_line, versions, anchors, tickets)
-
+    make = functools.partial(server_context, identity, keylog_line, versions, anchors)
     if tls.resumption:
-        return SessionCache(make, versions, time.time, tls.session_lifetime, tls.session_cache_size)
-    return make(versions)
+        return SessionCache(make, time.time, tls.session_lifetime, tls.session_cache_size)
+    return make()
 
 
 def build_eap_engine(

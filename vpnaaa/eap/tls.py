@@ -18,6 +18,7 @@ for a client certificate and OpenSSL validates the chain in the handshake (EAP-T
 from __future__ import annotations
 
 import struct
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,19 +66,18 @@ def server_context(
     keylog: Callable[[bytes], None] | None = None,
     versions: tuple[str, str] = ("1.2", "1.2"),
     client_ca: Sequence[x509.Certificate] = (),
-    tickets: bool = False,
 ) -> SSL.Context:
     """A TLS server context for PEAP or EAP-TLS, TLS ``versions`` (lowest, highest, keys
     of :data:`VERSIONS`): in TLS 1.2 the :data:`CIPHERS` only (TLS 1.3 has AEAD suites
     only, OpenSSL's defaults), our preference over the client's, no renegotiation (inside
     EAP it serves no peer and is attack surface, RFC 5746), no compression (CRIME), no
-    TLS 1.2 tickets (RFC 5077) ever: a TLS 1.2 session stays here. No session cache: no
+    TLS 1.2 tickets (RFC 5077) ever: the state stays here. No session cache: no
     resumption (TLS 1.3's NewSessionTicket cannot be switched off through pyOpenSSL,
     SSL_CTX_set_num_tickets is not bound, so a client gets two tickets that a full
     handshake answers) unless a :class:`SessionCache` turns OpenSSL's internal server
-    cache on for TLS 1.2 session IDs, or asks for ``tickets``: a TLS 1.3-only context
-    whose tickets are stateless (RFC 8446 §4.6.1, the session state sealed under a key
-    OpenSSL makes for the context).
+    cache on: TLS 1.2 sessions by session ID and, SSL_OP_NO_TICKET being set, TLS 1.3
+    stateful tickets (the ticket is the cache key, single use; 53 octets on the wire,
+    where a stateless one would carry the client's certificates in the last flight).
 
     With ``client_ca`` (EAP-TLS, RFC 5216 §2.1.1) the server sends CertificateRequest
     naming those anchors, refuses a client without a certificate and has OpenSSL validate
@@ -88,8 +88,12 @@ def server_context(
     context.set_min_proto_version(VERSIONS[versions[0]])
     context.set_max_proto_version(VERSIONS[versions[1]])
     context.set_cipher_list(":".join(CIPHERS).encode())
-    options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
-    context.set_options(options if tickets else options | SSL.OP_NO_TICKET)
+    context.set_options(
+        SSL.OP_NO_TICKET
+        | SSL.OP_NO_COMPRESSION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_NO_RENEGOTIATION
+    )
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.use_certificate(crypto.X509.from_cryptography(identity.cert))
     context.use_privatekey(crypto.PKey.from_cryptography_key(identity.key))
@@ -136,19 +140,43 @@ def _record_verify_error(
 @dataclass
 class _Handshake:
     """What the callbacks record about one connection (its app data: no reference back
-    to the connection, so no cycle): the first chain validation failure, and the session
-    IDs the connection used, in order (TLS 1.3 replaces the session with each ticket)."""
+    to the connection, so no cycle): the first chain validation failure, the session IDs
+    the connection used, in order (TLS 1.3 replaces the session with each ticket), a
+    reference to each of those SSL_SESSIONs (:func:`_discard`), and whether the
+    authentication succeeded."""
 
     errors: list[VerifyError] = field(default_factory=list)
     sessions: list[bytes] = field(default_factory=list)
+    held: list[object] = field(default_factory=list)
+    succeeded: bool = False
 
 
 def _record_session(connection: SSL.Connection, where: int, _ret: int) -> None:
-    """The info callback (each handshake state): the ID of the connection's session now."""
-    session_id = _session_id(lib.SSL_get_session(connection._ssl))
-    seen = connection.get_app_data().sessions
-    if session_id and session_id not in seen:
-        seen.append(session_id)
+    """The info callback (each handshake state): the ID of the connection's session now,
+    and a reference to it."""
+    session = lib.SSL_get_session(connection._ssl)
+    handshake = connection.get_app_data()
+    session_id = _session_id(session)
+    if session_id and session_id not in handshake.sessions:
+        handshake.sessions.append(session_id)
+    if session != ffi.NULL and session not in handshake.held:
+        held = lib.SSL_get1_session(connection._ssl)  # one more reference: ours
+        handshake.held.append(ffi.gc(held, lib.SSL_SESSION_free))
+
+
+def _discard(connection: SSL.Connection, handshake: _Handshake) -> None:
+    """A connection ends without success: OpenSSL removes its current session from the
+    cache when it is freed without a shutdown, but not the others it stored (TLS 1.3's
+    first ticket). SSL_set_session removes the session it replaces when that one "is
+    still open" (SSL_set_session(3)), so each session the connection made is made
+    current in turn, and the last goes when the connection is freed."""
+    if handshake.succeeded or not handshake.held:
+        return
+    ssl = connection._ssl
+    connection.set_shutdown(0)  # a fatal alert marked it shut down: still "open" here
+    for session in handshake.held:
+        if session != lib.SSL_get_session(ssl):
+            lib.SSL_set_session(ssl, session)
 
 
 def _session_id(session: object) -> bytes:
@@ -187,16 +215,15 @@ T = TypeVar("T")
 
 @dataclass(eq=False)
 class _Generation(Generic[T]):
-    """One TLS context and the sessions of it that may be resumed: session ID -> (when it
-    was stored, what it restores), oldest first. ``storing``: whether OpenSSL adds new
-    sessions to the context's internal cache; ``stored``: when a session was last stored
-    (clock seconds); ``stateless``: TLS 1.3 tickets, no cache."""
+    """One TLS context and the sessions of it that may be resumed: session ID (TLS 1.3:
+    the stateful ticket) -> (when it was stored, what it restores), oldest first.
+    ``storing``: whether OpenSSL adds new sessions to the context's internal cache;
+    ``stored``: when a session was last stored (clock seconds)."""
 
     context: SSL.Context
     entries: OrderedDict[bytes, tuple[float, T]] = field(default_factory=OrderedDict)
     storing: bool = True
     stored: float = 0.0
-    stateless: bool = False
 
     def allow(self, storing: bool) -> None:
         """Let OpenSSL store new sessions in this context's cache, or only look them up."""
@@ -211,37 +238,30 @@ class _Generation(Generic[T]):
 class SessionCache(Generic[T]):
     """The sessions of successful authentications that may be resumed, each with what
     the method restores (``T``: PEAP's inner identity; EAP-TLS re-checks the certificate
-    the session keeps), for ``lifetime`` seconds. ``make_context(versions, tickets)``
-    makes the contexts (:func:`server_context`); ``versions`` are the configured ones.
+    the session keeps), at most ``capacity`` of them for ``lifetime`` seconds.
 
-    TLS 1.3 (RFC 8446 §4.6.1): one TLS 1.3-only context with stateless tickets. The
-    session state travels in the ticket, so it costs no memory here, and neither do the
-    two tickets OpenSSL sends as each handshake ends, before the EAP method has decided
-    (stateful, a failed or abandoned handshake's first ticket would stay in OpenSSL's
-    cache: pyOpenSSL binds neither SSL_CTX_set_num_tickets nor a way to remove it). The
-    ticket key lives in this process's memory only. Kept here: what the newest
-    ``capacity`` tickets of successful authentications restore, by the session ID the
-    ticket carries.
-
-    TLS 1.2 (RFC 5246 §7.4.1.2): session IDs in OpenSSL's internal cache, which keeps a
-    session once its handshake ends and removes it when expired (``lifetime`` is its
-    timeout) or when a connection ends without success (freed without a shutdown), so it
-    holds successes only. pyOpenSSL binds no way to remove one or to size that cache, so
-    the bound of ``capacity`` works by generations of ``capacity // 2`` sessions, each a
-    context. New sessions go to the current generation; once it holds its share it
-    becomes the previous one (its new sessions are only the same ones resumed) and a
-    new context takes over, the former previous one being dropped with OpenSSL's memory
-    of it (as it is once all its sessions expired). A ClientHello offering a session ID
-    of the previous generation is handed its context (:meth:`context_for`). Resumption
-    so keeps working under any steady load for the newest ``capacity // 2`` to
-    ``capacity`` sessions, much like the eviction of the oldest that OpenSSL's own cache
-    does. ``clock``: seconds since the epoch, OpenSSL's time base for session timeouts.
+    Sessions live in OpenSSL's internal cache of a context: TLS 1.2 sessions by session
+    ID (RFC 5246 §7.4.1.2), TLS 1.3 stateful tickets (RFC 8446 §4.6.1). OpenSSL stores
+    each as its handshake ends, before the EAP method has decided, and removes it when
+    expired (``lifetime`` is its timeout), when a TLS 1.3 ticket is used, or, for the
+    connection's current session, when a connection ends without success (freed without
+    a shutdown); :class:`TlsServer` has it remove the connection's other sessions too
+    (TLS 1.3's first ticket, :func:`_discard`), so the cache holds successes only.
+    pyOpenSSL binds no way to size that cache, so the bound of ``capacity`` works by
+    generations of ``capacity // 2`` sessions, each a context made by ``make_context``.
+    New sessions go to the current generation; once it holds its share it becomes the
+    previous one (its new sessions are only those of its own sessions resumed) and a new
+    context takes over, the former previous one being dropped with OpenSSL's memory of
+    it (as it is once all its sessions expired). A ClientHello offering a session of the
+    previous generation is handed its context (:meth:`context_for`). Resumption so keeps
+    working under any steady load for the newest ``capacity // 2`` to ``capacity``
+    sessions, much like the eviction of the oldest that OpenSSL's own cache does.
+    ``clock``: seconds since the epoch, OpenSSL's time base for session timeouts.
     """
 
     def __init__(
         self,
-        make_context: Callable[[tuple[str, str], bool], SSL.Context],
-        versions: tuple[str, str],
+        make_context: Callable[[], SSL.Context],
         clock: Callable[[], float],
         lifetime: int,
         capacity: int,
@@ -249,45 +269,33 @@ class SessionCache(Generic[T]):
         self.make_context = make_context
         self.clock = clock
         self.lifetime = lifetime
-        self.capacity = capacity
-        self.share = max(1, capacity // 2)  # TLS 1.2 sessions per generation
-        self.tls12 = (versions[0], "1.2") if versions[0] == "1.2" else None
-        self.tls13: _Generation[T] | None = None
-        if versions[1] == "1.3":
-            context = self._serve(make_context(("1.3", "1.3"), True))
-            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)  # the tickets hold it all
-            self.tls13 = _Generation(context, stateless=True)
-        self.current = self._generation() if self.tls12 else None
+        self.share = max(1, capacity // 2)  # sessions per generation
+        self.current: _Generation[T] = self._generation()
         self.previous: _Generation[T] | None = None
 
     def __len__(self) -> int:
-        generations = (self.tls13, self.current, self.previous)
-        return sum(len(g.entries) for g in generations if g is not None)
+        previous = len(self.previous.entries) if self.previous is not None else 0
+        return len(self.current.entries) + previous
 
-    def _serve(self, context: SSL.Context) -> SSL.Context:
-        """``context`` with OpenSSL's server cache on, and its sessions recorded."""
+    def _generation(self) -> _Generation[T]:
+        """A new context with OpenSSL's server cache on, its sessions recorded."""
+        context = self.make_context()
         context.set_session_id(b"vpnaaa")  # the session ID context resumption requires
         context.set_timeout(self.lifetime)
         context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
         context.set_info_callback(_record_session)
-        return context
-
-    def _generation(self) -> _Generation[T]:
-        assert self.tls12 is not None
-        return _Generation(self._serve(self.make_context(self.tls12, False)))
+        return _Generation(context)
 
     def context_for(self, records: bytes) -> _Generation[T]:
-        """Where the connection whose first TLS records are ``records`` runs: the TLS 1.3
-        context if the ClientHello offers TLS 1.3 and we do (or we speak nothing else),
-        else the TLS 1.2 generation that keeps the session ID it offers, or the current
-        one."""
+        """The generation whose context answers the connection whose first TLS records
+        are ``records``: the previous one if the ClientHello offers a session it keeps,
+        else the current one."""
         self.expire()
-        hello = client_hello(records)
-        if self.tls13 is not None and (hello.tls13 or self.current is None):
-            return self.tls13
-        assert self.current is not None
-        if self.previous is not None and hello.session_id in self.previous.entries:
-            return self.previous
+        previous = self.previous
+        if previous is not None and not previous.entries.keys().isdisjoint(
+            client_hello(records).offered
+        ):
+            return previous
         return self.current
 
     def take(self, generation: _Generation[T], session_id: bytes) -> T | None:
@@ -298,15 +306,12 @@ class SessionCache(Generic[T]):
         return entry[1] if entry is not None else None
 
     def store(self, generation: _Generation[T], session_ids: Sequence[bytes], value: T) -> None:
-        """Remember a successful authentication's sessions in ``generation`` (TLS 1.3:
-        both its tickets, the newest ``capacity`` kept; TLS 1.2: the one OpenSSL
-        stored)."""
+        """Remember a successful authentication's sessions in ``generation``, which
+        OpenSSL stored them in (TLS 1.3: both its tickets, so a generation may exceed its
+        share by one)."""
         generation.stored = now = self.clock()
         for session_id in session_ids:
             generation.entries[session_id] = (now, value)
-        if generation is self.tls13:
-            while len(generation.entries) > self.capacity:
-                generation.entries.popitem(last=False)
         self.expire()
 
     def expire(self) -> None:
@@ -314,21 +319,19 @@ class SessionCache(Generic[T]):
         sessions have expired; start a new generation once the current one holds its
         share."""
         horizon = self.clock() - self.lifetime
-        for generation in (self.tls13, self.current, self.previous):
+        for generation in (self.current, self.previous):
             entries = generation.entries if generation is not None else {}
             while entries:
                 session_id, (created, _) = next(iter(entries.items()))
                 if created > horizon:
                     break
                 del entries[session_id]
-        if self.current is None:
-            return
         if self.previous is not None and self.previous.stored <= horizon:
             self.previous = None
         if len(self.current.entries) >= self.share:
             self.previous, self.current = self.current, self._generation()
-        if self.previous is not None:  # only its own sessions resumed reach it
-            self.previous.allow(len(self.previous.entries) < self.share)
+        if self.previous is not None:  # only resumptions reach it: each nets one ticket
+            self.previous.allow(len(self.previous.entries) <= self.share)
 
 
 # What a TLS server runs on: one context, or (resumption) a cache's generations of them.
@@ -338,6 +341,7 @@ TlsContexts = SSL.Context | SessionCache
 HANDSHAKE = 22  # TLS ContentType handshake (RFC 8446 §5.1)
 CLIENT_HELLO = 1  # HandshakeType client_hello (RFC 8446 §4)
 SUPPORTED_VERSIONS = 43  # ExtensionType supported_versions (RFC 8446 §4.2.1)
+PRE_SHARED_KEY = 41  # ExtensionType pre_shared_key (RFC 8446 §4.2.11)
 TLS13 = b"\x03\x04"
 
 
@@ -345,10 +349,22 @@ TLS13 = b"\x03\x04"
 class ClientHello:
     """What a ClientHello says about resumption: the session ID it offers
     (legacy_session_id, RFC 5246 §7.4.1.2; random in TLS 1.3's middlebox compatibility
-    mode) and whether it offers TLS 1.3 (supported_versions, RFC 8446 §4.2.1)."""
+    mode), whether it offers TLS 1.3 (supported_versions, RFC 8446 §4.2.1) and the
+    identities of its pre_shared_key extension (RFC 8446 §4.2.11; OpenSSL's stateful
+    tickets are session IDs)."""
 
     session_id: bytes = b""
     tls13: bool = False
+    identities: tuple[bytes, ...] = ()
+
+    @property
+    def offered(self) -> frozenset[bytes]:
+        """The sessions it may resume: its tickets, and its session ID unless it offers
+        TLS 1.3 (which a server supporting it negotiates, resuming by ticket only)."""
+        offered = set(self.identities)
+        if not self.tls13 and self.session_id:
+            offered.add(self.session_id)
+        return frozenset(offered)
 
 
 def client_hello(records: bytes) -> ClientHello:
@@ -365,7 +381,7 @@ def client_hello(records: bytes) -> ClientHello:
     if len(message) < 4 or message[0] != CLIENT_HELLO:
         return ClientHello()
     hello = bytes(message[4 : 4 + int.from_bytes(message[1:4], "big")])
-    session_id, tls13 = b"", False
+    session_id, tls13, identities = b"", False, []
     try:
         session_id, position = _vector(hello, 2 + 32, 1)  # past legacy_version, random
         position = _vector(hello, position, 2)[1]  # cipher_suites
@@ -378,9 +394,15 @@ def client_hello(records: bytes) -> ClientHello:
             if kind == SUPPORTED_VERSIONS:
                 versions = _vector(body, 0, 1)[0]
                 tls13 = any(versions[i : i + 2] == TLS13 for i in range(0, len(versions), 2))
+            elif kind == PRE_SHARED_KEY:
+                offered, cursor = _vector(body, 0, 2)[0], 0
+                while cursor < len(offered):
+                    identity, cursor = _vector(offered, cursor, 2)
+                    identities.append(identity)
+                    cursor += 4  # obfuscated_ticket_age
     except IndexError:
         pass
-    return ClientHello(session_id, tls13)
+    return ClientHello(session_id, tls13, tuple(identities))
 
 
 def _vector(data: bytes, position: int, width: int) -> tuple[bytes, int]:
@@ -420,7 +442,10 @@ class TlsServer:
             context = self.contexts
         self._connection = connection = SSL.Connection(context, None)
         connection.set_accept_state()
-        connection.set_app_data(_Handshake())  # see _record_verify_error
+        handshake = _Handshake()
+        connection.set_app_data(handshake)  # see _record_verify_error, _record_session
+        if self.sessions is not None:
+            weakref.finalize(self, _discard, connection, handshake)
         return connection
 
     @property
@@ -451,6 +476,7 @@ class TlsServer:
         remember ``value`` for each of them."""
         if self.sessions is None or self.generation is None:
             return
+        self.connection.get_app_data().succeeded = True
         self.connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
         sessions = self.connection.get_app_data().sessions
         if self.resumed and not self.tls13:  # the session it resumed, still in OpenSSL's
@@ -490,8 +516,7 @@ class TlsServer:
             if not self.established:
                 connection.do_handshake()
                 self.established = True
-                generation = self.generation
-                self.kept = generation is not None and (generation.stateless or generation.storing)
+                self.kept = self.generation is not None and self.generation.storing
             return self._read_application_data()
         except SSL.WantReadError:
             return b""
