@@ -28,6 +28,7 @@ from vpnaaa.certs import DenyList
 from vpnaaa.eap.authenticator import Failure, Success
 from vpnaaa.eap.eaptls import EapTls
 from vpnaaa.eap.engine import EapEngine
+from vpnaaa.eap.method import MethodError
 from vpnaaa.eap.packet import Type
 from vpnaaa.eap.tls import (
     ClientHello,
@@ -121,7 +122,7 @@ class EapTlsResumptionTests(unittest.TestCase):
         and it can resume again with the ticket the resumption gave it."""
         engine = self.engine()
         peer, full, full_requests = self.first(engine, TLS13)
-        self.assertEqual(len(self.sessions), 2)  # OpenSSL's two tickets
+        self.assertEqual(len(self.sessions), 1)  # the last of OpenSSL's two tickets
         for _ in range(2):
             again = resuming(peer)
             result, requests = converse(engine, again)
@@ -158,37 +159,26 @@ class EapTlsResumptionTests(unittest.TestCase):
         for 4 (two generations of 2), five clients one after the other leave the last
         three resumable (the previous generation's two through its own context, the
         current one's), the first two forgotten with their context (a full handshake),
-        and never more than 4 sessions kept."""
-        engine = self.engine(capacity=4)
-        peers = []
-        for name in ("ann", "bob", "cat", "dan", "eve"):
-            peers.append(self.first(engine, TLS12, name)[0])
+        and never more than 4 sessions kept. TLS 1.2 session IDs and TLS 1.3 tickets
+        alike; a TLS 1.3 client of the previous generation resumes again there with the
+        ticket its resumption gave it."""
+        for version in (TLS12, TLS13):
+            engine = self.engine(capacity=4)
+            peers = []
+            for name in ("ann", "bob", "cat", "dan", "eve"):
+                peers.append(self.first(engine, version, name)[0])
+                self.assertLessEqual(len(self.sessions), 4)
+            self.assertEqual(len(self.sessions), 3)
+            # newest first: a full handshake stores a session, which may start a generation
+            expected = (True, True, True, False, False)
+            for peer, resumable in zip(peers[::-1], expected, strict=True):
+                result, _ = converse(engine, again := resuming(peer))
+                assert isinstance(result, Success), result
+                self.assertEqual(resumed(again), resumable, version)
+                if resumable:
+                    result, _ = converse(engine, twice := resuming(again))
+                    self.assertTrue(resumed(twice), version)
             self.assertLessEqual(len(self.sessions), 4)
-        self.assertEqual(len(self.sessions), 3)
-        # newest first: a full handshake stores a new session, which may start a generation
-        for peer, resumable in zip(peers[::-1], (True, True, True, False, False), strict=True):
-            result, _ = converse(engine, again := resuming(peer))
-            assert isinstance(result, Success), result
-            self.assertEqual(resumed(again), resumable, peer.tls.get_peer_certificate())
-        self.assertLessEqual(len(self.sessions), 4)
-
-    def test_generations_tls13(self):
-        """The same with TLS 1.3 tickets (two per authentication, single use): a client
-        of the previous generation resumes there and can resume again with the ticket it
-        got; a forgotten one gets a full handshake."""
-        engine = self.engine(capacity=4)
-        old = self.first(engine, TLS13, "ann")[0]
-        self.first(engine, TLS13, "bob")
-        peer = self.first(engine, TLS13, "cat")[0]  # each fills a generation: previous now
-        self.assertEqual(len(self.sessions), 2)
-        for _ in range(2):
-            result, _ = converse(engine, again := resuming(peer))
-            assert isinstance(result, Success), result
-            self.assertTrue(resumed(again))
-            peer = again
-        result, _ = converse(engine, again := resuming(old))
-        self.assertIsInstance(result, Success)
-        self.assertFalse(resumed(again))
 
     def test_failed_tls13_handshake_keeps_nothing(self):
         """The tickets OpenSSL makes as a TLS 1.3 handshake ends, before the method
@@ -266,7 +256,7 @@ class EapTlsResumptionTests(unittest.TestCase):
         gc.disable()
         self.addCleanup(gc.enable)
         client = issue_client("carol", email="carol@example.test")
-        for version, tickets in ((TLS12, 1), (TLS13, 2)):
+        for version in (TLS12, TLS13):
             growth = {}
             for capacity in (None, 1000):  # None: resumption off, nothing kept
                 engine = self.engine(capacity=capacity)
@@ -279,8 +269,8 @@ class EapTlsResumptionTests(unittest.TestCase):
                     del peer
                 growth[capacity] = heap_in_use(libc) - heap
                 if capacity is not None:
-                    self.assertEqual(len(self.sessions), tickets * (1 + COUNT))
-            per_session = (growth[1000] - growth[None]) / (COUNT * tickets)
+                    self.assertEqual(len(self.sessions), 1 + COUNT)
+            per_session = (growth[1000] - growth[None]) / COUNT
             self.assertLess(per_session, SESSION_COST, version)
             self.assertGreater(per_session, SESSION_COST / 8, version)  # it measures something
 
@@ -290,11 +280,12 @@ COUNT = 100
 SESSION_COST = 8 * 1024  # octets a cached session may hold, as etc/vpnaaa.toml documents
 
 
-class FailedConnectionTests(unittest.TestCase):
-    """TLS 1.3: OpenSSL stores both tickets as the handshake ends; when the connection
-    then ends without success, neither may stay resumable (nor in memory): OpenSSL
-    itself removes only the last one, :func:`vpnaaa.eap.tls._discard` the first. A
-    pyOpenSSL client reads the server's records one at a time to keep each ticket."""
+class TicketTests(unittest.TestCase):
+    """TLS 1.3: OpenSSL writes two tickets as the handshake ends, before the method
+    decides; only the last may be stored, since OpenSSL removes only the connection's
+    current session when it ends without success (freed without a shutdown, or after a
+    fatal alert). A pyOpenSSL client reads the server's records one at a time to keep
+    each ticket."""
 
     def setUp(self) -> None:
         _, server = test_pki()
@@ -304,13 +295,14 @@ class FailedConnectionTests(unittest.TestCase):
         self.client = SSL.Context(SSL.TLS_CLIENT_METHOD)
 
     def connect(self, offer: SSL.Session | None = None) -> tuple[TlsServer, list[SSL.Session]]:
-        """A TLS 1.3 handshake (resuming ``offer``); the server and the client's sessions."""
+        """A TLS 1.3 handshake (resuming ``offer``): the server, and the client's tickets
+        in the order they came."""
         server = TlsServer(self.sessions)
         client = SSL.Connection(self.client, None)
         client.set_connect_state()
         if offer is not None:
             client.set_session(offer)
-        kept: list[SSL.Session] = []
+        sessions: list[SSL.Session] = []
         for _ in range(4):
             with contextlib.suppress(SSL.WantReadError):
                 client.do_handshake()
@@ -324,43 +316,37 @@ class FailedConnectionTests(unittest.TestCase):
                 with contextlib.suppress(SSL.WantReadError):
                     client.recv(1)
                 session = client.get_session()
-                if session is not None and all(session._session != k._session for k in kept):
-                    kept.append(session)
-        return server, kept
-
-    def offered(self, sessions: list[SSL.Session]) -> list[SSL.Session]:
-        """The sessions the client offers again, as tickets (its first ticket's, at least:
-        the one OpenSSL would leave behind)."""
-        offered = []
-        for session in sessions:
-            client = SSL.Connection(self.client, None)
-            client.set_connect_state()
-            client.set_session(session)
-            with contextlib.suppress(SSL.WantReadError):
-                client.do_handshake()
-            if client_hello(client.bio_read(65536)).identities:
-                offered.append(session)
-        self.assertTrue(offered)
-        return offered
-
-    def test_failure_leaves_no_ticket(self):
-        server, kept = self.connect()
+                if session is not None and all(session._session != k._session for k in sessions):
+                    sessions.append(session)
+        client.set_shutdown(SSL.SENT_SHUTDOWN)  # freed without one, it spoils its session
         self.assertTrue(server.established and server.tls13)
-        del server  # no success: the conversation is dropped
-        gc.collect()
-        for offer in self.offered(kept):
-            again, _ = self.connect(offer)
-            self.assertFalse(again.resumed)
+        return server, sessions[-2:]  # the tickets (the first session is the handshake's)
 
-    def test_success_keeps_them(self):
-        """The control: after a success the tickets resume, restoring what it stored."""
-        server, kept = self.connect()
+    def test_only_the_last_ticket_is_kept(self):
+        server, (first, last) = self.connect()
         server.succeeded("carol")
         del server
-        for offer in self.offered(kept):
-            again, _ = self.connect(offer)
-            self.assertTrue(again.resumed)
-            self.assertEqual(again.restored(), "carol")
+        self.assertEqual(len(self.sessions), 1)
+        again, tickets = self.connect(first)
+        self.assertFalse(again.resumed)
+        again, tickets = self.connect(last)
+        self.assertTrue(again.resumed)
+        self.assertEqual(again.restored(), "carol")
+        again.succeeded("carol")  # and its last ticket resumes in turn
+        self.assertTrue(self.connect(tickets[-1])[0].resumed)
+
+    def test_failure_keeps_no_ticket(self):
+        """Dropped after the handshake (a wrong password), or after a fatal alert (a
+        record that does not decrypt): neither ticket resumes."""
+        for alert in (False, True):
+            server, tickets = self.connect()
+            if alert:
+                with self.assertRaises(MethodError):
+                    server.receive(b"\x17\x03\x03\x00\x20" + bytes(32))
+            del server
+            gc.collect()
+            for offer in tickets:
+                self.assertFalse(self.connect(offer)[0].resumed, alert)
 
 
 class ClientHelloTests(unittest.TestCase):

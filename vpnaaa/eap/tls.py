@@ -18,7 +18,6 @@ for a client certificate and OpenSSL validates the chain in the handshake (EAP-T
 from __future__ import annotations
 
 import struct
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -141,42 +140,38 @@ def _record_verify_error(
 class _Handshake:
     """What the callbacks record about one connection (its app data: no reference back
     to the connection, so no cycle): the first chain validation failure, the session IDs
-    the connection used, in order (TLS 1.3 replaces the session with each ticket), a
-    reference to each of those SSL_SESSIONs (:func:`_discard`), and whether the
-    authentication succeeded."""
+    the connection used, in order (TLS 1.3 replaces the session with each ticket), and
+    the :class:`SessionCache` generation it runs in."""
 
     errors: list[VerifyError] = field(default_factory=list)
     sessions: list[bytes] = field(default_factory=list)
-    held: list[object] = field(default_factory=list)
-    succeeded: bool = False
+    generation: _Generation | None = None
+
+
+WRITE_TICKET = b"SSLv3/TLS write session ticket"  # SSL_state_string_long, TLS 1.3
 
 
 def _record_session(connection: SSL.Connection, where: int, _ret: int) -> None:
-    """The info callback (each handshake state): the ID of the connection's session now,
-    and a reference to it."""
-    session = lib.SSL_get_session(connection._ssl)
+    """The info callback (each handshake state): the ID of the connection's session now.
+
+    And only the last of TLS 1.3's tickets goes to OpenSSL's cache: it stores each as it
+    is written, as the handshake ends and before the EAP method decides, but removes
+    only the connection's current session (the last ticket) when the connection fails
+    (a fatal alert, or freed without a shutdown). After a full handshake it writes two
+    (after a resumption one), so the context stores nothing while the first is written
+    (SSL_CB_HANDSHAKE_DONE comes before it, SSL_CB_LOOP after each; pyOpenSSL binds
+    neither SSL_CTX_set_num_tickets nor a way to remove a session; supplicants resume
+    with the newest ticket)."""
     handshake = connection.get_app_data()
-    session_id = _session_id(session)
+    session_id = _session_id(lib.SSL_get_session(connection._ssl))
     if session_id and session_id not in handshake.sessions:
         handshake.sessions.append(session_id)
-    if session != ffi.NULL and session not in handshake.held:
-        held = lib.SSL_get1_session(connection._ssl)  # one more reference: ours
-        handshake.held.append(ffi.gc(held, lib.SSL_SESSION_free))
-
-
-def _discard(connection: SSL.Connection, handshake: _Handshake) -> None:
-    """A connection ends without success: OpenSSL removes its current session from the
-    cache when it is freed without a shutdown, but not the others it stored (TLS 1.3's
-    first ticket). SSL_set_session removes the session it replaces when that one "is
-    still open" (SSL_set_session(3)), so each session the connection made is made
-    current in turn, and the last goes when the connection is freed."""
-    if handshake.succeeded or not handshake.held:
-        return
-    ssl = connection._ssl
-    connection.set_shutdown(0)  # a fatal alert marked it shut down: still "open" here
-    for session in handshake.held:
-        if session != lib.SSL_get_session(ssl):
-            lib.SSL_set_session(ssl, session)
+    generation = handshake.generation
+    if generation is not None and connection.get_state_string() == WRITE_TICKET:
+        if where & SSL.SSL_CB_HANDSHAKE_DONE:  # the tickets come next: two, one if resumed
+            generation.hold(not lib.SSL_session_reused(connection._ssl))
+        elif where & SSL.SSL_CB_LOOP:  # one ticket written
+            generation.hold(False)
 
 
 def _session_id(session: object) -> bytes:
@@ -228,11 +223,15 @@ class _Generation(Generic[T]):
     def allow(self, storing: bool) -> None:
         """Let OpenSSL store new sessions in this context's cache, or only look them up."""
         if storing != self.storing:
-            mode = SSL.SESS_CACHE_SERVER
-            if not storing:
-                mode |= lib.SSL_SESS_CACHE_NO_INTERNAL_STORE
-            lib.SSL_CTX_set_session_cache_mode(self.context._context, mode)  # in use: raw
             self.storing = storing
+            self.hold(False)
+
+    def hold(self, held: bool) -> None:
+        """Have OpenSSL store nothing for now (``held``), or as :attr:`storing` says."""
+        mode = SSL.SESS_CACHE_SERVER
+        if held or not self.storing:
+            mode |= lib.SSL_SESS_CACHE_NO_INTERNAL_STORE
+        lib.SSL_CTX_set_session_cache_mode(self.context._context, mode)  # in use: raw
 
 
 class SessionCache(Generic[T]):
@@ -244,9 +243,9 @@ class SessionCache(Generic[T]):
     ID (RFC 5246 §7.4.1.2), TLS 1.3 stateful tickets (RFC 8446 §4.6.1). OpenSSL stores
     each as its handshake ends, before the EAP method has decided, and removes it when
     expired (``lifetime`` is its timeout), when a TLS 1.3 ticket is used, or, for the
-    connection's current session, when a connection ends without success (freed without
-    a shutdown); :class:`TlsServer` has it remove the connection's other sessions too
-    (TLS 1.3's first ticket, :func:`_discard`), so the cache holds successes only.
+    connection's current session, when a connection ends without success (a fatal
+    alert, or freed without a shutdown); of TLS 1.3's two tickets only the last is
+    stored (:func:`_record_session`), so the cache holds successes only.
     pyOpenSSL binds no way to size that cache, so the bound of ``capacity`` works by
     generations of ``capacity // 2`` sessions, each a context made by ``make_context``.
     New sessions go to the current generation; once it holds its share it becomes the
@@ -306,9 +305,8 @@ class SessionCache(Generic[T]):
         return entry[1] if entry is not None else None
 
     def store(self, generation: _Generation[T], session_ids: Sequence[bytes], value: T) -> None:
-        """Remember a successful authentication's sessions in ``generation``, which
-        OpenSSL stored them in (TLS 1.3: both its tickets, so a generation may exceed its
-        share by one)."""
+        """Remember a successful authentication's session in ``generation``, which
+        OpenSSL stored it in."""
         generation.stored = now = self.clock()
         for session_id in session_ids:
             generation.entries[session_id] = (now, value)
@@ -330,7 +328,7 @@ class SessionCache(Generic[T]):
             self.previous = None
         if len(self.current.entries) >= self.share:
             self.previous, self.current = self.current, self._generation()
-        if self.previous is not None:  # only resumptions reach it: each nets one ticket
+        if self.previous is not None:  # its own sessions resumed: one stored for each used
             self.previous.allow(len(self.previous.entries) <= self.share)
 
 
@@ -442,10 +440,7 @@ class TlsServer:
             context = self.contexts
         self._connection = connection = SSL.Connection(context, None)
         connection.set_accept_state()
-        handshake = _Handshake()
-        connection.set_app_data(handshake)  # see _record_verify_error, _record_session
-        if self.sessions is not None:
-            weakref.finalize(self, _discard, connection, handshake)
+        connection.set_app_data(_Handshake(generation=self.generation))  # for the callbacks
         return connection
 
     @property
@@ -476,13 +471,12 @@ class TlsServer:
         remember ``value`` for each of them."""
         if self.sessions is None or self.generation is None:
             return
-        self.connection.get_app_data().succeeded = True
         self.connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
         sessions = self.connection.get_app_data().sessions
-        if self.resumed and not self.tls13:  # the session it resumed, still in OpenSSL's
+        if self.tls13:
+            sessions = sessions[-1:]  # its last ticket, the one OpenSSL stored
+        if self.kept or (self.resumed and not self.tls13):  # TLS 1.2: the one resumed
             self.sessions.store(self.generation, sessions, value)
-        elif self.kept:  # new: a full handshake's, or TLS 1.3 tickets (the used one is gone)
-            self.sessions.store(self.generation, sessions[1:] if self.resumed else sessions, value)
 
     @property
     def tls13(self) -> bool:
@@ -522,6 +516,9 @@ class TlsServer:
             return b""
         except SSL.Error as e:
             raise MethodError(f"TLS: {_describe(e)}") from None
+        finally:
+            if self.generation is not None:  # whatever the handshake did meanwhile
+                self.generation.hold(False)
 
     def send(self, data: bytes) -> None:
         """Encrypt application data (phase 2); call :meth:`outgoing` to collect it."""
