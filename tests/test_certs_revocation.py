@@ -29,6 +29,7 @@ from vpnaaa.certs import (
     OcspClient,
     RevocationChecker,
     VerifiedCertificate,
+    fetch,
     parse_serial,
     serial_hex,
 )
@@ -489,6 +490,21 @@ class DistributionPoints(ServedCrlCase):
         self.assertFalse(revoked.accepted)
         self.assertIn(f"(CRL {self.url})", revoked.reason)
         self.assertEqual(self.served.requests, 1)  # cached until nextUpdate
+
+    @defer.inlineCallbacks
+    def test_fetched_crls_are_bounded(self) -> defer.Generator:
+        """With room for two, a third URL's CRL pushes out the oldest: that one is
+        fetched again, the newest is not (the server serves the CRL under any path)."""
+        self.patch(fetch, "MAX_URLS", 2)
+        urls = [f"http://127.0.0.1:{self.port}/{n}.crl" for n in "abc"]
+        issuer = self.pki.verified(self.pki.alice).chain[1]
+        for url in urls:
+            yield self.points.crls(url, issuer)
+        self.assertEqual(self.served.requests, 3)
+        yield self.points.crls(urls[2], issuer)
+        self.assertEqual(self.served.requests, 3)
+        yield self.points.crls(urls[0], issuer)
+        self.assertEqual(self.served.requests, 4)
 
     @defer.inlineCallbacks
     def test_down(self) -> defer.Generator:

@@ -251,7 +251,7 @@ class DistributionPointFailures(ServedCrlCase):
     def test_failures_remembered_are_bounded(self) -> defer.Generator:
         """With room for two, a third failed URL pushes out the oldest: that one is
         fetched again, the newest is not."""
-        self.patch(fetch, "MAX_FAILED_URLS", 2)
+        self.patch(fetch, "MAX_URLS", 2)
         urls = [f"http://127.0.0.1:{self.port}/{n}.crl" for n in "abc"]
         issuer = self.pki.verified(self.pki.alice).chain[1]
         for url in urls:

@@ -19,7 +19,8 @@ cryptography cannot read, is a failed fetch. Look-ups are keyed on (URL, issuer)
 concurrent ones share one request. A look-up whose fetch failed is not asked again for
 :data:`FAILED_CRL_RETRY` seconds: look-ups meanwhile fail at once with the same reason (the
 caller's soft or hard fail decides), so a dead distribution point costs one request a
-minute, not one per login (at most :data:`MAX_FAILED_URLS` such look-ups are remembered).
+minute, not one per login. At most :data:`MAX_URLS` look-ups are remembered, fetched and
+failed ones each (beyond, the expired go first, then the oldest).
 What a CRL of the issuer says about a certificate is the caller's question
 (:func:`vpnaaa.certs.crl.crl_answer`), as for CRL files.
 
@@ -48,7 +49,7 @@ MAX_CRL_LIFETIME = 3600.0  # seconds a fetched CRL is kept at most (also without
 MIN_CRL_LIFETIME = 60.0  # a stale CRL (nextUpdate passed) is fetched again at most this often
 MAX_CRLS_PER_ANSWER = 4  # distinct CRLs one distribution point answer may hold
 FAILED_CRL_RETRY = 60.0  # seconds a CRL distribution point that failed is not asked again
-MAX_FAILED_URLS = 1024  # failed distribution points remembered; beyond, the oldest go
+MAX_URLS = 1024  # (URL, issuer) look-ups remembered, fetched and failed ones each
 
 
 class FetchError(Exception):
@@ -272,7 +273,7 @@ class CrlDistributionPoints:
         updates = [c.next_update_utc.timestamp() for c in own if c.next_update_utc is not None]
         expires = min([*updates, now + MAX_CRL_LIFETIME])
         expires = max(expires, now + MIN_CRL_LIFETIME)
-        self._cache[key] = (own, expires)
+        _keep(self._cache, key, (own, expires), now)
         return own
 
     def _deliver(self, result: _Crls | Failure, key: _Key) -> None:
@@ -287,13 +288,20 @@ class CrlDistributionPoints:
                 waiter.callback(result)
 
     def _remember_failure(self, key: _Key, error: FetchError) -> None:
-        """Keep ``error`` for ``key`` for :data:`FAILED_CRL_RETRY` seconds; when
-        :data:`MAX_FAILED_URLS` are kept, the expired ones go, then the oldest."""
+        """Keep ``error`` for ``key`` for :data:`FAILED_CRL_RETRY` seconds."""
         now = self.fetcher.reactor.seconds()
-        self._failed.pop(key, None)
-        if len(self._failed) >= MAX_FAILED_URLS:
-            for old in [k for k, (_, retry) in self._failed.items() if retry <= now]:
-                del self._failed[old]
-        while len(self._failed) >= MAX_FAILED_URLS:
-            del self._failed[next(iter(self._failed))]
-        self._failed[key] = (error, now + FAILED_CRL_RETRY)
+        _keep(self._failed, key, (error, now + FAILED_CRL_RETRY), now)
+
+
+def _keep(
+    table: dict[_Key, tuple[Any, float]], key: _Key, entry: tuple[Any, float], now: float
+) -> None:
+    """``table[key] = entry`` (what, until when), newest last; with :data:`MAX_URLS`
+    entries already, those expired by ``now`` go first, then the oldest."""
+    table.pop(key, None)
+    if len(table) >= MAX_URLS:
+        for old in [k for k, (_, until) in table.items() if until <= now]:
+            del table[old]
+    while len(table) >= MAX_URLS:
+        del table[next(iter(table))]
+    table[key] = entry
