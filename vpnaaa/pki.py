@@ -51,6 +51,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vpnaaa import private
 from vpnaaa.certs import verify
+from vpnaaa.certs.identity import UPN
 from vpnaaa.certs.verify import serial_hex
 from vpnaaa.users import locked
 
@@ -58,7 +59,6 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 IKE_INTERMEDIATE = x509.ObjectIdentifier("1.3.6.1.5.5.8.2.2")
 SERVER_EKU = (ExtendedKeyUsageOID.SERVER_AUTH, IKE_INTERMEDIATE)
 CLIENT_EKU = (ExtendedKeyUsageOID.CLIENT_AUTH, IKE_INTERMEDIATE)
-MS_UPN = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")  # Microsoft user principal name
 CA_KEY_TYPES = ("rsa3072", "ecdsa-p256")
 SERVER_KEY_TYPES = ("rsa2048", "rsa3072", "ecdsa-p256")
 CRL_DAYS = 7  # nextUpdate - thisUpdate; `vpnaaa pki crl` re-signs before it passes
@@ -404,7 +404,7 @@ def _client_names(name: str, machine: bool) -> tuple[x509.Name, list[x509.Genera
         raise PkiError(f"{name!r} is neither a user name nor user@domain (ASCII, no spaces)")
     if not at:
         return _name(name), []
-    return _name(name), [x509.RFC822Name(name), x509.OtherName(MS_UPN, _utf8_string(name))]
+    return _name(name), [x509.RFC822Name(name), x509.OtherName(UPN, _utf8_string(name))]
 
 
 def _utf8_string(text: str) -> bytes:

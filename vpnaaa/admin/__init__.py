@@ -95,9 +95,7 @@ class _Disconnect(resource.Resource):
         if not found:
             found = responder.find(user=who)
             if "\\" in who:
-                found = [
-                    sa for sa in found if "\\" not in sa.identity or same_account(who, sa.identity)
-                ]
+                found = [sa for sa in found if same_account(who, sa.identity)]
         if not found:
             request.setResponseCode(404)
             return f"no live session of {who}\n".encode()

@@ -206,9 +206,7 @@ def attributes(
         (wire.USER_NAME, facts.user.encode()[:MAX_VALUE]),
         wire.value("NAS-Identifier", nas_identifier),
     ]
-    local = ipaddress.ip_address(facts.called_station)
-    nas_address = "NAS-IP-Address" if local.version == 4 else "NAS-IPv6-Address"
-    found.append(wire.value(nas_address, str(local)))
+    found.append(_nas_address(facts.called_station))
     found += [
         wire.value("NAS-Port-Type", "Virtual"),
         wire.value("Service-Type", "Framed-User"),
@@ -265,11 +263,16 @@ def nas_attributes(
         wire.value("NAS-Identifier", nas_identifier),
     ]
     if nas_address is not None:
-        address = ipaddress.ip_address(nas_address)
-        name = "NAS-IP-Address" if address.version == 4 else "NAS-IPv6-Address"
-        found.append(wire.value(name, str(address)))
+        found.append(_nas_address(nas_address))
     found.append(wire.value("Event-Timestamp", int(now)))
     return found
+
+
+def _nas_address(text: str) -> tuple[wire.Key, bytes]:
+    """NAS-IP-Address (RFC 2865 §5.4) or NAS-IPv6-Address (RFC 3162 §2.1) for ``text``."""
+    address = ipaddress.ip_address(text)
+    name = "NAS-IP-Address" if address.version == 4 else "NAS-IPv6-Address"
+    return wire.value(name, str(address))
 
 
 def with_delay(found: list[tuple[wire.Key, bytes]], delay: float) -> list[tuple[wire.Key, bytes]]:
