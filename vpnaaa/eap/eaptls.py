@@ -107,7 +107,7 @@ class EapTls:
             if failed is None:
                 raise
             return self._refuse(
-                f"client certificate {failed.subject!r} serial {failed.serial:#x}"
+                f"client certificate {logs.quoted(failed.subject)} serial {failed.serial:#x}"
                 f"{f' (chain depth {failed.depth})' if failed.depth else ''}: "
                 f"{failed.error} ({e})"
             )

@@ -172,7 +172,7 @@ class EapEngine:
         if refusal is None:
             return success
         reason = (
-            f"client certificate {verified.subject!r} serial {verified.serial}: "
+            f"client certificate {logs.quoted(verified.subject)} serial {verified.serial}: "
             f"{refusal.reason} (since the verdict)"
         )
         return Failure(packet.failure(success.eap[1]).encode(), success.identity, reason)
