@@ -126,6 +126,14 @@ def crl_answer(
     revocation, never that a certificate is good."""
     if cert.issuer != issuer.subject or not issued_by(crl, issuer):
         return None
+    return signed_answer(crl, cert, now)
+
+
+def signed_answer(
+    crl: x509.CertificateRevocationList, cert: x509.Certificate, now: datetime.datetime
+) -> CrlAnswer | None:
+    """:func:`crl_answer` for a ``crl`` the caller knows ``cert``'s issuer signed (the
+    issuer's name on ``cert``, :func:`issued_by` on the CRL): no signature check again."""
     if crl.last_update_utc > now:
         return None
     entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
@@ -186,6 +194,8 @@ class CrlFile:
         self._seen: Version | None = None  # (inode, size, mtime_ns) last read
         # serial -> the CRLs listing it, built on the first revoked() after a read
         self._listed: dict[int, list[x509.CertificateRevocationList]] | None = None
+        # issuer -> the CRLs it signed, worked out on the first signed_by() after a read
+        self._signed: dict[x509.Certificate, tuple[x509.CertificateRevocationList, ...]] = {}
         self.listeners: list[Callable[[CrlFile], None]] = []  # told after each good read
         self.reload()
 
@@ -198,6 +208,15 @@ class CrlFile:
         """Read the file again if it changed since the last read (one ``stat``)."""
         if version(self.path) != self._seen:
             self.reload()
+
+    def signed_by(self, issuer: x509.Certificate) -> tuple[x509.CertificateRevocationList, ...]:
+        """The CRLs of the last read that ``issuer`` signed (:func:`issued_by`), their
+        signatures checked once per read and issuer, not once per login. Does not read
+        the file (:meth:`follow` first)."""
+        signed = self._signed.get(issuer)
+        if signed is None:
+            signed = self._signed[issuer] = tuple(c for c in self._crls if issued_by(c, issuer))
+        return signed
 
     def revoked(
         self, chain: Sequence[x509.Certificate], now: datetime.datetime
@@ -233,7 +252,7 @@ class CrlFile:
         except CrlError as e:
             self._keep(changed, f"not a PEM or DER CRL we can read ({e})")
             return
-        self._crls, self._listed = crls, None
+        self._crls, self._listed, self._signed = crls, None, {}
         log.info(
             "CRL file {path}: {summary}",
             path=str(self.path),

@@ -22,7 +22,7 @@ caller's soft or hard fail decides), so a dead distribution point costs one requ
 minute, not one per login. At most :data:`MAX_URLS` look-ups are remembered, fetched and
 failed ones each (beyond, the expired go first, then the oldest).
 What a CRL of the issuer says about a certificate is the caller's question
-(:func:`vpnaaa.certs.crl.crl_answer`), as for CRL files.
+(:func:`vpnaaa.certs.crl.signed_answer`), as for CRL files.
 
 Every method returns a Deferred; nothing blocks.
 """

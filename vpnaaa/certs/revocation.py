@@ -43,7 +43,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from vpnaaa import logs
-from vpnaaa.certs.crl import CrlFile, crl_answer
+from vpnaaa.certs.crl import CrlFile, signed_answer
 from vpnaaa.certs.deny import DenyList
 from vpnaaa.certs.fetch import CrlDistributionPoints, FetchError, OcspClient
 from vpnaaa.certs.ocsp import OcspError
@@ -113,14 +113,8 @@ class RevocationChecker:
         )
 
     async def _decide(self, verified: VerifiedCertificate) -> RevocationResult:
-        """The deny list before the sources, and it and the CRL files again after them: a
-        serial denied, or a CRL file reread, while a responder was asked (both end only
-        sessions already up) is refused."""
-        denied = self._denied(verified)
-        if denied is not None:
-            return denied
-        result = await self._check(verified)
-        return (self.recheck(verified) if result.accepted else None) or result
+        """The deny list, then the sources (:meth:`_check`)."""
+        return self._denied(verified) or await self._check(verified)
 
     def _denied(self, verified: VerifiedCertificate) -> RevocationResult | None:
         serial = verified.chain[0].serial_number
@@ -151,11 +145,15 @@ class RevocationChecker:
         now = self._now()
         said: list[str] = []  # what the sources answered for the leaf, for the reason
         good = False
+        for crl_file in self.crl_files:
+            crl_file.follow()
         for position, cert in enumerate(chain[:-1]):
             issuer = chain[position + 1]
+            if cert.issuer != issuer.subject:  # no CRL of that issuer speaks of it
+                continue
             for crl_file in self.crl_files:
-                for crl in crl_file.crls():
-                    answer = crl_answer(crl, cert, issuer, now)
+                for crl in crl_file.signed_by(issuer):
+                    answer = signed_answer(crl, cert, now)
                     if answer is None:
                         continue
                     if answer.status == "revoked":
@@ -188,9 +186,12 @@ class RevocationChecker:
             return self._verdict(serial, good, said, quiet=True)
         self._in_flight += 1
         try:
-            return await self._network(verified, now, points, good, said)
+            result = await self._network(verified, now, points, good, said)
         finally:
             self._in_flight -= 1
+        # a serial denied, or a CRL file reread, while the network was asked (both end
+        # only sessions already up) is refused
+        return (self.recheck(verified) if result.accepted else None) or result
 
     async def _network(
         self,
@@ -246,8 +247,8 @@ class RevocationChecker:
                 said.append(f"CRL {e}")
                 continue
             answered = False
-            for crl in crls:
-                answer = crl_answer(crl, leaf, issuer, now)
+            for crl in crls if leaf.issuer == issuer.subject else ():  # the issuer's (fetch.py)
+                answer = signed_answer(crl, leaf, now)
                 if answer is None:
                     continue
                 answered = True

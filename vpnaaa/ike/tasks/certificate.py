@@ -66,11 +66,10 @@ def first(sa: IkeSa, header: Header, inner: Message) -> Effects:
     auth = sa.auth
     auth.request = inner
     sa.initial_contact = inner.notify(NotifyType.INITIAL_CONTACT) is not None
-    described = _leaf(inner)
     try:
         verified = _check(sa, inner, idi)
-    except Refusal as e:
-        return ike_auth.fail(sa, header, f"certificate {described}: {e}")
+    except Refusal as e:  # the certificate named as far as it parses
+        return ike_auth.fail(sa, header, f"certificate {_leaf(inner)}: {e}")
     auth.verified = verified
     sa.working, auth.pending = header.message_id, header
     return (CheckRevocation(verified),)
