@@ -13,6 +13,7 @@ import errno
 import os
 import pwd
 import stat
+import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
@@ -94,3 +95,21 @@ def owned_as(fd: int, model: Path) -> None:
     st = os.stat(model, follow_symlinks=False)
     if os.geteuid() == 0:
         os.fchown(fd, st.st_uid, st.st_gid)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically: mode 0600, contents on disk before the
+    rename, owned as the file it replaces (a new one: as its directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            owned_as(f.fileno(), path if os.path.lexists(path) else path.parent)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -27,7 +27,6 @@ import hmac
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,20 +164,7 @@ def write_users(path: Path, users: dict[str, User]) -> None:
         "version": FORMAT_VERSION,
         "users": {name: users[name].to_json() for name in sorted(users)},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)
-            private.owned_as(f.fileno(), path if os.path.lexists(path) else path.parent)
-            json.dump(document, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    private.replace_file(path, json.dumps(document, indent=1) + "\n")
 
 
 @dataclass(frozen=True)

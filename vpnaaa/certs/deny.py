@@ -15,8 +15,6 @@ several (the usual case is one enterprise CA).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from vpnaaa import logs, private
@@ -104,20 +102,6 @@ class DenyList:
     def _write(self, serials: frozenset[int]) -> None:
         lines = "".join(f"{serial_hex(s)}\n" for s in sorted(serials))
         document = "# certificate serials vpnaaa refuses (vpnaaa deny)\n" + lines
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                os.fchmod(f.fileno(), 0o600)
-                private.owned_as(
-                    f.fileno(), self.path if os.path.lexists(self.path) else self.path.parent
-                )
-                f.write(document)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        private.replace_file(self.path, document)
         self._serials = serials
         self._seen = version(self.path)
