@@ -174,7 +174,8 @@ class SessionFacts:
     classes: tuple[bytes, ...] = ()  # Class (RFC 2865 §5.25) from the Access-Accept
 
     @classmethod
-    def of(cls, sa: IkeSa, authentic: str, classes: Sequence[bytes] = ()) -> SessionFacts:
+    def of(cls, sa: IkeSa, authentic: str) -> SessionFacts:
+        """A session's facts, its Class values still to be fitted (:func:`fitting_classes`)."""
         return cls(
             sa.session_id,
             sa.identity,
@@ -183,7 +184,6 @@ class SessionFacts:
             sa.local.host,
             sa.established_at or 0.0,
             authentic,
-            tuple(classes),
         )
 
 
@@ -237,6 +237,8 @@ def fitting_classes(
     record (a Stop with counts, cause and Acct-Delay-Time) leaves of 4096 octets (§3). The
     others are dropped, not cut: a changed Class is no echo, and one record too large for
     the wire would lose every record of the session."""
+    if not classes:  # the usual case: no record to measure
+        return ()
     bare = replace(facts, classes=())
     largest = attributes(bare, STOP, facts.started, nas_identifier, Traffic(), EndCause.GONE)
     room = wire.MAX_LENGTH - len(wire.accounting_request(0, b"", with_delay(largest, 0)))
